@@ -1,0 +1,129 @@
+"""Fold tables of the few-shot segmentation benchmarks: which classes are novel and which are base per fold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+
+PASCAL_CLASSES: tuple[str, ...] = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+#: COCO's 80 thing classes in category-id order; contiguous id = position + 1.
+COCO_CLASSES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
+    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush",
+)  # fmt: skip
+
+#: Toy world: class id = 1 + 4 * shape index + material index (16 classes).
+TOY_SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "star")
+TOY_MATERIALS: tuple[str, ...] = ("red", "green", "blue", "yellow")
+TOY_CLASSES: tuple[str, ...] = tuple(f"{m} {s}" for s in TOY_SHAPES for m in TOY_MATERIALS)
+
+FSS_SPLIT_SIZES = {"trn": 520, "val": 240, "test": 240}
+
+
+class FoldError(ValueError):
+    """An unknown dataset, fold or fold mode."""
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One benchmark fold: novel classes (few-shot targets) and base classes (fully labelled)."""
+
+    dataset: str
+    index: int
+    novel: tuple[int, ...]
+    base: tuple[int, ...]
+
+
+def _check_fold(dataset: str, fold: int, n_folds: int) -> None:
+    if not 0 <= fold < n_folds:
+        raise FoldError(f"{dataset}: fold must be in 0..{n_folds - 1}, got {fold}")
+
+
+def pascal_fold(fold: int) -> Fold:
+    """PASCAL-5i: fold i's novel classes are 5i+1..5i+5 (1-based VOC ids); the other 15 are base."""
+    _check_fold("pascal", fold, 4)
+    novel = tuple(range(5 * fold + 1, 5 * fold + 6))
+    return Fold("pascal", fold, novel, tuple(c for c in range(1, 21) if c not in novel))
+
+
+def coco_fold(fold: int, mode: str = "interleaved") -> Fold:
+    """COCO-20i: interleaved fold i = {i+1, i+5, ..., i+77} (HSNet); contiguous fold i = 20i+1..20i+20."""
+    _check_fold("coco", fold, 4)
+    if mode == "interleaved":
+        novel = tuple(range(fold + 1, 81, 4))
+    elif mode == "contiguous":
+        novel = tuple(range(20 * fold + 1, 20 * fold + 21))
+    else:
+        raise FoldError(f"coco: fold mode must be 'interleaved' or 'contiguous', got {mode!r}")
+    return Fold("coco", fold, novel, tuple(c for c in range(1, 81) if c not in novel))
+
+
+def toy_fold(fold: int) -> Fold:
+    """Toy: fold f's novel classes form a Latin square, {(shape s, material (s+f) mod 4)}.
+
+    Every shape and every material occurs in exactly one novel class, so each novel class is a new
+    combination of parts the base classes show.
+    """
+    _check_fold("toy", fold, 4)
+    n = len(TOY_MATERIALS)
+    novel = tuple(1 + s * n + (s + fold) % n for s in range(len(TOY_SHAPES)))
+    return Fold("toy", fold, novel, tuple(c for c in range(1, len(TOY_CLASSES) + 1) if c not in novel))
+
+
+def fss_split_names(split: str) -> tuple[str, ...]:
+    """Return the class-folder names of an FSS-1000 split ("trn", "val" or "test"), as shipped with maskforge."""
+    if split not in FSS_SPLIT_SIZES:
+        raise FoldError(f"fss: split must be one of {sorted(FSS_SPLIT_SIZES)}, got {split!r}")
+    path = resources.files("eval").joinpath("splits", "fss", f"{split}.txt")
+    if not path.is_file():
+        # HSNet's trn/val lists were drawn at random by its authors and could not be verified, so none is shipped
+        # rather than an invented one; only the user can supply the exact files.
+        raise FoldError(
+            f"fss: the class list of split {split!r} is not shipped with maskforge (missing {path}); to use FSS-1000, "
+            "copy HSNet's data/splits/fss/trn.txt and val.txt (520 / 240 class-folder names, one per line) into "
+            f"{path.parent}/ (test.txt, FSS-1000's official test set, is shipped)"
+        )
+    names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if len(names) != FSS_SPLIT_SIZES[split] or len(set(names)) != len(names):
+        raise FoldError(
+            f"fss: {path} has {len(names)} names ({len(set(names))} unique); expected {FSS_SPLIT_SIZES[split]} "
+            "unique class-folder names, one per line"
+        )
+    return names
+
+
+def fss_classes() -> tuple[str, ...]:
+    """FSS-1000 class names in id order: sorted trn, then sorted val, then sorted test (id = position + 1)."""
+    return tuple(n for split in ("trn", "val", "test") for n in sorted(fss_split_names(split)))
+
+
+def fss_fold(fold: int = 0) -> Fold:
+    """FSS-1000: one fold; the 240 test classes are novel, the 520 trn classes are base (val classes are neither)."""
+    _check_fold("fss", fold, 1)
+    n_trn, n_val, n_test = (FSS_SPLIT_SIZES[s] for s in ("trn", "val", "test"))
+    novel = tuple(range(n_trn + n_val + 1, n_trn + n_val + n_test + 1))
+    return Fold("fss", 0, novel, tuple(range(1, n_trn + 1)))
+
+
+def get_fold(dataset: str, fold: int, coco_mode: str = "interleaved") -> Fold:
+    """Return the fold table of a dataset by name."""
+    if dataset == "pascal":
+        return pascal_fold(fold)
+    if dataset == "coco":
+        return coco_fold(fold, coco_mode)
+    if dataset == "fss":
+        return fss_fold(fold)
+    if dataset == "toy":
+        return toy_fold(fold)
+    raise FoldError(f"unknown dataset {dataset!r}; expected one of pascal, coco, fss, toy")

@@ -1,0 +1,1 @@
+"""maskforge flows package."""

@@ -1,0 +1,129 @@
+"""The `maskforge` command line: generate runs, browse shards, check dataset layouts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+# Prefect reads these at import: offline machines, and a 2-core machine needs a patient ephemeral API start.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+app = typer.Typer(help="maskforge: synthetic few-shot segmentation data, orchestrated with Prefect.", no_args_is_help=True)
+shards_app = typer.Typer(help="Browse the shards of a run.", no_args_is_help=True)
+datasets_app = typer.Typer(help="Validate dataset layouts on disk.", no_args_is_help=True)
+app.add_typer(shards_app, name="shards")
+app.add_typer(datasets_app, name="datasets")
+console = Console()
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+def summary_table(summary: dict) -> Table:
+    """Return a rich table of samples per class and source from a run summary."""
+    sources = sorted({s for counts in summary["samples_per_class"].values() for s in counts})
+    table = Table(title=f"{summary['dataset']} fold {summary['fold']}: {summary['n_samples']} samples")
+    table.add_column("class")
+    for s in sources:
+        table.add_column(s, justify="right")
+    table.add_column("real shots")
+    for name, counts in summary["samples_per_class"].items():
+        table.add_row(name, *(str(counts.get(s, 0)) for s in sources), ", ".join(summary["shots"][name]))
+    return table
+
+
+@app.command()
+def generate(
+    config: Path = typer.Argument(..., help="YAML config file (see configs/demo.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of run folders (overrides run.out_dir)."),
+) -> None:
+    """Run the generation flow on a config and print the run folder and its summary."""
+    from flows.generate import generate as generate_flow
+    from storage.reader import RunReader
+    from tasks.config import ConfigError, load_config
+    from tasks.datasets.base import DatasetError
+
+    try:
+        cfg = load_config(config, {"run.out_dir": out} if out else None)
+    except ConfigError as err:
+        _fail(str(err))
+    try:
+        result = generate_flow(config=cfg.resolved())
+    except (DatasetError, ValueError) as err:
+        _fail(str(err))
+    reader = RunReader(result["url"])
+    console.print(summary_table(reader.summary))
+    console.print(f"run folder: {result['url']}")
+
+
+@shards_app.command("ls")
+def shards_ls(
+    run: str = typer.Argument(..., help="Run folder."),
+    partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
+) -> None:
+    """List a run's shards with their sample counts and sizes."""
+    from storage.reader import RunIncompleteError, RunReader
+
+    try:
+        reader = RunReader(run, allow_partial=partial)
+    except RunIncompleteError as err:
+        _fail(str(err))
+    manifest = reader.manifest.to_pylist()
+    table = Table(title=f"{run}: {len(manifest)} samples")
+    for col in ("shard", "samples", "classes", "sources"):
+        table.add_column(col)
+    for shard in sorted({row["shard"] for row in manifest}):
+        rows = [r for r in manifest if r["shard"] == shard]
+        table.add_row(
+            shard, str(len(rows)), ", ".join(sorted({r["class_name"] for r in rows})), ", ".join(sorted({r["source"] for r in rows}))
+        )
+    console.print(table)
+
+
+@shards_app.command("show")
+def shards_show(
+    run: str = typer.Argument(..., help="Run folder."),
+    key: str = typer.Argument(..., help="Sample key (see the manifest or `shards ls`)."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write: the image with mask overlay and class legend."),
+    partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
+) -> None:
+    """Write one sample as a PNG: image, coloured mask overlay and a legend of its classes."""
+    from storage.preview import render_preview
+    from storage.reader import RunIncompleteError, RunReader
+
+    try:
+        reader = RunReader(run, allow_partial=partial)
+        sample = reader.get(key)
+    except (RunIncompleteError, KeyError) as err:
+        _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+    names = {int(c): n for c, n in sample.meta["class_names"].items()}
+    render_preview(sample, names).save(out)
+    console.print(f"wrote {out}")
+
+
+@datasets_app.command("check")
+def datasets_check(
+    root: str = typer.Argument(..., help="Dataset root folder ('-' for the in-process toy dataset)."),
+    dataset: str = typer.Option(..., "--dataset", help="pascal, coco, fss or toy."),
+    coco_fold_mode: str = typer.Option("interleaved", help="COCO-20i folds: interleaved or contiguous."),
+) -> None:
+    """Validate a dataset layout and print image counts per class and per fold."""
+    from tasks.datasets.base import DatasetError
+    from tasks.datasets.check import check_layout, format_report
+
+    try:
+        report = check_layout(dataset, None if root == "-" else root, coco_fold_mode)
+    except DatasetError as err:
+        _fail(str(err))
+    console.print(format_report(report), soft_wrap=True, markup=False, highlight=False)
+    if report.problems:
+        raise typer.Exit(code=1)

@@ -1,0 +1,1 @@
+"""maskforge models package."""

@@ -1,0 +1,106 @@
+"""fsspec helpers: resolve run URLs, atomic writes and publishing of locally staged files to local or remote stores."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.spec import AbstractFileSystem
+
+
+def resolve(url: str) -> tuple[AbstractFileSystem, str]:
+    """Return (filesystem, path within it) for a local path or an fsspec URL such as memory://x/run."""
+    if not isinstance(url, str) or not url:
+        raise ValueError(f"expected a non-empty path or fsspec URL, got {url!r}")
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def is_local(fs: AbstractFileSystem) -> bool:
+    """Return True when fs is the local disk (so os.replace and webdataset's own file opener work on its paths)."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(url: str, *parts: str) -> str:
+    """Join path parts onto a path or URL with '/', keeping the URL's protocol (posix separators only)."""
+    out = url.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def read_bytes(url: str) -> bytes:
+    """Return the whole content of the file at url."""
+    fs, path = resolve(url)
+    return fs.cat_file(path)
+
+
+def exists(url: str) -> bool:
+    """Return True if a file or folder exists at url."""
+    fs, path = resolve(url)
+    return fs.exists(path)
+
+
+def atomic_write_bytes(url: str, data: bytes) -> None:
+    """Write data to url so readers see either the old file or the whole new one, never a partial file."""
+    fs, path = resolve(url)
+    parent = os.path.dirname(path) if is_local(fs) else path.rsplit("/", 1)[0]
+    if is_local(fs):
+        os.makedirs(parent, exist_ok=True)
+        # The temp file lives in the target folder so os.replace is a same-filesystem atomic rename; os.open with
+        # 0o666 (not mkstemp's 0o600) so the final file gets the same umask-based mode as any other written file.
+        tmp = os.path.join(parent, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return
+    # Object stores have no rename; a temp key plus move keeps the final key from ever holding partial bytes.
+    tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+    fs.makedirs(parent, exist_ok=True)
+    fs.pipe_file(tmp, data)
+    try:
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+def publish_file(local_path: str, url: str) -> None:
+    """Move a finished local file to url: os.replace locally, else upload to url + '.part' and move into place."""
+    if not os.path.isfile(local_path):
+        raise FileNotFoundError(f"cannot publish {local_path!r} to {url!r}: no such local file")
+    fs, path = resolve(url)
+    if is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.replace(local_path, path)
+        return
+    part = f"{path}.part"
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.put_file(local_path, part)
+    fs.mv(part, path)
+    os.remove(local_path)
+
+
+def move(src_url: str, dst_url: str) -> None:
+    """Move a file within one filesystem (a rename locally), creating the destination folder."""
+    fs, src = resolve(src_url)
+    _, dst = resolve(dst_url)
+    fs.makedirs(dst.rsplit("/", 1)[0], exist_ok=True)
+    fs.mv(src, dst)
+
+
+def remove_tree(url: str) -> None:
+    """Delete a folder and everything below it; a missing folder is fine."""
+    fs, path = resolve(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)

@@ -1,0 +1,1 @@
+"""maskforge tasks package."""

@@ -1,0 +1,69 @@
+"""Stages 2-3 for one novel class: build its object pool and compose its scenes, one deterministic item at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from storage.codec import ShardSample
+from tasks.compose import paste_objects, sample_placements
+from tasks.config import MaskforgeConfig
+from tasks.datasets.base import SegDataset
+from tasks.fold_plan import ClassPlan, FoldPlan
+from tasks.labels import present_classes
+from tasks.objects import PoolObject, object_from_shot
+from tasks.seeds import item_seed
+
+
+def sample_key(dataset: str, fold: int, class_id: int, source: str, index: int) -> str:
+    """Return the shard key of a sample: dataset, fold, class, source, index; no dots (WebDataset splits there)."""
+    return f"{dataset}-f{fold}-c{class_id:04d}-{source}-{index:05d}"
+
+
+def object_pool(dataset: SegDataset, class_plan: ClassPlan, source: str) -> list[PoolObject]:
+    """Return the pasteable objects of a class for one source ("real": cut from each real shot)."""
+    if source != "real":
+        raise ValueError(f"generation.sources: unknown source {source!r}; expected 'real'")
+    return [object_from_shot(dataset.load(shot_id), class_plan.class_id) for shot_id in class_plan.shot_ids]
+
+
+def class_samples(
+    dataset: SegDataset, config: MaskforgeConfig, plan: FoldPlan, class_plan: ClassPlan
+) -> Iterator[ShardSample]:
+    """Yield the composed scenes of one novel class: samples_per_class per source, each seeded by (run, class, index)."""
+    cid, n = class_plan.class_id, config.generation.samples_per_class
+    names = dataset.classes()
+    if not plan.base_subset:
+        raise ValueError(f"{plan.dataset} fold {plan.fold}: the base subset is empty; nothing to paste onto")
+    for source in config.generation.sources:
+        pool = object_pool(dataset, class_plan, source)
+        for index in range(n):
+            seed = item_seed(config.run.seed, cid, index, f"compose-{source}")
+            rng = np.random.default_rng(seed)
+            base = dataset.load(plan.base_subset[int(rng.integers(len(plan.base_subset)))])
+            placements = sample_placements(rng, pool, base.label.shape, config.copy_paste)
+            image, label, visible = paste_objects(base.image, base.label, pool, placements)
+            used = [pool[p.object_index] for p in placements]
+            meta = {
+                "dataset": plan.dataset,
+                "fold": plan.fold,
+                "class_id": cid,
+                "class_name": class_plan.class_name,
+                "source": source,
+                "mask_method": used[0].mask_method,
+                "seed": seed,
+                "shot_ids": sorted({s for o in used for s in o.shot_ids}),
+                "scores": {},
+                "config_hash": config.hash(),
+                "prompt": None,
+                "model_ids": {},
+                "base_image_id": base.image_id,
+                "base_classes": [c for c in base.class_ids],
+                "class_names": {str(c): names[c] for c in present_classes(label)},
+                "objects": [
+                    {**p.to_dict(), "shot_ids": list(pool[p.object_index].shot_ids), "visible_pixels": v}
+                    for p, v in zip(placements, visible)
+                ],
+            }
+            yield ShardSample(sample_key(plan.dataset, plan.fold, cid, source, index), image, label, meta)

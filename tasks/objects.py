@@ -1,0 +1,53 @@
+"""Stage 2, produce objects: cut the novel class's object out of each real shot (source "real")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.datasets.base import DatasetError, ImageRecord
+from tasks.labels import binary_mask
+
+
+@dataclass(frozen=True)
+class PoolObject:
+    """One pasteable object of a novel class: an RGB crop, its boolean mask and where it came from.
+
+    Attributes:
+        image: uint8 (h, w, 3) crop around the object.
+        mask: bool (h, w) foreground of the class inside the crop (never empty).
+        class_id: the novel class.
+        source: how the object was made ("real" = cut from a real shot).
+        mask_method: how its mask was made ("gt" = the dataset's ground truth).
+        shot_ids: ids of the real shots it came from or was conditioned on.
+        scores: quality scores of the mask (empty for ground truth).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    class_id: int
+    source: str
+    mask_method: str
+    shot_ids: tuple[str, ...]
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def object_from_shot(record: ImageRecord, class_id: int) -> PoolObject:
+    """Crop a shot to the bounding box of all pixels of `class_id` (every instance together, as GAPS does)."""
+    mask = binary_mask(record.label, class_id)
+    if not mask.any():
+        raise DatasetError(
+            f"empty support mask: image {record.image_id!r} has no pixel of class {class_id} "
+            f"(classes present: {list(record.class_ids)})"
+        )
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    return PoolObject(
+        image=record.image[top:bottom, left:right].copy(),
+        mask=mask[top:bottom, left:right].copy(),
+        class_id=class_id,
+        source="real",
+        mask_method="gt",
+        shot_ids=(record.image_id,),
+    )

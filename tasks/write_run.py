@@ -1,0 +1,96 @@
+"""Stage 4, write the run: a run folder per resolved config, per-class shard parts, then one manifest and marker."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prefect import task
+from rich.progress import track
+
+from storage.assemble import PARTS_DIR, assemble_run, is_complete
+from storage.fs import join
+from storage.reader import RunReader
+from storage.shards import RunWriter, write_config
+from tasks.class_samples import class_samples
+from tasks.config import MaskforgeConfig, parse_config
+from tasks.datasets import build_dataset
+from tasks.fold_plan import FoldPlan
+
+
+def run_url(config: MaskforgeConfig) -> str:
+    """Return the run folder of a config: OUT_DIR/NAME-HASH12, so a config names exactly one run."""
+    return join(config.run.out_dir, f"{config.run.name}-{config.hash()[:12]}")
+
+
+def part_url(run: str, class_id: int) -> str:
+    """Return the staging folder of one class's shards inside a run."""
+    return join(run, PARTS_DIR, f"c{class_id:04d}")
+
+
+def start_run(config: MaskforgeConfig) -> dict:
+    """Create the run folder with its resolved config; report whether a completed run is already there."""
+    url = run_url(config)
+    if is_complete(url):
+        return {"url": url, "complete": True}
+    write_config(url, config.resolved())
+    return {"url": url, "complete": False}
+
+
+def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
+    """Compose one novel class's samples and write them as a completed shard part; return the part's counts."""
+    class_plan = next((c for c in plan.novel if c.class_id == class_id), None)
+    if class_plan is None:
+        raise ValueError(f"class id {class_id} is not a novel class of the plan ({[c.class_id for c in plan.novel]})")
+    url = part_url(run, class_id)
+    if is_complete(url):  # finished by an earlier, interrupted attempt: samples are deterministic, reuse them
+        return {"url": url, **RunReader(url).summary}
+    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
+    counts: Counter[str] = Counter()
+    total = config.generation.samples_per_class * len(config.generation.sources)
+    with RunWriter(
+        url, config.shards.max_count, config.shards.max_bytes, config.shards.jpeg_quality, shard_prefix=f"c{class_id:04d}"
+    ) as writer:
+        samples = class_samples(dataset, config, plan, class_plan)
+        for sample in track(samples, total=total, description=f"compose {class_plan.class_name}", transient=True):
+            writer.write(sample)
+            counts[sample.meta["source"]] += 1
+        summary = {"class_id": class_id, "class_name": class_plan.class_name, "samples_per_source": dict(counts)}
+        writer.finish(summary)
+    return {"url": url, **summary}
+
+
+def run_summary(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict]) -> dict:
+    """Return the run summary: samples per class and source, shots, base-set sizes and the config hash."""
+    return {
+        "dataset": plan.dataset,
+        "fold": plan.fold,
+        "config_hash": config.hash(),
+        "n_samples": sum(sum(p["samples_per_source"].values()) for p in parts),
+        "samples_per_class": {p["class_name"]: p["samples_per_source"] for p in parts},
+        "shots": {c.class_name: list(c.shot_ids) for c in plan.novel},
+        "base_set_size": plan.base_set_size,
+        "base_subset_size": len(plan.base_subset),
+    }
+
+
+def finish_run(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict], run: str) -> dict:
+    """Move the parts' shards into the run, write the manifest and summary, and the completion marker last."""
+    return assemble_run(run, [p["url"] for p in parts], run_summary(config, plan, parts))
+
+
+@task(name="start-run")
+def start_run_task(config: dict) -> dict:
+    """Prefect task: start_run on a resolved config."""
+    return start_run(parse_config(config))
+
+
+@task(name="compose-class")
+def write_class_part_task(config: dict, plan: dict, class_id: int, run: str) -> dict:
+    """Prefect task: compose and write one novel class (one task per class keeps Prefect overhead small)."""
+    return write_class_part(parse_config(config), FoldPlan.from_dict(plan), class_id, run)
+
+
+@task(name="finish-run")
+def finish_run_task(config: dict, plan: dict, parts: list[dict], run: str) -> dict:
+    """Prefect task: finish_run; returns the completion marker."""
+    return finish_run(parse_config(config), FoldPlan.from_dict(plan), parts, run)

@@ -1,0 +1,37 @@
+"""Shared test setup: an isolated, offline Prefect home and one ephemeral Prefect API per test session."""
+
+import os
+import tempfile
+
+# Before Prefect is imported anywhere: never touch ~/.prefect, never phone home, and wait long enough
+# for the ephemeral API on a 2-core machine (measured ~30 s cold).
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="maskforge-prefect-")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Start Prefect's test harness once per session (a temporary database behind an ephemeral API)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked gpu when no CUDA device is present."""
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available()
+    except ImportError:
+        has_gpu = False
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip)

@@ -1,0 +1,78 @@
+"""The `maskforge` CLI through Typer's runner: generate, shards ls/show, datasets check, and its errors."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from flows.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, prefect_harness):
+    """Generate a small toy run through the CLI once for this module."""
+    out = tmp_path_factory.mktemp("cli")
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
+    cfg["dataset"]["toy"].update(image_size=48, n_train=60, n_val=8)
+    cfg["generation"].update(samples_per_class=2)
+    cfg["base"]["subset_size"] = 20
+    path = out / "small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["generate", str(path), "--out", str(out / "runs")])
+    assert result.exit_code == 0, result.output
+    run = next((out / "runs").iterdir())
+    return run, result.output
+
+
+@pytest.mark.prefect
+def test_generate_prints_run_folder_and_summary(demo_run):
+    run, output = demo_run
+    assert f"run folder: {run}" in output.replace("\n", "")
+    for name in ("red disc", "green square", "blue triangle", "yellow star"):
+        assert name in output
+    assert "8 samples" in output
+
+
+@pytest.mark.prefect
+def test_shards_ls_and_show(demo_run, tmp_path):
+    run, _ = demo_run
+    listing = runner.invoke(app, ["shards", "ls", str(run)])
+    assert listing.exit_code == 0, listing.output
+    assert "c0001-000000.tar" in listing.output and "red disc" in listing.output
+    key = "toy-f0-c0001-real-00000"
+    png = tmp_path / "show.png"
+    shown = runner.invoke(app, ["shards", "show", str(run), key, "--out", str(png)])
+    assert shown.exit_code == 0, shown.output
+    image = Image.open(png)
+    assert image.mode == "RGB" and min(image.size) >= 384
+    missing = runner.invoke(app, ["shards", "show", str(run), "no-such-key", "--out", str(png)])
+    assert missing.exit_code == 1 and "no-such-key" in missing.output
+
+
+def test_generate_reports_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  name: pascal\n")
+    result = runner.invoke(app, ["generate", str(bad)])
+    assert result.exit_code == 1
+    assert "dataset.root is required" in result.output and "bad.yaml" in result.output
+
+
+def test_datasets_check_toy():
+    result = runner.invoke(app, ["datasets", "check", "-", "--dataset", "toy"])
+    assert result.exit_code == 0, result.output
+    assert "red disc" in result.output and "fold" in result.output
+
+
+def test_datasets_check_missing_root(tmp_path):
+    result = runner.invoke(app, ["datasets", "check", str(tmp_path / "VOC"), "--dataset", "pascal"])
+    assert result.exit_code == 1 and str(tmp_path / "VOC") in result.output.replace("\n", "")
+
+
+def test_help_everywhere():
+    for args in ([], ["shards"], ["datasets"], ["generate"], ["shards", "show"], ["datasets", "check"]):
+        result = runner.invoke(app, [*args, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output

@@ -1,0 +1,54 @@
+"""The typed config: the demo config validates; errors name the file, the field and what was expected."""
+
+from pathlib import Path
+
+import pytest
+
+from tasks.config import ConfigError, load_config, parse_config
+
+DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def test_demo_config_loads_and_hash_ignores_out_dir():
+    cfg = load_config(DEMO)
+    assert cfg.dataset.name == "toy" and cfg.generation.sources == ("real",)
+    moved = load_config(DEMO, {"run.out_dir": "/elsewhere"})
+    assert moved.run.out_dir == "/elsewhere" and moved.hash() == cfg.hash()
+    assert load_config(DEMO, {"run.seed": 1}).hash() != cfg.hash()
+    assert cfg.resolved()["shards"]["jpeg_quality"] == 95
+
+
+def test_field_errors_name_file_field_and_expectation(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  fold: 7\nshards:\n  colour: red\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    text = str(err.value)
+    assert str(bad) in text
+    assert "field 'dataset.fold'" in text and "less than or equal to 3" in text and "(got 7)" in text
+    assert "field 'shards.colour'" in text and "Extra inputs are not permitted" in text
+
+
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        ({"dataset": {"name": "pascal"}}, "dataset.root is required"),
+        ({"dataset": {"name": "fss", "root": "/x", "fold": 2}}, "FSS-1000 has one fold"),
+        ({"copy_paste": {"min_objects": 4, "max_objects": 2}}, "min_objects (4) must be <= max_objects (2)"),
+        ({"run": {"name": "Bad Name"}}, "field 'run.name'"),
+        ({"generation": {"sources": ["dream"]}}, "field 'generation.sources.0'"),
+    ],
+)
+def test_invalid_values(data, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        parse_config(data, source="inline.yaml")
+    assert needle in str(err.value) and "inline.yaml" in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("run: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
