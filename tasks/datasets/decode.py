@@ -53,13 +53,18 @@ def image_size(path: Path, dataset: str) -> tuple[int, int]:
     return height, width
 
 
-def read_rgb(path: Path, dataset: str) -> np.ndarray:
-    """Decode an image of any mode to a uint8 RGB array of shape (H, W, 3)."""
+def _decode_as(path: Path, dataset: str, mode: str, what: str) -> np.ndarray:
+    """Decode an image of any mode and convert it to `mode` (uint8); `what` names the target in errors."""
     img = _open_decoded(path, dataset)
     try:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+        return np.asarray(img.convert(mode), dtype=np.uint8)
     except _DECODE_ERRORS as err:
-        raise DatasetError(f"{dataset}: cannot convert {path} (mode {img.mode}) to RGB ({err})") from err
+        raise DatasetError(f"{dataset}: cannot convert {path} (mode {img.mode}) to {what} ({err})") from err
+
+
+def read_rgb(path: Path, dataset: str) -> np.ndarray:
+    """Decode an image of any mode to a uint8 RGB array of shape (H, W, 3)."""
+    return _decode_as(path, dataset, "RGB", "RGB")
 
 
 def read_index_png(path: Path, dataset: str) -> np.ndarray:
@@ -73,11 +78,7 @@ def read_index_png(path: Path, dataset: str) -> np.ndarray:
 
 def read_gray(path: Path, dataset: str) -> np.ndarray:
     """Decode a mask image of any mode to uint8 grey levels, shape (H, W)."""
-    img = _open_decoded(path, dataset)
-    try:
-        return np.asarray(img.convert("L"), dtype=np.uint8)
-    except _DECODE_ERRORS as err:
-        raise DatasetError(f"{dataset}: cannot convert mask {path} (mode {img.mode}) to grey levels ({err})") from err
+    return _decode_as(path, dataset, "L", "grey levels")
 
 
 def check_same_size(
