@@ -33,7 +33,7 @@ def class_samples(
 ) -> Iterator[ShardSample]:
     """Yield the composed scenes of one novel class: samples_per_class per source, each seeded by (run, class, index)."""
     cid, n = class_plan.class_id, config.generation.samples_per_class
-    names = dataset.classes()
+    names, config_hash = dataset.classes(), config.hash()
     if not plan.base_subset:
         raise ValueError(f"{plan.dataset} fold {plan.fold}: the base subset is empty; nothing to paste onto")
     for source in config.generation.sources:
@@ -55,7 +55,7 @@ def class_samples(
                 "seed": seed,
                 "shot_ids": sorted({s for o in used for s in o.shot_ids}),
                 "scores": {},
-                "config_hash": config.hash(),
+                "config_hash": config_hash,
                 "prompt": None,
                 "model_ids": {},
                 "base_image_id": base.image_id,
