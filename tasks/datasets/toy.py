@@ -31,10 +31,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     base = grey + 0.35 * (base - grey)  # desaturate so class colours stay distinct from the ground
     cells = int(rng.integers(3, 8))
     coarse = rng.normal(0, 22, size=(cells, cells, 3)).astype(np.float32)
-    smooth = np.asarray(Image.fromarray(coarse[..., 0]).resize((size, size), Image.BICUBIC), dtype=np.float32)
     noise = np.stack(
         [np.asarray(Image.fromarray(coarse[..., c]).resize((size, size), Image.BICUBIC)) for c in range(3)], -1
     )
+    smooth = noise[..., 0]  # the first channel doubles as a brightness field shared by all channels
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     angle = rng.uniform(0, 2 * np.pi)
     gradient = 30 * ((np.cos(angle) * xx + np.sin(angle) * yy) - 0.5)
