@@ -104,6 +104,143 @@ class ShardsConfig(_Strict):
     jpeg_quality: int = Field(95, ge=50, le=100)
 
 
+#: DifFSS's prompt and negative prompt for ControlNet generation (ControlNet4FSS/FSSpregenerate.py).
+DIFFSS_PROMPT = "a real shot photo of {class}, best quality, extremely detailed"
+DIFFSS_NEGATIVE_PROMPT = (
+    "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
+    "worst quality, low quality, artwork"
+)
+#: ControlNet conditions: the support mask, HED edges inside the dilated foreground, and their binarised scribble.
+CONTROL_KINDS = ("mask", "hed", "scribble")
+
+
+def _check_template(template: str, field: str, *placeholders: str) -> str:
+    """Raise ValueError unless a prompt template holds each placeholder exactly once."""
+    for name in placeholders:
+        if template.count("{" + name + "}") != 1:
+            raise ValueError(
+                f"{field}: template {template!r} must contain {{{name}}} exactly once "
+                "(the class word must appear in the prompt for its cross-attention map)"
+            )
+    return template
+
+
+class XattnConfig(_Strict):
+    """Cross-attention coarse masks: which layers and steps are accumulated, and how the map is cut."""
+
+    factors: tuple[int, ...] = Field(
+        (1, 2, 4), min_length=1,
+        description="Latent downsampling factors whose cross-attention layers are captured (SD at 512 px: 1 = 64x64, "
+        "2 = 32x32, 4 = 16x16, 8 = 8x8). A factor with no cross-attention layer in the UNet is an error.",
+    )
+    step_range: tuple[float, float] = Field(
+        (0.0, 1.0), description="Fraction of the denoising steps captured, [start, end): (0, 1) = every step."
+    )
+    threshold: float | Literal["otsu"] = Field(
+        0.4, description="Cut of the max-normalised soft map (AlignDiff: 0.4), or 'otsu' for Otsu's threshold."
+    )
+    store_soft_map: bool = Field(True, description="Store the soft map as KEY.xattn.npy (float16, image size).")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "XattnConfig":
+        if any(f < 1 or f & (f - 1) for f in self.factors) or len(set(self.factors)) != len(self.factors):
+            raise ValueError(f"factors must be distinct powers of two >= 1, got {list(self.factors)}")
+        start, end = self.step_range
+        if not 0.0 <= start < end <= 1.0:
+            raise ValueError(f"step_range must satisfy 0 <= start < end <= 1, got {list(self.step_range)}")
+        if isinstance(self.threshold, float) and not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1) or 'otsu', got {self.threshold}")
+        return self
+
+
+class TextModeConfig(_Strict):
+    """Text prompts: "a photo of a {class}" (AlignDiff's plain-text half)."""
+
+    samples: int = Field(4, ge=0, description="Text-prompted images per novel class.")
+    template: str = Field("a photo of a {class}", description="Prompt template; {class} is the class name.")
+    negative_prompt: str = ""
+    guidance_scale: float = Field(7.5, ge=1.0, description="Classifier-free guidance scale (AlignDiff: 7.5).")
+
+    @model_validator(mode="after")
+    def _template(self) -> "TextModeConfig":
+        _check_template(self.template, "template", "class")
+        return self
+
+
+class EmbeddingModeConfig(_Strict):
+    """Embedding prompts "a photo of a <v_i> {class}" with learned instance embeddings (textual-inversion bank)."""
+
+    samples: int = Field(
+        0, ge=0, description="Embedding-prompted images per class; needs the textual-inversion bank (not yet built)."
+    )
+    template: str = Field("a photo of a {token} {class}", description="Template; {token} is the learned token.")
+
+    @model_validator(mode="after")
+    def _template(self) -> "EmbeddingModeConfig":
+        _check_template(self.template, "template", "token", "class")
+        if self.samples:
+            raise ValueError(
+                f"samples = {self.samples}: the embedding-prompt mode is unavailable until the textual-inversion "
+                "bank (normalized masked textual inversion, issue 4) lands; set diffusion.embedding.samples to 0"
+            )
+        return self
+
+
+class ControlNetModeConfig(_Strict):
+    """ControlNet images conditioned on each real shot's mask, HED edges or scribble (DifFSS)."""
+
+    conditions: tuple[Literal["mask", "hed", "scribble"], ...] = Field(
+        (), description="Conditions to generate; each needs its ControlNet in `models`."
+    )
+    per_shot: int = Field(4, ge=1, description="Images per (real shot, condition) (DifFSS: 4).")
+    models: dict[Literal["mask", "hed", "scribble"], str] = Field(
+        default_factory=dict, description="ControlNet per condition: a local diffusers folder or a cached hub id."
+    )
+    hed_annotator: str | None = Field(
+        None, description="Folder holding ControlNetHED.pth (controlnet-aux's HED); needed for hed and scribble."
+    )
+    prompt: str = Field(DIFFSS_PROMPT, description="Prompt template; {class} is the class name.")
+    negative_prompt: str = DIFFSS_NEGATIVE_PROMPT
+    guidance_scale: float = Field(9.0, ge=1.0, description="Classifier-free guidance scale (DifFSS: 9).")
+    conditioning_scale: float = Field(1.0, ge=0.0, description="ControlNet strength (DifFSS: 1.0).")
+    mask_color: tuple[int, int, int] = Field(
+        (255, 255, 255), description="RGB of the foreground in the mask condition (background is black)."
+    )
+    hed_dilation: int = Field(14, ge=1, description="Elliptical kernel size dilating the foreground that keeps edges.")
+    label: Literal["support", "xattn"] = Field(
+        "support", description="Label map written: the support mask it was conditioned on (DifFSS), or the xattn mask."
+    )
+
+    @model_validator(mode="after")
+    def _models(self) -> "ControlNetModeConfig":
+        _check_template(self.prompt, "prompt", "class")
+        missing = [c for c in self.conditions if c not in self.models]
+        if missing:
+            raise ValueError(f"conditions {list(missing)} have no ControlNet in models (a folder per condition)")
+        if {"hed", "scribble"} & set(self.conditions) and not self.hed_annotator:
+            raise ValueError("hed_annotator is required for the hed and scribble conditions (a folder with ControlNetHED.pth)")
+        return self
+
+
+class DiffusionConfig(_Strict):
+    """The diffusion stage: Stable Diffusion and ControlNet images with cross-attention coarse masks."""
+
+    model: str = Field(..., description="Stable Diffusion: a local diffusers-format folder, or a hub id already cached.")
+    revision: str | None = Field(None, description="Hub revision (cached ids only); recorded in provenance.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto = float16 on GPU, float32 on CPU."
+    )
+    scheduler: Literal["ddim", "dpm-solver"] = "ddim"
+    steps: int = Field(50, ge=1, le=1000, description="Denoising steps (AlignDiff: 50).")
+    image_size: int = Field(512, ge=16, description="Image side (text prompts) or short side (ControlNet, aspect kept).")
+    batch_size: int = Field(4, ge=1, description="Images per pipeline call.")
+    text: TextModeConfig = TextModeConfig()
+    embedding: EmbeddingModeConfig = EmbeddingModeConfig()
+    controlnet: ControlNetModeConfig = ControlNetModeConfig()
+    xattn: XattnConfig = XattnConfig()
+
+
 class RunConfig(_Strict):
     """Run identity and output location."""
 
@@ -122,6 +259,7 @@ class MaskforgeConfig(_Strict):
     generation: GenerationConfig = GenerationConfig()
     copy_paste: CopyPasteConfig = CopyPasteConfig()
     shards: ShardsConfig = ShardsConfig()
+    diffusion: DiffusionConfig | None = Field(None, description="The diffusion stage; absent = copy-paste only.")
 
     def resolved(self) -> dict:
         """Return the fully resolved config as plain JSON-compatible data (every default filled in)."""

@@ -1,0 +1,197 @@
+"""Load Stable Diffusion, ControlNet and HED from local folders (or hub ids already cached); never download."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+#: Weight file names diffusers reads for one model folder, safetensors first.
+_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin", "model.safetensors", "model.fp16.safetensors", "pytorch_model.bin",
+)
+#: Pipeline components that hold weights (others, like the scheduler or tokenizer, only need their files).
+_WEIGHTED = {"unet", "vae", "text_encoder", "controlnet"}
+
+
+class ModelLoadError(FileNotFoundError):
+    """A model folder that is missing or incomplete: names the path and what was expected there."""
+
+
+def resolve_model_path(path_or_id: str, what: str, revision: str | None = None) -> Path:
+    """Return a local folder for a model: the path itself, or a hub id's snapshot in the local cache (no download)."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    looks_like_hub_id = path_or_id.count("/") == 1 and not path_or_id.startswith((".", "/", "~"))
+    if looks_like_hub_id:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(path_or_id, revision=revision, local_files_only=True))
+        except (LocalEntryNotFoundError, OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"{what}: {path_or_id!r} is neither a folder nor a hub id in the local cache "
+                f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}); "
+                f"maskforge never downloads: copy the model folder to disk and give its path ({err.__class__.__name__})"
+            ) from None
+    raise ModelLoadError(f"{what}: model folder {path} does not exist (expected a diffusers-format folder)")
+
+
+def _check_weighted_folder(folder: Path, what: str) -> None:
+    """Raise ModelLoadError unless folder holds config.json and a weight file diffusers can read."""
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"{what}: {folder} has no config.json (not a diffusers/transformers model folder)")
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        raise ModelLoadError(f"{what}: {folder} has no weights; expected one of {list(_WEIGHT_FILES)}")
+
+
+def check_pipeline_folder(folder: Path, what: str = "diffusion.model") -> dict:
+    """Check an SD pipeline folder: model_index.json and every component it lists; return the index."""
+    index_file = folder / "model_index.json"
+    if not index_file.is_file():
+        raise ModelLoadError(f"{what}: {folder} has no model_index.json (not a diffusers pipeline folder)")
+    index = json.loads(index_file.read_text())
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            raise ModelLoadError(f"{what}: component folder {sub} listed in {index_file} is missing")
+        if name in _WEIGHTED:
+            _check_weighted_folder(sub, what)
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not isinstance(index.get(name), list) or index[name][0] is None:
+            raise ModelLoadError(f"{what}: {index_file} lists no {name!r} component; a Stable Diffusion pipeline needs it")
+    return index
+
+
+def content_id(folder: Path) -> str:
+    """Return a short id of a model folder's content: sha256 over each file's path, size, first and last MiB."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(folder)}\0{size}\0".encode())
+        with open(file, "rb") as fh:
+            digest.update(fh.read(1 << 20))
+            if size > 2 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                digest.update(fh.read())
+    return digest.hexdigest()[:16]
+
+
+def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """Return (device, dtype): auto = CUDA if present; float16 on GPU, float32 on CPU. Half on CPU is an error."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("diffusion.device: 'cuda' requested but no CUDA device is available")
+    if dtype == "auto":
+        dtype = "float16" if device == "cuda" else "float32"
+    if device == "cpu" and dtype != "float32":
+        raise ValueError(f"diffusion.dtype: {dtype} on CPU is not supported (use float32 or a GPU)")
+    return torch.device(device), getattr(torch, dtype)
+
+
+@dataclass
+class ModelRef:
+    """Where a model came from: the configured id or path, the folder read, and its revision or content id."""
+
+    id: str
+    folder: str
+    revision: str
+
+    def to_dict(self) -> dict:
+        """Return the provenance entry stored with each sample."""
+        return {"id": self.id, "revision": self.revision}
+
+
+@dataclass
+class Pipelines:
+    """Loaded models for one generation: the SD pipeline, ControlNet pipelines per condition and the HED detector."""
+
+    sd: object
+    device: torch.device
+    dtype: torch.dtype
+    refs: dict[str, ModelRef]
+    controlnet: dict[str, object] = field(default_factory=dict)
+    hed: object | None = None
+
+    def model_ids(self, *names: str) -> dict[str, dict]:
+        """Return provenance {name: {id, revision}} for the named models."""
+        return {name: self.refs[name].to_dict() for name in names}
+
+
+def _ref(path_or_id: str, folder: Path, revision: str | None) -> ModelRef:
+    return ModelRef(path_or_id, str(folder), revision or content_id(folder))
+
+
+def load_hed(path: str):
+    """Load controlnet-aux's HED detector from a folder holding ControlNetHED.pth (no hub)."""
+    from controlnet_aux import HEDdetector
+
+    folder = Path(path).expanduser()
+    if not (folder / "ControlNetHED.pth").is_file():
+        raise ModelLoadError(
+            f"diffusion.controlnet.hed_annotator: {folder / 'ControlNetHED.pth'} not found "
+            "(the HED annotator checkpoint, e.g. lllyasviel/Annotators' ControlNetHED.pth copied to disk)"
+        )
+    return HEDdetector.from_pretrained(str(folder), filename="ControlNetHED.pth", local_files_only=True)
+
+
+def _scheduler(pipe, name: str):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    cls = {"ddim": DDIMScheduler, "dpm-solver": DPMSolverMultistepScheduler}[name]
+    return cls.from_config(pipe.scheduler.config)
+
+
+def load_pipelines(cfg) -> Pipelines:
+    """Load the SD pipeline and the ControlNets a DiffusionConfig asks for, on its device and dtype."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    folder = resolve_model_path(cfg.model, "diffusion.model", cfg.revision)
+    check_pipeline_folder(folder)
+    sd = StableDiffusionPipeline.from_pretrained(
+        folder, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
+    )
+    sd.scheduler = _scheduler(sd, cfg.scheduler)
+    sd.set_progress_bar_config(disable=True)
+    sd.to(device)
+    refs = {"sd": _ref(cfg.model, folder, cfg.revision)}
+    pipes = Pipelines(sd=sd, device=device, dtype=dtype, refs=refs)
+    for kind in cfg.controlnet.conditions:
+        where = f"diffusion.controlnet.models.{kind}"
+        cn_folder = resolve_model_path(cfg.controlnet.models[kind], where)
+        _check_weighted_folder(cn_folder, where)
+        net = ControlNetModel.from_pretrained(cn_folder, torch_dtype=dtype, local_files_only=True).to(device)
+        pipe = StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=net)
+        pipe.set_progress_bar_config(disable=True)
+        pipes.controlnet[kind] = pipe
+        refs[f"controlnet-{kind}"] = _ref(cfg.controlnet.models[kind], cn_folder, None)
+    if {"hed", "scribble"} & set(cfg.controlnet.conditions):
+        pipes.hed = load_hed(cfg.controlnet.hed_annotator).to(device)
+        hed_folder = Path(cfg.controlnet.hed_annotator).expanduser()
+        refs["hed"] = _ref(cfg.controlnet.hed_annotator, hed_folder, None)
+    return pipes
+
+
+_CACHE: dict[str, Pipelines] = {}
+
+
+def cached_pipelines(cfg) -> Pipelines:
+    """Return load_pipelines(cfg), reusing the models already loaded in this process for the same config."""
+    key = cfg.model_dump_json(include={"model", "revision", "device", "dtype", "scheduler"}) + cfg.controlnet.model_dump_json(
+        include={"conditions", "models", "hed_annotator"}
+    )
+    if key not in _CACHE:
+        _CACHE.clear()  # one model set at a time: GPU memory holds one SD, not one per config seen
+        _CACHE[key] = load_pipelines(cfg)
+    return _CACHE[key]

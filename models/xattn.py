@@ -1,0 +1,169 @@
+"""Cross-attention capture: a processor on attn2 layers that sums the class word's attention maps in fp32."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+_LAYER_RE = re.compile(r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))\..*\.attn2\.processor$")
+
+
+class CaptureError(ValueError):
+    """A capture that cannot be set up or read: names the layer, factor or shape at fault."""
+
+
+def cross_attention_factors(unet) -> dict[str, int]:
+    """Return {processor name: latent downsampling factor} for every cross-attention (attn2) layer of a UNet.
+
+    diffusers' UNet2DConditionModel halves the resolution after every down block but the last, so down block i
+    runs at factor 2**i, the mid block at the deepest factor, and up block j at 2**(n - 1 - j).
+    """
+    n_down, n_up = len(unet.down_blocks), len(unet.up_blocks)
+    factors = {}
+    for name in unet.attn_processors:
+        match = _LAYER_RE.match(name)
+        if not match:
+            continue
+        if match.group(2) is not None:
+            factors[name] = 2 ** int(match.group(2))
+        elif match.group(3) is not None:
+            factors[name] = 2 ** (n_up - 1 - int(match.group(3)))
+        else:
+            factors[name] = 2 ** (n_down - 1)
+    return factors
+
+
+@dataclass
+class CaptureBatch:
+    """What one pipeline call captures: token weights per prompt, the latent grid and the steps to keep."""
+
+    token_weights: torch.Tensor  # (n, T) fp32, each row sums to 1 over the class word's tokens
+    latent_hw: tuple[int, int]
+    steps: frozenset[int]
+
+
+class AttentionStore:
+    """fp32 running sums of the class word's cross-attention maps per factor; nothing is kept per step.
+
+    A UNet forward pre-hook advances the step counter (one UNet call per denoising step, CFG batched), so
+    step selection needs no cooperation from the pipeline.
+    """
+
+    def __init__(self, factors: Sequence[int]):
+        self.factors = tuple(factors)
+        self.batch: CaptureBatch | None = None
+        self.step = -1
+        self.sums: dict[int, torch.Tensor] = {}
+        self.counts: dict[int, int] = {}
+
+    def begin(self, batch: CaptureBatch) -> None:
+        """Reset the sums for a new pipeline call."""
+        self.batch, self.step, self.sums, self.counts = batch, -1, {}, {f: 0 for f in self.factors}
+
+    @property
+    def active(self) -> bool:
+        """Whether the current denoising step is one to accumulate."""
+        return self.batch is not None and self.step in self.batch.steps
+
+    def add(self, factor: int, probs: torch.Tensor, heads: int) -> None:
+        """Add one layer's conditional attention probabilities (n*heads, HW, T), reduced to (n, HW) word maps."""
+        batch = self.batch
+        n = batch.token_weights.shape[0]
+        h, w = batch.latent_hw[0] // factor, batch.latent_hw[1] // factor
+        if probs.shape[0] != n * heads or probs.shape[1] != h * w:
+            raise CaptureError(
+                f"factor {factor}: attention of shape {tuple(probs.shape)} does not match {n} prompts x {heads} heads "
+                f"over a {h}x{w} grid (latent {batch.latent_hw})"
+            )
+        weights = batch.token_weights.to(probs.device)
+        maps = torch.einsum("bhqt,bt->bq", probs.float().view(n, heads, h * w, -1), weights) / heads
+        if factor in self.sums:
+            self.sums[factor] += maps
+        else:
+            self.sums[factor] = maps
+        self.counts[factor] += 1
+
+    def maps(self) -> dict[int, torch.Tensor]:
+        """Return {factor: (n, h, w) mean word map over heads, layers and captured steps} on the CPU."""
+        batch = self.batch
+        out = {}
+        for f in self.factors:
+            if not self.counts.get(f):
+                raise CaptureError(f"factor {f}: nothing was captured (no selected step reached a layer of this factor)")
+            h, w = batch.latent_hw[0] // f, batch.latent_hw[1] // f
+            out[f] = (self.sums[f] / self.counts[f]).view(-1, h, w).cpu()
+        return out
+
+
+class CaptureProcessor:
+    """Wraps a layer's own processor: its output is untouched (same op, same inputs), and for the conditional
+    half of the batch it also computes softmax(QK^T) explicitly and hands it to the store."""
+
+    def __init__(self, inner, store: AttentionStore, factor: int, name: str):
+        self.inner, self.store, self.factor, self.name = inner, store, factor, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        """Run the wrapped processor, then capture this layer's word maps if the step is selected."""
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if self.store.active:
+            self._capture(attn, hidden_states, encoder_hidden_states, attention_mask)
+        return out
+
+    @torch.no_grad()
+    def _capture(self, attn, hidden_states, encoder_hidden_states, attention_mask) -> None:
+        if encoder_hidden_states is None:
+            raise CaptureError(f"{self.name}: no encoder_hidden_states; not a cross-attention call")
+        if attention_mask is not None:
+            raise CaptureError(f"{self.name}: text attention masks are not supported by the capture")
+        n = self.store.batch.token_weights.shape[0]
+        # With classifier-free guidance the pipeline batches [unconditional, conditional]: keep the last n rows.
+        hs, ehs = hidden_states[-n:], encoder_hidden_states[-n:]
+        if hs.ndim == 4:
+            hs = hs.flatten(2).transpose(1, 2)
+        if attn.norm_cross:
+            ehs = attn.norm_encoder_hidden_states(ehs)
+        query = attn.head_to_batch_dim(attn.to_q(hs))
+        key = attn.head_to_batch_dim(attn.to_k(ehs))
+        self.store.add(self.factor, attn.get_attention_scores(query, key, None), attn.heads)
+
+
+def _step_pre_hook(store: AttentionStore):
+    def hook(module, args, kwargs):
+        store.step += 1
+
+    return hook
+
+
+@contextmanager
+def capture_cross_attention(unet, factors: Sequence[int]) -> Iterator[AttentionStore]:
+    """Install capture processors on the attn2 layers at `factors` (others keep theirs); restore them on exit."""
+    layer_factors = cross_attention_factors(unet)
+    available = sorted(set(layer_factors.values()))
+    missing = [f for f in factors if f not in available]
+    if missing:
+        raise CaptureError(
+            f"xattn.factors {list(factors)}: factor(s) {missing} have no cross-attention layer in this UNet; "
+            f"it has factors {available}"
+        )
+    original = unet.attn_processors
+    store = AttentionStore(factors)
+    for name in layer_factors:
+        module = unet.get_submodule(name.removesuffix(".processor"))
+        if module.group_norm is not None or module.spatial_norm is not None:
+            raise CaptureError(f"{name}: attention with group/spatial norm is not supported by the capture")
+    processors = {
+        name: CaptureProcessor(proc, store, layer_factors[name], name)
+        if layer_factors.get(name) in factors else proc
+        for name, proc in original.items()
+    }
+    unet.set_attn_processor(processors)
+    handle = unet.register_forward_pre_hook(_step_pre_hook(store), with_kwargs=True)
+    try:
+        yield store
+    finally:
+        handle.remove()
+        unet.set_attn_processor(original)
