@@ -19,11 +19,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+TINY := .models/tiny
+
+# Tiny random-initialised SD, ControlNets and HED in their real formats: the demo's models, built offline.
+$(TINY)/sd/model_index.json: $(STAMP)
+	$(BIN)/maskforge models tiny --out $(TINY)
+
+demo: $(STAMP) $(TINY)/sd/model_index.json
 	$(BIN)/maskforge generate configs/demo.yaml --out runs
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .prefect runs
+	rm -rf $(VENV) .prefect runs .models

@@ -18,8 +18,10 @@ from rich.table import Table  # noqa: E402
 app = typer.Typer(help="maskforge: synthetic few-shot segmentation data, orchestrated with Prefect.", no_args_is_help=True)
 shards_app = typer.Typer(help="Browse the shards of a run.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Validate dataset layouts on disk.", no_args_is_help=True)
+models_app = typer.Typer(help="Build or check the models the diffusion stage loads.", no_args_is_help=True)
 app.add_typer(shards_app, name="shards")
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
 console = Console()
 
 
@@ -58,7 +60,7 @@ def generate(
         _fail(str(err))
     try:
         result = generate_flow(config=cfg.resolved())
-    except (DatasetError, ValueError) as err:
+    except (DatasetError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     reader = RunReader(result["url"])
     console.print(summary_table(reader.summary))
@@ -127,3 +129,41 @@ def datasets_check(
     console.print(format_report(report), soft_wrap=True, markup=False, highlight=False)
     if report.problems:
         raise typer.Exit(code=1)
+
+
+@models_app.command("tiny")
+def models_tiny(
+    out: Path = typer.Option(..., "--out", help="Folder to write: sd/, controlnet-{mask,hed,scribble}/, hed/."),
+    seed: int = typer.Option(0, help="Initialisation seed (the same seed writes the same weights)."),
+) -> None:
+    """Build tiny random-initialised SD, ControlNets and HED in their real formats (offline tests and demo)."""
+    from models.tiny import build_tiny_models
+
+    for name, folder in build_tiny_models(out, seed).items():
+        console.print(f"{name}: {folder}")
+
+
+@models_app.command("check")
+def models_check(
+    config: Path = typer.Argument(..., help="YAML config whose diffusion section names the models."),
+) -> None:
+    """Load every model a config's diffusion section names (no generation) and print ids and revisions."""
+    from models.loading import load_pipelines
+    from tasks.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as err:
+        _fail(str(err))
+    if cfg.diffusion is None:
+        _fail(f"{config}: no 'diffusion' section; nothing to load")
+    try:
+        pipes = load_pipelines(cfg.diffusion)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        _fail(str(err))
+    table = Table(title=f"models on {pipes.device} ({str(pipes.dtype).removeprefix('torch.')})")
+    for col in ("model", "id", "folder", "revision"):
+        table.add_column(col)
+    for name, ref in pipes.refs.items():
+        table.add_row(name, ref.id, ref.folder, ref.revision)
+    console.print(table)

@@ -1,4 +1,4 @@
-"""The generation flow: plan the fold, compose each novel class's samples, then write shards and manifest."""
+"""The generation flow: plan the fold, compose and diffuse each novel class's samples, then write shards and manifest."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from prefect import flow
 
 from tasks.config import parse_config
 from tasks.fold_plan import plan_fold_task
-from tasks.write_run import finish_run_task, start_run_task, write_class_part_task
+from tasks.write_run import finish_run_task, start_run_task, write_class_part_task, write_generated_part_task
 
 
 @flow(name="generate", log_prints=True)
@@ -23,6 +23,8 @@ def generate(config: dict) -> dict:
         return run
     plan = plan_fold_task(resolved)
     parts = [write_class_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
+    if resolved["diffusion"] is not None:
+        parts += [write_generated_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
     marker = finish_run_task(resolved, plan, parts, run["url"])
     print(f"run complete: {run['url']} ({marker['n_samples']} samples)")
     return {"url": run["url"], "complete": True, "marker": marker}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 from prefect import task
 from rich.progress import track
@@ -10,6 +11,7 @@ from rich.progress import track
 from storage.assemble import PARTS_DIR, assemble_run, is_complete
 from storage.fs import join
 from storage.reader import RunReader
+from storage.codec import ShardSample
 from storage.shards import RunWriter, write_config
 from tasks.class_samples import class_samples
 from tasks.config import MaskforgeConfig, parse_config
@@ -22,9 +24,17 @@ def run_url(config: MaskforgeConfig) -> str:
     return join(config.run.out_dir, f"{config.run.name}-{config.hash()[:12]}")
 
 
-def part_url(run: str, class_id: int) -> str:
-    """Return the staging folder of one class's shards inside a run."""
-    return join(run, PARTS_DIR, f"c{class_id:04d}")
+def part_url(run: str, class_id: int, stage: str = "compose") -> str:
+    """Return the staging folder of one class's shards of a stage ("compose" or "diffusion") inside a run."""
+    return join(run, PARTS_DIR, part_prefix(class_id, stage))
+
+
+def part_prefix(class_id: int, stage: str) -> str:
+    """Return the shard prefix of a class's part: cNNNN for composed scenes, cNNNN-gen for diffusion images."""
+    suffixes = {"compose": "", "diffusion": "-gen"}
+    if stage not in suffixes:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(suffixes)}")
+    return f"c{class_id:04d}{suffixes[stage]}"
 
 
 def start_run(config: MaskforgeConfig) -> dict:
@@ -36,27 +46,51 @@ def start_run(config: MaskforgeConfig) -> dict:
     return {"url": url, "complete": False}
 
 
-def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
-    """Compose one novel class's samples and write them as a completed shard part; return the part's counts."""
+def _class_plan(plan: FoldPlan, class_id: int):
     class_plan = next((c for c in plan.novel if c.class_id == class_id), None)
     if class_plan is None:
         raise ValueError(f"class id {class_id} is not a novel class of the plan ({[c.class_id for c in plan.novel]})")
+    return class_plan
+
+
+def write_part(
+    config: MaskforgeConfig, url: str, prefix: str, class_plan, samples: Iterable[ShardSample], total: int, what: str
+) -> dict:
+    """Write samples as a completed shard part at url (shards prefix-NNNNNN.tar); return its summary."""
+    counts: Counter[str] = Counter()
+    with RunWriter(url, config.shards.max_count, config.shards.max_bytes, config.shards.jpeg_quality, shard_prefix=prefix) as writer:
+        for sample in track(samples, total=total, description=f"{what} {class_plan.class_name}", transient=True):
+            writer.write(sample)
+            counts[sample.meta["source"]] += 1
+        summary = {"class_id": class_plan.class_id, "class_name": class_plan.class_name, "samples_per_source": dict(counts)}
+        writer.finish(summary)
+    return {"url": url, **summary}
+
+
+def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
+    """Compose one novel class's samples and write them as a completed shard part; return the part's counts."""
+    class_plan = _class_plan(plan, class_id)
     url = part_url(run, class_id)
     if is_complete(url):  # finished by an earlier, interrupted attempt: samples are deterministic, reuse them
         return {"url": url, **RunReader(url).summary}
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
-    counts: Counter[str] = Counter()
     total = config.generation.samples_per_class * len(config.generation.sources)
-    with RunWriter(
-        url, config.shards.max_count, config.shards.max_bytes, config.shards.jpeg_quality, shard_prefix=f"c{class_id:04d}"
-    ) as writer:
-        samples = class_samples(dataset, config, plan, class_plan)
-        for sample in track(samples, total=total, description=f"compose {class_plan.class_name}", transient=True):
-            writer.write(sample)
-            counts[sample.meta["source"]] += 1
-        summary = {"class_id": class_id, "class_name": class_plan.class_name, "samples_per_source": dict(counts)}
-        writer.finish(summary)
-    return {"url": url, **summary}
+    samples = class_samples(dataset, config, plan, class_plan)
+    return write_part(config, url, part_prefix(class_id, "compose"), class_plan, samples, total, "compose")
+
+
+def write_generated_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
+    """Generate one novel class's diffusion images with coarse masks and write them as a completed part."""
+    from models.loading import cached_pipelines
+    from tasks.diffusion import diffusion_samples
+
+    class_plan = _class_plan(plan, class_id)
+    url = part_url(run, class_id, "diffusion")
+    if is_complete(url):
+        return {"url": url, **RunReader(url).summary}
+    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
+    samples = diffusion_samples(cached_pipelines(config.diffusion), dataset, config, plan, class_plan)
+    return write_part(config, url, part_prefix(class_id, "diffusion"), class_plan, samples, len(samples), "diffuse")
 
 
 def run_summary(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict]) -> dict:
@@ -66,11 +100,19 @@ def run_summary(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict]) -> d
         "fold": plan.fold,
         "config_hash": config.hash(),
         "n_samples": sum(sum(p["samples_per_source"].values()) for p in parts),
-        "samples_per_class": {p["class_name"]: p["samples_per_source"] for p in parts},
+        "samples_per_class": _per_class(parts),
         "shots": {c.class_name: list(c.shot_ids) for c in plan.novel},
         "base_set_size": plan.base_set_size,
         "base_subset_size": len(plan.base_subset),
     }
+
+
+def _per_class(parts: list[dict]) -> dict[str, dict[str, int]]:
+    """Merge the parts' sample counts into {class name: {source: count}} (a class has one part per stage)."""
+    merged: dict[str, dict[str, int]] = {}
+    for p in parts:
+        merged.setdefault(p["class_name"], {}).update(p["samples_per_source"])
+    return merged
 
 
 def finish_run(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict], run: str) -> dict:
@@ -88,6 +130,12 @@ def start_run_task(config: dict) -> dict:
 def write_class_part_task(config: dict, plan: dict, class_id: int, run: str) -> dict:
     """Prefect task: compose and write one novel class (one task per class keeps Prefect overhead small)."""
     return write_class_part(parse_config(config), FoldPlan.from_dict(plan), class_id, run)
+
+
+@task(name="generate-class")
+def write_generated_part_task(config: dict, plan: dict, class_id: int, run: str) -> dict:
+    """Prefect task: generate and write one novel class's diffusion images (one task per class: models load once)."""
+    return write_generated_part(parse_config(config), FoldPlan.from_dict(plan), class_id, run)
 
 
 @task(name="finish-run")

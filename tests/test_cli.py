@@ -8,18 +8,20 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
+from tiny import diffusion_section
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, prefect_harness):
-    """Generate a small toy run through the CLI once for this module."""
+def demo_run(tmp_path_factory, prefect_harness, tiny_models):
+    """Generate a small toy run (copy-paste and diffusion on the tiny models) through the CLI once for this module."""
     out = tmp_path_factory.mktemp("cli")
     cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").read_text())
     cfg["dataset"]["toy"].update(image_size=48, n_train=60, n_val=8)
     cfg["generation"].update(samples_per_class=2)
     cfg["base"]["subset_size"] = 20
+    cfg["diffusion"] = diffusion_section(tiny_models, text={"samples": 1})
     path = out / "small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     result = runner.invoke(app, ["generate", str(path), "--out", str(out / "runs")])
@@ -34,7 +36,10 @@ def test_generate_prints_run_folder_and_summary(demo_run):
     assert f"run folder: {run}" in output.replace("\n", "")
     for name in ("red disc", "green square", "blue triangle", "yellow star"):
         assert name in output
-    assert "8 samples" in output
+    # per class: 2 composed scenes, 1 text image, 3 conditions x 2 shots x 1 ControlNet image
+    assert "36 samples" in output
+    for source in ("real", "text", "cn-mask", "cn-hed", "cn-scribble"):
+        assert source in output
 
 
 @pytest.mark.prefect

@@ -1,0 +1,25 @@
+"""Test helper: a small diffusion config section on the session's tiny models."""
+
+
+def diffusion_section(tiny: dict, **overrides) -> dict:
+    """A small diffusion config section on the tiny models: 64 px, 2 steps, all three ControlNet conditions."""
+    section = {
+        "model": tiny["sd"],
+        "steps": 2,
+        "image_size": 64,
+        "batch_size": 4,
+        "text": {"samples": 2},
+        "controlnet": {
+            "conditions": ["mask", "hed", "scribble"],
+            "per_shot": 1,
+            "models": {k: tiny[f"controlnet-{k}"] for k in ("mask", "hed", "scribble")},
+            "hed_annotator": tiny["hed"],
+        },
+        "xattn": {"factors": [2, 4]},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            section[key] = {**section[key], **value}
+        else:
+            section[key] = value
+    return section
