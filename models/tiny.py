@@ -109,7 +109,7 @@ def edge_hed(seed: int = 0) -> torch.nn.Module:
             conv1.weight[i] = grey[:, None, None] * kernel  # input is 0..255 RGB
             conv2.weight[i, i, 1, 1] = 1.0
         net.block1.projection.weight.zero_()
-        net.block1.projection.weight[0, :4] = 0.05
+        net.block1.projection.weight[0, :4] = 0.1
         net.block1.projection.bias.fill_(-10.0)
         for block in (net.block2, net.block3, net.block4, net.block5):
             block.projection.weight.zero_(), block.projection.bias.zero_()
