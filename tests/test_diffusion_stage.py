@@ -1,0 +1,126 @@
+"""The diffusion stage on the tiny models: every mode writes valid samples with provenance, seeds are per item."""
+
+import numpy as np
+import pytest
+
+from models.loading import load_pipelines
+from storage.reader import RunReader
+from tasks.config import ConfigError, parse_config
+from tasks.datasets import build_dataset
+from tasks.diffusion import GenItem, class_word, diffusion_samples, generate_items, plan_items
+from tasks.fold_plan import plan_fold
+from tasks.write_run import part_url, write_generated_part
+from tiny import diffusion_section
+
+
+def _config(tiny, **diffusion):
+    return parse_config({
+        "run": {"name": "gen", "seed": 3},
+        "dataset": {"name": "toy", "fold": 0, "toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
+        "shots": {"k": 2},
+        "base": {"subset_size": 10},
+        "generation": {"classes": ["red disc"]},
+        "diffusion": diffusion_section(tiny, **diffusion),
+    })
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_models):
+    config = _config(tiny_models)
+    dataset = build_dataset("toy", None, config.dataset.toy)
+    plan = plan_fold(dataset, config)
+    return config, dataset, plan, load_pipelines(config.diffusion)
+
+
+def test_plan_items_seeds_and_prompts(tiny_models):
+    cfg = _config(tiny_models, controlnet={"per_shot": 2}).diffusion
+    items = plan_items(cfg, 3, 1, "red disc", ("s0", "s1"))
+    assert [i.source for i in items] == ["text"] * 2 + ["cn-mask"] * 4 + ["cn-hed"] * 4 + ["cn-scribble"] * 4
+    assert [i.index for i in items if i.source == "cn-hed"] == [0, 1, 2, 3]
+    assert [i.shot_id for i in items if i.source == "cn-hed"] == ["s0", "s0", "s1", "s1"]
+    assert items[0].prompt == "a photo of a red disc" and items[0].guidance_scale == 7.5
+    assert items[2].prompt == "a real shot photo of red disc, best quality, extremely detailed"
+    assert items[2].negative_prompt.startswith("longbody, lowres") and items[2].guidance_scale == 9.0
+    assert len({i.seed for i in items}) == len(items)
+    # the seed depends on (run seed, class, index, source) only
+    again = plan_items(cfg.model_copy(update={"text": cfg.text.model_copy(update={"samples": 5})}), 3, 1, "red disc", ("s0", "s1"))
+    assert again[1].seed == items[1].seed and plan_items(cfg, 4, 1, "red disc", ("s0", "s1"))[0].seed != items[0].seed
+    assert class_word("bald_eagle") == "bald eagle"
+
+
+def test_every_mode_writes_valid_samples(setup, tmp_path):
+    config, dataset, plan, _ = setup
+    run = str(tmp_path / "run")
+    part = write_generated_part(config, plan, 1, run)
+    assert part["url"] == part_url(run, 1, "diffusion")
+    assert part["samples_per_source"] == {"text": 2, "cn-mask": 2, "cn-hed": 2, "cn-scribble": 2}
+    reader = RunReader(part["url"])
+    samples = {s.key: s for s in reader}
+    assert sorted(samples) == sorted(
+        [f"toy-f0-c0001-text-{i:05d}" for i in range(2)]
+        + [f"toy-f0-c0001-cn-{k}-{i:05d}" for k in ("mask", "hed", "scribble") for i in range(2)]
+    )
+    shots = list(plan.novel[0].shot_ids)
+    for key, s in samples.items():
+        meta = s.meta
+        assert s.image.shape == (64, 64, 3) and s.label.shape == (64, 64)
+        assert set(np.unique(s.label)) <= {0, 1} and (s.label == 1).any()
+        assert s.extras["xattn.npy"].shape == (64, 64) and s.extras["xattn.npy"].dtype == np.float16
+        soft = s.extras["xattn.npy"].astype(np.float32)
+        assert 0 <= soft.min() and soft.max() == pytest.approx(1.0, abs=1e-3)
+        assert meta["model_ids"]["sd"]["id"].endswith("sd") and meta["generation"]["steps"] == 2
+        assert meta["generation"]["scheduler"] == "DDIMScheduler" and meta["generation"]["embedding_id"] is None
+        assert meta["xattn"]["factors"] == [2, 4] and meta["xattn"]["threshold"] == 0.4
+        if meta["source"] == "text":
+            assert meta["mask_method"] == "xattn" and meta["prompt"] == "a photo of a red disc"
+            assert meta["xattn"]["token_indices"] == [5, 6] and meta["shot_ids"] == shots
+            # the label is the thresholded soft map
+            assert abs((s.label == 1).mean() - (soft > 0.4).mean()) < 0.02
+            assert set(meta["model_ids"]) == {"sd"} and "control.png" not in s.extras
+        else:
+            kind = meta["source"].removeprefix("cn-")
+            assert meta["mask_method"] == "support" and meta["generation"]["control"] == kind
+            assert meta["xattn"]["token_indices"] == [6, 7] and len(meta["shot_ids"]) == 1
+            assert meta["shot_ids"][0] in shots and meta["generation"]["guidance_scale"] == 9.0
+            # the label is the support mask the image was conditioned on
+            shot = dataset.load(meta["shot_ids"][0])
+            assert (s.label == 1).sum() == pytest.approx((shot.label == 1).sum(), rel=0.05)  # shots are 64 px too
+            assert s.extras["xattn_mask.png"].shape == (64, 64) and s.extras["control.png"].shape == (64, 64)
+            assert 0.0 <= meta["scores"]["xattn_support_iou"] <= 1.0
+            expected_models = {"sd", f"controlnet-{kind}"} | ({"hed"} if kind != "mask" else set())
+            assert set(meta["model_ids"]) == expected_models
+            if kind == "scribble":
+                assert set(np.unique(s.extras["control.png"])) <= {0, 255}
+            if kind == "mask":
+                np.testing.assert_array_equal(s.extras["control.png"] > 0, s.label == 1)
+    # ControlNet conditions change the images
+    assert not np.array_equal(samples["toy-f0-c0001-cn-mask-00000"].image, samples["toy-f0-c0001-cn-hed-00000"].image)
+
+
+def test_rerun_and_batching_reproduce_items(setup):
+    config, dataset, plan, pipes = setup
+    cfg = config.diffusion
+    first = diffusion_samples(pipes, dataset, config, plan, plan.novel[0])
+    second = diffusion_samples(pipes, dataset, config, plan, plan.novel[0])
+    for a, b in zip(first, second):
+        assert a.key == b.key and np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
+    # one item generated on its own equals the same item generated inside a batch (up to float rounding)
+    items = plan_items(cfg, config.run.seed, 1, "red disc", plan.novel[0].shot_ids)
+    alone = generate_items(pipes, [items[1]], "red disc", cfg.model_copy(update={"batch_size": 1}), {})
+    batch = [s for s in first if s.key.endswith("text-00001")][0]
+    assert np.abs(alone[0].image.astype(int) - batch.image.astype(int)).max() <= 2
+
+
+def test_config_errors_name_the_field(tiny_models):
+    with pytest.raises(ConfigError, match=r"diffusion.text.*must contain \{class\} exactly once"):
+        _config(tiny_models, text={"template": "a photo of something"})
+    with pytest.raises(ConfigError, match="embedding-prompt mode is unavailable until the textual-inversion bank"):
+        _config(tiny_models, embedding={"samples": 2})
+    with pytest.raises(ConfigError, match=r"conditions \['hed'\] have no ControlNet in models"):
+        _config(tiny_models, controlnet={"conditions": ["hed"], "models": {}})
+    with pytest.raises(ConfigError, match="hed_annotator is required"):
+        _config(tiny_models, controlnet={"hed_annotator": None})
+    with pytest.raises(ConfigError, match="factors must be distinct powers of two"):
+        _config(tiny_models, xattn={"factors": [3]})
+    with pytest.raises(ConfigError, match=r"diffusion.model.*Field required"):
+        parse_config({"diffusion": {}})
