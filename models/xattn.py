@@ -80,7 +80,9 @@ class AttentionStore:
                 f"over a {h}x{w} grid (latent {batch.latent_hw})"
             )
         weights = batch.token_weights.to(probs.device)
-        maps = torch.einsum("bhqt,bt->bq", probs.float().view(n, heads, h * w, -1), weights) / heads
+        # (n, heads*HW, T) @ (n, T, 1): the class word's probability per pixel and head, then the mean over heads
+        per_head = torch.bmm(probs.view(n, heads * h * w, -1).float(), weights.unsqueeze(-1))
+        maps = per_head.view(n, heads, h * w).mean(1)
         if factor in self.sums:
             self.sums[factor] += maps
         else:
@@ -101,16 +103,37 @@ class AttentionStore:
 
 class CaptureProcessor:
     """Wraps a layer's own processor: its output is untouched (same op, same inputs), and for the conditional
-    half of the batch it also computes softmax(QK^T) explicitly and hands it to the store."""
+    half of the batch it also computes softmax(QK^T) explicitly and hands it to the store.
+
+    Forward hooks on the layer's to_q and to_k keep the projections the wrapped processor computes anyway, so
+    the capture adds only the score matrix of the conditional half; a processor that bypasses to_q/to_k (fused
+    projections) gets them recomputed.
+    """
 
     def __init__(self, inner, store: AttentionStore, factor: int, name: str):
         self.inner, self.store, self.factor, self.name = inner, store, factor, name
+        self._armed = False
+        self._q = self._k = None
+
+    def keep_query(self, module, args, output) -> None:
+        """Forward hook on to_q: keep its output while a capture call is running."""
+        if self._armed:
+            self._q = output
+
+    def keep_key(self, module, args, output) -> None:
+        """Forward hook on to_k: keep its output while a capture call is running."""
+        if self._armed:
+            self._k = output
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         """Run the wrapped processor, then capture this layer's word maps if the step is selected."""
-        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-        if self.store.active:
-            self._capture(attn, hidden_states, encoder_hidden_states, attention_mask)
+        self._armed = self.store.active
+        try:
+            out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+            if self._armed:
+                self._capture(attn, hidden_states, encoder_hidden_states, attention_mask)
+        finally:
+            self._armed, self._q, self._k = False, None, None
         return out
 
     @torch.no_grad()
@@ -121,13 +144,16 @@ class CaptureProcessor:
             raise CaptureError(f"{self.name}: text attention masks are not supported by the capture")
         n = self.store.batch.token_weights.shape[0]
         # With classifier-free guidance the pipeline batches [unconditional, conditional]: keep the last n rows.
-        hs, ehs = hidden_states[-n:], encoder_hidden_states[-n:]
-        if hs.ndim == 4:
-            hs = hs.flatten(2).transpose(1, 2)
-        if attn.norm_cross:
-            ehs = attn.norm_encoder_hidden_states(ehs)
-        query = attn.head_to_batch_dim(attn.to_q(hs))
-        key = attn.head_to_batch_dim(attn.to_k(ehs))
+        query, key = self._q, self._k
+        if query is None or key is None or query.shape[0] != hidden_states.shape[0]:
+            hs, ehs = hidden_states[-n:], encoder_hidden_states[-n:]
+            if hs.ndim == 4:
+                hs = hs.flatten(2).transpose(1, 2)
+            if attn.norm_cross:
+                ehs = attn.norm_encoder_hidden_states(ehs)
+            query, key = attn.to_q(hs), attn.to_k(ehs)
+        query = attn.head_to_batch_dim(query[-n:])
+        key = attn.head_to_batch_dim(key[-n:])
         self.store.add(self.factor, attn.get_attention_scores(query, key, None), attn.heads)
 
 
@@ -160,10 +186,16 @@ def capture_cross_attention(unet, factors: Sequence[int]) -> Iterator[AttentionS
         if layer_factors.get(name) in factors else proc
         for name, proc in original.items()
     }
+    handles = [unet.register_forward_pre_hook(_step_pre_hook(store), with_kwargs=True)]
+    for name, proc in processors.items():
+        if isinstance(proc, CaptureProcessor):
+            module = unet.get_submodule(name.removesuffix(".processor"))
+            handles.append(module.to_q.register_forward_hook(proc.keep_query))
+            handles.append(module.to_k.register_forward_hook(proc.keep_key))
     unet.set_attn_processor(processors)
-    handle = unet.register_forward_pre_hook(_step_pre_hook(store), with_kwargs=True)
     try:
         yield store
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
         unet.set_attn_processor(original)

@@ -173,3 +173,39 @@ def test_capture_processor_keeps_outputs_of_the_wrapped_processor():
     probs = torch.softmax(q @ k.transpose(-1, -2) / 8**0.5, -1).mean(1)  # (2, 16, 5), mean over heads
     expected = torch.stack([probs[0, :, 1], probs[1, :, 2]])
     torch.testing.assert_close(store.maps()[1].view(2, 16), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_capture_reuses_the_layer_projections(pipe, tiny_models):
+    """The capture keeps to_q/to_k outputs through hooks instead of recomputing them: same call counts."""
+    calls = {"n": 0}
+
+    def count(module, args, output):
+        calls["n"] += 1
+
+    layer = pipe.unet.get_submodule("down_blocks.1.attentions.0.transformer_blocks.0.attn2")
+    handle = layer.to_q.register_forward_hook(count)
+    try:
+        cfg = _cfg(tiny_models)
+        items = _items(["a photo of a red disc"], [5])
+        generate_batch(pipe, items, "red disc", cfg, (64, 64), capture=False)
+        stock = calls["n"]
+        generate_batch(pipe, items, "red disc", cfg, (64, 64), capture=True)
+        assert stock == 3 and calls["n"] - stock == stock  # one to_q call per step, with or without capture
+    finally:
+        handle.remove()
+
+
+@pytest.mark.gpu
+def test_half_precision_capture_on_gpu(tiny_models):
+    """On a GPU in float16: capture leaves pixels unchanged and its fp32 sums stay finite."""
+    from diffusers import StableDiffusionPipeline
+
+    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None,
+                                                 torch_dtype=torch.float16).to("cuda")
+    sd.set_progress_bar_config(disable=True)
+    cfg = _cfg(tiny_models)
+    items = _items(["a photo of a red disc", "a photo of a red disc"], [1, 2])
+    with_capture, maps, _ = generate_batch(sd, items, "red disc", cfg, (64, 64), capture=True)
+    without, _, _ = generate_batch(sd, items, "red disc", cfg, (64, 64), capture=False)
+    np.testing.assert_array_equal(with_capture, without)
+    assert all(m.dtype == torch.float32 and torch.isfinite(m).all() for m in maps.values())
