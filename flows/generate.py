@@ -6,6 +6,7 @@ from prefect import flow
 
 from tasks.config import parse_config
 from tasks.fold_plan import plan_fold_task
+from tasks.textual_inversion import learn_embedding_task
 from tasks.write_run import finish_run_task, start_run_task, write_class_part_task, write_generated_part_task
 
 
@@ -24,6 +25,10 @@ def generate(config: dict) -> dict:
     plan = plan_fold_task(resolved)
     parts = [write_class_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
     if resolved["diffusion"] is not None:
+        if resolved["diffusion"]["embedding"]["samples"]:
+            for c in plan["novel"]:
+                for shot in c["shot_ids"]:
+                    learn_embedding_task(resolved, plan, c["class_id"], shot)
         parts += [write_generated_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
     marker = finish_run_task(resolved, plan, parts, run["url"])
     print(f"run complete: {run['url']} ({marker['n_samples']} samples)")

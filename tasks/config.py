@@ -168,21 +168,36 @@ class TextModeConfig(_Strict):
 
 
 class EmbeddingModeConfig(_Strict):
-    """Embedding prompts "a photo of a <v_i> {class}" with learned instance embeddings (textual-inversion bank)."""
+    """Embedding prompts "a photo of a <v_i> {class}" with instance embeddings learned from each real shot.
 
-    samples: int = Field(
-        0, ge=0, description="Embedding-prompted images per class; needs the textual-inversion bank (not yet built)."
-    )
+    The embeddings come from normalized masked textual inversion (AlignDiff §3.4, Eq. 3) and live in a bank keyed
+    by (dataset, fold, class, shot) and by everything that changes them, so reruns reuse them.
+    """
+
+    samples: int = Field(0, ge=0, description="Embedding-prompted images per class; shots are used in turn.")
     template: str = Field("a photo of a {token} {class}", description="Template; {token} is the learned token.")
+    bank: str | None = Field(None, description="Embedding bank folder; default OUT_DIR/embeddings (shared by runs).")
+    initializer: str = Field("good", description="Word whose embedding starts v* (AlignDiff: 'good'); one token.")
+    steps: int = Field(500, ge=1, description="Optimisation steps per embedding (AlignDiff: 500).")
+    batch_size: int = Field(4, ge=1, description="Noised copies of the shot per step (AlignDiff: 4).")
+    learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate (AlignDiff: 5e-4).")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay on v* (AlignDiff: 1e-2).")
+    bg_lambda: float = Field(0.6, ge=0, description="Weight of the background term of Eq. 3 (AlignDiff: 0.6).")
+    mask_rule: Literal["area", "nearest"] = Field(
+        "area", description="Mask to latent grid: area fraction > mask_cut, or nearest-neighbour sampling."
+    )
+    mask_cut: float = Field(0.5, gt=0, lt=1, description="Foreground cut of the area fraction (mask_rule 'area').")
+    flip: bool = Field(True, description="Random horizontal flips of the shot (and its mask) per batch item.")
+    early_stop_patience: int = Field(
+        0, ge=0, description="Stop when the smoothed loss has not improved for this many steps (0 = off)."
+    )
+    image_size: int | None = Field(None, ge=16, description="Short side the shot is trained at; default diffusion.image_size.")
 
     @model_validator(mode="after")
     def _template(self) -> "EmbeddingModeConfig":
         _check_template(self.template, "template", "token", "class")
-        if self.samples:
-            raise ValueError(
-                f"samples = {self.samples}: the embedding-prompt mode is unavailable until the textual-inversion "
-                "bank (normalized masked textual inversion, issue 4) lands; set diffusion.embedding.samples to 0"
-            )
+        if self.template.index("{token}") > self.template.index("{class}"):
+            raise ValueError(f"template {self.template!r}: {{token}} must come before {{class}} (v* is an adjective)")
         return self
 
 

@@ -55,8 +55,14 @@ def class_word(class_name: str) -> str:
     return class_name.replace("_", " ").strip()
 
 
+def embedding_token(shot_index: int) -> str:
+    """Return the token a class's k-th shot embedding is loaded under ("<v_0>", "<v_1>", ...)."""
+    return f"<v_{shot_index}>"
+
+
 def plan_items(cfg: DiffusionConfig, run_seed: int, class_id: int, word: str, shot_ids: tuple[str, ...]) -> list[GenItem]:
-    """Return the class's work items: text prompts, then per shot and condition `per_shot` ControlNet images.
+    """Return the class's work items: text prompts, embedding prompts (shots in turn), then per shot and
+    condition `per_shot` ControlNet images.
 
     Each seed derives from (run seed, class, index, source), so any item can be regenerated on its own.
     """
@@ -65,6 +71,11 @@ def plan_items(cfg: DiffusionConfig, run_seed: int, class_id: int, word: str, sh
                 cfg.text.template.format(**{"class": word}), cfg.text.negative_prompt, cfg.text.guidance_scale)
         for i in range(cfg.text.samples)
     ]
+    for i in range(cfg.embedding.samples):
+        k = i % len(shot_ids)
+        prompt = cfg.embedding.template.format(**{"token": embedding_token(k), "class": word})
+        items.append(GenItem("embedding", i, item_seed(run_seed, class_id, i, "diffusion-embedding"), prompt,
+                             cfg.text.negative_prompt, cfg.text.guidance_scale, None, shot_ids[k]))
     cn = cfg.controlnet
     for kind in cn.conditions:
         source = f"cn-{kind}"
@@ -183,9 +194,13 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def to_sample(gen: Generated, cfg: DiffusionConfig, pipes: Pipelines, plan: FoldPlan, class_plan: ClassPlan, config_hash: str) -> ShardSample:
+def to_sample(
+    gen: Generated, cfg: DiffusionConfig, pipes: Pipelines, plan: FoldPlan, class_plan: ClassPlan, config_hash: str,
+    embeddings: dict[str, str] | None = None,
+) -> ShardSample:
     """Return the shard sample of a generated image: label, provenance metadata and extras (soft map, control)."""
     it = gen.item
+    embeddings = embeddings or {}
     use_support = it.control is not None and cfg.controlnet.label == "support"
     fg = gen.support if use_support else gen.mask
     label = np.where(fg, class_plan.class_id, 0).astype(LABEL_DTYPE)
@@ -193,6 +208,7 @@ def to_sample(gen: Generated, cfg: DiffusionConfig, pipes: Pipelines, plan: Fold
     scores = {"xattn_fg_fraction": float(gen.mask.mean())}
     if gen.support is not None:
         scores["xattn_support_iou"] = iou(gen.mask, gen.support)
+    embedding_id = embeddings.get(it.shot_id) if it.source == "embedding" else None
     meta = {
         "dataset": plan.dataset,
         "fold": plan.fold,
@@ -202,6 +218,7 @@ def to_sample(gen: Generated, cfg: DiffusionConfig, pipes: Pipelines, plan: Fold
         "mask_method": "support" if use_support else "xattn",
         "seed": it.seed,
         "shot_ids": [it.shot_id] if it.shot_id else list(class_plan.shot_ids),
+        "embedding_id": embedding_id,
         "scores": scores,
         "config_hash": config_hash,
         "prompt": it.prompt,
@@ -214,7 +231,6 @@ def to_sample(gen: Generated, cfg: DiffusionConfig, pipes: Pipelines, plan: Fold
             "guidance_scale": it.guidance_scale,
             "scheduler": type(pipes.sd.scheduler).__name__,
             "dtype": str(pipes.dtype).removeprefix("torch."),
-            "embedding_id": None,
             "conditioning_scale": cfg.controlnet.conditioning_scale if it.control else None,
         },
         "xattn": {
@@ -253,11 +269,24 @@ def diffusion_samples(
     cfg = config.diffusion
     if cfg is None:
         raise ValueError("config has no 'diffusion' section; the diffusion stage has nothing to do")
+    from tasks.textual_inversion import load_embeddings, shot_embedding, unload_embeddings
+
     word = class_word(class_plan.class_name)
     items = plan_items(cfg, config.run.seed, class_plan.class_id, word, class_plan.shot_ids)
     shots = class_shots(dataset, class_plan) if cfg.controlnet.conditions else {}
     config_hash = config.hash()
-    return [to_sample(g, cfg, pipes, plan, class_plan, config_hash) for g in generate_items(pipes, items, word, cfg, shots)]
+    files = {}
+    if cfg.embedding.samples:  # the bank must already hold every shot's embedding: never a silent fallback
+        files = {shot: shot_embedding(pipes, dataset, config, plan, class_plan, shot, learn=False)
+                 for shot in class_plan.shot_ids}
+    tokens = {embedding_token(k): files[shot] for k, shot in enumerate(class_plan.shot_ids) if shot in files}
+    load_embeddings(pipes.sd, tokens)
+    try:
+        generated = generate_items(pipes, items, word, cfg, shots)
+    finally:
+        unload_embeddings(pipes.sd, list(tokens))  # the next class loads its own shots' embeddings
+    ids = {shot: path.name for shot, path in files.items()}
+    return [to_sample(g, cfg, pipes, plan, class_plan, config_hash, ids) for g in generated]
 
 
 def item_to_dict(item: GenItem) -> dict:
