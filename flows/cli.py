@@ -34,9 +34,9 @@ def summary_table(summary: dict) -> Table:
     """Return a rich table of samples per class and source from a run summary."""
     sources = sorted({s for counts in summary["samples_per_class"].values() for s in counts})
     table = Table(title=f"{summary['dataset']} fold {summary['fold']}: {summary['n_samples']} samples")
-    table.add_column("class")
+    table.add_column("class", no_wrap=True)
     for s in sources:
-        table.add_column(s, justify="right")
+        table.add_column(s, justify="right", no_wrap=True)
     table.add_column("real shots")
     for name, counts in summary["samples_per_class"].items():
         table.add_row(name, *(str(counts.get(s, 0)) for s in sources), ", ".join(summary["shots"][name]))

@@ -174,7 +174,9 @@ class EmbeddingModeConfig(_Strict):
     by (dataset, fold, class, shot) and by everything that changes them, so reruns reuse them.
     """
 
-    samples: int = Field(0, ge=0, description="Embedding-prompted images per class; shots are used in turn.")
+    samples: int = Field(
+        4, ge=0, description="Embedding-prompted images per class, shots in turn (default: as many as text prompts)."
+    )
     template: str = Field("a photo of a {token} {class}", description="Template; {token} is the learned token.")
     bank: str | None = Field(None, description="Embedding bank folder; default OUT_DIR/embeddings (shared by runs).")
     initializer: str = Field("good", description="Word whose embedding starts v* (AlignDiff: 'good'); one token.")

@@ -21,7 +21,8 @@ def demo_run(tmp_path_factory, prefect_harness, tiny_models):
     cfg["dataset"]["toy"].update(image_size=48, n_train=60, n_val=8)
     cfg["generation"].update(samples_per_class=2)
     cfg["base"]["subset_size"] = 20
-    cfg["diffusion"] = diffusion_section(tiny_models, text={"samples": 1})
+    cfg["diffusion"] = diffusion_section(tiny_models, text={"samples": 1}, embedding={"samples": 1, "steps": 3})
+    cfg["diffusion"]["embedding"]["bank"] = str(out / "bank")
     path = out / "small.yaml"
     path.write_text(yaml.safe_dump(cfg))
     result = runner.invoke(app, ["generate", str(path), "--out", str(out / "runs")])
@@ -36,9 +37,9 @@ def test_generate_prints_run_folder_and_summary(demo_run):
     assert f"run folder: {run}" in output.replace("\n", "")
     for name in ("red disc", "green square", "blue triangle", "yellow star"):
         assert name in output
-    # per class: 2 composed scenes, 1 text image, 3 conditions x 2 shots x 1 ControlNet image
-    assert "36 samples" in output
-    for source in ("real", "text", "cn-mask", "cn-hed", "cn-scribble"):
+    # per class: 2 composed scenes, 1 text image, 1 embedding image, 3 conditions x 2 shots x 1 ControlNet image
+    assert "40 samples" in output
+    for source in ("real", "text", "embedding", "cn-mask", "cn-hed", "cn-scribble"):
         assert source in output
 
 

@@ -69,7 +69,7 @@ def test_every_mode_writes_valid_samples(setup, tmp_path):
         soft = s.extras["xattn.npy"].astype(np.float32)
         assert 0 <= soft.min() and soft.max() == pytest.approx(1.0, abs=1e-3)
         assert meta["model_ids"]["sd"]["id"].endswith("sd") and meta["generation"]["steps"] == 2
-        assert meta["generation"]["scheduler"] == "DDIMScheduler" and meta["generation"]["embedding_id"] is None
+        assert meta["generation"]["scheduler"] == "DDIMScheduler" and meta["embedding_id"] is None
         assert meta["xattn"]["factors"] == [2, 4] and meta["xattn"]["threshold"] == 0.4
         if meta["source"] == "text":
             assert meta["mask_method"] == "xattn" and meta["prompt"] == "a photo of a red disc"
@@ -114,8 +114,8 @@ def test_rerun_and_batching_reproduce_items(setup):
 def test_config_errors_name_the_field(tiny_models):
     with pytest.raises(ConfigError, match=r"diffusion.text.*must contain \{class\} exactly once"):
         _config(tiny_models, text={"template": "a photo of something"})
-    with pytest.raises(ConfigError, match="embedding-prompt mode is unavailable until the textual-inversion bank"):
-        _config(tiny_models, embedding={"samples": 2})
+    with pytest.raises(ConfigError, match=r"diffusion.embedding.*must contain \{token\} exactly once"):
+        _config(tiny_models, embedding={"template": "a photo of a {class}"})
     with pytest.raises(ConfigError, match=r"conditions \['hed'\] have no ControlNet in models"):
         _config(tiny_models, controlnet={"conditions": ["hed"], "models": {}})
     with pytest.raises(ConfigError, match="hed_annotator is required"):

@@ -9,6 +9,7 @@ def diffusion_section(tiny: dict, **overrides) -> dict:
         "image_size": 64,
         "batch_size": 4,
         "text": {"samples": 2},
+        "embedding": {"samples": 0, "steps": 3},
         "controlnet": {
             "conditions": ["mask", "hed", "scribble"],
             "per_shot": 1,

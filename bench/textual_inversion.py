@@ -1,0 +1,92 @@
+"""Benchmark: textual-inversion steps/s with cached latents against re-encoding the shot every step, one run.
+
+Prints steps/s of both, seconds per embedding at the configured step count (cached path), and last the line
+`ti_cache_speedup: cached/reencode = R (target >= 1.0)`; figures go to a JSON file.
+
+    python bench/textual_inversion.py                    # CPU: tiny model, 64 px
+    python bench/textual_inversion.py --full-size        # GPU: SD 1.5 architecture, random weights, 512 px
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from generation import sd15_random, tiny_pipeline  # noqa: E402
+
+
+def toy_shot(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return a toy image and its object mask at size x size."""
+    from tasks.config import ToyConfig
+    from tasks.controls import resize_image, resize_mask
+    from tasks.datasets import build_dataset
+    from tasks.labels import binary_mask
+
+    record = build_dataset("toy", None, ToyConfig(image_size=96, n_train=8, n_val=4)).load("train_000001")
+    mask = binary_mask(record.label, record.class_ids[0])
+    return resize_image(record.image, (size, size)), resize_mask(mask, (size, size))
+
+
+def main() -> None:
+    """Time both variants for --measure steps each, print the figures and the ratio, write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full-size", action="store_true")
+    parser.add_argument("--model", help="tiny SD folder (default: build one)")
+    parser.add_argument("--size", type=int)
+    parser.add_argument("--measure", type=int, default=None, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=500, help="steps per embedding for the seconds-per-embedding figure")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default="bench/out/textual_inversion.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from tasks.config import EmbeddingModeConfig
+    from tasks.textual_inversion import learn_embedding
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if args.full_size:
+        pipe, size, measure = sd15_random(dtype, device), args.size or 512, args.measure or 20
+    else:
+        pipe, size, measure = tiny_pipeline(args.model).to(device=device, dtype=dtype), args.size or 64, args.measure or 40
+    image, mask = toy_shot(size)
+    cfg = EmbeddingModeConfig(steps=measure)
+
+    def run(reencode: bool) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        out = learn_embedding(pipe, image, mask, "red disc", cfg, seed=0, reencode_every_step=reencode)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return len(out.losses) / out.seconds
+
+    learn_embedding(pipe, image, mask, "red disc", cfg.model_copy(update={"steps": 3}), seed=0)  # warm-up
+    rates = {"reencode": [], "cached": []}
+    for _ in range(2):  # interleaved
+        rates["reencode"].append(run(True))
+        rates["cached"].append(run(False))
+    best = {k: max(v) for k, v in rates.items()}
+    seconds = args.steps / best["cached"]
+    ratio = best["cached"] / best["reencode"]
+    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "model": "sd15-random" if args.full_size else "tiny", "dtype": str(dtype).removeprefix("torch."),
+              "size": size, "batch": cfg.batch_size, "measured_steps": measure, "steps_per_s": rates,
+              "seconds_per_embedding": seconds, "steps_per_embedding": args.steps, "cache_speedup": ratio}
+    print(f"device {result['device']}, {result['model']}, {result['dtype']}, {size} px, batch {cfg.batch_size}")
+    print(f"steps/s: cached {best['cached']:.2f}, re-encode {best['reencode']:.2f}")
+    print(f"seconds per embedding ({args.steps} steps, cached): {seconds:.1f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"ti_cache_speedup: cached/reencode = {ratio:.2f} (target >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()
