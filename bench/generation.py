@@ -50,6 +50,12 @@ def sd15_random(dtype: torch.dtype, device: torch.device):
     return pipe.to(device=device, dtype=dtype)
 
 
+def write_json(path: str, result: dict) -> None:
+    """Write a bench's figures as indented JSON, creating the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+
+
 def tiny_pipeline(folder: str | None):
     """Return the tiny SD pipeline from `folder`, building it in a temp folder when none is given."""
     from diffusers import StableDiffusionPipeline
@@ -138,8 +144,7 @@ def main() -> None:
         result["roofline_img_per_s"] = roofline
         result["roofline_fraction"] = {k: v / roofline for k, v in img_s.items()}
         print(f"UNet bf16 roofline {roofline:.1f} img/s: stock {img_s['stock'] / roofline:.1%}, capture {img_s['ours'] / roofline:.1%}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     print(f"capture_overhead: ours/stock = {ratio:.3f} (target >= 0.95)")
 
 

@@ -10,7 +10,6 @@ Prints steps/s of both, seconds per embedding at the configured step count (cach
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import sd15_random, tiny_pipeline  # noqa: E402
+from generation import sd15_random, tiny_pipeline, write_json  # noqa: E402
 
 
 def toy_shot(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +82,7 @@ def main() -> None:
     print(f"device {result['device']}, {result['model']}, {result['dtype']}, {size} px, batch {cfg.batch_size}")
     print(f"steps/s: cached {best['cached']:.2f}, re-encode {best['reencode']:.2f}")
     print(f"seconds per embedding ({args.steps} steps, cached): {seconds:.1f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     print(f"ti_cache_speedup: cached/reencode = {ratio:.2f} (target >= 1.0)")
 
 
