@@ -57,6 +57,27 @@ def _check_image(image: np.ndarray, what: str) -> None:
         raise SegmenterInputError(f"{what}: expected a uint8 RGB array of shape (H, W, 3), got {desc}")
 
 
+def prepare_images(images: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
+    """Return (N, 3, size, size) inputs: uint8 RGB -> [0, 1], bilinear resize (align_corners=True), ImageNet mean/std."""
+    out = []
+    for image in images:
+        t = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
+        if t.shape[-2:] != (size, size):
+            t = F.interpolate(t, (size, size), mode="bilinear", align_corners=True)
+        out.append(t)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (torch.cat(out, 0) - mean) / std
+
+
+def prepare_labels(labels: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
+    """Return (N, size, size) float maps resized with nearest neighbour (masks, or targets with -1 ignore)."""
+    t = torch.stack([torch.from_numpy(np.ascontiguousarray(m).astype(np.float32)) for m in labels]).to(device)
+    if t.shape[-2:] != (size, size):
+        t = F.interpolate(t[:, None], (size, size), mode="nearest")[:, 0]
+    return t
+
+
 class HSNetSegmenter:
     """Runs an HSNet on numpy images: resize to the model's square input, ImageNet-normalise, predict, resize back."""
 
@@ -66,23 +87,6 @@ class HSNetSegmenter:
         self.net = net.to(self.device).eval()
         self.img_size = net.spec.img_size
         self.batch_size = batch_size
-        self._mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-
-    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        """Return (N, 3, S, S) normalised tensors: uint8 RGB -> [0, 1], bilinear resize to S, ImageNet mean/std."""
-        out = []
-        for image in images:
-            t = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float() / 255.0
-            if t.shape[-2:] != (self.img_size, self.img_size):
-                t = F.interpolate(t, (self.img_size, self.img_size), mode="bilinear", align_corners=True)
-            out.append(t)
-        return (torch.cat(out, 0) - self._mean) / self._std
-
-    def _resize_masks(self, masks: Sequence[np.ndarray]) -> torch.Tensor:
-        """Return (N, S, S) float masks resized with nearest neighbour to the model's input size."""
-        t = torch.stack([torch.from_numpy(np.ascontiguousarray(m).astype(np.float32)) for m in masks]).to(self.device)
-        return F.interpolate(t[:, None], (self.img_size, self.img_size), mode="nearest")[:, 0]
 
     @torch.no_grad()
     def condition(
@@ -115,8 +119,8 @@ class HSNetSegmenter:
         levels: list[list[torch.Tensor]] | None = None
         for start in range(0, len(images), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            feats = self.net.features(self.preprocess(images[chunk]))
-            masked = self.net.mask_support(feats, self._resize_masks(masks[chunk]))
+            feats = self.net.features(prepare_images(images[chunk], self.img_size, self.device))
+            masked = self.net.mask_support(feats, prepare_labels(masks[chunk], self.img_size, self.device))
             levels = masked if levels is None else [[torch.cat([a, b]) for a, b in zip(la, lb)] for la, lb in zip(levels, masked)]
         state = SupportState(tuple(tuple(level) for level in levels), len(images))
         return state if base is None else base.extend(state)
@@ -137,12 +141,17 @@ class HSNetSegmenter:
         out = torch.zeros((state.n_shots, len(images), *size), dtype=torch.bool, device=self.device)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            query = self.net.features(self.preprocess(chunk))
-            n = len(chunk)
-            for k in range(state.n_shots):
-                support = [[t.expand(n, -1, -1, -1) for t in level] for level in state.shot(k)]
-                logits = self.net.logits_from_features(query, support, size)
-                out[k, start : start + n] = logits.argmax(1).bool()
+            query = self.net.features(prepare_images(chunk, self.img_size, self.device))
+            # every (image, shot) pair is one 1-shot pass; pairs run batch_size at a time
+            pairs = [(i, k) for k in range(state.n_shots) for i in range(len(chunk))]
+            for p0 in range(0, len(pairs), self.batch_size):
+                batch = pairs[p0 : p0 + self.batch_size]
+                qi = torch.tensor([i for i, _ in batch], device=self.device)
+                sk = torch.tensor([k for _, k in batch], device=self.device)
+                q = [[t[qi] for t in level] for level in query]
+                s = [[t[sk] for t in level] for level in state.levels]
+                pred = self.net.logits_from_features(q, s, size).argmax(1).bool()
+                out[sk, qi + start] = pred
         return out
 
     def predict(self, state: SupportState, images: Sequence[np.ndarray]) -> np.ndarray:
