@@ -20,6 +20,7 @@ class HsnetRunConfig(_Strict):
     name: str = Field("hsnet", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
     out_dir: str = Field("runs", description="Parent folder of training run folders (NAME-HASH12).")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where to run: cpu, cuda, or auto (cuda if present).")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default; 1 is fastest on a busy 2-core box).")
 
 
 class HsnetModelConfig(_Strict):
@@ -35,6 +36,10 @@ class HsnetModelConfig(_Strict):
     tiny_layers: tuple[int, int, int, int] = Field((1, 2, 2, 2), description="Tiny ResNet: bottlenecks in layer1..4.")
     tiny_width: int = Field(16, ge=4, le=64, description="Tiny ResNet: width per group (inner bottleneck widths).")
     tiny_seed: int = Field(0, description="Seed of the tiny backbone's random (frozen) weights.")
+    tiny_maxpool: bool = Field(False, description="Tiny ResNet: keep the stem max-pool (output stride 32, not 16).")
+    tiny_calibration_images: int = Field(
+        128, ge=0, description="Tiny ResNet: train-split images its BatchNorm statistics are estimated on (0: none)."
+    )
 
     @model_validator(mode="after")
     def _weights(self) -> "HsnetModelConfig":
@@ -94,6 +99,7 @@ class HsnetConfig(_Strict):
         """Return the sha256 of what defines a trained model: dataset, model and train sections, run name."""
         data = self.resolved()
         keep = {"run": {"name": data["run"]["name"]}, "dataset": data["dataset"], "model": data["model"], "train": data["train"]}
+        # a synthetic run is named by its folder; the folder name carries that run's config hash
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
     def hash(self) -> str:
@@ -101,6 +107,7 @@ class HsnetConfig(_Strict):
         data = self.resolved()
         data["run"].pop("out_dir")
         data["run"].pop("device")
+        data["run"].pop("threads")
         data["eval"].pop("results_dir")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

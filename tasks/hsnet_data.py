@@ -15,8 +15,10 @@ from tasks.labels import IGNORE
 SYNTHETIC_PREFIX = "syn:"
 
 
-def resolve_device(device: str) -> torch.device:
-    """Return the torch device of run.device: cpu, cuda (an error without a CUDA device) or auto."""
+def resolve_device(device: str, threads: int = 0) -> torch.device:
+    """Return the torch device of run.device: cpu, cuda (an error without a CUDA device) or auto; set CPU threads."""
+    if threads:
+        torch.set_num_threads(threads)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

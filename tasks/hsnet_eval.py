@@ -69,7 +69,7 @@ def load_segmenter(config: HsnetConfig) -> tuple[HSNetSegmenter, str]:
                 f"{config.model.backbone!r}"
             )
         net.spec = replace(net.spec, img_size=config.model.img_size)
-    return HSNetSegmenter(net, resolve_device(config.run.device), config.eval.batch_size), path
+    return HSNetSegmenter(net, resolve_device(config.run.device, config.run.threads), config.eval.batch_size), path
 
 
 def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:

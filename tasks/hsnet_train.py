@@ -12,14 +12,15 @@ from prefect import task
 
 from eval.folds import get_fold
 from eval.hsnet_episodes import TrainEpisodes
-from models.hsnet.backbone import TinySpec
+from models.hsnet.backbone import TinySpec, calibrate_batchnorm
 from models.hsnet.checkpoint import save_checkpoint
-from models.hsnet.model import HSNetSpec, build_hsnet, learnable_parameters
+from models.hsnet.model import HSNet, HSNetSpec, build_hsnet, learnable_parameters
 from models.hsnet.segmenter import prepare_images, prepare_labels
 from storage.fs import atomic_write_bytes, exists, join, read_bytes
 from storage.reader import RunReader
 from tasks.config import ConfigError
 from tasks.datasets import build_dataset
+from tasks.datasets.base import SegDataset
 from tasks.hsnet_config import HsnetConfig, parse_hsnet_config
 from tasks.hsnet_data import SYNTHETIC_PREFIX, EpisodeImages, binary_target, resolve_device, synthetic_keys
 from tasks.seeds import derive_seed
@@ -31,7 +32,14 @@ TRAIN_LOG_NAME = "train.json"
 def model_spec(config: HsnetConfig) -> HSNetSpec:
     """Return the HSNetSpec a config's model section describes."""
     m = config.model
-    return HSNetSpec(m.backbone, m.img_size, TinySpec(tuple(m.tiny_layers), m.tiny_width), m.tiny_seed)
+    return HSNetSpec(m.backbone, m.img_size, TinySpec(tuple(m.tiny_layers), m.tiny_width, m.tiny_maxpool), m.tiny_seed)
+
+
+def calibrate_tiny(net: HSNet, dataset: SegDataset, split: str, n_images: int, size: int, device: torch.device) -> None:
+    """Estimate the tiny backbone's BatchNorm statistics on the first n_images of a split (deterministic)."""
+    ids = dataset.image_ids(split)[:n_images]
+    batches = [prepare_images([dataset.load(i).image for i in ids[b : b + 32]], size, device) for b in range(0, len(ids), 32)]
+    calibrate_batchnorm(net.backbone, batches)
 
 
 def train_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
@@ -51,7 +59,7 @@ def train_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict
             f"model.weights is required to train with backbone {m.backbone!r}: a local torchvision state-dict file "
             "(e.g. resnet101-63fe2227.pth); nothing is downloaded"
         )
-    device = resolve_device(config.run.device)
+    device = resolve_device(config.run.device, config.run.threads)
     torch.manual_seed(derive_seed("hsnet-learner-init", t.seed))
     net = build_hsnet(model_spec(config), m.weights).to(device)
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
@@ -59,6 +67,8 @@ def train_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict
     if t.split not in dataset.splits():
         raise ConfigError(f"train.split: unknown split {t.split!r} of {dataset.name}; expected one of {dataset.splits()}")
     index = dataset.class_index(t.split)
+    if m.backbone == "tiny" and m.tiny_calibration_images:
+        calibrate_tiny(net, dataset, t.split, m.tiny_calibration_images, m.img_size, device)
     run, extra = None, {}
     if t.synthetic_run:
         run = RunReader(t.synthetic_run)

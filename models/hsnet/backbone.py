@@ -35,10 +35,12 @@ class TinyBottleneck(Bottleneck):
 
 @dataclass(frozen=True)
 class TinySpec:
-    """Shape of the tiny ResNet: bottlenecks per layer (layer1..layer4) and the width per group."""
+    """Shape of the tiny ResNet: bottlenecks per layer (layer1..layer4), width per group, and the stem max-pool."""
 
     layers: tuple[int, int, int, int] = (1, 2, 2, 2)
     width_per_group: int = 16
+    #: False drops the stem's max-pool (no parameters, so no key changes): output stride 16, finer maps at 64-128 px.
+    maxpool: bool = False
 
 
 def build_tiny(spec: TinySpec = TinySpec(), seed: int = 0) -> ResNet:
@@ -49,7 +51,32 @@ def build_tiny(spec: TinySpec = TinySpec(), seed: int = 0) -> ResNet:
         model = ResNet(TinyBottleneck, list(spec.layers), num_classes=10, width_per_group=spec.width_per_group)
     finally:
         torch.random.set_rng_state(generator_state)
+    if not spec.maxpool:
+        model.maxpool = nn.Identity()
     return model
+
+
+@torch.no_grad()
+def calibrate_batchnorm(backbone: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Reset every BatchNorm's running statistics and re-estimate them (cumulative average) on normalised images.
+
+    Used for the random tiny backbone: with identity statistics its channels share a large common component and
+    cosine correlations barely separate foreground from background; data statistics centre them, as ImageNet
+    training does for real backbones. The backbone is back in eval mode (frozen) afterwards.
+    """
+    norms = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    backbone.train()
+    try:
+        for batch in batches:
+            extract_features(backbone, batch)
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
+        backbone.eval()
 
 
 def build_backbone(name: str, weights: str | None, tiny: TinySpec = TinySpec(), tiny_seed: int = 0) -> nn.Module:

@@ -27,7 +27,11 @@ class HSNetSpec:
         return {
             "backbone": self.backbone,
             "img_size": self.img_size,
-            "tiny": {"layers": list(self.tiny.layers), "width_per_group": self.tiny.width_per_group},
+            "tiny": {
+                "layers": list(self.tiny.layers),
+                "width_per_group": self.tiny.width_per_group,
+                "maxpool": self.tiny.maxpool,
+            },
             "tiny_seed": self.tiny_seed,
         }
 
@@ -38,7 +42,11 @@ class HSNetSpec:
         return cls(
             backbone=data["backbone"],
             img_size=int(data["img_size"]),
-            tiny=TinySpec(tuple(tiny.get("layers", TinySpec().layers)), int(tiny.get("width_per_group", 16))),
+            tiny=TinySpec(
+                tuple(tiny.get("layers", TinySpec().layers)),
+                int(tiny.get("width_per_group", TinySpec().width_per_group)),
+                bool(tiny.get("maxpool", TinySpec().maxpool)),
+            ),
             tiny_seed=int(data.get("tiny_seed", 0)),
         )
 
