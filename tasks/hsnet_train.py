@@ -87,12 +87,13 @@ def train_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1)
     size = m.img_size
     net.train()
-    losses, window, start = [], [], time.perf_counter()
+    losses, window, start, synthetic_draws = [], [], time.perf_counter(), 0
     log(f"training HSNet({m.backbone}) on {dataset.name} fold {fold.index}: {learnable_parameters(net)} learnable parameters")
     for step in range(1, t.steps + 1):
         batch = [episodes.next() for _ in range(t.batch_size)]
         queries = [images.get(e.query_id) for e in batch]
         supports = [images.get(e.support_ids[0]) for e in batch]
+        synthetic_draws += sum(e.support_ids[0].startswith(SYNTHETIC_PREFIX) for e in batch)
         q = prepare_images([img for img, _ in queries], size, device)
         target = prepare_labels([binary_target(lab, e.class_id) for (_, lab), e in zip(queries, batch)], size, device)
         s = prepare_images([img for img, _ in supports], size, device)
@@ -115,6 +116,7 @@ def train_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict
         "steps": t.steps,
         "seconds": round(seconds, 2),
         "learnable_parameters": learnable_parameters(net),
+        "synthetic_support_draws": synthetic_draws,
     }
     atomic_write_bytes(join(out, "config.yaml"), yaml.safe_dump(config.resolved(), sort_keys=False).encode())
     atomic_write_bytes(join(out, TRAIN_LOG_NAME), json.dumps(report, indent=2).encode())
