@@ -243,3 +243,15 @@ def test_state_dict_keys_are_module_prefixed():
     assert not any(p.requires_grad for p in net.backbone.parameters())
     net.train()
     assert not net.backbone.training and net.hpn_learner.training
+
+
+@pytest.mark.gpu
+def test_segmenter_on_gpu_agrees_with_cpu():
+    torch.manual_seed(0)
+    net = build_hsnet(HSNetSpec("tiny", 64, TinySpec(layers=(1, 1, 2, 1), width_per_group=8)), None)
+    queries = [np.random.default_rng(i).integers(0, 255, (48, 48, 3), dtype=np.uint8) for i in range(4)]
+    cpu = HSNetSegmenter(net, "cpu")
+    on_cpu = cpu.predict(cpu.condition([_support(seed=0)]), queries)
+    gpu = HSNetSegmenter(net, "cuda")
+    on_gpu = gpu.predict(gpu.condition([_support(seed=0)]), queries)
+    assert (on_cpu == on_gpu).mean() > 0.99
