@@ -62,13 +62,18 @@ def load_segmenter(config: HsnetConfig) -> tuple[HSNetSegmenter, str]:
             f"eval.checkpoint: {path!r} not found; train first (maskforge hsnet train CONFIG) or set eval.checkpoint"
         )
     net, meta = load_checkpoint(path)
+    if net.spec.backbone != config.model.backbone:
+        raise ConfigError(
+            f"model.backbone: the checkpoint {path} holds a {net.spec.backbone} HSNet, the config says "
+            f"{config.model.backbone!r}"
+        )
     if meta is None:  # an authors' checkpoint: backbone inferred from its keys, input size from the config
-        if net.spec.backbone != config.model.backbone:
-            raise ConfigError(
-                f"model.backbone: the checkpoint {path} holds a {net.spec.backbone} HSNet, the config says "
-                f"{config.model.backbone!r}"
-            )
         net.spec = replace(net.spec, img_size=config.model.img_size)
+    elif net.spec.img_size != config.model.img_size:
+        raise ConfigError(
+            f"model.img_size: the checkpoint {path} was trained at {net.spec.img_size} px, the config says "
+            f"{config.model.img_size}"
+        )
     return HSNetSegmenter(net, resolve_device(config.run.device, config.run.threads), config.eval.batch_size), path
 
 
@@ -119,10 +124,11 @@ def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
         target = binary_target(q_label, ep.class_id)
         supports = [images.get(s) for s in ep.support_ids]
         pairs = [(img, lab == ep.class_id) for img, lab in supports]
-        state = segmenter.condition(pairs)
-        acc[real_name].add(ep.class_id, segmenter.predict(state, [q_image])[0], target)
-        if run is not None:
-            acc[syn_name].add(ep.class_id, segmenter.predict(state.extend(synthetic[ep.class_id]), [q_image])[0], target)
+        real_shots = segmenter.shot_masks(segmenter.condition(pairs), [q_image])  # (K, 1, H, W)
+        acc[real_name].add(ep.class_id, vote_masks(real_shots)[0].cpu().numpy(), target)
+        if run is not None:  # the same vote over K real + N synthetic 1-shot masks; the real ones are reused
+            syn_shots = segmenter.shot_masks(synthetic[ep.class_id], [q_image])
+            acc[syn_name].add(ep.class_id, vote_masks(torch.cat([real_shots, syn_shots]))[0].cpu().numpy(), target)
         base["all-background"].add(ep.class_id, np.zeros(target.shape, bool), target)
         base["support-prior"].add(ep.class_id, prior_mask([m for _, m in pairs], target.shape), target)
         if n % 200 == 0 or n == len(episodes):

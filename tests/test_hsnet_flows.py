@@ -78,6 +78,14 @@ def test_tiny_hsnet_beats_trivial_baselines(trained):
     assert row["synthetic_source"] == "none" and row["setting"] == "1R"
     assert row["miou"] == pytest.approx(ours["miou"]) and row["episodes"] == EVAL_EPISODES
     assert row["config_hash"] == parse_hsnet_config(config).hash() and row["code_version"].startswith("0.1.0")
+    # the flow published the rows as a Prefect table artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hsnet-eval-toy-f0"])))
+    assert artifacts and artifacts[0].type == "table"
+    assert "1R" in str(artifacts[0].data) and "baseline: support-prior" in str(artifacts[0].data)
     # deterministic: the same episodes and checkpoint give the same figures
     again = eval_hsnet(config=config)
     assert again["settings"]["1R"] == ours
