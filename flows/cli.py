@@ -148,7 +148,9 @@ def _hsnet_config(config: Path, out: Optional[str]):
 
 
 @hsnet_app.command("load")
-def hsnet_load(checkpoint: Path = typer.Argument(..., help="HSNet checkpoint: the authors' .pt or a maskforge .safetensors.")) -> None:
+def hsnet_load(
+    checkpoint: Path = typer.Argument(..., help="HSNet checkpoint: the authors' .pt or a maskforge .safetensors."),
+) -> None:
     """Load a checkpoint strictly; print its backbone, learnable parameter count and any missing/unexpected keys."""
     from models.hsnet.checkpoint import CheckpointError, inspect_checkpoint
     from models.hsnet.model import learnable_parameters
@@ -209,7 +211,8 @@ def hsnet_eval(
         result = eval_hsnet(config=cfg.resolved())
     except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
         _fail(str(err))
-    table = Table(title=f"HSNet {result['backbone']} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes")
+    title = f"HSNet {result['backbone']} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
+    table = Table(title=title)
     for col in ("setting", "mIoU %", "FB-IoU %"):
         table.add_column(col)
     rows = list(result["settings"].items()) + [(f"baseline: {k}", v) for k, v in result["baselines"].items()]

@@ -62,7 +62,7 @@ def append_results(table_dir: str, rows: list[dict[str, Any]]) -> str:
     if not rows:
         raise ResultsError("append_results: no rows to append")
     table = _table(rows)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     url = join(table_dir, f"results-{stamp}-{uuid.uuid4().hex[:8]}.parquet")
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -71,14 +71,15 @@ def append_results(table_dir: str, rows: list[dict[str, Any]]) -> str:
 
 
 def read_results(table_dir: str) -> pa.Table:
-    """Return every row of the benchmark table in table_dir (files in name order = append order)."""
+    """Return every row of the benchmark table in table_dir, files in name order (their UTC time, to the microsecond)."""
     if not exists(table_dir):
         return RESULTS_SCHEMA.empty_table()
     fs, path = resolve(table_dir)
-    files = sorted(p for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].startswith("results-") and p.endswith(".parquet"))
+    names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+    files = sorted(n for n in names if n.startswith("results-") and n.endswith(".parquet"))
     tables = []
     for file in files:
-        url = join(table_dir, file.rsplit("/", 1)[-1])
+        url = join(table_dir, file)
         try:
             table = pq.read_table(io.BytesIO(read_bytes(url)))
         except pa.ArrowInvalid as err:

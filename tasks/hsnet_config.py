@@ -98,7 +98,12 @@ class HsnetConfig(_Strict):
     def train_hash(self) -> str:
         """Return the sha256 of what defines a trained model: dataset, model and train sections, run name."""
         data = self.resolved()
-        keep = {"run": {"name": data["run"]["name"]}, "dataset": data["dataset"], "model": data["model"], "train": data["train"]}
+        keep = {
+            "run": {"name": data["run"]["name"]},
+            "dataset": data["dataset"],
+            "model": data["model"],
+            "train": data["train"],
+        }
         # a synthetic run is named by its folder; the folder name carries that run's config hash
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 

@@ -132,7 +132,8 @@ def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
         base["all-background"].add(ep.class_id, np.zeros(target.shape, bool), target)
         base["support-prior"].add(ep.class_id, prior_mask([m for _, m in pairs], target.shape), target)
         if n % 200 == 0 or n == len(episodes):
-            log(f"episode {n}/{len(episodes)}: {real_name} mIoU {acc[real_name].miou():.4f} ({time.perf_counter() - start:.1f} s)")
+            elapsed = time.perf_counter() - start
+            log(f"episode {n}/{len(episodes)}: {real_name} mIoU {acc[real_name].miou():.4f} ({elapsed:.1f} s)")
     return {
         "checkpoint": ckpt,
         "backbone": segmenter.net.spec.backbone,

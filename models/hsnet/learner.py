@@ -16,7 +16,9 @@ SQUEEZE_LEVEL3 = ((5, 3, 3), (4, 2, 2))
 SQUEEZE_LEVEL2 = ((5, 5, 3), (4, 4, 2))
 
 
-def conv4d_block(in_channels: int, out_channels: tuple[int, ...], kernels: tuple[int, ...], strides: tuple[int, ...]) -> nn.Sequential:
+def conv4d_block(
+    in_channels: int, out_channels: tuple[int, ...], kernels: tuple[int, ...], strides: tuple[int, ...]
+) -> nn.Sequential:
     """Return [CenterPivotConv4d -> GroupNorm(4) -> ReLU] x len(out_channels) as one Sequential (indices 0..3n-1)."""
     layers: list[nn.Module] = []
     channels = in_channels

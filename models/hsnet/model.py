@@ -102,7 +102,7 @@ class HSNetCheckpointModule(nn.Module):
 
 
 def build_hsnet(spec: HSNetSpec, backbone_weights: str | None) -> HSNet:
-    """Build an HSNet; the backbone comes from `backbone_weights` (a local file) or stays random (tiny, or to load a checkpoint)."""
+    """Build an HSNet; the backbone is loaded from `backbone_weights` (a local file) or stays random (tiny, checkpoints)."""
     return HSNet(spec, build_backbone(spec.backbone, backbone_weights, spec.tiny, spec.tiny_seed))
 
 

@@ -121,7 +121,10 @@ class HSNetSegmenter:
             chunk = slice(start, start + self.batch_size)
             feats = self.net.features(prepare_images(images[chunk], self.img_size, self.device))
             masked = self.net.mask_support(feats, prepare_labels(masks[chunk], self.img_size, self.device))
-            levels = masked if levels is None else [[torch.cat([a, b]) for a, b in zip(la, lb)] for la, lb in zip(levels, masked)]
+            if levels is None:
+                levels = masked
+            else:
+                levels = [[torch.cat([a, b]) for a, b in zip(la, lb)] for la, lb in zip(levels, masked)]
         state = SupportState(tuple(tuple(level) for level in levels), len(images))
         return state if base is None else base.extend(state)
 
