@@ -86,10 +86,6 @@ def test_tiny_hsnet_beats_trivial_baselines(trained):
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hsnet-eval-toy-f0"])))
     assert artifacts and artifacts[0].type == "table"
     assert "1R" in str(artifacts[0].data) and "baseline: support-prior" in str(artifacts[0].data)
-    # deterministic: the same episodes and checkpoint give the same figures
-    again = eval_hsnet(config=config)
-    assert again["settings"]["1R"] == ours
-    assert len(read_results(str(root / "results"))) == 2  # appended as a second file, the first left untouched
 
 
 def test_train_twice_reuses_the_checkpoint(trained):
