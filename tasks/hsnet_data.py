@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 
 import numpy as np
@@ -44,18 +45,19 @@ def synthetic_keys(run: RunReader, classes: Iterable[int]) -> dict[int, list[str
 
 
 class EpisodeImages:
-    """Loads (image, label) by id: dataset image ids, or 'syn:KEY' for a synthetic run's samples; keeps a cache."""
+    """Loads (image, label) by id: dataset image ids, or 'syn:KEY' for a synthetic run's samples; keeps an LRU cache."""
 
-    def __init__(self, dataset: SegDataset, run: RunReader | None = None, cache: bool = True) -> None:
-        """Read from `dataset` and, for 'syn:' ids, from `run`; `cache` keeps decoded images in memory."""
+    def __init__(self, dataset: SegDataset, run: RunReader | None = None, cache_size: int = 1024) -> None:
+        """Read from `dataset` and, for 'syn:' ids, from `run`; keep the last `cache_size` decoded items (LRU)."""
         self.dataset = dataset
         self.run = run
-        self.cache = cache
-        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
     def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """Return (uint8 RGB image, int32 label map) of an id."""
         if image_id in self._cache:
+            self._cache.move_to_end(image_id)
             return self._cache[image_id]
         if image_id.startswith(SYNTHETIC_PREFIX):
             if self.run is None:
@@ -65,6 +67,8 @@ class EpisodeImages:
         else:
             record = self.dataset.load(image_id)
             item = (record.image, record.label)
-        if self.cache:
+        if self.cache_size:
             self._cache[image_id] = item
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
         return item

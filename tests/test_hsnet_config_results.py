@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -83,3 +84,21 @@ def test_benchmark_rows_are_validated(tmp_path):
     (tmp_path / "results-broken.parquet").write_bytes(b"nope")
     with pytest.raises(ResultsError, match="results-broken.parquet: not a readable Parquet file"):
         read_results(str(tmp_path))
+
+
+def test_episode_images_cache_is_bounded():
+    from tasks.config import ToyConfig
+    from tasks.datasets import build_dataset
+    from tasks.hsnet_data import EpisodeImages, binary_target
+
+    images = EpisodeImages(build_dataset("toy", None, ToyConfig(image_size=32, n_train=8, n_val=4)), cache_size=2)
+    first = images.get("train_000000")
+    images.get("train_000001")
+    images.get("train_000000")  # refreshes train_000000
+    images.get("train_000002")  # evicts train_000001, the least recently used
+    assert list(images._cache) == ["train_000000", "train_000002"]
+    assert images.get("train_000000") is first
+    with pytest.raises(KeyError, match="no synthetic run is open"):
+        images.get("syn:toy-f0-c0001-real-00000")
+    label = np.array([[0, 3, -1], [2, 3, 3]], dtype=np.int32)
+    assert binary_target(label, 3).tolist() == [[0, 1, -1], [0, 1, 1]]
