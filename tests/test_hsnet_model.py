@@ -255,3 +255,30 @@ def test_segmenter_on_gpu_agrees_with_cpu():
     gpu = HSNetSegmenter(net, "cuda")
     on_gpu = gpu.predict(gpu.condition([_support(seed=0)]), queries)
     assert (on_cpu == on_gpu).mean() > 0.99
+
+
+def test_backbone_is_told_from_the_authors_key_layout():
+    from models.hsnet.checkpoint import infer_spec
+
+    t = torch.zeros(1)
+    assert infer_spec({"module.backbone.features.0.weight": t}, None, "x").backbone == "vgg16"
+    r101 = {f"module.backbone.layer3.{i}.conv1.weight": t for i in range(23)}
+    assert infer_spec(r101, None, "x").backbone == "resnet101"
+    r50 = {f"module.backbone.layer3.{i}.conv1.weight": t for i in range(6)}
+    assert infer_spec(r50, None, "x").backbone == "resnet50"
+    with pytest.raises(CheckpointError, match="found 4 layer3 blocks"):
+        infer_spec({f"module.backbone.layer3.{i}.conv1.weight": t for i in range(4)}, None, "x")
+
+
+def test_backbone_file_without_bn_counters_loads(tmp_path):
+    spec = TinySpec(layers=(1, 1, 1, 1), width_per_group=8)
+    tiny = build_backbone("tiny", None, spec, tiny_seed=3)
+    state = {k: v for k, v in tiny.state_dict().items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    loaded = build_backbone("tiny", str(path), spec)
+    assert torch.equal(loaded.layer4[0].conv3.weight, tiny.layer4[0].conv3.weight)
+    state.pop("conv1.weight")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(BackboneError, match=r"missing \['conv1.weight'\]"):
+        build_backbone("tiny", str(path), spec)

@@ -101,7 +101,11 @@ def build_backbone(name: str, weights: str | None, tiny: TinySpec = TinySpec(), 
 
 
 def load_backbone_weights(model: nn.Module, name: str, path: str) -> None:
-    """Load a local torchvision state-dict file (.pth/.pt or .safetensors) into a backbone, strictly."""
+    """Load a local torchvision (or timm ResNet) state-dict file (.pth/.pt or .safetensors) into a backbone, strictly.
+
+    Only BatchNorm `num_batches_tracked` counters may be absent (timm's files omit them); any other missing,
+    unexpected or mis-shaped key is a BackboneError.
+    """
     file = Path(path)
     if not file.is_file():
         raise BackboneError(
@@ -120,6 +124,10 @@ def load_backbone_weights(model: nn.Module, name: str, path: str) -> None:
     if not isinstance(state, dict):
         raise BackboneError(f"model.weights: {path!r} holds a {type(state).__name__}, expected a state dict")
     expected = model.state_dict()
+    # timm's ResNet files use torchvision's names but may omit BN step counters, which eval-mode BN never reads
+    for key in expected:
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = expected[key].clone()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     shapes = [
