@@ -232,6 +232,11 @@ def test_bad_inputs_give_clear_errors(segmenter):
     state = segmenter.condition([(image, mask)])
     with pytest.raises(SegmenterInputError, match=r"images\[1\] has shape \(32, 32, 3\) but images\[0\] has \(48, 48, 3\)"):
         segmenter.predict(state, [image, image[:32, :32]])
+    other = HSNetSegmenter(build_hsnet(HSNetSpec("tiny", 64, TinySpec(layers=(1, 2, 1, 1), width_per_group=8)), None))
+    with pytest.raises(SegmenterInputError, match=r"has \[1, 1, 2\] feature maps per level, this model expects \[1, 2, 1\]"):
+        segmenter.predict(other.condition([(image, mask)]), [image])
+    with pytest.raises(SegmenterInputError, match="state must be a SupportState"):
+        segmenter.predict({"levels": []}, [image])
 
 
 def test_state_dict_keys_are_module_prefixed():

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.hsnet.backbone import IMAGENET_MEAN, IMAGENET_STD
+from models.hsnet.backbone import IMAGENET_MEAN, IMAGENET_STD, pyramid_counts
 from models.hsnet.model import HSNet
 
 
@@ -128,6 +128,24 @@ class HSNetSegmenter:
         state = SupportState(tuple(tuple(level) for level in levels), len(images))
         return state if base is None else base.extend(state)
 
+    def _check_state(self, state: SupportState) -> None:
+        """Raise SegmenterInputError unless state was computed by this segmenter's backbone on its device type."""
+        if not isinstance(state, SupportState):
+            raise SegmenterInputError(f"predict: state must be a SupportState from condition(), got {type(state).__name__}")
+        first = state.levels[0][0]
+        if first.device.type != self.device.type:
+            raise SegmenterInputError(
+                f"predict: the support state lives on {first.device}, this segmenter runs on {self.device}; "
+                "condition the supports with this segmenter"
+            )
+        expected = list(pyramid_counts(self.net.spec.backbone, self.net.spec.tiny))
+        got = [len(level) for level in state.levels]
+        if got != expected:
+            raise SegmenterInputError(
+                f"predict: the support state has {got} feature maps per level, this model expects {expected}; "
+                "condition the supports with this segmenter"
+            )
+
     @torch.no_grad()
     def shot_masks(self, state: SupportState, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Return (K, N, H, W) boolean 1-shot predictions of N same-size images, one per support shot."""
@@ -140,6 +158,7 @@ class HSNetSegmenter:
                     f"predict: images[{i}] has shape {image.shape} but images[0] has {images[0].shape}; "
                     "one call takes images of one size"
                 )
+        self._check_state(state)
         size = tuple(images[0].shape[:2])
         out = torch.zeros((state.n_shots, len(images), *size), dtype=torch.bool, device=self.device)
         for start in range(0, len(images), self.batch_size):
