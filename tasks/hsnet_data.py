@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -16,10 +17,20 @@ from tasks.labels import IGNORE
 SYNTHETIC_PREFIX = "syn:"
 
 
-def resolve_device(device: str, threads: int = 0) -> torch.device:
-    """Return the torch device of run.device: cpu, cuda (an error without a CUDA device) or auto; set CPU threads."""
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with `threads` torch CPU threads (0: leave torch's setting), restoring the previous count."""
+    before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Return the torch device of run.device: cpu, cuda (an error without a CUDA device) or auto."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():

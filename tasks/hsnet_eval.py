@@ -24,7 +24,7 @@ from storage.results import append_results
 from tasks.config import ConfigError
 from tasks.datasets import build_dataset
 from tasks.hsnet_config import HsnetConfig, parse_hsnet_config
-from tasks.hsnet_data import EpisodeImages, binary_target, resolve_device, synthetic_keys
+from tasks.hsnet_data import EpisodeImages, binary_target, resolve_device, synthetic_keys, torch_threads
 from tasks.seeds import rng_for
 
 
@@ -74,7 +74,7 @@ def load_segmenter(config: HsnetConfig) -> tuple[HSNetSegmenter, str]:
             f"model.img_size: the checkpoint {path} was trained at {net.spec.img_size} px, the config says "
             f"{config.model.img_size}"
         )
-    return HSNetSegmenter(net, resolve_device(config.run.device, config.run.threads), config.eval.batch_size), path
+    return HSNetSegmenter(net, resolve_device(config.run.device), config.eval.batch_size), path
 
 
 def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
@@ -82,8 +82,15 @@ def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
 
     Episodes: eval.episodes, deterministic from eval.seed (FSS-1000: one per image). Each setting reports mIoU (mean
     over the fold's classes of accumulated foreground IoU) and FB-IoU (mean of pooled background and foreground IoU);
-    ignore pixels never count. Baselines: all-background and the support-mask prior.
+    ignore pixels never count. Baselines: all-background and the support-mask prior. Runs with run.threads torch
+    CPU threads (restored afterwards).
     """
+    with torch_threads(config.run.threads):
+        return _evaluate(config, log)
+
+
+def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
+    """The body of eval_hsnet."""
     e = config.eval
     segmenter, ckpt = load_segmenter(config)
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)

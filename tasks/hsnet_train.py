@@ -22,7 +22,14 @@ from tasks.config import ConfigError
 from tasks.datasets import build_dataset
 from tasks.datasets.base import SegDataset
 from tasks.hsnet_config import HsnetConfig, parse_hsnet_config
-from tasks.hsnet_data import SYNTHETIC_PREFIX, EpisodeImages, binary_target, resolve_device, synthetic_keys
+from tasks.hsnet_data import (
+    SYNTHETIC_PREFIX,
+    EpisodeImages,
+    binary_target,
+    resolve_device,
+    synthetic_keys,
+    torch_threads,
+)
 from tasks.seeds import derive_seed
 
 CHECKPOINT_NAME = "hsnet.safetensors"
@@ -47,7 +54,14 @@ def train_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict
 
     Returns {"train_dir", "checkpoint", "losses" (mean per log window), "steps", "seconds", "complete"}. A folder
     whose checkpoint exists is reported, not retrained (the folder name is the hash of what defines the model).
+    Runs with run.threads torch CPU threads (restored afterwards).
     """
+    with torch_threads(config.run.threads):
+        return _train(config, log)
+
+
+def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
+    """The body of train_hsnet."""
     out = config.train_dir()
     ckpt = join(out, CHECKPOINT_NAME)
     if exists(ckpt):
@@ -59,7 +73,7 @@ def train_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict
             f"model.weights is required to train with backbone {m.backbone!r}: a local torchvision state-dict file "
             "(e.g. resnet101-63fe2227.pth); nothing is downloaded"
         )
-    device = resolve_device(config.run.device, config.run.threads)
+    device = resolve_device(config.run.device)
     torch.manual_seed(derive_seed("hsnet-learner-init", t.seed))
     net = build_hsnet(model_spec(config), m.weights).to(device)
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)

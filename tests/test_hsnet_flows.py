@@ -16,8 +16,16 @@ from tasks.hsnet_config import parse_hsnet_config
 from tasks.hsnet_train import train_hsnet as train_hsnet_fn
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
-torch.set_num_threads(1)  # 2 shared cores: one torch thread is several times faster than two under contention
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for this module (2 shared cores: several times faster than two under contention), restored after."""
+    from tasks.hsnet_data import torch_threads
+
+    with torch_threads(1):
+        yield
 
 #: The short CPU run of the "beats trivial baselines" test (figures in README, section HSNet).
 TRAIN_STEPS, TRAIN_BATCH, EVAL_EPISODES = 300, 4, 200

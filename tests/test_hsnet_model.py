@@ -18,8 +18,16 @@ from models.hsnet.learner import HPNLearner
 from models.hsnet.model import HSNetCheckpointModule, HSNetSpec, build_hsnet, learnable_parameters
 from models.hsnet.segmenter import HSNetSegmenter, SegmenterInputError
 
-torch.set_num_threads(1)  # the test machine has 2 shared cores; one thread avoids oversubscription
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread for this module (2 shared cores: several times faster than two under contention), restored after."""
+    from tasks.hsnet_data import torch_threads
+
+    with torch_threads(1):
+        yield
 
 
 def authors_learner_shapes(inch):
