@@ -167,3 +167,96 @@ def models_check(
     for name, ref in pipes.refs.items():
         table.add_row(name, ref.id, ref.folder, ref.revision)
     console.print(table)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# HSNet (issue #5): `maskforge hsnet load | train | eval`. Kept in one block to ease merging.
+# ---------------------------------------------------------------------------------------------------------------------
+hsnet_app = typer.Typer(help="HSNet few-shot segmenter: load checkpoints, train, evaluate.", no_args_is_help=True)
+app.add_typer(hsnet_app, name="hsnet")
+
+
+def _hsnet_config(config: Path, out: Optional[str]):
+    """Load an HSNet config (with --out overriding run.out_dir), or exit 1 with the error."""
+    from tasks.config import ConfigError
+    from tasks.hsnet_config import load_hsnet_config
+
+    try:
+        return load_hsnet_config(config, {"run.out_dir": out} if out else None)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@hsnet_app.command("load")
+def hsnet_load(
+    checkpoint: Path = typer.Argument(..., help="HSNet checkpoint: the authors' .pt or a maskforge .safetensors."),
+) -> None:
+    """Load a checkpoint strictly; print its backbone, learnable parameter count and any missing/unexpected keys."""
+    from models.hsnet.checkpoint import CheckpointError, inspect_checkpoint
+    from models.hsnet.model import learnable_parameters
+
+    try:
+        net, report, meta = inspect_checkpoint(checkpoint)
+    except CheckpointError as err:
+        _fail(str(err))
+    console.print(f"checkpoint: {checkpoint}", soft_wrap=True)
+    console.print(f"format: {'maskforge safetensors' if meta is not None else 'HSNet state dict (module.-prefixed)'}")
+    console.print(f"backbone: {net.spec.backbone}")
+    console.print(f"learnable parameters: {learnable_parameters(net)}")
+    console.print(f"missing keys: {len(report.missing)}", soft_wrap=True)
+    for key in report.missing:
+        console.print(f"  {key}", markup=False)
+    console.print(f"unexpected keys: {len(report.unexpected)}")
+    for key in report.unexpected:
+        console.print(f"  {key}", markup=False)
+    console.print(f"shape mismatches: {len(report.mismatched)}")
+    for key in report.mismatched:
+        console.print(f"  {key}", markup=False)
+    if not report.ok:
+        _fail(f"{checkpoint} does not load strictly: {report.describe(limit=3)}")
+    console.print("loaded strictly: all keys match")
+
+
+@hsnet_app.command("train")
+def hsnet_train(
+    config: Path = typer.Argument(..., help="HSNet YAML config (see configs/hsnet-toy.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
+) -> None:
+    """Run the Prefect flow train_hsnet: episodic training on the fold's base classes; prints the checkpoint."""
+    from flows.hsnet import train_hsnet
+    from models.hsnet.checkpoint import CheckpointError
+    from tasks.datasets.base import DatasetError
+
+    cfg = _hsnet_config(config, out)
+    try:
+        report = train_hsnet(config=cfg.resolved())
+    except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
+        _fail(str(err))
+    console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
+    console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
+
+
+@hsnet_app.command("eval")
+def hsnet_eval(
+    config: Path = typer.Argument(..., help="HSNet YAML config (see configs/hsnet-toy.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
+) -> None:
+    """Run the Prefect flow eval_hsnet: episodic evaluation, benchmark rows appended, table printed."""
+    from flows.hsnet import eval_hsnet
+    from models.hsnet.checkpoint import CheckpointError
+    from tasks.datasets.base import DatasetError
+
+    cfg = _hsnet_config(config, out)
+    try:
+        result = eval_hsnet(config=cfg.resolved())
+    except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
+        _fail(str(err))
+    title = f"HSNet {result['backbone']} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
+    table = Table(title=title)
+    for col in ("setting", "mIoU %", "FB-IoU %"):
+        table.add_column(col)
+    rows = list(result["settings"].items()) + [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
+    for name, summary in rows:
+        table.add_row(name, f"{100 * summary['miou']:.2f}", f"{100 * summary['fb_iou']:.2f}")
+    console.print(table)
+    console.print(f"benchmark rows: {result['table_file']}", soft_wrap=True)

@@ -1,0 +1,85 @@
+"""Episode images for HSNet: dataset records and synthetic shard samples by id, binary targets, device choice."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from storage.reader import RunReader
+from tasks.datasets.base import SegDataset
+from tasks.labels import IGNORE
+
+#: Prefix of synthetic sample ids in episode support pools (dataset image ids never contain ':').
+SYNTHETIC_PREFIX = "syn:"
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with `threads` torch CPU threads (0: leave torch's setting), restoring the previous count."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_device(device: str) -> torch.device:
+    """Return the torch device of run.device: cpu, cuda (an error without a CUDA device) or auto."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("run.device: 'cuda' asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def binary_target(label: np.ndarray, class_id: int) -> np.ndarray:
+    """Return an int64 target of one class: 1 foreground, 0 background (other classes too), -1 ignore."""
+    target = (label == class_id).astype(np.int64)
+    target[label == IGNORE] = -1
+    return target
+
+
+def synthetic_keys(run: RunReader, classes: Iterable[int]) -> dict[int, list[str]]:
+    """Return {class id: sorted sample keys of the run} for the given classes (classes without samples map to [])."""
+    table = run.manifest
+    by_class: dict[int, list[str]] = {int(c): [] for c in classes}
+    for key, cid in zip(table.column("key").to_pylist(), table.column("class_id").to_pylist()):
+        if int(cid) in by_class:
+            by_class[int(cid)].append(key)
+    return {c: sorted(keys) for c, keys in by_class.items()}
+
+
+class EpisodeImages:
+    """Loads (image, label) by id: dataset image ids, or 'syn:KEY' for a synthetic run's samples; keeps an LRU cache."""
+
+    def __init__(self, dataset: SegDataset, run: RunReader | None = None, cache_size: int = 1024) -> None:
+        """Read from `dataset` and, for 'syn:' ids, from `run`; keep the last `cache_size` decoded items (LRU)."""
+        self.dataset = dataset
+        self.run = run
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def get(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return (uint8 RGB image, int32 label map) of an id."""
+        if image_id in self._cache:
+            self._cache.move_to_end(image_id)
+            return self._cache[image_id]
+        if image_id.startswith(SYNTHETIC_PREFIX):
+            if self.run is None:
+                raise KeyError(f"synthetic id {image_id!r} asked for, but no synthetic run is open")
+            sample = self.run.get(image_id[len(SYNTHETIC_PREFIX) :])
+            item = (sample.image, sample.label)
+        else:
+            record = self.dataset.load(image_id)
+            item = (record.image, record.label)
+        if self.cache_size:
+            self._cache[image_id] = item
+            if len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return item
