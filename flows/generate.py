@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from tasks.artifacts import publish_run_artifacts_task
 from tasks.config import parse_config
 from tasks.fold_plan import plan_fold_task
 from tasks.textual_inversion import learn_embedding_task
@@ -31,5 +32,6 @@ def generate(config: dict) -> dict:
                     learn_embedding_task(resolved, plan, c["class_id"], shot)
         parts += [write_generated_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
     marker = finish_run_task(resolved, plan, parts, run["url"])
+    publish_run_artifacts_task(run["url"])
     print(f"run complete: {run['url']} ({marker['n_samples']} samples)")
     return {"url": run["url"], "complete": True, "marker": marker}

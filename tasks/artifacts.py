@@ -1,0 +1,112 @@
+"""Prefect UI artifacts of a generation run: a per-class table, a contact sheet of thumbnails, a manifest link."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from prefect import task
+
+from storage.preview import class_colours
+from storage.reader import RunReader
+
+#: The UI refuses events above about 6 MB; the contact sheet stops adding thumbnails at this many bytes.
+SHEET_BUDGET = 1_500_000
+
+
+def artifact_key(run_url: str, kind: str) -> str:
+    """Return a Prefect artifact key (lower-case letters, digits, '-') for a run folder and an artifact kind."""
+    name = re.sub(r"[^a-z0-9-]+", "-", Path(run_url.rstrip("/")).name.lower()).strip("-")
+    return f"{kind}-{name}"
+
+
+def class_rows(reader: RunReader) -> list[dict]:
+    """Return one row per class: samples per source, per mask method, mean scores and the class's shards."""
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for row in reader.manifest.to_pylist():
+        grouped[row["class_name"]].append(row)
+    sources = sorted({r["source"] for rows in grouped.values() for r in rows})
+    out = []
+    for name, rows in sorted(grouped.items()):
+        by_source, by_method = Counter(r["source"] for r in rows), Counter(r["mask_method"] for r in rows)
+        scores = defaultdict(list)
+        for r in rows:
+            for key, value in r["scores"]:
+                scores[key].append(value)
+        row = {"class": name, "samples": len(rows)}
+        row.update({f"source {s}": by_source.get(s, 0) for s in sources})
+        row["mask methods"] = ", ".join(f"{m} {n}" for m, n in sorted(by_method.items()))
+        row.update({f"mean {k}": round(float(np.mean(v)), 4) for k, v in sorted(scores.items())})
+        row["shards"] = ", ".join(sorted({r["shard"] for r in rows}))
+        out.append(row)
+    return out
+
+
+def thumbnail(image: np.ndarray, label: np.ndarray, class_id: int, side: int = 96) -> bytes:
+    """Return a JPEG thumbnail: the image with the class's pixels tinted in its preview colour."""
+    colour = np.array(class_colours((class_id,))[class_id], dtype=np.float32)
+    tinted = image.astype(np.float32)
+    mask = label == class_id
+    tinted[mask] = 0.55 * tinted[mask] + 0.45 * colour
+    thumb = Image.fromarray(tinted.round().astype(np.uint8))
+    thumb.thumbnail((side, side))
+    buf = io.BytesIO()
+    thumb.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def contact_sheet(reader: RunReader, per_source: int = 2, side: int = 96, budget: int = SHEET_BUDGET) -> str:
+    """Return markdown with, per class and source, the first `per_source` samples as tinted JPEG data URIs.
+
+    Thumbnails stop at `budget` bytes of markdown (the server refuses large events); the sheet says how many
+    it left out.
+    """
+    picks: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in reader.manifest.to_pylist():
+        if len(picks[(row["class_name"], row["source"])]) < per_source:
+            picks[(row["class_name"], row["source"])].append(row)
+    lines = ["# Contact sheet", "", "Each thumbnail: the image, with the class's mask tinted.", ""]
+    size, left_out, current = sum(len(x) + 1 for x in lines), 0, None
+    for (name, source), rows in sorted(picks.items()):
+        if name != current:
+            lines += ["", f"## {name}", ""]
+            current = name
+        cells = []
+        for row in rows:
+            if size > budget:
+                left_out += 1
+                continue
+            sample = reader.get(row["key"])
+            data = base64.b64encode(thumbnail(sample.image, sample.label, row["class_id"], side)).decode()
+            cell = f"![{row['key']}](data:image/jpeg;base64,{data})"
+            size += len(cell) + 1
+            cells.append(cell)
+        lines.append(f"**{source}** ({', '.join(r['mask_method'] for r in rows)}): " + " ".join(cells))
+    if left_out:
+        lines += ["", f"({left_out} thumbnails left out to keep the artifact under {budget} bytes)"]
+    return "\n".join(lines) + "\n"
+
+
+def publish_run_artifacts(run_url: str) -> dict[str, str]:
+    """Create the run's table, contact-sheet and manifest-link artifacts in the current Prefect run; return keys."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    reader = RunReader(run_url)
+    keys = {kind: artifact_key(run_url, kind) for kind in ("samples", "contact-sheet", "manifest")}
+    create_table_artifact(class_rows(reader), key=keys["samples"], description=f"Samples per class of {run_url}")
+    create_markdown_artifact(contact_sheet(reader), key=keys["contact-sheet"], description=f"Thumbnails of {run_url}")
+    manifest = f"{run_url.rstrip('/')}/manifest.parquet"
+    link = Path(manifest).resolve().as_uri() if "://" not in manifest else manifest
+    create_link_artifact(link, link_text="manifest.parquet", key=keys["manifest"], description=f"Manifest of {run_url}")
+    return keys
+
+
+@task(name="publish-artifacts")
+def publish_run_artifacts_task(run_url: str) -> dict[str, str]:
+    """Prefect task: publish the run's artifacts (table, contact sheet, manifest link)."""
+    return publish_run_artifacts(run_url)

@@ -1,0 +1,59 @@
+"""Generation-run artifacts for the Prefect UI: per-class table, contact sheet within budget, manifest link."""
+
+import base64
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from flows.generate import generate
+from storage.reader import RunReader
+from tasks.artifacts import artifact_key, class_rows, contact_sheet
+from tasks.config import parse_config
+
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, prefect_harness):
+    out = tmp_path_factory.mktemp("artifacts")
+    config = parse_config({
+        "run": {"name": "art", "out_dir": str(out)},
+        "dataset": {"toy": {"image_size": 48, "n_train": 60, "n_val": 8}},
+        "base": {"subset_size": 10},
+        "generation": {"samples_per_class": 3, "classes": ["red disc", "green square"]},
+    }).resolved()
+    return generate(config=config)["url"]
+
+
+def test_class_rows_and_sheet(run):
+    reader = RunReader(run)
+    rows = class_rows(reader)
+    assert [r["class"] for r in rows] == ["green square", "red disc"]
+    assert all(r["samples"] == 3 and r["source real"] == 3 and r["mask methods"] == "gt 3" for r in rows)
+    assert all(r["shards"].startswith("c00") for r in rows)
+    sheet = contact_sheet(reader, per_source=2)
+    assert sheet.count("data:image/jpeg;base64,") == 4 and "## red disc" in sheet and "**real** (gt, gt)" in sheet
+    data = sheet.split("data:image/jpeg;base64,")[1].split(")")[0]
+    thumb = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert thumb.format == "JPEG" and max(thumb.size) == 48  # toy images are 48 px, never enlarged
+    small = contact_sheet(reader, per_source=2, budget=200)
+    assert small.count("data:image/jpeg") == 1 and "(3 thumbnails left out to keep the artifact under 200 bytes)" in small
+
+
+def test_flow_publishes_artifacts(run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    keys = {kind: artifact_key(run, kind) for kind in ("samples", "contact-sheet", "manifest")}
+    assert keys["samples"] == f"samples-{Path(run).name}"
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys.values()))))
+    artifacts = {a.key: a for a in found}
+    assert artifacts[keys["samples"]].type == "table" and "red disc" in str(artifacts[keys["samples"]].data)
+    assert artifacts[keys["contact-sheet"]].type == "markdown"
+    assert str(artifacts[keys["contact-sheet"]].data).count("data:image/jpeg;base64,") == 4
+    # Prefect stores a link artifact as markdown "[text](url)"
+    assert "manifest.parquet](file://" in str(artifacts[keys["manifest"]].data)
