@@ -8,7 +8,9 @@ from tasks.artifacts import publish_run_artifacts_task
 from tasks.config import parse_config
 from tasks.fold_plan import plan_fold_task
 from tasks.textual_inversion import learn_embedding_task
-from tasks.write_run import finish_run_task, start_run_task, write_class_part_task, write_generated_part_task
+from tasks.write_run import (
+    finish_run_task, start_run_task, write_class_part_task, write_generated_part_task, write_refined_part_task,
+)
 
 
 @flow(name="generate", log_prints=True)
@@ -30,7 +32,10 @@ def generate(config: dict) -> dict:
             for c in plan["novel"]:
                 for shot in c["shot_ids"]:
                     learn_embedding_task(resolved, plan, c["class_id"], shot)
-        parts += [write_generated_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
+        generated = [write_generated_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
+        if resolved["refinement"] is not None:  # refined, filtered parts replace the raw diffusion parts
+            generated = [write_refined_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
+        parts += generated
     marker = finish_run_task(resolved, plan, parts, run["url"])
     publish_run_artifacts_task(run["url"])
     print(f"run complete: {run['url']} ({marker['n_samples']} samples)")

@@ -258,6 +258,21 @@ class DiffusionConfig(_Strict):
     xattn: XattnConfig = XattnConfig()
 
 
+class RefinementConfig(_Strict):
+    """Semi-supervised refinement of generated masks (AlignDiff Alg. 1) and the out-of-distribution filter (D.4)."""
+
+    checkpoint: str = Field(..., description="HSNet checkpoint: ours (.safetensors from train_hsnet) or the authors' .pt.")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(16, ge=1, description="Images per HSNet forward pass.")
+    alpha: float = Field(0.8, gt=0, le=1, description="Consensus IoU at which a coarse mask is accepted (AlignDiff: 0.8).")
+    vote_threshold: float = Field(0.5, gt=0, le=1, description="k-shot vote cut of the pseudo-labels (AlignDiff: 0.5).")
+    max_added: int = Field(
+        4, ge=0, description="Accepted samples (top by consensus IoU) joining the real shots when re-conditioning."
+    )
+    ood_filter: bool = Field(True, description="Drop text/embedding samples whose mask fails to segment the real shots.")
+    beta: float = Field(0.5, ge=0, le=1, description="OOD filter: keep a sample if its 1-shot IoU on the real shots >= beta.")
+
+
 class RunConfig(_Strict):
     """Run identity and output location."""
 
@@ -277,6 +292,15 @@ class MaskforgeConfig(_Strict):
     copy_paste: CopyPasteConfig = CopyPasteConfig()
     shards: ShardsConfig = ShardsConfig()
     diffusion: DiffusionConfig | None = Field(None, description="The diffusion stage; absent = copy-paste only.")
+    refinement: RefinementConfig | None = Field(
+        None, description="Refine the diffusion samples' masks with HSNet and filter OOD samples; needs diffusion."
+    )
+
+    @model_validator(mode="after")
+    def _refinement_needs_diffusion(self) -> "MaskforgeConfig":
+        if self.refinement is not None and self.diffusion is None:
+            raise ValueError("refinement: needs a 'diffusion' section (it refines the diffusion samples' masks)")
+        return self
 
     def resolved(self) -> dict:
         """Return the fully resolved config as plain JSON-compatible data (every default filled in)."""

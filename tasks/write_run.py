@@ -30,8 +30,9 @@ def part_url(run: str, class_id: int, stage: str = "compose") -> str:
 
 
 def part_prefix(class_id: int, stage: str) -> str:
-    """Return the shard prefix of a class's part: cNNNN for composed scenes, cNNNN-gen for diffusion images."""
-    suffixes = {"compose": "", "diffusion": "-gen"}
+    """Return the shard prefix of a class's part: cNNNN composed scenes, cNNNN-gen diffusion images, cNNNN-syn the
+    diffusion images after refinement and filtering."""
+    suffixes = {"compose": "", "diffusion": "-gen", "refine": "-syn"}
     if stage not in suffixes:
         raise ValueError(f"unknown stage {stage!r}; expected one of {sorted(suffixes)}")
     return f"c{class_id:04d}{suffixes[stage]}"
@@ -54,7 +55,8 @@ def _class_plan(plan: FoldPlan, class_id: int):
 
 
 def write_part(
-    config: MaskforgeConfig, url: str, prefix: str, class_plan, samples: Iterable[ShardSample], total: int, what: str
+    config: MaskforgeConfig, url: str, prefix: str, class_plan, samples: Iterable[ShardSample], total: int, what: str,
+    extra: dict | None = None,
 ) -> dict:
     """Write samples as a completed shard part at url (shards prefix-NNNNNN.tar); return its summary."""
     counts: Counter[str] = Counter()
@@ -62,7 +64,8 @@ def write_part(
         for sample in track(samples, total=total, description=f"{what} {class_plan.class_name}", transient=True):
             writer.write(sample)
             counts[sample.meta["source"]] += 1
-        summary = {"class_id": class_plan.class_id, "class_name": class_plan.class_name, "samples_per_source": dict(counts)}
+        summary = {"class_id": class_plan.class_id, "class_name": class_plan.class_name, "samples_per_source": dict(counts),
+                   **(extra or {})}
         writer.finish(summary)
     return {"url": url, **summary}
 
@@ -93,6 +96,28 @@ def write_generated_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int,
     return write_part(config, url, part_prefix(class_id, "diffusion"), class_plan, samples, len(samples), "diffuse")
 
 
+def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
+    """Refine one class's diffusion part (AlignDiff Alg. 1), drop OOD samples, write the result as a new part.
+
+    The part's summary counts the rejected samples and names them: nothing is dropped silently.
+    """
+    from tasks.refine import load_segmenter, refine_class
+
+    class_plan = _class_plan(plan, class_id)
+    url = part_url(run, class_id, "refine")
+    if is_complete(url):
+        return {"url": url, **RunReader(url).summary}
+    generated = list(RunReader(part_url(run, class_id, "diffusion")))
+    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
+    real = []
+    for shot_id in class_plan.shot_ids:
+        record = dataset.load(shot_id)
+        real.append((record.image, record.label == class_id))
+    kept, rejected = refine_class(load_segmenter(config.refinement), generated, real, class_id, config.refinement)
+    extra = {"ood_rejected": len(rejected), "rejected_keys": rejected}
+    return write_part(config, url, part_prefix(class_id, "refine"), class_plan, kept, len(kept), "refine", extra)
+
+
 def run_summary(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict]) -> dict:
     """Return the run summary: samples per class and source, shots, base-set sizes and the config hash."""
     return {
@@ -101,6 +126,7 @@ def run_summary(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict]) -> d
         "config_hash": config.hash(),
         "n_samples": sum(sum(p["samples_per_source"].values()) for p in parts),
         "samples_per_class": _per_class(parts),
+        "ood_rejected": {p["class_name"]: p["ood_rejected"] for p in parts if "ood_rejected" in p},
         "shots": {c.class_name: list(c.shot_ids) for c in plan.novel},
         "base_set_size": plan.base_set_size,
         "base_subset_size": len(plan.base_subset),
@@ -136,6 +162,12 @@ def write_class_part_task(config: dict, plan: dict, class_id: int, run: str) -> 
 def write_generated_part_task(config: dict, plan: dict, class_id: int, run: str) -> dict:
     """Prefect task: generate and write one novel class's diffusion images (one task per class: models load once)."""
     return write_generated_part(parse_config(config), FoldPlan.from_dict(plan), class_id, run)
+
+
+@task(name="refine-class")
+def write_refined_part_task(config: dict, plan: dict, class_id: int, run: str) -> dict:
+    """Prefect task: refine and filter one novel class's diffusion samples (after generate-class)."""
+    return write_refined_part(parse_config(config), FoldPlan.from_dict(plan), class_id, run)
 
 
 @task(name="finish-run")

@@ -36,8 +36,9 @@ class SupportState:
         return [[t[k : k + 1] for t in level] for level in self.levels]
 
 
-def vote_masks(shot_masks: torch.Tensor) -> torch.Tensor:
-    """HSNet's k-shot rule on (K, N, H, W) binary masks: sum the votes, divide by each image's max vote (>= 1), keep >= 0.5.
+def vote_masks(shot_masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """HSNet's k-shot rule on (K, N, H, W) binary masks: sum the votes, divide by each image's max vote (>= 1),
+    keep >= threshold (HSNet: 0.5).
 
     With K = 1 the one mask is returned as is.
     """
@@ -47,7 +48,7 @@ def vote_masks(shot_masks: torch.Tensor) -> torch.Tensor:
     if shot_masks.shape[0] == 1:
         return votes.bool()
     peak = votes.flatten(1).max(1).values.clamp(min=1).view(-1, 1, 1)
-    return votes.float() / peak >= 0.5
+    return votes.float() / peak >= threshold
 
 
 def _check_image(image: np.ndarray, what: str) -> None:
