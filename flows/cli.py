@@ -131,6 +131,20 @@ def datasets_check(
         raise typer.Exit(code=1)
 
 
+@app.command()
+def serve(
+    port: int = typer.Option(4200, help="Port of the Prefect server on 127.0.0.1."),
+    timeout: float = typer.Option(180.0, help="Seconds to wait for the server to become healthy."),
+) -> None:
+    """Start a local Prefect server (SQLite, loopback), the process work pool, every deployment and a worker."""
+    from flows.serve import serve as serve_all
+
+    try:
+        serve_all(Path.cwd(), port, timeout, log=console.print)
+    except (RuntimeError, TimeoutError, FileNotFoundError) as err:
+        _fail(str(err))
+
+
 @models_app.command("tiny")
 def models_tiny(
     out: Path = typer.Option(..., "--out", help="Folder to write: sd/, controlnet-{mask,hed,scribble}/, hed/."),

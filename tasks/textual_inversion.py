@@ -280,8 +280,11 @@ def learn_shot_embedding(config, plan, class_id: int, shot_id: str) -> str:
     class_plan = next((c for c in plan.novel if c.class_id == class_id), None)
     if class_plan is None or shot_id not in class_plan.shot_ids:
         raise ValueError(f"class {class_id} / shot {shot_id!r} is not a novel class and shot of the plan")
+    from tasks.gpu import gpu_slot
+
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
-    return str(shot_embedding(cached_pipelines(config.diffusion), dataset, config, plan, class_plan, shot_id))
+    with gpu_slot():
+        return str(shot_embedding(cached_pipelines(config.diffusion), dataset, config, plan, class_plan, shot_id))
 
 
 @task(name="learn-embedding")

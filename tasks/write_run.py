@@ -17,6 +17,7 @@ from tasks.class_samples import class_samples
 from tasks.config import MaskforgeConfig, parse_config
 from tasks.datasets import build_dataset
 from tasks.fold_plan import FoldPlan
+from tasks.gpu import gpu_slot
 
 
 def run_url(config: MaskforgeConfig) -> str:
@@ -92,7 +93,8 @@ def write_generated_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int,
     if is_complete(url):
         return {"url": url, **RunReader(url).summary}
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
-    samples = diffusion_samples(cached_pipelines(config.diffusion), dataset, config, plan, class_plan)
+    with gpu_slot():
+        samples = diffusion_samples(cached_pipelines(config.diffusion), dataset, config, plan, class_plan)
     return write_part(config, url, part_prefix(class_id, "diffusion"), class_plan, samples, len(samples), "diffuse")
 
 
@@ -113,7 +115,8 @@ def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, r
     for shot_id in class_plan.shot_ids:
         record = dataset.load(shot_id)
         real.append((record.image, record.label == class_id))
-    kept, rejected = refine_class(load_segmenter(config.refinement), generated, real, class_id, config.refinement)
+    with gpu_slot():
+        kept, rejected = refine_class(load_segmenter(config.refinement), generated, real, class_id, config.refinement)
     extra = {"ood_rejected": len(rejected), "rejected_keys": rejected}
     return write_part(config, url, part_prefix(class_id, "refine"), class_plan, kept, len(kept), "refine", extra)
 

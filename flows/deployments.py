@@ -1,0 +1,39 @@
+"""Deployment entry points: the generate and HSNet flows parameterised by config file, dataset, fold and shots."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.generate import generate
+from flows.hsnet import eval_hsnet, train_hsnet
+from tasks.config import load_config
+from tasks.hsnet_config import load_hsnet_config
+
+
+def _overrides(dataset: str, fold: int, root: str | None, **more) -> dict:
+    """Return dotted-key overrides of a config file from deployment parameters (None leaves the file's value)."""
+    out = {"dataset.name": dataset, "dataset.fold": fold, **{k: v for k, v in more.items() if v is not None}}
+    if root is not None:
+        out["dataset.root"] = root
+    return out
+
+
+@flow(name="generate-fold", log_prints=True)
+def generate_fold(config_path: str, dataset: str, fold: int, shots: int | None = None, root: str | None = None) -> dict:
+    """Generate one (dataset, fold) from a config file, overriding its dataset, fold, root and shots."""
+    config = load_config(config_path, _overrides(dataset, fold, root, **{"shots.k": shots}))
+    return generate(config=config.resolved())
+
+
+@flow(name="train-hsnet-fold", log_prints=True)
+def train_hsnet_fold(config_path: str, dataset: str, fold: int, root: str | None = None) -> dict:
+    """Train HSNet on one (dataset, fold) from an HSNet config file."""
+    return train_hsnet(config=load_hsnet_config(config_path, _overrides(dataset, fold, root)).resolved())
+
+
+@flow(name="eval-hsnet-fold", log_prints=True)
+def eval_hsnet_fold(config_path: str, dataset: str, fold: int, shots: int | None = None, root: str | None = None,
+                    checkpoint: str | None = None) -> dict:
+    """Evaluate HSNet on one (dataset, fold) from an HSNet config file (checkpoint and shots overridable)."""
+    overrides = _overrides(dataset, fold, root, **{"eval.shots": shots, "eval.checkpoint": checkpoint})
+    return eval_hsnet(config=load_hsnet_config(config_path, overrides).resolved())

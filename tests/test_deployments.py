@@ -1,0 +1,77 @@
+"""prefect.yaml: one generate deployment per (dataset, fold), HSNet deployments, schedules; deployment flows; GPU slot."""
+
+import inspect
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.deployments import _overrides, generate_fold
+from flows.serve import serve_env
+from storage.reader import RunReader
+from tasks.config import load_config
+from tasks.gpu import GPU_LIMIT_ENV, gpu_slot
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def deployments():
+    return {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+
+
+def test_one_deployment_per_dataset_fold(deployments):
+    expected = {f"{d}-f{f}" for d in ("toy", "pascal", "coco") for f in range(4)} | {"fss-f0"}
+    assert expected | {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"} == set(deployments)
+    for name in expected:
+        d = deployments[name]
+        dataset, fold = name.rsplit("-f", 1)
+        assert d["entrypoint"] == "flows/deployments.py:generate_fold"
+        assert (d["parameters"]["dataset"], d["parameters"]["fold"]) == (dataset, int(fold))
+        assert d["work_pool"]["name"] == "maskforge-process"
+        # nightly at 02:00 with an explicit timezone; only the toy fold 0 schedule is on out of the box
+        assert d["schedules"] == [{"cron": "0 2 * * *", "timezone": "UTC", "active": name == "toy-f0"}]
+
+
+def test_entrypoints_take_their_parameters_and_configs_validate(deployments):
+    for name, d in deployments.items():
+        path, func = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), func)
+        inspect.signature(flow.fn).bind(**d["parameters"])  # a parameter the flow does not take raises
+        params = d["parameters"]
+        if func == "generate_fold":
+            config = load_config(ROOT / params["config_path"], _overrides(
+                params["dataset"], params["fold"], params.get("root"), **{"shots.k": params.get("shots")}))
+            assert (config.dataset.name, config.dataset.fold, config.shots.k) == (params["dataset"], params["fold"], 1)
+
+
+def test_serve_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFECT_HOME", raising=False)
+    env = serve_env(tmp_path, 4301)
+    assert env["PREFECT_API_URL"] == "http://127.0.0.1:4301/api" and env["PREFECT_HOME"] == str(tmp_path / ".prefect")
+    assert env[GPU_LIMIT_ENV] == "gpu" and env["MASKFORGE_HOME"] == str(tmp_path)
+
+
+@pytest.mark.prefect
+def test_generate_fold_overrides_the_config_file(tmp_path, prefect_harness):
+    config = tmp_path / "small.yaml"
+    config.write_text(yaml.safe_dump({
+        "run": {"name": "dep", "out_dir": str(tmp_path / "runs")},
+        "dataset": {"name": "toy", "fold": 0, "toy": {"image_size": 48, "n_train": 60, "n_val": 8}},
+        "shots": {"k": 3}, "base": {"subset_size": 10}, "generation": {"samples_per_class": 1},
+    }))
+    result = generate_fold(config_path=str(config), dataset="toy", fold=2, shots=1)
+    summary = RunReader(result["url"]).summary
+    assert summary["fold"] == 2 and all(len(s) == 1 for s in summary["shots"].values())
+
+
+@pytest.mark.prefect
+def test_gpu_slot_is_strict(monkeypatch, prefect_harness):
+    monkeypatch.delenv(GPU_LIMIT_ENV, raising=False)
+    with gpu_slot():  # unset: no limit, nothing to acquire
+        pass
+    monkeypatch.setenv(GPU_LIMIT_ENV, "no-such-limit")
+    with pytest.raises(Exception, match="no-such-limit"):
+        with gpu_slot():
+            pass
