@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test clean
+.PHONY: install demo test ui-check serve clean
 
 install: $(STAMP)
 
@@ -30,6 +30,14 @@ demo: $(STAMP) $(TINY)/sd/model_index.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Browser check of the Prefect UI (not in `make test`: server start and a demo run take minutes on 2 cores).
+ui-check: $(STAMP) $(TINY)/sd/model_index.json
+	$(BIN)/python tests/ui_check.py --out ui-check
+
+# Local Prefect server with every deployment and a worker; Ctrl-C stops them.
+serve: $(STAMP) $(TINY)/sd/model_index.json
+	$(BIN)/maskforge serve
 
 clean:
 	rm -rf $(VENV) .prefect runs .models

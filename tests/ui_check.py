@@ -1,0 +1,111 @@
+"""Browser check of the Prefect UI (`make ui-check`, not part of `make test`): serve, run the toy deployment through the
+worker, open its artifact pages in headless Chromium, assert the table and contact sheet render, save screenshots.
+
+Needs Debian's chromium (`apt-get install chromium`). Takes a few minutes on 2 cores (server start, the demo run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def chromium(url: str, *args: str, budget_ms: int = 20000) -> str:
+    """Run headless Chromium on a URL with a fresh profile; return what it prints (the DOM with --dump-dom)."""
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        sys.exit("ui-check: chromium not found; install Debian's package: apt-get install chromium")
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args, url],
+                              capture_output=True, text=True, timeout=180)
+    return done.stdout
+
+
+def api(base: str, method: str, path: str, **kw) -> httpx.Response:
+    """Call the Prefect REST API and fail loudly on an error status."""
+    response = httpx.request(method, f"{base}/api{path}", timeout=30, **kw)
+    response.raise_for_status()
+    return response
+
+
+def main() -> None:
+    """Serve, run toy-f0, check the artifact pages; exit non-zero with a message on any failure."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=4310)
+    parser.add_argument("--out", default="ui-check", help="folder for screenshots and DOM dumps")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the flow run")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{args.port}"
+    env = {**os.environ, "PREFECT_HOME": tempfile.mkdtemp(prefix="maskforge-ui-")}
+    serve = subprocess.Popen([str(Path(sys.executable).with_name("maskforge")), "serve", "--port", str(args.port)],
+                             cwd=ROOT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # deployments exist once serve has bootstrapped
+            time.sleep(3)
+            if serve.poll() is not None:
+                sys.exit(f"ui-check: maskforge serve exited with {serve.returncode}")
+            try:
+                names = [d["name"] for d in api(base, "POST", "/deployments/filter", json={}).json()]
+                if "toy-f0" in names:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit("ui-check: deployments did not appear within 300 s")
+        deployment = next(d for d in api(base, "POST", "/deployments/filter", json={}).json() if d["name"] == "toy-f0")
+        run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={}).json()
+        print(f"flow run {run['id']}: {base}/runs/flow-run/{run['id']}")
+        deadline = time.monotonic() + args.timeout
+        while True:
+            state = api(base, "GET", f"/flow_runs/{run['id']}").json()["state"]["type"]
+            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            if time.monotonic() > deadline:
+                sys.exit(f"ui-check: flow run still {state} after {args.timeout:.0f} s")
+            time.sleep(5)
+        if state != "COMPLETED":
+            sys.exit(f"ui-check: the toy deployment's run ended {state}")
+        # the generate subflow publishes the artifacts; find them by key prefix
+        artifacts = api(base, "POST", "/artifacts/filter", json={}).json()
+        table = next(a for a in artifacts if a["key"] and a["key"].startswith("samples-"))
+        sheet = next(a for a in artifacts if a["key"] and a["key"].startswith("contact-sheet-"))
+        checks = {
+            "table": (table, ["red disc", "source real"]),
+            "contact-sheet": (sheet, ["data:image/jpeg;base64", "red disc"]),
+        }
+        for name, (artifact, needles) in checks.items():
+            url = f"{base}/v2/artifacts/artifact/{artifact['id']}"
+            dom = chromium(url, "--dump-dom")
+            (out / f"{name}.html").write_text(dom)
+            missing = [n for n in needles if n not in dom]
+            if missing:
+                sys.exit(f"ui-check: {url} rendered without {missing} (DOM in {out / (name + '.html')})")
+            chromium(url, f"--screenshot={(out / (name + '.png')).resolve()}", "--window-size=1400,1000")
+            print(f"{name}: {url} renders {needles}; screenshot {out / (name + '.png')}")
+        print("ui-check: passed")
+    finally:
+        os.killpg(serve.pid, signal.SIGINT)
+        try:
+            serve.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(serve.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
