@@ -47,9 +47,14 @@ def summary_table(summary: dict) -> Table:
 def generate(
     config: Path = typer.Argument(..., help="YAML config file (see configs/demo.yaml)."),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of run folders (overrides run.out_dir)."),
+    dask_workers: int = typer.Option(0, help="Fan classes out over a local Dask cluster of this many processes."),
+    dask_address: Optional[str] = typer.Option(None, help="Fan out over an existing Dask scheduler (tcp://host:8786)."),
+    dask_cluster_class: Optional[str] = typer.Option(
+        None, help="Dask cluster class, e.g. dask_cuda.LocalCUDACluster (one worker per GPU)."
+    ),
 ) -> None:
     """Run the generation flow on a config and print the run folder and its summary."""
-    from flows.generate import generate as generate_flow
+    from flows.runners import generate_flow as pick_flow
     from storage.reader import RunReader
     from tasks.config import ConfigError, load_config
     from tasks.datasets.base import DatasetError
@@ -59,6 +64,7 @@ def generate(
     except ConfigError as err:
         _fail(str(err))
     try:
+        generate_flow = pick_flow(dask_workers, dask_address, dask_cluster_class)
         result = generate_flow(config=cfg.resolved())
     except (DatasetError, ValueError, FileNotFoundError) as err:
         _fail(str(err))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.generate import generate
+from flows.runners import generate_flow
 from flows.hsnet import eval_hsnet, train_hsnet
 from tasks.config import load_config
 from tasks.hsnet_config import load_hsnet_config
@@ -19,10 +19,14 @@ def _overrides(dataset: str, fold: int, root: str | None, **more) -> dict:
 
 
 @flow(name="generate-fold", log_prints=True)
-def generate_fold(config_path: str, dataset: str, fold: int, shots: int | None = None, root: str | None = None) -> dict:
-    """Generate one (dataset, fold) from a config file, overriding its dataset, fold, root and shots."""
+def generate_fold(
+    config_path: str, dataset: str, fold: int, shots: int | None = None, root: str | None = None,
+    dask_workers: int = 0, dask_address: str | None = None, dask_cluster_class: str | None = None,
+) -> dict:
+    """Generate one (dataset, fold) from a config file, overriding its dataset, fold, root and shots; the Dask
+    parameters fan the classes out (a local cluster, an existing scheduler, or e.g. dask_cuda.LocalCUDACluster)."""
     config = load_config(config_path, _overrides(dataset, fold, root, **{"shots.k": shots}))
-    return generate(config=config.resolved())
+    return generate_flow(dask_workers, dask_address, dask_cluster_class)(config=config.resolved())
 
 
 @flow(name="train-hsnet-fold", log_prints=True)

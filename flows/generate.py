@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.runners import sequential_runner
 from tasks.artifacts import publish_run_artifacts_task
 from tasks.config import parse_config
 from tasks.fold_plan import plan_fold_task
@@ -13,12 +14,13 @@ from tasks.write_run import (
 )
 
 
-@flow(name="generate", log_prints=True)
+@flow(name="generate", log_prints=True, task_runner=sequential_runner())
 def generate(config: dict) -> dict:
     """Run one generation: returns {"url": run folder, "complete": True, "marker": completion marker}.
 
     A run whose folder already holds a completion marker is reported, not redone: the config hash names the
-    run, and its samples are deterministic.
+    run, and its samples are deterministic. Per-class tasks are submitted, so a Dask task runner
+    (`generate.with_options(task_runner=dask_runner(...))`) fans them out; each class's part is the same either way.
     """
     resolved = parse_config(config, source="flow parameter 'config'").resolved()
     run = start_run_task(resolved)
@@ -26,17 +28,19 @@ def generate(config: dict) -> dict:
         print(f"run already complete: {run['url']}")
         return run
     plan = plan_fold_task(resolved)
-    parts = [write_class_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
+    url, novel = run["url"], plan["novel"]
+    futures = [write_class_part_task.submit(resolved, plan, c["class_id"], url) for c in novel]
     if resolved["diffusion"] is not None:
-        if resolved["diffusion"]["embedding"]["samples"]:
-            for c in plan["novel"]:
-                for shot in c["shot_ids"]:
-                    learn_embedding_task(resolved, plan, c["class_id"], shot)
-        generated = [write_generated_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
-        if resolved["refinement"] is not None:  # refined, filtered parts replace the raw diffusion parts
-            generated = [write_refined_part_task(resolved, plan, c["class_id"], run["url"]) for c in plan["novel"]]
-        parts += generated
-    marker = finish_run_task(resolved, plan, parts, run["url"])
-    publish_run_artifacts_task(run["url"])
-    print(f"run complete: {run['url']} ({marker['n_samples']} samples)")
-    return {"url": run["url"], "complete": True, "marker": marker}
+        for c in novel:
+            embeddings = []
+            if resolved["diffusion"]["embedding"]["samples"]:
+                embeddings = [learn_embedding_task.submit(resolved, plan, c["class_id"], shot) for shot in c["shot_ids"]]
+            part = write_generated_part_task.submit(resolved, plan, c["class_id"], url, wait_for=embeddings)
+            if resolved["refinement"] is not None:  # the refined, filtered part replaces the raw diffusion part
+                part = write_refined_part_task.submit(resolved, plan, c["class_id"], url, wait_for=[part])
+            futures.append(part)
+    parts = [future.result() for future in futures]
+    marker = finish_run_task(resolved, plan, parts, url)
+    publish_run_artifacts_task(url)
+    print(f"run complete: {url} ({marker['n_samples']} samples)")
+    return {"url": url, "complete": True, "marker": marker}

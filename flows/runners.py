@@ -1,0 +1,35 @@
+"""Task runners for the generate flow: one task at a time in-process, or fan-out over Dask (local or remote)."""
+
+from __future__ import annotations
+
+from prefect.task_runners import ThreadPoolTaskRunner
+
+
+def sequential_runner() -> ThreadPoolTaskRunner:
+    """Return the default runner: one worker thread, so tasks run in submission order and share one set of models
+    (the cross-attention capture installs processors on the shared UNet: two threads at once would mix them)."""
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def dask_runner(workers: int = 0, address: str | None = None, cluster_class: str | None = None):
+    """Return a DaskTaskRunner: an existing scheduler at `address`, or a local cluster of `workers` processes with
+    one thread each (each loads its own models); `cluster_class` picks e.g. dask_cuda.LocalCUDACluster (one worker
+    per GPU, pinned with CUDA_VISIBLE_DEVICES)."""
+    from prefect_dask import DaskTaskRunner
+
+    if address:
+        return DaskTaskRunner(address=address)
+    if cluster_class:  # e.g. LocalCUDACluster: one worker per visible GPU unless workers says otherwise
+        return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs={"n_workers": workers} if workers else {})
+    if workers < 1:
+        raise ValueError(f"--dask-workers must be >= 1 for a local Dask cluster, got {workers}")
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+
+
+def generate_flow(dask_workers: int = 0, dask_address: str | None = None, dask_cluster_class: str | None = None):
+    """Return the generate flow, with a Dask task runner when any Dask option is given."""
+    from flows.generate import generate
+
+    if not (dask_workers or dask_address or dask_cluster_class):
+        return generate
+    return generate.with_options(task_runner=dask_runner(dask_workers, dask_address, dask_cluster_class))
