@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -72,11 +73,19 @@ def bootstrap(project: Path, env: dict) -> None:
     _run([prefect, "--no-prompt", "deploy", "--all"], env, project)
 
 
+def _interrupt(signum, frame) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so serve's cleanup runs."""
+    raise KeyboardInterrupt
+
+
 def serve(project: Path, port: int = 4200, timeout: float = 180.0, log=print) -> None:
     """Start server and worker, deploy, and wait; Ctrl-C (or either process exiting) stops everything started."""
     env = serve_env(project, port)
     prefect = prefect_executable()
     started: list[subprocess.Popen] = []
+    # Ctrl-C and SIGTERM both stop what was started (a background job may inherit SIGINT as ignored: restore it)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=project)
         started.append(server)
