@@ -29,15 +29,18 @@ def generate(config: dict) -> dict:
         return run
     plan = plan_fold_task(resolved)
     url, novel = run["url"], plan["novel"]
-    futures = [write_class_part_task.submit(resolved, plan, c["class_id"], url) for c in novel]
+    retry = {"retries": resolved["run"]["retries"], "retry_delay_seconds": resolved["run"]["retry_delay_s"]}
+    compose, embed, diffuse, refine = (t.with_options(**retry) for t in (
+        write_class_part_task, learn_embedding_task, write_generated_part_task, write_refined_part_task))
+    futures = [compose.submit(resolved, plan, c["class_id"], url) for c in novel]
     if resolved["diffusion"] is not None:
         for c in novel:
             embeddings = []
             if resolved["diffusion"]["embedding"]["samples"]:
-                embeddings = [learn_embedding_task.submit(resolved, plan, c["class_id"], shot) for shot in c["shot_ids"]]
-            part = write_generated_part_task.submit(resolved, plan, c["class_id"], url, wait_for=embeddings)
+                embeddings = [embed.submit(resolved, plan, c["class_id"], shot) for shot in c["shot_ids"]]
+            part = diffuse.submit(resolved, plan, c["class_id"], url, wait_for=embeddings)
             if resolved["refinement"] is not None:  # the refined, filtered part replaces the raw diffusion part
-                part = write_refined_part_task.submit(resolved, plan, c["class_id"], url, wait_for=[part])
+                part = refine.submit(resolved, plan, c["class_id"], url, wait_for=[part])
             futures.append(part)
     parts = [future.result() for future in futures]
     marker = finish_run_task(resolved, plan, parts, url)

@@ -279,6 +279,12 @@ class RunConfig(_Strict):
     name: str = Field("run", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
     seed: int = Field(0, description="Run seed; each sample's seed derives from (run seed, class, index).")
     out_dir: str = Field("runs", description="Parent folder (path or fsspec URL) of run folders.")
+    retries: int = Field(1, ge=0, description="Retries of a failed per-class task (transient failures).")
+    retry_delay_s: float = Field(10.0, ge=0, description="Seconds between retries.")
+
+
+#: Run fields that change how a run executes, not what it writes: left out of the config hash.
+OPERATIONAL_FIELDS = ("out_dir", "retries", "retry_delay_s")
 
 
 class MaskforgeConfig(_Strict):
@@ -307,9 +313,11 @@ class MaskforgeConfig(_Strict):
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
-        """Return the sha256 of the resolved config, output location excluded (it does not change the data)."""
+        """Return the sha256 of the resolved config; output location and retry settings are left out (they do not
+        change the data)."""
         data = self.resolved()
-        data["run"].pop("out_dir")
+        for name in OPERATIONAL_FIELDS:
+            data["run"].pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

@@ -142,6 +142,25 @@ def generate_batch(
     return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8), maps, indices
 
 
+def generate_halving(pipe, items, word, cfg, size, controls):
+    """generate_batch, retried in two halves on a CUDA out-of-memory error (down to one image, then it is raised).
+
+    Items carry their own seeds, so the halves produce the images the whole batch would have.
+    """
+    try:
+        return generate_batch(pipe, items, word, cfg, size, controls)
+    except torch.cuda.OutOfMemoryError:
+        if len(items) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(items) // 2
+        parts = [generate_halving(pipe, items[a:b], word, cfg, size, None if controls is None else controls[a:b])
+                 for a, b in ((0, half), (half, len(items)))]
+        images = np.concatenate([p[0] for p in parts])
+        maps = {f: torch.cat([p[1][f] for p in parts]) for f in parts[0][1]}
+        return images, maps, parts[0][2] + parts[1][2]
+
+
 def _chunks(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -176,7 +195,7 @@ def generate_items(pipes: Pipelines, items: list[GenItem], word: str, cfg: Diffu
                                   cfg.controlnet.mask_color, cfg.controlnet.hed_dilation, f"shot {it.shot_id!r} ({it.control})")
                     for it, m in zip(batch, supports)
                 ]
-            images, maps, indices = generate_batch(pipe, batch, word, cfg, size, controls)
+            images, maps, indices = generate_halving(pipe, batch, word, cfg, size, controls)
             for row, it in enumerate(batch):
                 soft = soft_map({f: m[row] for f, m in maps.items()}, size)
                 mask, cut = coarse_mask(soft, cfg.xattn.threshold)

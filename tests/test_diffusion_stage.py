@@ -124,3 +124,30 @@ def test_config_errors_name_the_field(tiny_models):
         _config(tiny_models, xattn={"factors": [3]})
     with pytest.raises(ConfigError, match=r"diffusion.model.*Field required"):
         parse_config({"diffusion": {}})
+
+
+def test_out_of_memory_retries_the_batch_at_half_size(setup, monkeypatch):
+    import torch
+
+    import tasks.diffusion as diffusion
+
+    config, dataset, plan, pipes = setup
+    cfg = config.diffusion.model_copy(update={"batch_size": 4, "text": config.diffusion.text.model_copy(update={"samples": 4})})
+    items = plan_items(cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update={"conditions": ()})}),
+                       config.run.seed, 1, "red disc", plan.novel[0].shot_ids)
+    real = diffusion.generate_batch
+    sizes = []
+
+    def small_gpu(pipe, batch, *args, **kwargs):
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(pipe, batch, *args, **kwargs)
+
+    monkeypatch.setattr(diffusion, "generate_batch", small_gpu)
+    out = generate_items(pipes, items, "red disc", cfg, {})
+    assert sizes == [4, 2, 1, 1, 2, 1, 1] and [g.item.index for g in out] == [0, 1, 2, 3]
+    monkeypatch.setattr(diffusion, "generate_batch", real)
+    whole = generate_items(pipes, items, "red disc", cfg, {})
+    for a, b in zip(out, whole):
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2 and a.item == b.item
