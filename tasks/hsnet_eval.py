@@ -20,7 +20,7 @@ from eval.metrics import IoUAccumulator
 from models.hsnet.checkpoint import CheckpointError, load_checkpoint
 from models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
 from storage.reader import RunReader
-from storage.results import append_results
+from storage.results import append_results, read_results
 from tasks.config import ConfigError
 from tasks.datasets import build_dataset
 from tasks.hsnet_config import HsnetConfig, parse_hsnet_config
@@ -199,10 +199,28 @@ def eval_hsnet_task(config: dict) -> dict:
     return eval_hsnet(parse_hsnet_config(config), log=get_run_logger().info)
 
 
+def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:
+    """Return markdown comparing the benchmark rows of one (dataset, fold, shots) over time, per setting, newest last:
+    mIoU and FB-IoU in %, and the change of mIoU from the previous run of the same setting."""
+    rows = [r for r in table.to_pylist() if (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)]
+    lines = [f"# HSNet trend: {dataset} fold {fold}, {shots}-shot", ""]
+    for setting in sorted({r["setting"] for r in rows}):
+        runs = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["created_at"])[-last:]
+        lines += [f"## {setting}", "", "| evaluated | backbone | checkpoint | mIoU | FB-IoU | Δ mIoU |", "|---|---|---|---|---|---|"]
+        previous = None
+        for r in runs:
+            delta = "" if previous is None else f"{100 * (r['miou'] - previous):+.2f}"
+            lines.append(f"| {r['created_at']} | {r['backbone']} | {r['checkpoint'].rsplit('/', 1)[-1]} | "
+                         f"{100 * r['miou']:.2f} | {100 * r['fb_iou']:.2f} | {delta} |")
+            previous = r["miou"]
+        lines.append("")
+    return "\n".join(lines)
+
+
 @task(name="record-hsnet-results")
 def record_results_task(config: dict, result: dict) -> dict:
     """Prefect task: append the evaluation's rows to the benchmark table and publish them as a table artifact."""
-    from prefect.artifacts import create_table_artifact
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     cfg = parse_hsnet_config(config)
     rows = benchmark_rows(cfg, result)
@@ -218,5 +236,10 @@ def record_results_task(config: dict, result: dict) -> dict:
         key=f"hsnet-eval-{result['dataset']}-f{result['fold']}",
         table=table,
         description=f"HSNet evaluation (mIoU / FB-IoU in %), {result['episodes']} episodes; rows appended to {url}",
+    )
+    create_markdown_artifact(
+        key=f"hsnet-trend-{result['dataset']}-f{result['fold']}",
+        markdown=trend_markdown(read_results(cfg.eval.results_dir), result["dataset"], result["fold"], result["shots"]),
+        description="This evaluation against earlier ones of the same dataset, fold and shots",
     )
     return {"table_file": url, "rows": rows}
