@@ -331,18 +331,18 @@ def _format_errors(source: str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict, source: str = "<config>") -> MaskforgeConfig:
-    """Validate a config mapping; a ConfigError names `source`, each bad field and what was expected."""
+def validate_model(model: type[BaseModel], data: dict, source: str):
+    """Validate a mapping into a pydantic model; a ConfigError names `source`, each bad field and what was expected."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     try:
-        return MaskforgeConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_errors(source, err)) from None
 
 
-def load_config(path: str | Path, overrides: dict | None = None) -> MaskforgeConfig:
-    """Load and validate a YAML config file, applying dotted-key overrides like {"run.out_dir": "runs"}."""
+def read_yaml(path: str | Path, overrides: dict | None = None) -> dict:
+    """Read a YAML config file as a mapping and apply dotted-key overrides like {"run.out_dir": "runs"}."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
@@ -358,4 +358,14 @@ def load_config(path: str | Path, overrides: dict | None = None) -> MaskforgeCon
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return parse_config(data, source=str(path))
+    return data
+
+
+def parse_config(data: dict, source: str = "<config>") -> MaskforgeConfig:
+    """Validate a config mapping; a ConfigError names `source`, each bad field and what was expected."""
+    return validate_model(MaskforgeConfig, data, source)
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> MaskforgeConfig:
+    """Load and validate a YAML config file, applying dotted-key overrides like {"run.out_dir": "runs"}."""
+    return parse_config(read_yaml(path, overrides), source=str(path))

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from storage.fs import join
-from tasks.config import ConfigError, DatasetConfig, _format_errors, _Strict
+from tasks.config import DatasetConfig, _Strict, read_yaml, validate_model
 
 
 class HsnetRunConfig(_Strict):
@@ -127,29 +126,9 @@ class HsnetConfig(_Strict):
 
 def parse_hsnet_config(data: dict, source: str = "<config>") -> HsnetConfig:
     """Validate an HSNet config mapping; a ConfigError names `source`, each bad field and what was expected."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
-    try:
-        return HsnetConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(source, err)) from None
+    return validate_model(HsnetConfig, data, source)
 
 
 def load_hsnet_config(path: str | Path, overrides: dict | None = None) -> HsnetConfig:
     """Load and validate an HSNet YAML config, applying dotted-key overrides like {"train.steps": 10}."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return parse_hsnet_config(data, source=str(path))
+    return parse_hsnet_config(read_yaml(path, overrides), source=str(path))
