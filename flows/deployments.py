@@ -21,11 +21,11 @@ def _overrides(dataset: str, fold: int, root: str | None, **more) -> dict:
 @flow(name="generate-fold", log_prints=True)
 def generate_fold(
     config_path: str, dataset: str, fold: int, shots: int | None = None, root: str | None = None,
-    dask_workers: int = 0, dask_address: str | None = None, dask_cluster_class: str | None = None,
+    out_dir: str | None = None, dask_workers: int = 0, dask_address: str | None = None, dask_cluster_class: str | None = None,
 ) -> dict:
-    """Generate one (dataset, fold) from a config file, overriding its dataset, fold, root and shots; the Dask
+    """Generate one (dataset, fold) from a config file, overriding its dataset, fold, root, shots and out_dir; the Dask
     parameters fan the classes out (a local cluster, an existing scheduler, or e.g. dask_cuda.LocalCUDACluster)."""
-    config = load_config(config_path, _overrides(dataset, fold, root, **{"shots.k": shots}))
+    config = load_config(config_path, _overrides(dataset, fold, root, **{"shots.k": shots, "run.out_dir": out_dir}))
     return generate_flow(dask_workers, dask_address, dask_cluster_class)(config=config.resolved())
 
 

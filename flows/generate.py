@@ -26,6 +26,7 @@ def generate(config: dict) -> dict:
     run = start_run_task(resolved)
     if run["complete"]:
         print(f"run already complete: {run['url']}")
+        publish_run_artifacts_task(run["url"])  # each flow run shows the run it stands for
         return run
     plan = plan_fold_task(resolved)
     url, novel = run["url"], plan["novel"]

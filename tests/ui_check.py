@@ -35,8 +35,12 @@ def chromium(url: str, *args: str, budget_ms: int = 20000) -> str:
 
 
 def api(base: str, method: str, path: str, **kw) -> httpx.Response:
-    """Call the Prefect REST API and fail loudly on an error status."""
-    response = httpx.request(method, f"{base}/api{path}", timeout=30, **kw)
+    """Call the Prefect REST API, retrying a 503 (a busy server on 2 cores) a few times; fail loudly otherwise."""
+    for attempt in range(10):
+        response = httpx.request(method, f"{base}/api{path}", timeout=30, **kw)
+        if response.status_code != 503:
+            break
+        time.sleep(3)
     response.raise_for_status()
     return response
 
@@ -69,7 +73,9 @@ def main() -> None:
             if time.monotonic() > deadline:
                 sys.exit("ui-check: deployments did not appear within 300 s")
         deployment = next(d for d in api(base, "POST", "/deployments/filter", json={}).json() if d["name"] == "toy-f0")
-        run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={}).json()
+        # a fresh output folder: the run must really generate, not report an earlier complete run
+        params = {**deployment["parameters"], "out_dir": tempfile.mkdtemp(prefix="maskforge-ui-runs-")}
+        run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params}).json()
         print(f"flow run {run['id']}: {base}/runs/flow-run/{run['id']}")
         deadline = time.monotonic() + args.timeout
         while True:
