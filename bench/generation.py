@@ -10,61 +10,18 @@ line is `capture_overhead: ours/stock = R (target >= 0.95)`, and the figures go 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench_pipeline, setup_device, write_json  # noqa: E402
+
 #: UNet FLOPs of one SD 1.5 forward pass for one sample at 64x64 latents (performance-anchors.md, measured count).
 SD15_UNET_GFLOP = 803.0
-
-
-def sd15_random(dtype: torch.dtype, device: torch.device):
-    """Return an SD 1.5-architecture pipeline with random weights (timing only: no checkpoint is read)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from models.clip_tokenizer import build_clip_tokenizer
-
-    with torch.device(device):
-        unet = UNet2DConditionModel(
-            sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-        )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
-        )
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=build_clip_tokenizer(),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    return pipe.to(device=device, dtype=dtype)
-
-
-def write_json(path: str, result: dict) -> None:
-    """Write a bench's figures as indented JSON, creating the folder."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=2))
-
-
-def tiny_pipeline(folder: str | None):
-    """Return the tiny SD pipeline from `folder`, building it in a temp folder when none is given."""
-    from diffusers import StableDiffusionPipeline
-
-    from models.tiny import SD_DIR, build_tiny_models
-
-    if folder is None:
-        folder = build_tiny_models(tempfile.mkdtemp(prefix="maskforge-bench-"))[SD_DIR]
-    return StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None)
 
 
 def main() -> None:
@@ -86,14 +43,8 @@ def main() -> None:
     from tasks.diffusion import GenItem, generate_batch
     from tasks.xattn_mask import coarse_mask, soft_map
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    if args.full_size:
-        pipe, size, factors = sd15_random(dtype, device), args.size or 512, (1, 2, 4)
-    else:
-        pipe, size, factors = tiny_pipeline(args.model).to(device=device, dtype=dtype), args.size or 64, (2, 4)
+    device, dtype = setup_device(args.threads, args.dtype)
+    pipe, size, factors = bench_pipeline(args.full_size, args.model, args.size, device, dtype)
     pipe.set_progress_bar_config(disable=True)
     batch, steps = args.batch or 8, args.steps or (25 if args.full_size else 10)
     cfg = DiffusionConfig(model="bench", steps=steps, image_size=size, batch_size=batch, xattn={"factors": factors})

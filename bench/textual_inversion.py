@@ -14,23 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generation import sd15_random, tiny_pipeline, write_json  # noqa: E402
-
-
-def toy_shot(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return a toy image and its object mask at size x size."""
-    from tasks.config import ToyConfig
-    from tasks.controls import resize_image, resize_mask
-    from tasks.datasets import build_dataset
-    from tasks.labels import binary_mask
-
-    record = build_dataset("toy", None, ToyConfig(image_size=96, n_train=8, n_val=4)).load("train_000001")
-    mask = binary_mask(record.label, record.class_ids[0])
-    return resize_image(record.image, (size, size)), resize_mask(mask, (size, size))
+from common import bench_pipeline, setup_device, toy_shots, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -44,19 +31,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default="bench/out/textual_inversion.json")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
     from tasks.config import EmbeddingModeConfig
     from tasks.textual_inversion import learn_embedding
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if args.full_size:
-        pipe, size, measure = sd15_random(dtype, device), args.size or 512, args.measure or 20
-    else:
-        pipe, size, measure = tiny_pipeline(args.model).to(device=device, dtype=dtype), args.size or 64, args.measure or 40
-    image, mask = toy_shot(size)
+    device, dtype = setup_device(args.threads, None)
+    pipe, size, _ = bench_pipeline(args.full_size, args.model, args.size, device, dtype)
+    measure = args.measure or (20 if args.full_size else 40)
+    image, mask = toy_shots(1, size)[0]
     cfg = EmbeddingModeConfig(steps=measure)
 
     def run(reencode: bool) -> float:

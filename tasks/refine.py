@@ -72,7 +72,10 @@ def refine_masks(
     if joining:
         state = segmenter.condition([(generated[i][0], generated[i][1].astype(bool)) for i in joining], base=state)
     remaining = [i for i in range(len(generated)) if i not in set(accepted)]
-    second = predict_masks(segmenter, state, [images[i] for i in remaining], vote_threshold) if remaining else []
+    if not joining:  # D_good did not grow: the re-conditioned prediction is the first one
+        second = [first[i] for i in remaining]
+    else:
+        second = predict_masks(segmenter, state, [images[i] for i in remaining], vote_threshold) if remaining else []
     results: list[Refined | None] = [None] * len(generated)
     for i in accepted:
         results[i] = Refined(generated[i][1].astype(bool), "semi-accepted", consensus[i])

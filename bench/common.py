@@ -1,0 +1,86 @@
+"""Shared pieces of the benches: the models they time, toy shots, device set-up and the JSON writer."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def sd15_random(dtype: torch.dtype, device: torch.device):
+    """Return an SD 1.5-architecture pipeline with random weights (timing only: no checkpoint is read)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from models.clip_tokenizer import build_clip_tokenizer
+
+    with torch.device(device):
+        unet = UNet2DConditionModel(
+            sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280),
+        )
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+        )
+        text = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+        ))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=build_clip_tokenizer(),
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    return pipe.to(device=device, dtype=dtype)
+
+
+def write_json(path: str, result: dict) -> None:
+    """Write a bench's figures as indented JSON, creating the folder."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2))
+
+
+def tiny_pipeline(folder: str | None):
+    """Return the tiny SD pipeline from `folder`, building it in a temp folder when none is given."""
+    from diffusers import StableDiffusionPipeline
+
+    from models.tiny import SD_DIR, build_tiny_models
+
+    if folder is None:
+        folder = build_tiny_models(tempfile.mkdtemp(prefix="maskforge-bench-"))[SD_DIR]
+    return StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None)
+
+
+def toy_shots(k: int, size: int, class_id: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return K toy (image, bool mask) pairs of one class (default: red disc) at size x size."""
+    from tasks.config import ToyConfig
+    from tasks.controls import resize_image, resize_mask
+    from tasks.datasets import build_dataset
+    from tasks.labels import binary_mask
+
+    dataset = build_dataset("toy", None, ToyConfig(image_size=64, n_train=40, n_val=4))
+    shots = []
+    for image_id in sorted(dataset.class_index("train")[class_id])[:k]:
+        record = dataset.load(image_id)
+        mask = binary_mask(record.label, class_id)
+        shots.append((resize_image(record.image, (size, size)), resize_mask(mask, (size, size))))
+    return shots
+
+
+def setup_device(threads: int | None, dtype: str | None) -> tuple[torch.device, torch.dtype]:
+    """Set torch threads if asked; return (CUDA if present else CPU, dtype: the given one, else bf16 GPU / fp32 CPU)."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device, getattr(torch, dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+
+
+def bench_pipeline(full_size: bool, model: str | None, size: int | None, device, dtype):
+    """Return (pipeline, image size, captured factors): SD 1.5 random at 512 px, or the tiny model at 64 px."""
+    if full_size:
+        return sd15_random(dtype, device), size or 512, (1, 2, 4)
+    return tiny_pipeline(model).to(device=device, dtype=dtype), size or 64, (2, 4)
