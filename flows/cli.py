@@ -31,15 +31,19 @@ def _fail(message: str) -> None:
 
 
 def summary_table(summary: dict) -> Table:
-    """Return a rich table of samples per class and source from a run summary."""
+    """Return a rich table of samples per class and source (and OOD-rejected samples) from a run summary."""
     sources = sorted({s for counts in summary["samples_per_class"].values() for s in counts})
+    rejected = summary.get("ood_rejected") or {}
     table = Table(title=f"{summary['dataset']} fold {summary['fold']}: {summary['n_samples']} samples")
     table.add_column("class", no_wrap=True)
     for s in sources:
         table.add_column(s, justify="right", no_wrap=True)
+    if rejected:
+        table.add_column("OOD rejected", justify="right")
     table.add_column("real shots")
     for name, counts in summary["samples_per_class"].items():
-        table.add_row(name, *(str(counts.get(s, 0)) for s in sources), ", ".join(summary["shots"][name]))
+        cells = [str(counts.get(s, 0)) for s in sources] + ([str(rejected.get(name, 0))] if rejected else [])
+        table.add_row(name, *cells, ", ".join(summary["shots"][name]))
     return table
 
 
