@@ -31,15 +31,16 @@ def _fail(message: str) -> None:
 
 
 def summary_table(summary: dict) -> Table:
-    """Return a rich table of samples per class and source (and OOD-rejected samples) from a run summary."""
+    """Return a rich table of samples per class and source (and rejected samples: OOD or empty) from a run summary."""
     sources = sorted({s for counts in summary["samples_per_class"].values() for s in counts})
-    rejected = summary.get("ood_rejected") or {}
+    rejected = {name: n + (summary.get("empty_rejected") or {}).get(name, 0)
+                for name, n in (summary.get("ood_rejected") or {}).items()}
     table = Table(title=f"{summary['dataset']} fold {summary['fold']}: {summary['n_samples']} samples")
     table.add_column("class", no_wrap=True)
     for s in sources:
         table.add_column(s, justify="right", no_wrap=True)
     if rejected:
-        table.add_column("OOD rejected", justify="right")
+        table.add_column("rejected", justify="right")
     table.add_column("real shots")
     for name, counts in summary["samples_per_class"].items():
         cells = [str(counts.get(s, 0)) for s in sources] + ([str(rejected.get(name, 0))] if rejected else [])

@@ -130,8 +130,11 @@ def load_segmenter(cfg) -> HSNetSegmenter:
     return _SEGMENTERS[key]
 
 
-def refine_class(segmenter: HSNetSegmenter, samples: list, real: list[tuple[np.ndarray, np.ndarray]], class_id: int, cfg) -> tuple[list, list[str]]:
-    """Refine one class's diffusion samples, then filter OOD text/embedding samples; return (kept, rejected keys).
+def refine_class(
+    segmenter: HSNetSegmenter, samples: list, real: list[tuple[np.ndarray, np.ndarray]], class_id: int, cfg
+) -> tuple[list, dict[str, list[str]]]:
+    """Refine one class's diffusion samples, drop those left without a class pixel, then filter OOD text/embedding
+    samples; return (kept samples, {"empty": keys, "ood": keys}).
 
     A sample's starting mask is its label's class pixels (the coarse mask for text/embedding images, the support
     mask for ControlNet images); it is kept as KEY.coarse.png. Kept samples carry the refined label, the branch
@@ -152,11 +155,13 @@ def refine_class(segmenter: HSNetSegmenter, samples: list, real: list[tuple[np.n
                                "checkpoint": cfg.checkpoint}}
         label = np.where(result.mask, class_id, 0).astype(LABEL_DTYPE)
         out.append(ShardSample(sample.key, sample.image, label, meta, {**sample.extras, "coarse.png": start}))
-    rejected: list[str] = []
+    # a sample whose refined mask holds no pixel of the class cannot teach the class (nor be a support): drop it
+    rejected = {"empty": [s.key for s in out if not (s.label == class_id).any()], "ood": []}
     if cfg.ood_filter:
-        text = [i for i, s in enumerate(out) if s.meta["source"] in TEXT_SOURCES]
+        text = [i for i, s in enumerate(out) if s.meta["source"] in TEXT_SOURCES and s.key not in rejected["empty"]]
         scores = ood_scores(segmenter, [(out[i].image, out[i].label == class_id) for i in text], real)
         for i, score in zip(text, scores):
             out[i].meta["scores"]["ood_iou"] = score
-        rejected = [out[i].key for i, score in zip(text, scores) if score < cfg.beta]
-    return [s for s in out if s.key not in set(rejected)], rejected
+        rejected["ood"] = [out[i].key for i, score in zip(text, scores) if score < cfg.beta]
+    dropped = set(rejected["empty"]) | set(rejected["ood"])
+    return [s for s in out if s.key not in dropped], rejected

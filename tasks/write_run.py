@@ -101,7 +101,8 @@ def write_generated_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int,
 def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
     """Refine one class's diffusion part (AlignDiff Alg. 1), drop OOD samples, write the result as a new part.
 
-    The part's summary counts the rejected samples and names them: nothing is dropped silently.
+    The part's summary counts the rejected samples (out of distribution, or left without a class pixel) and names
+    them: nothing is dropped silently.
     """
     from tasks.refine import load_segmenter, refine_class
 
@@ -117,7 +118,7 @@ def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, r
         real.append((record.image, record.label == class_id))
     with gpu_slot():
         kept, rejected = refine_class(load_segmenter(config.refinement), generated, real, class_id, config.refinement)
-    extra = {"ood_rejected": len(rejected), "rejected_keys": rejected}
+    extra = {"ood_rejected": len(rejected["ood"]), "empty_rejected": len(rejected["empty"]), "rejected_keys": rejected}
     return write_part(config, url, part_prefix(class_id, "refine"), class_plan, kept, len(kept), "refine", extra)
 
 
@@ -130,6 +131,7 @@ def run_summary(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict]) -> d
         "n_samples": sum(sum(p["samples_per_source"].values()) for p in parts),
         "samples_per_class": _per_class(parts),
         "ood_rejected": {p["class_name"]: p["ood_rejected"] for p in parts if "ood_rejected" in p},
+        "empty_rejected": {p["class_name"]: p["empty_rejected"] for p in parts if "empty_rejected" in p},
         "shots": {c.class_name: list(c.shot_ids) for c in plan.novel},
         "base_set_size": plan.base_set_size,
         "base_subset_size": len(plan.base_subset),

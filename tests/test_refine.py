@@ -121,3 +121,34 @@ def test_generate_flow_refines_and_filters(tiny_models, tmp_path, prefect_harnes
             assert 0.0 <= s.meta["scores"]["ood_iou"] <= 1.0
         if s.meta["mask_method"] == "semi-accepted":
             np.testing.assert_array_equal(s.label == 1, s.extras["coarse.png"])
+
+
+def test_refine_class_drops_empty_masks_and_ood_samples():
+    from storage.codec import ShardSample
+    from tasks.refine import refine_class
+
+    truth = _square(4, 4)
+    real = [(_image(truth), truth)]
+
+    def sample(key, source, image_mask, label_mask):
+        meta = {"source": source, "mask_method": "xattn", "scores": {}}
+        return ShardSample(key, _image(image_mask), np.where(label_mask, 3, 0).astype(np.int32), meta)
+
+    samples = [
+        sample("good", "text", truth, truth),
+        sample("empty", "cn-mask", np.zeros_like(truth), _square(10, 10)),  # the segmenter finds nothing: empty
+        sample("far", "text", _square(14, 14), _square(14, 14)),  # its mask does not segment the real shot
+    ]
+    class Scripted(OracleSegmenter):
+        """Oracle on generated images (refinement), copy of the support's mask on the real shot (OOD filter)."""
+
+        def shot_masks(self, state, images):
+            if images[0] is real[0][0]:
+                return CopySegmenter.shot_masks(self, state, images)
+            return OracleSegmenter.shot_masks(self, state, images)
+
+    cfg = RefinementConfig(checkpoint="x", alpha=0.8, beta=0.5)
+    kept, rejected = refine_class(Scripted(), samples, real, 3, cfg)
+    assert [s.key for s in kept] == ["good"] and rejected == {"empty": ["empty"], "ood": ["far"]}
+    assert kept[0].meta["scores"]["ood_iou"] == 1.0 and kept[0].meta["mask_method"] == "semi-accepted"
+    np.testing.assert_array_equal(kept[0].extras["coarse.png"], truth)
