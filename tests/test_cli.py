@@ -38,9 +38,15 @@ def test_generate_prints_run_folder_and_summary(demo_run):
     assert f"run folder: {run}" in output.replace("\n", "")
     for name in ("red disc", "green square", "blue triangle", "yellow star"):
         assert name in output
-    # per class: 2 composed scenes, 1 text image, 1 embedding image, 3 conditions x 2 shots x 1 ControlNet image
-    assert "40 samples" in output
-    for source in ("real", "text", "embedding", "cn-mask", "cn-hed", "cn-scribble"):
+    # per class: 2 composed scenes, 1 text image, 1 embedding image, 3 conditions x 2 shots x 1 ControlNet image;
+    # refinement drops samples left without a class pixel (beta 0 keeps every OOD score), and says how many
+    from storage.reader import RunReader
+
+    summary = RunReader(str(run)).summary
+    assert summary["n_samples"] + sum(summary["empty_rejected"].values()) == 40
+    assert sum(summary["ood_rejected"].values()) == 0
+    assert f"{summary['n_samples']} samples" in output
+    for source in ("real", "cn-mask", "cn-hed", "cn-scribble"):
         assert source in output
 
 
