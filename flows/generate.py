@@ -33,7 +33,7 @@ def generate(config: dict) -> dict:
     retry = {"retries": resolved["run"]["retries"], "retry_delay_seconds": resolved["run"]["retry_delay_s"]}
     compose, embed, diffuse, refine = (t.with_options(**retry) for t in (
         write_class_part_task, learn_embedding_task, write_generated_part_task, write_refined_part_task))
-    futures = [compose.submit(resolved, plan, c["class_id"], url) for c in novel]
+    synthetic = {}
     if resolved["diffusion"] is not None:
         for c in novel:
             embeddings = []
@@ -42,8 +42,13 @@ def generate(config: dict) -> dict:
             part = diffuse.submit(resolved, plan, c["class_id"], url, wait_for=embeddings)
             if resolved["refinement"] is not None:  # the refined, filtered part replaces the raw diffusion part
                 part = refine.submit(resolved, plan, c["class_id"], url, wait_for=[part])
-            futures.append(part)
-    parts = [future.result() for future in futures]
+            synthetic[c["class_id"]] = part
+    # composition pastes real objects, and synthetic ones cut from the class's final diffusion part
+    uses_synthetic = "synthetic" in resolved["generation"]["sources"]
+    composed = [compose.submit(resolved, plan, c["class_id"], url,
+                               wait_for=[synthetic[c["class_id"]]] if uses_synthetic else [])
+                for c in novel]
+    parts = [future.result() for future in composed + list(synthetic.values())]
     marker = finish_run_task(resolved, plan, parts, url)
     publish_run_artifacts_task(url)
     print(f"run complete: {url} ({marker['n_samples']} samples)")

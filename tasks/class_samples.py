@@ -12,7 +12,7 @@ from tasks.config import MaskforgeConfig
 from tasks.datasets.base import SegDataset
 from tasks.fold_plan import ClassPlan, FoldPlan
 from tasks.labels import present_classes
-from tasks.objects import PoolObject, object_from_shot
+from tasks.objects import PoolObject, object_from_sample, object_from_shot
 from tasks.seeds import item_seed
 
 
@@ -21,15 +21,23 @@ def sample_key(dataset: str, fold: int, class_id: int, source: str, index: int) 
     return f"{dataset}-f{fold}-c{class_id:04d}-{source}-{index:05d}"
 
 
-def object_pool(dataset: SegDataset, class_plan: ClassPlan, source: str) -> list[PoolObject]:
-    """Return the pasteable objects of a class for one source ("real": cut from each real shot)."""
-    if source != "real":
-        raise ValueError(f"generation.sources: unknown source {source!r}; expected 'real'")
-    return [object_from_shot(dataset.load(shot_id), class_plan.class_id) for shot_id in class_plan.shot_ids]
+def object_pool(dataset: SegDataset, class_plan: ClassPlan, source: str, synthetic: list | None = None) -> list[PoolObject]:
+    """Return the pasteable objects of a class for one source: "real" cuts each real shot, "synthetic" each of the
+    class's final diffusion samples (`synthetic`; none is an error naming the class)."""
+    if source == "real":
+        return [object_from_shot(dataset.load(shot_id), class_plan.class_id) for shot_id in class_plan.shot_ids]
+    if source == "synthetic":
+        if not synthetic:
+            raise ValueError(
+                f"generation.sources 'synthetic': class {class_plan.class_name!r} has no diffusion sample to cut "
+                "objects from (all were rejected, or none were generated)"
+            )
+        return [object_from_sample(sample, class_plan.class_id) for sample in synthetic]
+    raise ValueError(f"generation.sources: unknown source {source!r}; expected 'real' or 'synthetic'")
 
 
 def class_samples(
-    dataset: SegDataset, config: MaskforgeConfig, plan: FoldPlan, class_plan: ClassPlan
+    dataset: SegDataset, config: MaskforgeConfig, plan: FoldPlan, class_plan: ClassPlan, synthetic: list | None = None
 ) -> Iterator[ShardSample]:
     """Yield the composed scenes of one novel class: samples_per_class per source, each seeded by (run, class, index)."""
     cid, n = class_plan.class_id, config.generation.samples_per_class
@@ -37,7 +45,7 @@ def class_samples(
     if not plan.base_subset:
         raise ValueError(f"{plan.dataset} fold {plan.fold}: the base subset is empty; nothing to paste onto")
     for source in config.generation.sources:
-        pool = object_pool(dataset, class_plan, source)
+        pool = object_pool(dataset, class_plan, source, synthetic)
         for index in range(n):
             seed = item_seed(config.run.seed, cid, index, f"compose-{source}")
             rng = np.random.default_rng(seed)

@@ -88,8 +88,10 @@ class GenerationConfig(_Strict):
     """What to produce per novel class."""
 
     samples_per_class: int = Field(8, ge=1, description="Composed scenes written per novel class and source.")
-    sources: tuple[Literal["real"], ...] = Field(
-        ("real",), min_length=1, description="Object sources: 'real' = objects cut from the real shots."
+    sources: tuple[Literal["real", "synthetic"], ...] = Field(
+        ("real",), min_length=1,
+        description="Object sources: 'real' = objects cut from the real shots; 'synthetic' = objects cut from the "
+        "class's diffusion samples (after refinement when configured); needs a diffusion section.",
     )
     classes: tuple[str, ...] | None = Field(
         None, description="Restrict to these novel classes (names or ids); default: every novel class of the fold."
@@ -303,9 +305,11 @@ class MaskforgeConfig(_Strict):
     )
 
     @model_validator(mode="after")
-    def _refinement_needs_diffusion(self) -> "MaskforgeConfig":
+    def _stages_need_diffusion(self) -> "MaskforgeConfig":
         if self.refinement is not None and self.diffusion is None:
             raise ValueError("refinement: needs a 'diffusion' section (it refines the diffusion samples' masks)")
+        if "synthetic" in self.generation.sources and self.diffusion is None:
+            raise ValueError("generation.sources: 'synthetic' needs a 'diffusion' section (objects are cut from its samples)")
         return self
 
     def resolved(self) -> dict:

@@ -1,4 +1,4 @@
-"""Stage 2, produce objects: cut the novel class's object out of each real shot (source "real")."""
+"""Stage 2, produce objects: cut the novel class's object out of each real shot ("real") or generated sample ("synthetic")."""
 
 from __future__ import annotations
 
@@ -41,13 +41,31 @@ def object_from_shot(record: ImageRecord, class_id: int) -> PoolObject:
             f"empty support mask: image {record.image_id!r} has no pixel of class {class_id} "
             f"(classes present: {list(record.class_ids)})"
         )
+    return crop_object(record.image, mask, class_id, "real", "gt", (record.image_id,))
+
+
+def crop_object(
+    image: np.ndarray, mask: np.ndarray, class_id: int, source: str, mask_method: str, shot_ids: tuple[str, ...],
+    scores: dict[str, float] | None = None,
+) -> PoolObject:
+    """Crop an image and its non-empty bool mask to the mask's bounding box as a pasteable object."""
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     return PoolObject(
-        image=record.image[top:bottom, left:right].copy(),
+        image=image[top:bottom, left:right].copy(),
         mask=mask[top:bottom, left:right].copy(),
         class_id=class_id,
-        source="real",
-        mask_method="gt",
-        shot_ids=(record.image_id,),
+        source=source,
+        mask_method=mask_method,
+        shot_ids=shot_ids,
+        scores=dict(scores or {}),
     )
+
+
+def object_from_sample(sample, class_id: int) -> PoolObject:
+    """Cut a class's object out of a generated shard sample (its label's class pixels; an empty one is an error)."""
+    mask = sample.label == class_id
+    if not mask.any():
+        raise DatasetError(f"generated sample {sample.key!r} has no pixel of class {class_id}; it cannot be pasted")
+    return crop_object(sample.image, mask, class_id, "synthetic", sample.meta["mask_method"],
+                       tuple(sample.meta["shot_ids"]), sample.meta.get("scores"))

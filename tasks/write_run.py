@@ -72,14 +72,21 @@ def write_part(
 
 
 def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
-    """Compose one novel class's samples and write them as a completed shard part; return the part's counts."""
+    """Compose one novel class's samples and write them as a completed shard part; return the part's counts.
+
+    With the "synthetic" source, the class's diffusion part (refined when configured) must be complete already.
+    """
     class_plan = _class_plan(plan, class_id)
     url = part_url(run, class_id)
     if is_complete(url):  # finished by an earlier, interrupted attempt: samples are deterministic, reuse them
         return {"url": url, **RunReader(url).summary}
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
     total = config.generation.samples_per_class * len(config.generation.sources)
-    samples = class_samples(dataset, config, plan, class_plan)
+    synthetic = None
+    if "synthetic" in config.generation.sources:  # the class's final diffusion part: refined when configured
+        stage = "refine" if config.refinement is not None else "diffusion"
+        synthetic = list(RunReader(part_url(run, class_id, stage)))
+    samples = class_samples(dataset, config, plan, class_plan, synthetic)
     return write_part(config, url, part_prefix(class_id, "compose"), class_plan, samples, total, "compose")
 
 
