@@ -20,6 +20,10 @@ class _Strict(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def resolved(self) -> dict:
+        """Return the fully resolved config as plain JSON-compatible data (every default filled in)."""
+        return self.model_dump(mode="json")
+
 
 class ToyConfig(_Strict):
     """The procedural toy world (the embedded default dataset)."""
@@ -311,10 +315,6 @@ class MaskforgeConfig(_Strict):
         if "synthetic" in self.generation.sources and self.diffusion is None:
             raise ValueError("generation.sources: 'synthetic' needs a 'diffusion' section (objects are cut from its samples)")
         return self
-
-    def resolved(self) -> dict:
-        """Return the fully resolved config as plain JSON-compatible data (every default filled in)."""
-        return self.model_dump(mode="json")
 
     def hash(self) -> str:
         """Return the sha256 of the resolved config; output location and retry settings are left out (they do not

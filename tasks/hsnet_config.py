@@ -90,10 +90,6 @@ class HsnetConfig(_Strict):
     train: HsnetTrainConfig = HsnetTrainConfig()
     eval: HsnetEvalConfig = HsnetEvalConfig()
 
-    def resolved(self) -> dict:
-        """Return the fully resolved config as plain JSON-compatible data (every default filled in)."""
-        return self.model_dump(mode="json")
-
     def train_hash(self) -> str:
         """Return the sha256 of what defines a trained model: dataset, model and train sections, run name."""
         data = self.resolved()
