@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from tasks.config import DiffusionConfig, MaskforgeConfig
 from tasks.controls import control_image, fit_size, resize_image, resize_mask
 from tasks.datasets.base import SegDataset
 from tasks.fold_plan import ClassPlan, FoldPlan
-from tasks.labels import LABEL_DTYPE, binary_mask
+from tasks.labels import LABEL_DTYPE, binary_mask, iou
 from tasks.seeds import item_seed
 from tasks.xattn_mask import coarse_mask, soft_map, token_weights, word_token_indices
 
@@ -207,12 +207,6 @@ def generate_items(pipes: Pipelines, items: list[GenItem], word: str, cfg: Diffu
     return sorted(out, key=lambda g: order[(g.item.source, g.item.index)])
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Return the intersection over union of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
-
-
 def to_sample(
     gen: Generated, cfg: DiffusionConfig, pipes: Pipelines, plan: FoldPlan, class_plan: ClassPlan, config_hash: str,
     embeddings: dict[str, str] | None = None,
@@ -307,7 +301,3 @@ def diffusion_samples(
     ids = {shot: path.name for shot, path in files.items()}
     return [to_sample(g, cfg, pipes, plan, class_plan, config_hash, ids) for g in generated]
 
-
-def item_to_dict(item: GenItem) -> dict:
-    """Return a work item as JSON-compatible data (for logs and Prefect)."""
-    return asdict(item)

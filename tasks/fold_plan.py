@@ -33,6 +33,13 @@ class FoldPlan:
     base_set_size: int
     base_subset: tuple[str, ...]
 
+    def novel_class(self, class_id: int) -> ClassPlan:
+        """Return the ClassPlan of a novel class; another id is an error listing the novel ones."""
+        for class_plan in self.novel:
+            if class_plan.class_id == class_id:
+                return class_plan
+        raise ValueError(f"class id {class_id} is not a novel class of the plan ({[c.class_id for c in self.novel]})")
+
     def to_dict(self) -> dict:
         """Return a JSON-compatible dict (the form passed between Prefect tasks)."""
         return asdict(self)

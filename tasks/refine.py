@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.hsnet.segmenter import HSNetSegmenter, vote_masks
+from tasks.labels import iou
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,6 @@ class Refined:
     mask: np.ndarray  # (H, W) bool
     method: str  # "semi-accepted" (coarse mask kept, joined D_good) or "semi-reestimated" (segmenter's mask)
     consensus_iou: float  # IoU(first prediction from the real shots, coarse mask)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Return the IoU of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def _by_size(images: Sequence[np.ndarray]) -> dict[tuple, list[int]]:

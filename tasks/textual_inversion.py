@@ -277,10 +277,11 @@ def learn_shot_embedding(config, plan, class_id: int, shot_id: str) -> str:
     from models.loading import cached_pipelines
     from tasks.datasets import build_dataset
 
-    class_plan = next((c for c in plan.novel if c.class_id == class_id), None)
-    if class_plan is None or shot_id not in class_plan.shot_ids:
-        raise ValueError(f"class {class_id} / shot {shot_id!r} is not a novel class and shot of the plan")
     from tasks.gpu import gpu_slot
+
+    class_plan = plan.novel_class(class_id)
+    if shot_id not in class_plan.shot_ids:
+        raise ValueError(f"shot {shot_id!r} is not a shot of class {class_id} ({list(class_plan.shot_ids)})")
 
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
     with gpu_slot():

@@ -48,13 +48,6 @@ def start_run(config: MaskforgeConfig) -> dict:
     return {"url": url, "complete": False}
 
 
-def _class_plan(plan: FoldPlan, class_id: int):
-    class_plan = next((c for c in plan.novel if c.class_id == class_id), None)
-    if class_plan is None:
-        raise ValueError(f"class id {class_id} is not a novel class of the plan ({[c.class_id for c in plan.novel]})")
-    return class_plan
-
-
 def write_part(
     config: MaskforgeConfig, url: str, prefix: str, class_plan, samples: Iterable[ShardSample], total: int, what: str,
     extra: dict | None = None,
@@ -76,7 +69,7 @@ def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run
 
     With the "synthetic" source, the class's diffusion part (refined when configured) must be complete already.
     """
-    class_plan = _class_plan(plan, class_id)
+    class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id)
     if is_complete(url):  # finished by an earlier, interrupted attempt: samples are deterministic, reuse them
         return {"url": url, **RunReader(url).summary}
@@ -95,7 +88,7 @@ def write_generated_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int,
     from models.loading import cached_pipelines
     from tasks.diffusion import diffusion_samples
 
-    class_plan = _class_plan(plan, class_id)
+    class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id, "diffusion")
     if is_complete(url):
         return {"url": url, **RunReader(url).summary}
@@ -111,18 +104,16 @@ def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, r
     The part's summary counts the rejected samples (out of distribution, or left without a class pixel) and names
     them: nothing is dropped silently.
     """
+    from tasks.diffusion import class_shots
     from tasks.refine import load_segmenter, refine_class
 
-    class_plan = _class_plan(plan, class_id)
+    class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id, "refine")
     if is_complete(url):
         return {"url": url, **RunReader(url).summary}
     generated = list(RunReader(part_url(run, class_id, "diffusion")))
     dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
-    real = []
-    for shot_id in class_plan.shot_ids:
-        record = dataset.load(shot_id)
-        real.append((record.image, record.label == class_id))
+    real = list(class_shots(dataset, class_plan).values())
     with gpu_slot():
         kept, rejected = refine_class(load_segmenter(config.refinement), generated, real, class_id, config.refinement)
     extra = {"ood_rejected": len(rejected["ood"]), "empty_rejected": len(rejected["empty"]), "rejected_keys": rejected}

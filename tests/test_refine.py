@@ -8,7 +8,8 @@ from models.hsnet.checkpoint import CheckpointError, save_checkpoint
 from models.hsnet.model import HSNetSpec, TinySpec, build_hsnet
 from storage.reader import RunReader
 from tasks.config import ConfigError, RefinementConfig, parse_config
-from tasks.refine import iou, load_segmenter, ood_scores, refine_masks
+from tasks.labels import iou
+from tasks.refine import load_segmenter, ood_scores, refine_masks
 from tiny import diffusion_section
 
 

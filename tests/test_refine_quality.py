@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from eval.corruption import CORRUPTIONS, CorruptionError, corrupt, dilate, erode, object_radius
-from tasks.refine import iou
+from tasks.labels import iou
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "checkpoints" / "hsnet-toy-f0.safetensors"
