@@ -75,12 +75,18 @@ def tiny_sd_components(seed: int = 0) -> dict:
     }
 
 
-def tiny_controlnet(unet, seed: int):
-    """Return a random ControlNet matching `unet`, its condition embedding downsampling 4x like the tiny VAE."""
+def tiny_controlnet(unet, seed: int, zero_out: bool = False):
+    """Return a ControlNet initialised from `unet`, its condition embedding downsampling 4x like the tiny VAE.
+
+    zero_out keeps diffusers' zero output convolutions (the start of ControlNet training); otherwise they get
+    random weights so an untrained model visibly changes the image.
+    """
     from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32))
+    if zero_out:
+        return net
     # from_unet zero-initialises the output convolutions (a fresh ControlNet changes nothing); give the random
     # model a visible effect so tests can tell conditions apart.
     with torch.no_grad():

@@ -1,0 +1,372 @@
+"""Train the tiny toy generative models: VAE, text-to-image UNet with its text encoder, and ControlNets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from eval.folds import TOY_CLASSES, get_fold
+from models.tiny import SD_DIR, controlnet_dir, edge_hed, tiny_controlnet, tiny_sd_components
+from tasks.config import _Strict, read_yaml, validate_model
+
+Log = Callable[[str], None]
+#: Written next to the trained models: config, seconds, final losses of each training command.
+RECORD_FILE = "training.json"
+
+
+class VaeTrain(_Strict):
+    """Autoencoder training: L2 + L1 reconstruction and a small KL term."""
+
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    kl_weight: float = Field(1e-6, ge=0, description="Weight of the per-image KL sum (SD's autoencoders: 1e-6).")
+
+
+class DiffusionTrain(_Strict):
+    """Text-to-image training of the UNet and text encoder together (epsilon prediction, min-SNR weighting)."""
+
+    steps: int = Field(8000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    template: str = Field("a photo of a {class}", description="Caption of a training image; {class} is its class name.")
+    prompt_dropout: float = Field(0.1, ge=0, le=1, description="Share of empty captions (classifier-free guidance).")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights that are saved.")
+    snr_gamma: float = Field(5.0, gt=0, description="Min-SNR loss weighting gamma.")
+
+
+class ControlNetTrain(_Strict):
+    """ControlNet training on the frozen text-to-image model, one network per condition kind."""
+
+    kinds: list[Literal["mask", "hed", "scribble"]] = ["mask", "hed", "scribble"]
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    prompt_dropout: float = Field(0.1, ge=0, le=1)
+    mask_color: tuple[int, int, int] = (255, 255, 255)
+    hed_dilation: int = Field(14, ge=1)
+
+
+class ToyTrainConfig(_Strict):
+    """Everything `maskforge toy train-*` needs: data, seed, device and each model's schedule."""
+
+    seed: int = 0
+    fold: int = Field(0, ge=0, le=3, description="Toy fold: models see only its base classes.")
+    world_seed: int = Field(0, description="Seed of the toy world the training images are rendered from.")
+    image_size: int = Field(64, ge=32)
+    images_per_class: int = Field(400, ge=1)
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default).")
+    log_every: int = Field(250, ge=1)
+    vae: VaeTrain = VaeTrain()
+    diffusion: DiffusionTrain = DiffusionTrain()
+    controlnet: ControlNetTrain = ControlNetTrain()
+
+
+def load_toy_train_config(path: str | Path) -> ToyTrainConfig:
+    """Read and validate a toy training YAML config."""
+    return validate_model(ToyTrainConfig, read_yaml(path), str(path))
+
+
+@dataclass
+class ObjectSet:
+    """Object-centric training images of the fold's base classes: uint8 images, bool masks, class ids."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    class_ids: np.ndarray
+
+    def tensor(self) -> torch.Tensor:
+        """Return the images as (N, 3, H, W) float in [-1, 1]."""
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def object_set(cfg: ToyTrainConfig) -> ObjectSet:
+    """Render images_per_class object photos of every base class of the fold (deterministic in world_seed)."""
+    from tasks.datasets.toy import render_object
+
+    base = get_fold("toy", cfg.fold).base
+    images, masks, ids = [], [], []
+    for cid in base:
+        for i in range(cfg.images_per_class):
+            image, mask = render_object(cfg.world_seed, cid, i, cfg.image_size)
+            images.append(image), masks.append(mask), ids.append(cid)
+    return ObjectSet(np.stack(images), np.stack(masks), np.asarray(ids))
+
+
+def _device(cfg: ToyTrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: 'cuda' asked for, but torch sees no CUDA device")
+    return torch.device(cfg.device)
+
+
+def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror a random half of the batch left-right (the toy classes are mirror-symmetric)."""
+    flip = torch.rand(x.shape[0], generator=gen, device=gen.device) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def train_vae(vae, images: torch.Tensor, cfg: VaeTrain, gen: torch.Generator, log: Log, log_every: int) -> dict:
+    """Train the autoencoder in place; set its scaling_factor to 1 / std of the latents; return final losses."""
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps, eta_min=cfg.lr * 0.05)
+    vae.train()
+    recent: list[float] = []
+    for step in range(1, cfg.steps + 1):
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen, device=gen.device)
+        x = _flip(images[idx], gen)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen, device=gen.device)
+        rec = vae.decode(z).sample
+        rec_loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+        loss = rec_loss + cfg.kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step(), sched.step()
+        recent = (recent + [rec_loss.item()])[-100:]
+        if step % log_every == 0 or step == cfg.steps:
+            log(f"vae step {step}/{cfg.steps}: reconstruction loss {np.mean(recent):.4f}")
+    vae.eval()
+    with torch.no_grad():
+        means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(256)])
+    scale = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scale)
+    return {"reconstruction_loss": round(float(np.mean(recent)), 5), "scaling_factor": round(scale, 5)}
+
+
+def _latent_stats(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode every image once: latent means and stds (sampled per step, as with a cached posterior)."""
+    with torch.no_grad():
+        dists = [vae.encode(chunk).latent_dist for chunk in images.split(256)]
+    return torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+
+
+def _caption_ids(tokenizer, template: str, class_ids: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of each image's caption (N, 77) and of the empty caption (1, 77)."""
+    names = {int(c): TOY_CLASSES[int(c) - 1] for c in np.unique(class_ids)}
+    per_class = {c: tokenizer(template.format(**{"class": n}), padding="max_length", truncation=True,
+                              max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
+                 for c, n in names.items()}
+    ids = torch.stack([per_class[int(c)] for c in class_ids]).to(device)
+    empty = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
+    return ids, empty.to(device)
+
+
+def _snr_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weights for epsilon prediction: min(SNR, gamma) / SNR."""
+    from diffusers.training_utils import compute_snr
+
+    snr = compute_snr(scheduler, timesteps)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+class _Batches:
+    """Draws training batches: noisy latents, timesteps, noise and (dropped-out) caption ids."""
+
+    def __init__(self, means, stds, ids, empty, scale, scheduler, dropout, gen) -> None:
+        self.means, self.stds, self.ids, self.empty = means, stds, ids, empty
+        self.scale, self.scheduler, self.dropout, self.gen = scale, scheduler, dropout, gen
+
+    def draw(self, batch_size: int, extra: torch.Tensor | None = None):
+        """Return (idx, noisy, t, noise, caption ids) for one batch."""
+        g, dev = self.gen, self.gen.device
+        idx = torch.randint(len(self.means), (batch_size,), generator=g, device=dev)
+        z = self.means[idx] + self.stds[idx] * torch.randn(self.means[idx].shape, generator=g, device=dev)
+        z = z * self.scale
+        noise = torch.randn(z.shape, generator=g, device=dev)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch_size,), generator=g, device=dev)
+        noisy = self.scheduler.add_noise(z, noise, t)
+        drop = torch.rand(batch_size, generator=g, device=dev) < self.dropout
+        ids = torch.where(drop[:, None], self.empty.expand(batch_size, -1), self.ids[idx])
+        return idx, noisy, t, noise, ids
+
+
+def train_text_to_image(components: dict, latents, class_ids, cfg: DiffusionTrain, gen, log: Log, log_every: int) -> dict:
+    """Train UNet and text encoder together on (latent, caption) pairs; load the EMA weights; return final losses."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
+    noise_sched = DDPMScheduler.from_config(components["scheduler"].config)
+    ids, empty = _caption_ids(tokenizer, cfg.template, class_ids, gen.device)
+    means, stds = latents
+    batches = _Batches(means, stds, ids, empty, components["vae"].config.scaling_factor, noise_sched,
+                       cfg.prompt_dropout, gen)
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    unet.train(), text_encoder.train()
+    recent: list[float] = []
+    for step in range(1, cfg.steps + 1):
+        _, noisy, t, noise, caption = batches.draw(cfg.batch_size)
+        states = text_encoder(caption)[0]
+        pred = unet(noisy, t, states).sample
+        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per * _snr_weights(noise_sched, t, cfg.snr_gamma)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(), sched.step()
+        ema.step(params)
+        recent = (recent + [per.mean().item()])[-200:]
+        if step % log_every == 0 or step == cfg.steps:
+            log(f"diffusion step {step}/{cfg.steps}: noise mse {np.mean(recent):.4f}")
+    ema.copy_to(params)
+    unet.eval(), text_encoder.eval()
+    return {"noise_mse": round(float(np.mean(recent)), 5)}
+
+
+def control_images(kind: str, objects: ObjectSet, cfg: ControlNetTrain) -> np.ndarray:
+    """Return the condition image of every training object, made as the diffusion stage makes it from a shot."""
+    from controlnet_aux import HEDdetector
+
+    from tasks.controls import control_image
+
+    hed = HEDdetector(edge_hed()) if kind in ("hed", "scribble") else None
+    return np.stack([
+        control_image(kind, img, m, hed, cfg.mask_color, cfg.hed_dilation, f"toy object {i}")
+        for i, (img, m) in enumerate(zip(objects.images, objects.masks))
+    ])
+
+
+def train_controlnet(components: dict, latents, class_ids, conds: torch.Tensor, cfg: ControlNetTrain, template: str,
+                     gen, log: Log, log_every: int, seed: int):
+    """Train a ControlNet (initialised from the frozen UNet) on (latent, condition, caption); return it and losses."""
+    from diffusers import DDPMScheduler
+
+    unet, text_encoder = components["unet"], components["text_encoder"]
+    net = tiny_controlnet(unet, seed, zero_out=True).to(gen.device)
+    noise_sched = DDPMScheduler.from_config(components["scheduler"].config)
+    ids, empty = _caption_ids(components["tokenizer"], template, class_ids, gen.device)
+    batches = _Batches(*latents, ids, empty, components["vae"].config.scaling_factor, noise_sched, cfg.prompt_dropout, gen)
+    unet.requires_grad_(False), text_encoder.requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+    net.train()
+    recent: list[float] = []
+    for step in range(1, cfg.steps + 1):
+        idx, noisy, t, noise, caption = batches.draw(cfg.batch_size)
+        with torch.no_grad():
+            states = text_encoder(caption)[0]
+        down, mid = net(noisy, t, encoder_hidden_states=states, controlnet_cond=conds[idx], return_dict=False)
+        pred = unet(noisy, t, states, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step(), sched.step()
+        recent = (recent + [loss.item()])[-200:]
+        if step % log_every == 0 or step == cfg.steps:
+            log(f"controlnet step {step}/{cfg.steps}: noise mse {np.mean(recent):.4f}")
+    net.eval()
+    return net, {"noise_mse": round(float(np.mean(recent)), 5)}
+
+
+def _save_atomic(save: Callable[[Path], None], dest: Path) -> None:
+    """Write a model folder under a temporary name, then rename it over dest (never a half-written folder)."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save(tmp)
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def _record(out: Path, name: str, entry: dict) -> None:
+    """Add one training command's record to out/training.json (atomically)."""
+    path = out / RECORD_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[name] = entry
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    tmp.rename(path)
+
+
+def _timed(log: Log) -> Log:
+    """Prefix each log line with the seconds since training started."""
+    start = time.perf_counter()
+    return lambda msg: log(f"[{time.perf_counter() - start:7.1f} s] {msg}")
+
+
+def _setup(cfg: ToyTrainConfig, stage: str) -> tuple[torch.device, torch.Generator]:
+    from tasks.seeds import derive_seed
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg)
+    gen = torch.Generator(device).manual_seed(derive_seed("toy-train", stage, cfg.seed) % 2**62)
+    return device, gen
+
+
+def train_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> dict:
+    """Train the tiny text-to-image model (VAE, then UNet + text encoder) and write out/sd in diffusers format."""
+    from diffusers import StableDiffusionPipeline
+
+    out, log = Path(out), _timed(log)
+    start = time.perf_counter()
+    device, gen = _setup(cfg, "diffusion")
+    objects = object_set(cfg)
+    log(f"rendered {len(objects.images)} object images of base classes {sorted(set(objects.class_ids.tolist()))}")
+    components = tiny_sd_components(cfg.seed)
+    for name in ("unet", "vae", "text_encoder"):
+        components[name].to(device)
+    images = objects.tensor().to(device)
+    vae_losses = train_vae(components["vae"], images, cfg.vae, gen, log, cfg.log_every)
+    latents = _latent_stats(components["vae"], images)
+    t2i_losses = train_text_to_image(components, latents, objects.class_ids, cfg.diffusion, gen, log, cfg.log_every)
+    pipe = StableDiffusionPipeline(**components, requires_safety_checker=False).to("cpu")
+    out.mkdir(parents=True, exist_ok=True)
+    _save_atomic(lambda p: pipe.save_pretrained(p, safe_serialization=True), out / SD_DIR)
+    entry = {
+        "config": cfg.resolved(), "device": str(device), "threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - start, 1), "vae": vae_losses, "diffusion": t2i_losses,
+    }
+    _record(out, "train-diffusion", entry)
+    return entry
+
+
+def load_trained_components(folder: Path, device: torch.device) -> dict:
+    """Load a trained toy SD folder's components in float32 on device (for ControlNet training)."""
+    from diffusers import StableDiffusionPipeline
+
+    if not (folder / "model_index.json").is_file():
+        raise FileNotFoundError(f"{folder}: no trained toy SD here; run `maskforge toy train-diffusion` first")
+    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False).to(device)
+    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
+            "scheduler": pipe.scheduler}
+
+
+def train_controlnets(cfg: ToyTrainConfig, out: str | Path, kinds: list[str] | None = None, log: Log = print) -> dict:
+    """Train one ControlNet per condition kind on the trained toy SD in out/sd; write out/controlnet-KIND."""
+    out, log = Path(out), _timed(log)
+    entries = {}
+    for kind in kinds or cfg.controlnet.kinds:
+        start = time.perf_counter()
+        device, gen = _setup(cfg, f"controlnet-{kind}")
+        components = load_trained_components(out / SD_DIR, device)
+        objects = object_set(cfg)
+        conds = torch.from_numpy(control_images(kind, objects, cfg.controlnet)).permute(0, 3, 1, 2).float() / 255.0
+        latents = _latent_stats(components["vae"], objects.tensor().to(device))
+        net, losses = train_controlnet(
+            components, latents, objects.class_ids, conds.to(device), cfg.controlnet, cfg.diffusion.template, gen,
+            log, cfg.log_every, cfg.seed + 10,
+        )
+        net.to("cpu")
+        _save_atomic(lambda p: net.save_pretrained(p, safe_serialization=True), out / controlnet_dir(kind))
+        entries[kind] = {"config": cfg.resolved(), "device": str(device), "threads": torch.get_num_threads(),
+                         "seconds": round(time.perf_counter() - start, 1), "controlnet": losses}
+        _record(out, f"train-controlnet-{kind}", entries[kind])
+    return entries
