@@ -23,11 +23,11 @@ def load(folder: Path, device: torch.device, with_controlnet: bool):
     """Return (text-to-image pipeline, mask ControlNet pipeline or None) from a models folder."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    sd = StableDiffusionPipeline.from_pretrained(folder / SD_DIR, local_files_only=True, safety_checker=None).to(device)
+    sd = StableDiffusionPipeline.from_pretrained(str(folder / SD_DIR), local_files_only=True, safety_checker=None).to(device)
     sd.set_progress_bar_config(disable=True)
     if not with_controlnet:
         return sd, None
-    net = ControlNetModel.from_pretrained(folder / controlnet_dir("mask"), local_files_only=True).to(device)
+    net = ControlNetModel.from_pretrained(str(folder / controlnet_dir("mask")), local_files_only=True).to(device)
     cn = StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=net)
     cn.set_progress_bar_config(disable=True)
     return sd, cn

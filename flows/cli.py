@@ -285,3 +285,49 @@ def hsnet_eval(
         table.add_row(name, f"{100 * summary['miou']:.2f}", f"{100 * summary['fb_iou']:.2f}")
     console.print(table)
     console.print(f"benchmark rows: {result['table_file']}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Toy models (issue #8): `maskforge toy train-diffusion | train-controlnet`.
+# ---------------------------------------------------------------------------------------------------------------------
+toy_app = typer.Typer(help="Train the tiny toy-world generative models shipped in models/toy.", no_args_is_help=True)
+app.add_typer(toy_app, name="toy")
+
+
+def _toy_config(config: Path):
+    from models.toy_train import load_toy_train_config
+    from tasks.config import ConfigError
+
+    try:
+        return load_toy_train_config(config)
+    except ConfigError as err:
+        _fail(str(err))
+
+
+@toy_app.command("train-diffusion")
+def toy_train_diffusion(
+    config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml)."),
+    out: Path = typer.Option(Path("models/toy"), "--out", help="Folder receiving sd/ and training.json."),
+) -> None:
+    """Train the tiny text-to-image model (VAE, then UNet + text encoder) on the fold's base classes."""
+    from models.toy_train import train_diffusion
+
+    entry = train_diffusion(_toy_config(config), out, log=console.print)
+    console.print(f"wrote {out / 'sd'} in {entry['seconds']} s: {entry['vae']} {entry['diffusion']}", soft_wrap=True)
+
+
+@toy_app.command("train-controlnet")
+def toy_train_controlnet(
+    config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml)."),
+    out: Path = typer.Option(Path("models/toy"), "--out", help="Folder holding sd/; receives controlnet-KIND/."),
+    kind: Optional[list[str]] = typer.Option(None, "--kind", help="Condition kind(s); default: controlnet.kinds."),
+) -> None:
+    """Train one ControlNet per condition kind on the trained toy SD in OUT/sd (UNet and text encoder frozen)."""
+    from models.toy_train import train_controlnets
+
+    try:
+        entries = train_controlnets(_toy_config(config), out, kind, log=console.print)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    for name, entry in entries.items():
+        console.print(f"controlnet-{name}: {entry['seconds']} s, {entry['controlnet']}")

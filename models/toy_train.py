@@ -343,7 +343,7 @@ def load_trained_components(folder: Path, device: torch.device) -> dict:
 
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"{folder}: no trained toy SD here; run `maskforge toy train-diffusion` first")
-    pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None,
+    pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
                                                    requires_safety_checker=False).to(device)
     return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
             "scheduler": pipe.scheduler}
