@@ -78,19 +78,23 @@ def generate(
     console.print(f"run folder: {result['url']}")
 
 
+def _open_run(run: str, partial: bool):
+    """Return a RunReader of `run`, exiting with the reason when it is not a complete run."""
+    from storage.reader import RunIncompleteError, RunReader
+
+    try:
+        return RunReader(run, allow_partial=partial)
+    except RunIncompleteError as err:
+        _fail(str(err))
+
+
 @shards_app.command("ls")
 def shards_ls(
     run: str = typer.Argument(..., help="Run folder."),
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
 ) -> None:
     """List a run's shards with their sample counts and sizes."""
-    from storage.reader import RunIncompleteError, RunReader
-
-    try:
-        reader = RunReader(run, allow_partial=partial)
-    except RunIncompleteError as err:
-        _fail(str(err))
-    manifest = reader.manifest.to_pylist()
+    manifest = _open_run(run, partial).manifest.to_pylist()
     table = Table(title=f"{run}: {len(manifest)} samples")
     for col in ("shard", "samples", "classes", "sources"):
         table.add_column(col)
@@ -120,6 +124,22 @@ def shards_show(
         _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
     names = {int(c): n for c, n in sample.meta["class_names"].items()}
     render_preview(sample, names).save(out)
+    console.print(f"wrote {out}")
+
+
+@shards_app.command("sheet")
+def shards_sheet(
+    run: str = typer.Argument(..., help="Run folder."),
+    out: Path = typer.Option(..., "--out", help="PNG file to write: a row per class, masks tinted."),
+    per_source: int = typer.Option(2, help="Samples per class and source."),
+    partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
+) -> None:
+    """Write the run's contact sheet (the Prefect UI artifact's thumbnails) as one PNG."""
+    from PIL import Image
+
+    from tasks.artifacts import contact_sheet_image
+
+    Image.fromarray(contact_sheet_image(_open_run(run, partial), per_source)).save(out)
     console.print(f"wrote {out}")
 
 

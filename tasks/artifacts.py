@@ -60,19 +60,39 @@ def thumbnail(image: np.ndarray, label: np.ndarray, class_id: int, side: int = 9
     return buf.getvalue()
 
 
+def sheet_picks(reader: RunReader, per_source: int) -> dict[tuple[str, str], list[dict]]:
+    """Return {(class name, source): the first `per_source` manifest rows}, sorted by class then source."""
+    picks: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in reader.manifest.to_pylist():
+        if len(picks[(row["class_name"], row["source"])]) < per_source:
+            picks[(row["class_name"], row["source"])].append(row)
+    return dict(sorted(picks.items()))
+
+
+def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 96) -> np.ndarray:
+    """Return the contact sheet as one RGB array: a row per class, its sources side by side, masks tinted."""
+    rows: dict[str, list[np.ndarray]] = defaultdict(list)
+    for (name, _), picked in sheet_picks(reader, per_source).items():
+        for row in picked:
+            sample = reader.get(row["key"])
+            thumb = Image.open(io.BytesIO(thumbnail(sample.image, sample.label, row["class_id"], side))).convert("RGB")
+            cell = np.full((side, side, 3), 255, np.uint8)
+            cell[: thumb.height, : thumb.width] = np.asarray(thumb)
+            rows[name].append(cell)
+    width = max(len(cells) for cells in rows.values())
+    blank = np.full((side, side, 3), 255, np.uint8)
+    return np.concatenate([np.concatenate(cells + [blank] * (width - len(cells)), axis=1) for cells in rows.values()])
+
+
 def contact_sheet(reader: RunReader, per_source: int = 2, side: int = 96, budget: int = SHEET_BUDGET) -> str:
     """Return markdown with, per class and source, the first `per_source` samples as tinted JPEG data URIs.
 
     Thumbnails stop at `budget` bytes of markdown (the server refuses large events); the sheet says how many
     it left out.
     """
-    picks: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for row in reader.manifest.to_pylist():
-        if len(picks[(row["class_name"], row["source"])]) < per_source:
-            picks[(row["class_name"], row["source"])].append(row)
     lines = ["# Contact sheet", "", "Each thumbnail: the image, with the class's mask tinted.", ""]
     size, left_out, current = sum(len(x) + 1 for x in lines), 0, None
-    for (name, source), rows in sorted(picks.items()):
+    for (name, source), rows in sheet_picks(reader, per_source).items():
         if name != current:
             lines += ["", f"## {name}", ""]
             current = name

@@ -9,7 +9,7 @@ from PIL import Image
 
 from flows.generate import generate
 from storage.reader import RunReader
-from tasks.artifacts import artifact_key, class_rows, contact_sheet
+from tasks.artifacts import artifact_key, class_rows, contact_sheet, contact_sheet_image
 from tasks.config import parse_config
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
@@ -40,6 +40,19 @@ def test_class_rows_and_sheet(run):
     assert thumb.format == "JPEG" and max(thumb.size) == 48  # toy images are 48 px, never enlarged
     small = contact_sheet(reader, per_source=2, budget=200)
     assert small.count("data:image/jpeg") == 1 and "(3 thumbnails left out to keep the artifact under 200 bytes)" in small
+
+
+def test_sheet_png_from_cli(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    sheet = contact_sheet_image(RunReader(run), per_source=2, side=48)
+    assert sheet.shape == (2 * 48, 2 * 48, 3)  # a row per class, two real samples each
+    out = tmp_path / "sheet.png"
+    result = CliRunner().invoke(app, ["shards", "sheet", run, "--out", str(out), "--per-source", "1"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (96, 2 * 96)  # default 96 px cells, one sample per class
 
 
 def test_flow_publishes_artifacts(run):
