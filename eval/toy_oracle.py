@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from eval.folds import TOY_MATERIALS, TOY_SHAPES
+from eval.folds import TOY_MATERIALS
 
 #: OpenCV hue (0..180) of each material's base colour.
 MATERIAL_HUE = {"red": 1.0, "green": 66.0, "blue": 113.0, "yellow": 26.0}
@@ -93,5 +93,3 @@ def recognise(image: np.ndarray) -> str | None:
     shape = shape_of(oracle_mask(image, material))
     return None if shape is None else f"{material} {shape}"
 
-
-__all__ = ["TOY_SHAPES", "dominant_material", "material_map", "oracle_mask", "recognise", "shape_of"]

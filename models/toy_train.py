@@ -17,6 +17,7 @@ from pydantic import Field
 from eval.folds import TOY_CLASSES, get_fold
 from models.tiny import SD_DIR, controlnet_dir, edge_hed, tiny_controlnet, tiny_sd_components
 from tasks.config import _Strict, read_yaml, validate_model
+from tasks.hsnet_data import resolve_device
 
 Log = Callable[[str], None]
 #: Written next to the trained models: config, seconds, final losses of each training command.
@@ -101,14 +102,6 @@ def object_set(cfg: ToyTrainConfig) -> ObjectSet:
             image, mask = render_object(cfg.world_seed, cid, i, cfg.image_size)
             images.append(image), masks.append(mask), ids.append(cid)
     return ObjectSet(np.stack(images), np.stack(masks), np.asarray(ids))
-
-
-def _device(cfg: ToyTrainConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: 'cuda' asked for, but torch sees no CUDA device")
-    return torch.device(cfg.device)
 
 
 def _flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -305,7 +298,7 @@ def _setup(cfg: ToyTrainConfig, stage: str) -> tuple[torch.device, torch.Generat
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = _device(cfg)
+    device = resolve_device(cfg.device)
     gen = torch.Generator(device).manual_seed(derive_seed("toy-train", stage, cfg.seed) % 2**62)
     return device, gen
 
@@ -353,13 +346,15 @@ def train_controlnets(cfg: ToyTrainConfig, out: str | Path, kinds: list[str] | N
     """Train one ControlNet per condition kind on the trained toy SD in out/sd; write out/controlnet-KIND."""
     out, log = Path(out), _timed(log)
     entries = {}
+    # the frozen SD, the training objects and their latents are the same for every kind: load and encode once
+    device = resolve_device(cfg.device)
+    components = load_trained_components(out / SD_DIR, device)
+    objects = object_set(cfg)
+    latents = _latent_stats(components["vae"], objects.tensor().to(device))
     for kind in kinds or cfg.controlnet.kinds:
         start = time.perf_counter()
         device, gen = _setup(cfg, f"controlnet-{kind}")
-        components = load_trained_components(out / SD_DIR, device)
-        objects = object_set(cfg)
         conds = torch.from_numpy(control_images(kind, objects, cfg.controlnet)).permute(0, 3, 1, 2).float() / 255.0
-        latents = _latent_stats(components["vae"], objects.tensor().to(device))
         net, losses = train_controlnet(
             components, latents, objects.class_ids, conds.to(device), cfg.controlnet, cfg.diffusion.template, gen,
             log, cfg.log_every, cfg.seed + 10,
