@@ -14,6 +14,8 @@ from eval.folds import TOY_MATERIALS
 
 #: OpenCV hue (0..180) of each material's base colour.
 MATERIAL_HUE = {"red": 1.0, "green": 66.0, "blue": 113.0, "yellow": 26.0}
+#: Least share of a material's painted pixels the object segment must hold: noise scatters paint, an object gathers it.
+MIN_GATHERED = 0.5
 #: Saturation (0..255) above which a pixel counts as painted (the ground is desaturated).
 MIN_SATURATION = 110
 MIN_VALUE = 40
@@ -90,6 +92,10 @@ def recognise(image: np.ndarray) -> str | None:
     material = dominant_material(image)
     if material is None:
         return None
-    shape = shape_of(oracle_mask(image, material))
+    segment = oracle_mask(image, material)
+    painted = material_map(image) == TOY_MATERIALS.index(material)
+    if (segment & painted).sum() < MIN_GATHERED * painted.sum():
+        return None  # the paint is scattered (noise, texture), not one object
+    shape = shape_of(segment)
     return None if shape is None else f"{material} {shape}"
 

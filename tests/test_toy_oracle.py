@@ -37,3 +37,11 @@ def test_oracle_sees_nothing_on_grey_and_rejects_unknown_material():
     assert shape_of(np.zeros((64, 64), bool)) is None
     with pytest.raises(ValueError, match="purple"):
         oracle_mask(grey, "purple")
+
+
+def test_oracle_names_no_object_in_colour_noise():
+    # random-weight diffusion models draw saturated noise; scattered paint is not an object
+    rng = np.random.default_rng(0)
+    noise = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
+    assert all(dominant_material(x) is not None for x in noise)  # the noise is painted...
+    assert [recognise(x) for x in noise] == [None] * 8  # ...but gathers into no object
