@@ -132,14 +132,15 @@ def shards_sheet(
     run: str = typer.Argument(..., help="Run folder."),
     out: Path = typer.Option(..., "--out", help="PNG file to write: a row per class, masks tinted."),
     per_source: int = typer.Option(2, help="Samples per class and source."),
+    side: int = typer.Option(128, min=16, help="Cell size in pixels (images are upscaled to fit)."),
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
 ) -> None:
-    """Write the run's contact sheet (the Prefect UI artifact's thumbnails) as one PNG."""
+    """Write the run's contact sheet as one PNG: class names left, source names above, masks tinted and outlined."""
     from PIL import Image
 
     from tasks.artifacts import contact_sheet_image
 
-    Image.fromarray(contact_sheet_image(_open_run(run, partial), per_source)).save(out)
+    Image.fromarray(contact_sheet_image(_open_run(run, partial), per_source, side)).save(out)
     console.print(f"wrote {out}")
 
 

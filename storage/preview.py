@@ -74,6 +74,23 @@ def _outline(label: np.ndarray, width: int) -> np.ndarray:
     return edge
 
 
+def overlay(image: np.ndarray, label: np.ndarray, colours: dict[int, tuple[int, int, int]], scale: int) -> np.ndarray:
+    """Return the image upscaled by an integer factor (nearest) with each class in `colours` tinted and outlined,
+    and ignore pixels hatched."""
+    big_label = label.repeat(scale, axis=0).repeat(scale, axis=1)
+    canvas = image.repeat(scale, axis=0).repeat(scale, axis=1).astype(np.float32)
+    for class_id, colour in colours.items():
+        mask = big_label == class_id
+        canvas[mask] = (1 - OVERLAY_ALPHA) * canvas[mask] + OVERLAY_ALPHA * np.array(colour, np.float32)
+    ignore = big_label == IGNORE
+    canvas[ignore] = 0.3 * canvas[ignore] + 0.7 * _hatch(big_label.shape)[ignore]
+    # 2-px outlines once upscaled: visible at a glance, while 1-px objects at scale 1 are not painted over.
+    edge = _outline(big_label, width=2 if scale >= 2 else 1)
+    for class_id, colour in colours.items():
+        canvas[edge & (big_label == class_id)] = colour
+    return canvas.round().astype(np.uint8)
+
+
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
     """Return text, shortened with an ellipsis until it fits in width pixels."""
     if draw.textlength(text, font=font) <= width:
@@ -100,18 +117,8 @@ def render_preview(sample: ShardSample, class_names: dict[int, str], min_side: i
         raise KeyError(f"sample {sample.key!r}: class ids {unnamed} have no entry in class_names")
     colours = class_colours(classes)
     scale = max(1, math.ceil(min_side / min(label.shape)))
-    big_label = label.repeat(scale, axis=0).repeat(scale, axis=1)
-    canvas_rgb = image.repeat(scale, axis=0).repeat(scale, axis=1).astype(np.float32)
-    for class_id, colour in colours.items():
-        mask = big_label == class_id
-        canvas_rgb[mask] = (1 - OVERLAY_ALPHA) * canvas_rgb[mask] + OVERLAY_ALPHA * np.array(colour, np.float32)
-    ignore = big_label == IGNORE
-    canvas_rgb[ignore] = 0.3 * canvas_rgb[ignore] + 0.7 * _hatch(big_label.shape)[ignore]
-    # 2-px outlines once upscaled: visible at a glance, while 1-px objects at scale 1 are not painted over.
-    edge = _outline(big_label, width=2 if scale >= 2 else 1)
-    for class_id, colour in colours.items():
-        canvas_rgb[edge & (big_label == class_id)] = colour
-    picture = Image.fromarray(canvas_rgb.round().astype(np.uint8))
+    picture = Image.fromarray(overlay(image, label, colours, scale))
+    ignore = label == IGNORE
 
     # Legend rows: (swatch colour or hatch, "id name", share of pixels).
     rows: list[tuple[np.ndarray | tuple[int, int, int], str, str]] = []

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from prefect import task
 
-from storage.preview import class_colours
+from storage.preview import class_colours, overlay
 from storage.reader import RunReader
 
 #: The UI refuses events above about 6 MB; the contact sheet stops adding thumbnails at this many bytes.
 SHEET_BUDGET = 1_500_000
+#: PNG contact sheet layout: header band for source names, gap between cells, label font size (pixels).
+SHEET_HEADER, SHEET_GAP, SHEET_FONT = 22, 4, 13
 
 
 def artifact_key(run_url: str, kind: str) -> str:
@@ -69,19 +72,43 @@ def sheet_picks(reader: RunReader, per_source: int) -> dict[tuple[str, str], lis
     return dict(sorted(picks.items()))
 
 
-def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 96) -> np.ndarray:
-    """Return the contact sheet as one RGB array: a row per class, its sources side by side, masks tinted."""
-    rows: dict[str, list[np.ndarray]] = defaultdict(list)
-    for (name, _), picked in sheet_picks(reader, per_source).items():
-        for row in picked:
-            sample = reader.get(row["key"])
-            thumb = Image.open(io.BytesIO(thumbnail(sample.image, sample.label, row["class_id"], side))).convert("RGB")
-            cell = np.full((side, side, 3), 255, np.uint8)
-            cell[: thumb.height, : thumb.width] = np.asarray(thumb)
-            rows[name].append(cell)
-    width = max(len(cells) for cells in rows.values())
-    blank = np.full((side, side, 3), 255, np.uint8)
-    return np.concatenate([np.concatenate(cells + [blank] * (width - len(cells)), axis=1) for cells in rows.values()])
+def _sheet_cell(reader: RunReader, row: dict, side: int) -> Image.Image:
+    """Return one sample as a side x side cell: the row's class tinted and outlined, upscaled to fit."""
+    sample = reader.get(row["key"])
+    class_id = row["class_id"]
+    scale = max(1, math.ceil(side / max(sample.label.shape)))
+    picture = Image.fromarray(overlay(sample.image, sample.label, class_colours((class_id,)), scale))
+    picture.thumbnail((side, side), Image.Resampling.LANCZOS)
+    cell = Image.new("RGB", (side, side), (255, 255, 255))
+    cell.paste(picture, ((side - picture.width) // 2, (side - picture.height) // 2))
+    return cell
+
+
+def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 128) -> np.ndarray:
+    """Return the contact sheet as one RGB array: a row per class (named on the left), `per_source` columns per
+    source (named above), each sample with its class's mask tinted and outlined.
+
+    Size: width = label column + sources * per_source * (side + GAP), height = HEADER + classes * (side + GAP).
+    """
+    picks = sheet_picks(reader, per_source)
+    classes = sorted({name for name, _ in picks})
+    sources = sorted({source for _, source in picks})
+    font = ImageFont.load_default(size=SHEET_FONT)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = int(max(probe.textlength(name, font=font) for name in classes)) + 2 * SHEET_GAP
+    group = per_source * (side + SHEET_GAP)
+    out = Image.new("RGB", (label_width + len(sources) * group, SHEET_HEADER + len(classes) * (side + SHEET_GAP)),
+                    (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    for column, source in enumerate(sources):
+        draw.text((label_width + column * group, SHEET_GAP), source, fill=(0, 0, 0), font=font)
+    for line, name in enumerate(classes):
+        top = SHEET_HEADER + line * (side + SHEET_GAP)
+        draw.text((SHEET_GAP, top + (side - SHEET_FONT) // 2), name, fill=(0, 0, 0), font=font)
+        for column, source in enumerate(sources):
+            for slot, row in enumerate(picks.get((name, source), [])):
+                out.paste(_sheet_cell(reader, row, side), (label_width + column * group + slot * (side + SHEET_GAP), top))
+    return np.asarray(out)
 
 
 def contact_sheet(reader: RunReader, per_source: int = 2, side: int = 96, budget: int = SHEET_BUDGET) -> str:

@@ -9,7 +9,8 @@ from PIL import Image
 
 from flows.generate import generate
 from storage.reader import RunReader
-from tasks.artifacts import artifact_key, class_rows, contact_sheet, contact_sheet_image
+from storage.preview import class_colours
+from tasks.artifacts import SHEET_GAP, SHEET_HEADER, artifact_key, class_rows, contact_sheet, contact_sheet_image
 from tasks.config import parse_config
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
@@ -47,12 +48,22 @@ def test_sheet_png_from_cli(run, tmp_path):
 
     from flows.cli import app
 
-    sheet = contact_sheet_image(RunReader(run), per_source=2, side=48)
-    assert sheet.shape == (2 * 48, 2 * 48, 3)  # a row per class, two real samples each
+    reader = RunReader(run)
+    sheet = contact_sheet_image(reader, per_source=2, side=48)
+    height = SHEET_HEADER + 2 * (48 + SHEET_GAP)  # a header, then a row per class
+    assert sheet.shape[0] == height and sheet.shape[1] > 2 * (48 + SHEET_GAP)  # class names, two real samples
+    label_width = sheet.shape[1] - 2 * (48 + SHEET_GAP)
+    assert (sheet[:SHEET_HEADER, label_width:] < 100).any()  # the source name is written above its columns
+    assert (sheet[SHEET_HEADER:, :label_width] < 100).any()  # class names on the left
+    # the first cell holds the first green-square sample, its mask outlined in the class's colour
+    first = next(r for r in reader.manifest.to_pylist() if r["class_name"] == "green square")
+    cell = sheet[SHEET_HEADER:SHEET_HEADER + 48, label_width:label_width + 48].reshape(-1, 3)
+    colour = class_colours((first["class_id"],))[first["class_id"]]
+    assert (cell == colour).all(axis=1).sum() >= 20
     out = tmp_path / "sheet.png"
     result = CliRunner().invoke(app, ["shards", "sheet", run, "--out", str(out), "--per-source", "1"])
     assert result.exit_code == 0, result.output
-    assert Image.open(out).size == (96, 2 * 96)  # default 96 px cells, one sample per class
+    assert Image.open(out).size[1] == SHEET_HEADER + 2 * (128 + SHEET_GAP)  # default 128 px cells
 
 
 def test_flow_publishes_artifacts(run):
