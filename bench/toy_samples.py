@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -11,12 +12,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import write_json
 from eval.folds import TOY_CLASSES, get_fold
 from eval.toy_generation import class_images, mask_fit, recognition
 from models.tiny import SD_DIR, build_tiny_models, controlnet_dir
 from tasks.controls import mask_condition
 from tasks.datasets.toy import render_object
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
 
 
 def load(folder: Path, device: torch.device, with_controlnet: bool):

@@ -12,16 +12,19 @@ Every synthetic set is generated from each class's single real shot (configs/toy
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import write_json
 from eval.folds import TOY_CLASSES
 from eval.toy_oracle import oracle_mask
 from storage.reader import RunReader
 from tasks.labels import iou
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json  # noqa: E402
 
 #: name -> (share of text prompts, share of embedding prompts, refine)
 ROWS = {

@@ -298,7 +298,7 @@ def _setup(cfg: ToyTrainConfig, stage: str) -> tuple[torch.device, torch.Generat
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "device (toy training config)")
     gen = torch.Generator(device).manual_seed(derive_seed("toy-train", stage, cfg.seed) % 2**62)
     return device, gen
 
@@ -347,7 +347,7 @@ def train_controlnets(cfg: ToyTrainConfig, out: str | Path, kinds: list[str] | N
     out, log = Path(out), _timed(log)
     entries = {}
     # the frozen SD, the training objects and their latents are the same for every kind: load and encode once
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "device (toy training config)")
     components = load_trained_components(out / SD_DIR, device)
     objects = object_set(cfg)
     latents = _latent_stats(components["vae"], objects.tensor().to(device))

@@ -29,12 +29,12 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def resolve_device(device: str) -> torch.device:
-    """Return the torch device of run.device: cpu, cuda (an error without a CUDA device) or auto."""
+def resolve_device(device: str, field: str = "run.device") -> torch.device:
+    """Return the torch device of a config field (named in errors): cpu, cuda (an error without CUDA) or auto."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device: 'cuda' asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
+        raise RuntimeError(f"{field}: 'cuda' asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
     return torch.device(device)
 
 

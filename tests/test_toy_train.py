@@ -62,3 +62,13 @@ def test_bad_config_field_is_named(tmp_path):
     config.write_text(yaml.safe_dump({**MINI, "vae": {"steps": 0}}))
     result = CliRunner().invoke(app, ["toy", "train-diffusion", str(config), "--out", str(tmp_path / "x")])
     assert result.exit_code == 1 and "vae.steps" in result.output
+
+
+def test_cuda_without_gpu_names_the_toy_config_field(tmp_path, monkeypatch):
+    import torch
+
+    from models.toy_train import train_diffusion
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"^device \(toy training config\): 'cuda' asked for"):
+        train_diffusion(ToyTrainConfig(**{**MINI, "device": "cuda"}), tmp_path / "toy")
