@@ -337,6 +337,21 @@ def toy_train_diffusion(
     console.print(f"wrote {out / 'sd'} in {entry['seconds']} s: {entry['vae']} {entry['diffusion']}", soft_wrap=True)
 
 
+@toy_app.command("ground")
+def toy_ground(
+    config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml, section ground)."),
+    out: Path = typer.Option(Path("models/toy"), "--out", help="Folder holding the trained sd/ (rewritten)."),
+) -> None:
+    """Fine-tune the trained toy SD with the cross-attention grounding loss, so the class word's map covers the object."""
+    from models.toy_train import ground_diffusion
+
+    try:
+        entry = ground_diffusion(_toy_config(config), out, log=console.print)
+    except FileNotFoundError as err:
+        _fail(str(err))
+    console.print(f"rewrote {out / 'sd'} in {entry['seconds']} s: {entry['diffusion']}", soft_wrap=True)
+
+
 @toy_app.command("train-controlnet")
 def toy_train_controlnet(
     config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml)."),

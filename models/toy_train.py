@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal
@@ -43,6 +44,10 @@ class DiffusionTrain(_Strict):
     prompt_dropout: float = Field(0.1, ge=0, le=1, description="Share of empty captions (classifier-free guidance).")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights that are saved.")
     snr_gamma: float = Field(5.0, gt=0, description="Min-SNR loss weighting gamma.")
+    grounding_weight: float = Field(0.0, ge=0, description="Weight of the cross-attention grounding loss "
+                                    "(models/grounding.py): the class word's map against the object mask; 0: off.")
+    grounding_factors: list[int] = Field([2, 4], min_length=1, description="Latent downsampling factors whose "
+                                         "cross-attention layers are grounded (those xattn masks are read from).")
 
 
 class ControlNetTrain(_Strict):
@@ -70,6 +75,10 @@ class ToyTrainConfig(_Strict):
     log_every: int = Field(250, ge=1)
     vae: VaeTrain = VaeTrain()
     diffusion: DiffusionTrain = DiffusionTrain()
+    ground: DiffusionTrain = Field(
+        DiffusionTrain(steps=1000, lr=2e-4, ema_decay=0.995, grounding_weight=1.0),
+        description="`maskforge toy ground`: fine-tune a trained out/sd with the grounding loss on.",
+    )
     controlnet: ControlNetTrain = ControlNetTrain()
 
 
@@ -185,10 +194,27 @@ class _Batches:
         return idx, noisy, t, noise, ids
 
 
-def train_text_to_image(components: dict, latents, class_ids, cfg: DiffusionTrain, gen, log: Log, log_every: int) -> dict:
-    """Train UNet and text encoder together on (latent, caption) pairs; load the EMA weights; return final losses."""
+def _word_weights(tokenizer, template: str, class_ids: np.ndarray, device) -> torch.Tensor:
+    """Token weights (N, 77) of each caption's class word (1/len over its tokens), as the xattn capture uses them."""
+    from tasks.xattn_mask import token_weights, word_token_indices
+
+    rows = {int(c): token_weights([word_token_indices(tokenizer, template.format(**{"class": TOY_CLASSES[int(c) - 1]}),
+                                                      TOY_CLASSES[int(c) - 1])], tokenizer.model_max_length)[0]
+            for c in np.unique(class_ids)}
+    return torch.stack([rows[int(c)] for c in class_ids]).to(device)
+
+
+def train_text_to_image(components: dict, latents, class_ids, cfg: DiffusionTrain, gen, log: Log, log_every: int,
+                        masks: torch.Tensor | None = None) -> dict:
+    """Train UNet and text encoder together on (latent, caption) pairs; load the EMA weights; return final losses.
+
+    With cfg.grounding_weight > 0, `masks` (N, h, w) on the latent grid feed the grounding loss of the class word's
+    cross-attention maps (captioned images only).
+    """
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
+
+    from models.grounding import grounding
 
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     noise_sched = DDPMScheduler.from_config(components["scheduler"].config)
@@ -196,29 +222,46 @@ def train_text_to_image(components: dict, latents, class_ids, cfg: DiffusionTrai
     means, stds = latents
     batches = _Batches(means, stds, ids, empty, components["vae"].config.scaling_factor, noise_sched,
                        cfg.prompt_dropout, gen)
+    grounded = cfg.grounding_weight > 0
+    if grounded and masks is None:
+        raise ValueError("diffusion.grounding_weight > 0 needs the object masks; none were given")
+    words = _word_weights(tokenizer, cfg.template, class_ids, gen.device) if grounded else None
     params = [*unet.parameters(), *text_encoder.parameters()]
     ema = EMAModel(params, decay=cfg.ema_decay, foreach=True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
     unet.train(), text_encoder.train()
     recent: list[float] = []
-    for step in range(1, cfg.steps + 1):
-        _, noisy, t, noise, caption = batches.draw(cfg.batch_size)
-        states = text_encoder(caption)[0]
-        pred = unet(noisy, t, states).sample
-        per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per * _snr_weights(noise_sched, t, cfg.snr_gamma)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(), sched.step()
-        ema.step(params)
-        recent = (recent + [per.mean().item()])[-200:]
-        if step % log_every == 0 or step == cfg.steps:
-            log(f"diffusion step {step}/{cfg.steps}: noise mse {np.mean(recent):.4f}")
+    recent_ground: list[float] = []
+    with grounding(unet, cfg.grounding_factors) if grounded else nullcontext() as state:
+        for step in range(1, cfg.steps + 1):
+            idx, noisy, t, noise, caption = batches.draw(cfg.batch_size)
+            captioned = (caption != empty).any(dim=1)
+            if grounded:
+                state.weights = words[idx] * captioned[:, None]
+            states = text_encoder(caption)[0]
+            pred = unet(noisy, t, states).sample
+            per = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+            loss = (per * _snr_weights(noise_sched, t, cfg.snr_gamma)).mean()
+            if grounded:
+                ground = (state.loss(masks[idx]) * captioned).sum() / captioned.sum().clamp_min(1)
+                loss = loss + cfg.grounding_weight * ground
+                recent_ground = (recent_ground + [ground.item()])[-200:]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step(), sched.step()
+            ema.step(params)
+            recent = (recent + [per.mean().item()])[-200:]
+            if step % log_every == 0 or step == cfg.steps:
+                extra = f", grounding {np.mean(recent_ground):.4f}" if grounded else ""
+                log(f"diffusion step {step}/{cfg.steps}: noise mse {np.mean(recent):.4f}{extra}")
     ema.copy_to(params)
     unet.eval(), text_encoder.eval()
-    return {"noise_mse": round(float(np.mean(recent)), 5)}
+    out = {"noise_mse": round(float(np.mean(recent)), 5)}
+    if grounded:
+        out["grounding_mse"] = round(float(np.mean(recent_ground)), 5)
+    return out
 
 
 def control_images(kind: str, objects: ObjectSet, cfg: ControlNetTrain) -> np.ndarray:
@@ -318,7 +361,8 @@ def train_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> d
     images = objects.tensor().to(device)
     vae_losses = train_vae(components["vae"], images, cfg.vae, gen, log, cfg.log_every)
     latents = _latent_stats(components["vae"], images)
-    t2i_losses = train_text_to_image(components, latents, objects.class_ids, cfg.diffusion, gen, log, cfg.log_every)
+    t2i_losses = train_text_to_image(components, latents, objects.class_ids, cfg.diffusion, gen, log, cfg.log_every,
+                                     _latent_masks(objects, latents[0].shape[-2:], device))
     pipe = StableDiffusionPipeline(**components, requires_safety_checker=False).to("cpu")
     out.mkdir(parents=True, exist_ok=True)
     _save_atomic(lambda p: pipe.save_pretrained(p, safe_serialization=True), out / SD_DIR)
@@ -327,6 +371,32 @@ def train_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> d
         "seconds": round(time.perf_counter() - start, 1), "vae": vae_losses, "diffusion": t2i_losses,
     }
     _record(out, "train-diffusion", entry)
+    return entry
+
+
+def _latent_masks(objects: ObjectSet, grid: tuple[int, int], device) -> torch.Tensor:
+    """Return the object masks area-averaged to the latent grid: (N, h, w) float in [0, 1]."""
+    masks = torch.from_numpy(objects.masks).float()[:, None]
+    return F.adaptive_avg_pool2d(masks, tuple(grid))[:, 0].to(device)
+
+
+def ground_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> dict:
+    """Fine-tune the trained out/sd (UNet + text encoder) with the grounding loss on (cfg.ground); rewrite out/sd."""
+    from diffusers import StableDiffusionPipeline
+
+    out, log = Path(out), _timed(log)
+    start = time.perf_counter()
+    device, gen = _setup(cfg, "ground")
+    components = load_trained_components(out / SD_DIR, device)
+    objects = object_set(cfg)
+    latents = _latent_stats(components["vae"], objects.tensor().to(device))
+    losses = train_text_to_image(components, latents, objects.class_ids, cfg.ground, gen, log, cfg.log_every,
+                                 _latent_masks(objects, latents[0].shape[-2:], device))
+    pipe = StableDiffusionPipeline(**components, requires_safety_checker=False).to("cpu")
+    _save_atomic(lambda p: pipe.save_pretrained(p, safe_serialization=True), out / SD_DIR)
+    entry = {"config": cfg.resolved(), "device": str(device), "threads": torch.get_num_threads(),
+             "seconds": round(time.perf_counter() - start, 1), "diffusion": losses}
+    _record(out, "ground-diffusion", entry)
     return entry
 
 
@@ -339,7 +409,7 @@ def load_trained_components(folder: Path, device: torch.device) -> dict:
     pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
                                                    requires_safety_checker=False).to(device)
     return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-            "scheduler": pipe.scheduler}
+            "scheduler": pipe.scheduler, "safety_checker": None, "feature_extractor": None, "image_encoder": None}
 
 
 def train_controlnets(cfg: ToyTrainConfig, out: str | Path, kinds: list[str] | None = None, log: Log = print) -> dict:

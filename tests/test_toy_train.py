@@ -4,7 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from flows.cli import app
@@ -14,6 +16,7 @@ from tasks.datasets.toy import render_object
 MINI = {
     "images_per_class": 2, "threads": 1, "log_every": 1, "device": "cpu",
     "vae": {"steps": 2, "batch_size": 2}, "diffusion": {"steps": 2, "batch_size": 2},
+    "ground": {"steps": 2, "batch_size": 2, "grounding_weight": 1.0},
     "controlnet": {"kinds": ["mask", "scribble"], "steps": 1, "batch_size": 2},
 }
 
@@ -38,10 +41,17 @@ def test_train_commands_write_models_and_record(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["toy", "train-diffusion", str(config), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    before = load_file(out / "sd" / "unet" / "diffusion_pytorch_model.safetensors")
+    result = runner.invoke(app, ["toy", "ground", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    after = load_file(out / "sd" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     result = runner.invoke(app, ["toy", "train-controlnet", str(config), "--out", str(out), "--kind", "mask"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "training.json").read_text())
-    assert set(record) == {"train-diffusion", "train-controlnet-mask"}
+    assert set(record) == {"train-diffusion", "ground-diffusion", "train-controlnet-mask"}
+    assert np.isfinite(record["ground-diffusion"]["diffusion"]["grounding_mse"])
+    assert "grounding_mse" not in record["train-diffusion"]["diffusion"]  # off while learning to draw
     assert record["train-diffusion"]["config"]["vae"]["steps"] == 2 and record["train-diffusion"]["seconds"] > 0
     assert np.isfinite(record["train-diffusion"]["diffusion"]["noise_mse"])
     pipe = StableDiffusionPipeline.from_pretrained(str(out / "sd"), local_files_only=True, safety_checker=None)
