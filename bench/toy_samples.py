@@ -1,4 +1,5 @@
-"""Trained vs random toy models: does each prompt show its class (oracle), does the mask ControlNet fill its mask."""
+"""Trained vs random toy models: does each prompt show its class (oracle), do the class word's cross-attention
+masks cover the object, does the mask ControlNet fill its mask."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 from PIL import Image
 
 from eval.folds import TOY_CLASSES, get_fold
-from eval.toy_generation import class_images, mask_fit, recognition
+from eval.toy_generation import class_images, mask_fit, recognition, xattn_fit
 from models.tiny import SD_DIR, build_tiny_models, controlnet_dir
 from tasks.controls import mask_condition
 from tasks.datasets.toy import render_object
@@ -44,7 +45,8 @@ def score(folder: Path, args, device) -> tuple[dict, list[np.ndarray]]:
     rows = []
     for cid, name in enumerate(TOY_CLASSES, 1):
         images = class_images(sd, name, args.n, args.steps, args.guidance, args.seed + cid)
-        entry = {"novel": cid in novel, **recognition(images, name)}
+        entry = {"novel": cid in novel, **recognition(images, name),
+                 "xattn_iou": xattn_fit(sd, name, args.n, args.steps, args.guidance, args.seed + 200 + cid)}
         row = [images]
         if cn is not None:
             masks = np.stack([render_object(1000 + args.seed, cid, i, args.size)[1] for i in range(args.n)])
