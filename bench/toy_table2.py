@@ -96,7 +96,8 @@ def main() -> None:
     parser.add_argument("--out-dir", default="runs", help="Parent folder of the synthetic runs.")
     parser.add_argument("--episodes", type=int, default=400)
     parser.add_argument("--synthetic", type=int, default=20, help="Synthetic supports per episode (the S in 1R+20S).")
-    parser.add_argument("--generate", type=int, default=24, help="Images generated per class (refinement may drop some).")
+    parser.add_argument("--generate", type=int, default=32,
+                        help="Images generated per class (refinement drops empty masks; at least --synthetic must stay).")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="Override a config field (YAML value), e.g. diffusion.embedding.steps=100.")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")

@@ -73,17 +73,44 @@ def check_pipeline_folder(folder: Path, what: str = "diffusion.model") -> dict:
 
 
 def content_id(folder: Path) -> str:
-    """Return a short id of a model folder's content: sha256 over each file's path, size, first and last MiB."""
+    """Return a short id of a model folder's (or one file's) content: sha256 over each file's path, size, first and
+    last MiB."""
     digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    for file in files:
         size = file.stat().st_size
-        digest.update(f"{file.relative_to(folder)}\0{size}\0".encode())
+        digest.update(f"{file.relative_to(folder) if file != folder else file.name}\0{size}\0".encode())
         with open(file, "rb") as fh:
             digest.update(fh.read(1 << 20))
             if size > 2 << 20:
                 fh.seek(-(1 << 20), os.SEEK_END)
                 digest.update(fh.read())
     return digest.hexdigest()[:16]
+
+
+def config_model_ids(config) -> dict[str, str]:
+    """Return {config field: content id (or the hub revision given)} of every model a generation config uses.
+
+    A missing path is the same ModelLoadError loading would raise, only earlier.
+    """
+    ids = {}
+    diffusion = config.diffusion
+    if diffusion is not None:
+        ids["diffusion.model"] = diffusion.revision or content_id(
+            resolve_model_path(diffusion.model, "diffusion.model", diffusion.revision))
+        control = diffusion.controlnet
+        for kind in control.conditions:
+            field = f"diffusion.controlnet.models.{kind}"
+            ids[field] = content_id(resolve_model_path(control.models[kind], field))
+        if {"hed", "scribble"} & set(control.conditions):
+            ids["diffusion.controlnet.hed_annotator"] = content_id(
+                resolve_model_path(control.hed_annotator, "diffusion.controlnet.hed_annotator"))
+    if config.refinement is not None:
+        checkpoint = Path(config.refinement.checkpoint).expanduser()
+        if not checkpoint.is_file():
+            raise ModelLoadError(f"refinement.checkpoint: file {checkpoint} does not exist (expected an HSNet checkpoint)")
+        ids["refinement.checkpoint"] = content_id(checkpoint)
+    return ids
 
 
 def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:

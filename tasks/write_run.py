@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable
 
@@ -20,9 +22,20 @@ from tasks.fold_plan import FoldPlan
 from tasks.gpu import gpu_slot
 
 
+def run_hash(config: MaskforgeConfig) -> str:
+    """Return a run's identity: the config hash, combined with the content ids of the models it uses (if any), so
+    retrained weights under the same path make a new run instead of reusing one made with the old weights."""
+    from models.loading import config_model_ids
+
+    models = config_model_ids(config)
+    if not models:
+        return config.hash()
+    return hashlib.sha256(json.dumps({"config": config.hash(), "models": models}, sort_keys=True).encode()).hexdigest()
+
+
 def run_url(config: MaskforgeConfig) -> str:
-    """Return the run folder of a config: OUT_DIR/NAME-HASH12, so a config names exactly one run."""
-    return join(config.run.out_dir, f"{config.run.name}-{config.hash()[:12]}")
+    """Return the run folder of a config and its models: OUT_DIR/NAME-HASH12 (see run_hash)."""
+    return join(config.run.out_dir, f"{config.run.name}-{run_hash(config)[:12]}")
 
 
 def part_url(run: str, class_id: int, stage: str = "compose") -> str:

@@ -84,3 +84,23 @@ def test_device_and_dtype_rules():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="'cuda' requested but no CUDA device"):
             resolve_device_dtype("cuda", "auto")
+
+
+def test_run_identity_follows_model_content(tmp_path, tiny_models):
+    from tasks.config import parse_config
+    from tasks.write_run import run_url
+
+    models = {name: str(tmp_path / name) for name in tiny_models}
+    for name, folder in tiny_models.items():
+        shutil.copytree(folder, models[name])
+    config = parse_config({"run": {"out_dir": str(tmp_path / "runs")}, "diffusion": diffusion_section(models)})
+    first = run_url(config)
+    assert run_url(config) == first  # same config, same files: the same run
+    weights = tmp_path / "sd" / "unet" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # retrained weights under the same path
+    weights.write_bytes(bytes(data))
+    assert run_url(config) != first and config.hash() == parse_config(config.resolved()).hash()
+    shutil.rmtree(models["controlnet-hed"])
+    with pytest.raises(ModelLoadError, match="diffusion.controlnet.models.hed"):
+        run_url(config)
