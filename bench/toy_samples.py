@@ -22,6 +22,9 @@ from tasks.datasets.toy import render_object
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
 
+#: Object radius range (share of the side) of the small-mask ControlNet check.
+SMALL = (0.08, 0.16)
+
 
 def load(folder: Path, device: torch.device, with_controlnet: bool):
     """Return (text-to-image pipeline, mask ControlNet pipeline or None) from a models folder."""
@@ -49,11 +52,15 @@ def score(folder: Path, args, device) -> tuple[dict, list[np.ndarray]]:
                  "xattn_iou": xattn_fit(sd, name, args.n, args.steps, args.guidance, args.seed + 200 + cid)}
         row = [images]
         if cn is not None:
-            masks = np.stack([render_object(1000 + args.seed, cid, i, args.size)[1] for i in range(args.n)])
-            cond = [Image.fromarray(mask_condition(m, (255, 255, 255))) for m in masks]
-            cn_images = class_images(cn, name, args.n, args.steps, args.guidance, args.seed + 100 + cid, image=cond)
-            entry["mask_iou"] = mask_fit(cn_images, masks, name)
-            row.append(cn_images)
+            # large centred masks (as the diffusion model was trained on) and small off-centre ones (as real shots give)
+            for key, radius, centre in (("mask_iou", (0.22, 0.38), (0.38, 0.62)), ("small_mask_iou", SMALL, (0.2, 0.8))):
+                masks = np.stack([render_object(1000 + args.seed, cid, i, args.size, radius, centre)[1]
+                                  for i in range(args.n)])
+                cond = [Image.fromarray(mask_condition(m, (255, 255, 255))) for m in masks]
+                cn_images = class_images(cn, name, args.n, args.steps, args.guidance, args.seed + 100 + cid, image=cond)
+                entry[key] = mask_fit(cn_images, masks, name)
+                if key == "mask_iou":
+                    row.append(cn_images)
         figures["classes"][name] = entry
         rows.append(np.concatenate([np.concatenate(list(r), axis=1) for r in row], axis=1))
     for group, keep in (("base", False), ("novel", True)):

@@ -13,7 +13,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from eval.folds import TOY_CLASSES, get_fold
 from models.tiny import SD_DIR, controlnet_dir, edge_hed, tiny_controlnet, tiny_sd_components
@@ -60,6 +60,18 @@ class ControlNetTrain(_Strict):
     prompt_dropout: float = Field(0.1, ge=0, le=1)
     mask_color: tuple[int, int, int] = (255, 255, 255)
     hed_dilation: int = Field(14, ge=1)
+    object_radius: tuple[float, float] = Field(
+        (0.22, 0.38), description="Object radius range (share of the side) of the ControlNet's training images: "
+        "wider than the diffusion model's, since real shots' masks are often small.")
+    object_centre: tuple[float, float] = Field((0.38, 0.62), description="Object centre range (share of the side).")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "ControlNetTrain":
+        for name in ("object_radius", "object_centre"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name} {[low, high]}: expected 0 < low <= high <= 1 (shares of the image side)")
+        return self
 
 
 class ToyTrainConfig(_Strict):
@@ -100,7 +112,8 @@ class ObjectSet:
         return torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def object_set(cfg: ToyTrainConfig) -> ObjectSet:
+def object_set(cfg: ToyTrainConfig, radius: tuple[float, float] = (0.22, 0.38),
+               centre: tuple[float, float] = (0.38, 0.62)) -> ObjectSet:
     """Render images_per_class object photos of every base class of the fold (deterministic in world_seed)."""
     from tasks.datasets.toy import render_object
 
@@ -108,7 +121,7 @@ def object_set(cfg: ToyTrainConfig) -> ObjectSet:
     images, masks, ids = [], [], []
     for cid in base:
         for i in range(cfg.images_per_class):
-            image, mask = render_object(cfg.world_seed, cid, i, cfg.image_size)
+            image, mask = render_object(cfg.world_seed, cid, i, cfg.image_size, radius, centre)
             images.append(image), masks.append(mask), ids.append(cid)
     return ObjectSet(np.stack(images), np.stack(masks), np.asarray(ids))
 
@@ -419,7 +432,7 @@ def train_controlnets(cfg: ToyTrainConfig, out: str | Path, kinds: list[str] | N
     # the frozen SD, the training objects and their latents are the same for every kind: load and encode once
     device = resolve_device(cfg.device, "device (toy training config)")
     components = load_trained_components(out / SD_DIR, device)
-    objects = object_set(cfg)
+    objects = object_set(cfg, cfg.controlnet.object_radius, cfg.controlnet.object_centre)
     latents = _latent_stats(components["vae"], objects.tensor().to(device))
     for kind in kinds or cfg.controlnet.kinds:
         start = time.perf_counter()

@@ -66,13 +66,19 @@ def test_prompts_show_the_class_asked_for(trained, random_weights):
     assert novel >= rand, (novel, rand)
 
 
-def test_mask_controlnet_draws_the_object_inside_the_mask(trained, random_weights):
-    masks = np.stack([render_object(123, 6, i, 64)[1] for i in range(N)])  # green square outlines
+def _cn_fit(pipe, radius: tuple[float, float], centre: tuple[float, float]) -> float:
+    masks = np.stack([render_object(123, 6, i, 64, radius, centre)[1] for i in range(N)])  # green square outlines
     cond = [Image.fromarray(mask_condition(m, (255, 255, 255))) for m in masks]
-    fit = {name: mask_fit(class_images(pipes[1], "green square", N, STEPS, GUIDANCE, seed=3, image=cond), masks, "green square")
-           for name, pipes in (("trained", trained), ("random", random_weights))}
+    return mask_fit(class_images(pipe, "green square", N, STEPS, GUIDANCE, seed=3, image=cond), masks, "green square")
+
+
+def test_mask_controlnet_draws_the_object_inside_the_mask(trained, random_weights):
+    fit = {name: _cn_fit(pipes[1], (0.22, 0.38), (0.38, 0.62)) for name, pipes in (("trained", trained), ("random", random_weights))}
     assert fit["trained"] >= 0.5, fit
     assert fit["random"] <= 0.2, fit
+    # real shots' masks are often small and off-centre: the ControlNet was trained on such objects too
+    small = _cn_fit(trained[1], (0.08, 0.16), (0.2, 0.8))
+    assert small >= 0.6, small  # 0.70 measured; 0.51 for the ControlNet trained on large centred objects only
 
 
 def test_shipped_hsnet_beats_trivial_baselines():

@@ -82,3 +82,15 @@ def test_cuda_without_gpu_names_the_toy_config_field(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"^device \(toy training config\): 'cuda' asked for"):
         train_diffusion(ToyTrainConfig(**{**MINI, "device": "cuda"}), tmp_path / "toy")
+
+
+def test_controlnet_objects_follow_the_configured_ranges():
+    cfg = ToyTrainConfig(images_per_class=3, image_size=64)
+    large = object_set(cfg)
+    small = object_set(cfg, (0.08, 0.1), (0.2, 0.3))
+    assert small.masks.mean() < large.masks.mean() / 4
+    ys, xs = np.nonzero(small.masks.any(axis=0))
+    assert ys.max() < 0.45 * 64 and xs.max() < 0.45 * 64  # every small object sits in the top-left region
+    assert np.array_equal(small.class_ids, large.class_ids)
+    with pytest.raises(ValueError, match=r"object_radius \[0.5, 0.2\]"):
+        ToyTrainConfig(controlnet={"object_radius": (0.5, 0.2)})

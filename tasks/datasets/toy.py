@@ -109,17 +109,20 @@ def render_scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
-def render_object(seed: int, class_id: int, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Render one object-centric toy photo: a single large object of `class_id` on the textured ground, and its mask.
+def render_object(
+    seed: int, class_id: int, index: int, size: int,
+    radius: tuple[float, float] = (0.22, 0.38), centre: tuple[float, float] = (0.38, 0.62),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Render one object-centric toy photo: a single object of `class_id` on the textured ground, and its mask.
 
-    The training images of the toy diffusion models ("a photo of a {class}"): one object, 22-38 % of the side in
-    radius, near the centre, any rotation.
+    The training images of the toy diffusion models ("a photo of a {class}"): one object whose radius (share of the
+    side) and centre coordinates are uniform in the given ranges (default: large, near the centre), any rotation.
     """
     rng = rng_for("toy-object", seed, class_id, index)
     image = _background(rng, size)
     shape, material = toy_class_parts(class_id)
-    r = rng.uniform(0.22, 0.38) * size
-    cx, cy = rng.uniform(0.38, 0.62, size=2) * size
+    r = rng.uniform(*radius) * size
+    cx, cy = rng.uniform(*centre, size=2) * size
     mask = _shape_mask(shape, size, cx, cy, r, rng.uniform(0, 2 * np.pi))
     image[mask] = _material(rng, material, size, cx, cy, r)[mask]
     image += rng.normal(0, 3.0, image.shape)
