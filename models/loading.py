@@ -89,27 +89,17 @@ def content_id(folder: Path) -> str:
 
 
 def config_model_ids(config) -> dict[str, str]:
-    """Return {config field: content id (or the hub revision given)} of every model a generation config uses.
+    """Return {model name: revision or content id} of every model a generation config uses (the diffusion
+    section's models as `model_refs` names them, and "refinement" for the HSNet checkpoint).
 
     A missing path is the same ModelLoadError loading would raise, only earlier.
     """
-    ids = {}
-    diffusion = config.diffusion
-    if diffusion is not None:
-        ids["diffusion.model"] = diffusion.revision or content_id(
-            resolve_model_path(diffusion.model, "diffusion.model", diffusion.revision))
-        control = diffusion.controlnet
-        for kind in control.conditions:
-            field = f"diffusion.controlnet.models.{kind}"
-            ids[field] = content_id(resolve_model_path(control.models[kind], field))
-        if {"hed", "scribble"} & set(control.conditions):
-            ids["diffusion.controlnet.hed_annotator"] = content_id(
-                resolve_model_path(control.hed_annotator, "diffusion.controlnet.hed_annotator"))
+    ids = {name: ref.revision for name, ref in model_refs(config.diffusion).items()} if config.diffusion else {}
     if config.refinement is not None:
         checkpoint = Path(config.refinement.checkpoint).expanduser()
         if not checkpoint.is_file():
             raise ModelLoadError(f"refinement.checkpoint: file {checkpoint} does not exist (expected an HSNet checkpoint)")
-        ids["refinement.checkpoint"] = content_id(checkpoint)
+        ids["refinement"] = content_id(checkpoint)
     return ids
 
 
@@ -159,17 +149,34 @@ def _ref(path_or_id: str, folder: Path, revision: str | None) -> ModelRef:
     return ModelRef(path_or_id, str(folder), revision or content_id(folder))
 
 
-def load_hed(path: str):
-    """Load controlnet-aux's HED detector from a folder holding ControlNetHED.pth (no hub)."""
-    from controlnet_aux import HEDdetector
+def model_refs(cfg) -> dict[str, ModelRef]:
+    """Resolve the folders of the models a DiffusionConfig asks for: {"sd", "controlnet-KIND", "hed"} -> ModelRef
+    (folder, and the revision given or the folder's content id); a missing folder is a ModelLoadError."""
+    refs = {"sd": _ref(cfg.model, resolve_model_path(cfg.model, "diffusion.model", cfg.revision), cfg.revision)}
+    for kind in cfg.controlnet.conditions:
+        where = f"diffusion.controlnet.models.{kind}"
+        path = cfg.controlnet.models[kind]
+        refs[f"controlnet-{kind}"] = _ref(path, resolve_model_path(path, where), None)
+    if {"hed", "scribble"} & set(cfg.controlnet.conditions):
+        refs["hed"] = _ref(cfg.controlnet.hed_annotator, _hed_folder(cfg.controlnet.hed_annotator), None)
+    return refs
 
+
+def _hed_folder(path: str) -> Path:
     folder = Path(path).expanduser()
     if not (folder / "ControlNetHED.pth").is_file():
         raise ModelLoadError(
             f"diffusion.controlnet.hed_annotator: {folder / 'ControlNetHED.pth'} not found "
             "(the HED annotator checkpoint, e.g. lllyasviel/Annotators' ControlNetHED.pth copied to disk)"
         )
-    return HEDdetector.from_pretrained(str(folder), filename="ControlNetHED.pth", local_files_only=True)
+    return folder
+
+
+def load_hed(path: str):
+    """Load controlnet-aux's HED detector from a folder holding ControlNetHED.pth (no hub)."""
+    from controlnet_aux import HEDdetector
+
+    return HEDdetector.from_pretrained(str(_hed_folder(path)), filename="ControlNetHED.pth", local_files_only=True)
 
 
 def _scheduler(pipe, name: str):
@@ -184,7 +191,8 @@ def load_pipelines(cfg) -> Pipelines:
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-    folder = resolve_model_path(cfg.model, "diffusion.model", cfg.revision)
+    refs = model_refs(cfg)
+    folder = Path(refs["sd"].folder)
     check_pipeline_folder(folder)
     sd = StableDiffusionPipeline.from_pretrained(
         folder, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
@@ -192,21 +200,16 @@ def load_pipelines(cfg) -> Pipelines:
     sd.scheduler = _scheduler(sd, cfg.scheduler)
     sd.set_progress_bar_config(disable=True)
     sd.to(device)
-    refs = {"sd": _ref(cfg.model, folder, cfg.revision)}
     pipes = Pipelines(sd=sd, device=device, dtype=dtype, refs=refs)
     for kind in cfg.controlnet.conditions:
-        where = f"diffusion.controlnet.models.{kind}"
-        cn_folder = resolve_model_path(cfg.controlnet.models[kind], where)
-        _check_weighted_folder(cn_folder, where)
+        cn_folder = Path(refs[f"controlnet-{kind}"].folder)
+        _check_weighted_folder(cn_folder, f"diffusion.controlnet.models.{kind}")
         net = ControlNetModel.from_pretrained(cn_folder, torch_dtype=dtype, local_files_only=True).to(device)
         pipe = StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=net)
         pipe.set_progress_bar_config(disable=True)
         pipes.controlnet[kind] = pipe
-        refs[f"controlnet-{kind}"] = _ref(cfg.controlnet.models[kind], cn_folder, None)
-    if {"hed", "scribble"} & set(cfg.controlnet.conditions):
-        pipes.hed = load_hed(cfg.controlnet.hed_annotator).to(device)
-        hed_folder = Path(cfg.controlnet.hed_annotator).expanduser()
-        refs["hed"] = _ref(cfg.controlnet.hed_annotator, hed_folder, None)
+    if "hed" in refs:
+        pipes.hed = load_hed(refs["hed"].folder).to(device)
     return pipes
 
 

@@ -349,14 +349,18 @@ def _timed(log: Log) -> Log:
     return lambda msg: log(f"[{time.perf_counter() - start:7.1f} s] {msg}")
 
 
-def _setup(cfg: ToyTrainConfig, stage: str) -> tuple[torch.device, torch.Generator]:
-    from tasks.seeds import derive_seed
-
+def _setup(cfg: ToyTrainConfig) -> torch.device:
+    """Set torch's CPU threads and return the training device."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device, "device (toy training config)")
-    gen = torch.Generator(device).manual_seed(derive_seed("toy-train", stage, cfg.seed) % 2**62)
-    return device, gen
+    return resolve_device(cfg.device, "device (toy training config)")
+
+
+def _generator(cfg: ToyTrainConfig, device: torch.device, stage: str) -> torch.Generator:
+    """Return the generator of one training stage, seeded from (seed, stage)."""
+    from tasks.seeds import derive_seed
+
+    return torch.Generator(device).manual_seed(derive_seed("toy-train", stage, cfg.seed) % 2**62)
 
 
 def train_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> dict:
@@ -365,7 +369,8 @@ def train_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> d
 
     out, log = Path(out), _timed(log)
     start = time.perf_counter()
-    device, gen = _setup(cfg, "diffusion")
+    device = _setup(cfg)
+    gen = _generator(cfg, device, "diffusion")
     objects = object_set(cfg)
     log(f"rendered {len(objects.images)} object images of base classes {sorted(set(objects.class_ids.tolist()))}")
     components = tiny_sd_components(cfg.seed)
@@ -399,7 +404,8 @@ def ground_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> 
 
     out, log = Path(out), _timed(log)
     start = time.perf_counter()
-    device, gen = _setup(cfg, "ground")
+    device = _setup(cfg)
+    gen = _generator(cfg, device, "ground")
     components = load_trained_components(out / SD_DIR, device)
     objects = object_set(cfg)
     latents = _latent_stats(components["vae"], objects.tensor().to(device))
@@ -430,13 +436,13 @@ def train_controlnets(cfg: ToyTrainConfig, out: str | Path, kinds: list[str] | N
     out, log = Path(out), _timed(log)
     entries = {}
     # the frozen SD, the training objects and their latents are the same for every kind: load and encode once
-    device = resolve_device(cfg.device, "device (toy training config)")
+    device = _setup(cfg)
     components = load_trained_components(out / SD_DIR, device)
     objects = object_set(cfg, cfg.controlnet.object_radius, cfg.controlnet.object_centre)
     latents = _latent_stats(components["vae"], objects.tensor().to(device))
     for kind in kinds or cfg.controlnet.kinds:
         start = time.perf_counter()
-        device, gen = _setup(cfg, f"controlnet-{kind}")
+        gen = _generator(cfg, device, f"controlnet-{kind}")
         conds = torch.from_numpy(control_images(kind, objects, cfg.controlnet)).permute(0, 3, 1, 2).float() / 255.0
         net, losses = train_controlnet(
             components, latents, objects.class_ids, conds.to(device), cfg.controlnet, cfg.diffusion.template, gen,

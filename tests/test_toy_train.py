@@ -75,8 +75,6 @@ def test_bad_config_field_is_named(tmp_path):
 
 
 def test_cuda_without_gpu_names_the_toy_config_field(tmp_path, monkeypatch):
-    import torch
-
     from models.toy_train import train_diffusion
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
