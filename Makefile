@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test ui-check serve clean
+.PHONY: install demo test format ui-check serve clean
 
 install: $(STAMP)
 
@@ -23,8 +23,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/maskforge generate configs/demo.yaml --out runs
 
+# Style and layers first (seconds), then the suite.
 test: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
+
+# Rewrite the tree in the project's style (ruff format, import order and fixable lint).
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # Browser check of the Prefect UI (not in `make test`: server start and a demo run take minutes on 2 cores).
 ui-check: $(STAMP)

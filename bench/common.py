@@ -15,26 +15,54 @@ def sd15_random(dtype: torch.dtype, device: torch.device):
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from models.clip_tokenizer import build_clip_tokenizer
+    from maskforge.models.clip_tokenizer import build_clip_tokenizer
 
     with torch.device(device):
         unet = UNet2DConditionModel(
-            sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+            sample_size=64,
+            cross_attention_dim=768,
+            attention_head_dim=8,
+            layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
         )
         vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            sample_size=512,
         )
-        text = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
-        ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=build_clip_tokenizer(),
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+        text = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                max_position_embeddings=77,
+                hidden_act="quick_gelu",
+                projection_dim=768,
+            )
+        )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text,
+        tokenizer=build_clip_tokenizer(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     return pipe.to(device=device, dtype=dtype)
 
 
@@ -48,7 +76,7 @@ def tiny_pipeline(folder: str | None):
     """Return the tiny SD pipeline from `folder`, building it in a temp folder when none is given."""
     from diffusers import StableDiffusionPipeline
 
-    from models.tiny import SD_DIR, build_tiny_models
+    from maskforge.models.tiny import SD_DIR, build_tiny_models
 
     if folder is None:
         folder = build_tiny_models(tempfile.mkdtemp(prefix="maskforge-bench-"))[SD_DIR]
@@ -57,10 +85,10 @@ def tiny_pipeline(folder: str | None):
 
 def toy_shots(k: int, size: int, class_id: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """Return K toy (image, bool mask) pairs of one class (default: red disc) at size x size."""
-    from tasks.config import ToyConfig
-    from tasks.controls import resize_image, resize_mask
-    from tasks.datasets import build_dataset
-    from tasks.labels import binary_mask
+    from maskforge.eval.datasets import build_dataset
+    from maskforge.eval.datasets.config import ToyConfig
+    from maskforge.models.controls import resize_image, resize_mask
+    from maskforge.storage.labels import binary_mask
 
     dataset = build_dataset("toy", None, ToyConfig(image_size=64, n_train=40, n_val=4))
     shots = []

@@ -39,9 +39,9 @@ def main() -> None:
     parser.add_argument("--json", default="bench/out/generation.json", help="where to write the figures")
     args = parser.parse_args()
 
-    from tasks.config import DiffusionConfig
-    from tasks.diffusion import GenItem, generate_batch
-    from tasks.xattn_mask import coarse_mask, soft_map
+    from maskforge.models.diffusion_config import DiffusionConfig
+    from maskforge.models.xattn_mask import coarse_mask, soft_map
+    from maskforge.tasks.diffusion import GenItem, generate_batch
 
     device, dtype = setup_device(args.threads, args.dtype)
     pipe, size, factors = bench_pipeline(args.full_size, args.model, args.size, device, dtype)
@@ -51,9 +51,16 @@ def main() -> None:
     items = [GenItem("text", i, 1000 + i, "a photo of a red disc", "", 7.5) for i in range(batch)]
 
     def stock() -> None:
-        pipe(prompt=[i.prompt for i in items], negative_prompt=[""] * batch, guidance_scale=7.5,
-             num_inference_steps=steps, height=size, width=size, output_type="np",
-             generator=[torch.Generator("cpu").manual_seed(i.seed) for i in items])
+        pipe(
+            prompt=[i.prompt for i in items],
+            negative_prompt=[""] * batch,
+            guidance_scale=7.5,
+            num_inference_steps=steps,
+            height=size,
+            width=size,
+            output_type="np",
+            generator=[torch.Generator("cpu").manual_seed(i.seed) for i in items],
+        )
 
     def ours() -> None:
         images, maps, _ = generate_batch(pipe, items, "red disc", cfg, (size, size))
@@ -81,20 +88,34 @@ def main() -> None:
     ratio = img_s["ours"] / img_s["stock"]
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "model": "sd15-random" if args.full_size else "tiny", "dtype": str(dtype).removeprefix("torch."),
-        "size": size, "batch": batch, "steps": steps, "factors": list(factors), "repeats": args.repeats,
-        "seconds": times, "img_per_s": img_s, "img_per_s_best": best, "capture_overhead_ratio": ratio,
-        "capture_overhead_ratio_best": best["ours"] / best["stock"], "threads": torch.get_num_threads(),
+        "model": "sd15-random" if args.full_size else "tiny",
+        "dtype": str(dtype).removeprefix("torch."),
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "factors": list(factors),
+        "repeats": args.repeats,
+        "seconds": times,
+        "img_per_s": img_s,
+        "img_per_s_best": best,
+        "capture_overhead_ratio": ratio,
+        "capture_overhead_ratio_best": best["ours"] / best["stock"],
+        "threads": torch.get_num_threads(),
     }
     print(f"device {result['device']}, {result['model']}, {result['dtype']}, {size} px, batch {batch}, {steps} steps")
-    print(f"median: stock {img_s['stock']:.2f} img/s, capture {img_s['ours']:.2f} img/s; "
-          f"best: stock {best['stock']:.2f}, capture {best['ours']:.2f} (ratio {best['ours'] / best['stock']:.3f})")
+    print(
+        f"median: stock {img_s['stock']:.2f} img/s, capture {img_s['ours']:.2f} img/s; "
+        f"best: stock {best['stock']:.2f}, capture {best['ours']:.2f} (ratio {best['ours'] / best['stock']:.3f})"
+    )
     if args.full_size and size == 512:
         # CFG runs the UNet on 2 samples per image per step; the VAE and text encoder are left out of the bound
         roofline = args.peak_tflops * 1e12 / (SD15_UNET_GFLOP * 1e9 * 2 * steps)
         result["roofline_img_per_s"] = roofline
         result["roofline_fraction"] = {k: v / roofline for k, v in img_s.items()}
-        print(f"UNet bf16 roofline {roofline:.1f} img/s: stock {img_s['stock'] / roofline:.1%}, capture {img_s['ours'] / roofline:.1%}")
+        print(
+            f"UNet bf16 roofline {roofline:.1f} img/s: stock {img_s['stock'] / roofline:.1%}, "
+            f"capture {img_s['ours'] / roofline:.1%}"
+        )
     write_json(args.json, result)
     print(f"capture_overhead: ours/stock = {ratio:.3f} (target >= 0.95)")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.hsnet.backbone import TinySpec
-from models.hsnet.model import HSNetSpec, build_hsnet
-from models.hsnet.segmenter import HSNetSegmenter
+from maskforge.models.hsnet.backbone import TinySpec
+from maskforge.models.hsnet.model import HSNetSpec, build_hsnet
+from maskforge.models.hsnet.segmenter import HSNetSegmenter
 
 
 def _sync(device: torch.device) -> None:

@@ -31,10 +31,10 @@ TOY_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoint
 
 def build_segmenter(full_size: bool, checkpoint: str | None, device: torch.device, batch: int):
     """Return (HSNetSegmenter, description): the given/shipped checkpoint, else a random-weight HSNet (timing only)."""
-    from models.hsnet.checkpoint import load_checkpoint
-    from models.hsnet.model import HSNetSpec, build_hsnet
-    from models.hsnet.backbone import TinySpec
-    from models.hsnet.segmenter import HSNetSegmenter
+    from maskforge.models.hsnet.backbone import TinySpec
+    from maskforge.models.hsnet.checkpoint import load_checkpoint
+    from maskforge.models.hsnet.model import HSNetSpec, build_hsnet
+    from maskforge.models.hsnet.segmenter import HSNetSegmenter
 
     path = checkpoint or (None if full_size else (str(TOY_CHECKPOINT) if TOY_CHECKPOINT.is_file() else None))
     if path:
@@ -51,9 +51,13 @@ def build_segmenter(full_size: bool, checkpoint: str | None, device: torch.devic
 def main() -> None:
     """Parse arguments, time generation and refinement of the same images interleaved, print figures, write JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--full-size", action="store_true", help="SD 1.5 architecture + HSNet(ResNet-50), random weights (GPU)")
+    parser.add_argument(
+        "--full-size", action="store_true", help="SD 1.5 architecture + HSNet(ResNet-50), random weights (GPU)"
+    )
     parser.add_argument("--model", help="tiny SD folder (default: build one)")
-    parser.add_argument("--checkpoint", help="HSNet checkpoint (default: the shipped toy one on CPU, random at full size)")
+    parser.add_argument(
+        "--checkpoint", help="HSNet checkpoint (default: the shipped toy one on CPU, random at full size)"
+    )
     parser.add_argument("--size", type=int, help="image side (default 64 tiny, 512 full size)")
     parser.add_argument("--batch", type=int, default=8, help="images per generation call = images per refinement call")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: diffusion.steps, 50)")
@@ -64,10 +68,10 @@ def main() -> None:
     parser.add_argument("--json", default="bench/out/refinement.json", help="where to write the figures")
     args = parser.parse_args()
 
-    from tasks.config import DiffusionConfig
-    from tasks.diffusion import GenItem, generate_batch
-    from tasks.refine import refine_masks
-    from tasks.xattn_mask import coarse_mask, soft_map
+    from maskforge.models.diffusion_config import DiffusionConfig
+    from maskforge.models.xattn_mask import coarse_mask, soft_map
+    from maskforge.tasks.diffusion import GenItem, generate_batch
+    from maskforge.tasks.refine import refine_masks
 
     device, dtype = setup_device(args.threads, None)
     pipe, size, factors = bench_pipeline(args.full_size, args.model, args.size, device, dtype)
@@ -87,7 +91,10 @@ def main() -> None:
         start = time.perf_counter()
         with torch.inference_mode():
             images, maps, _ = generate_batch(pipe, items, "red disc", cfg, (size, size))
-            masks = [coarse_mask(soft_map({f: m[row] for f, m in maps.items()}, (size, size)), 0.4)[0] for row in range(batch)]
+            masks = [
+                coarse_mask(soft_map({f: m[row] for f, m in maps.items()}, (size, size)), 0.4)[0]
+                for row in range(batch)
+            ]
         sync()
         return time.perf_counter() - start, list(zip(images, masks))
 
@@ -113,15 +120,29 @@ def main() -> None:
     ratio = per_image["refinement"] / per_image["generation"]
     result = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "model": "sd15-random" if args.full_size else "tiny", "dtype": str(dtype).removeprefix("torch."),
-        "size": size, "batch": batch, "steps": steps, "factors": list(factors), "shots": args.shots,
-        "segmenter": seg_desc, "repeats": args.repeats, "threads": torch.get_num_threads(), "seconds": times,
-        "seconds_per_image": per_image, "branches": branches, "refinement_generation_ratio": ratio,
+        "model": "sd15-random" if args.full_size else "tiny",
+        "dtype": str(dtype).removeprefix("torch."),
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "factors": list(factors),
+        "shots": args.shots,
+        "segmenter": seg_desc,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "seconds": times,
+        "seconds_per_image": per_image,
+        "branches": branches,
+        "refinement_generation_ratio": ratio,
     }
-    print(f"device {result['device']}, {result['model']} SD {result['dtype']}, {size} px, batch {batch}, {steps} steps; "
-          f"{seg_desc}, K={args.shots}, {torch.get_num_threads()} thread(s)")
-    print(f"seconds/image (median of {args.repeats}): generation {per_image['generation']:.4f}, "
-          f"refinement {per_image['refinement']:.4f} (target <= 0.02 on GPU); branches {branches}")
+    print(
+        f"device {result['device']}, {result['model']} SD {result['dtype']}, {size} px, batch {batch}, {steps} steps; "
+        f"{seg_desc}, K={args.shots}, {torch.get_num_threads()} thread(s)"
+    )
+    print(
+        f"seconds/image (median of {args.repeats}): generation {per_image['generation']:.4f}, "
+        f"refinement {per_image['refinement']:.4f} (target <= 0.02 on GPU); branches {branches}"
+    )
     write_json(args.json, result)
     print(f"refinement/generation = {ratio:.3f} (target <= 0.05)")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,13 +26,15 @@ def main() -> None:
     parser.add_argument("--model", help="tiny SD folder (default: build one)")
     parser.add_argument("--size", type=int)
     parser.add_argument("--measure", type=int, default=None, help="timed steps per variant")
-    parser.add_argument("--steps", type=int, default=500, help="steps per embedding for the seconds-per-embedding figure")
+    parser.add_argument(
+        "--steps", type=int, default=500, help="steps per embedding for the seconds-per-embedding figure"
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default="bench/out/textual_inversion.json")
     args = parser.parse_args()
 
-    from tasks.config import EmbeddingModeConfig
-    from tasks.textual_inversion import learn_embedding
+    from maskforge.models.diffusion_config import EmbeddingModeConfig
+    from maskforge.models.textual_inversion import learn_embedding
 
     device, dtype = setup_device(args.threads, None)
     pipe, size, _ = bench_pipeline(args.full_size, args.model, args.size, device, dtype)
@@ -57,10 +58,18 @@ def main() -> None:
     best = {k: max(v) for k, v in rates.items()}
     seconds = args.steps / best["cached"]
     ratio = best["cached"] / best["reencode"]
-    result = {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "model": "sd15-random" if args.full_size else "tiny", "dtype": str(dtype).removeprefix("torch."),
-              "size": size, "batch": cfg.batch_size, "measured_steps": measure, "steps_per_s": rates,
-              "seconds_per_embedding": seconds, "steps_per_embedding": args.steps, "cache_speedup": ratio}
+    result = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "model": "sd15-random" if args.full_size else "tiny",
+        "dtype": str(dtype).removeprefix("torch."),
+        "size": size,
+        "batch": cfg.batch_size,
+        "measured_steps": measure,
+        "steps_per_s": rates,
+        "seconds_per_embedding": seconds,
+        "steps_per_embedding": args.steps,
+        "cache_speedup": ratio,
+    }
     print(f"device {result['device']}, {result['model']}, {result['dtype']}, {size} px, batch {cfg.batch_size}")
     print(f"steps/s: cached {best['cached']:.2f}, re-encode {best['reencode']:.2f}")
     print(f"seconds per embedding ({args.steps} steps, cached): {seconds:.1f}")

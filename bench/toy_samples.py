@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eval.folds import TOY_CLASSES, get_fold
-from eval.toy_generation import class_images, mask_fit, recognition, xattn_fit
-from models.tiny import SD_DIR, build_tiny_models, controlnet_dir
-from tasks.controls import mask_condition
-from tasks.datasets.toy import render_object
+from maskforge.eval.datasets.toy import render_object
+from maskforge.eval.folds import TOY_CLASSES, get_fold
+from maskforge.eval.toy_generation import class_images, mask_fit, recognition
+from maskforge.models.controls import mask_condition
+from maskforge.models.tiny import SD_DIR, build_tiny_models, controlnet_dir
+from maskforge.tasks.toy_scoring import xattn_fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
@@ -30,7 +31,9 @@ def load(folder: Path, device: torch.device, with_controlnet: bool):
     """Return (text-to-image pipeline, mask ControlNet pipeline or None) from a models folder."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
-    sd = StableDiffusionPipeline.from_pretrained(str(folder / SD_DIR), local_files_only=True, safety_checker=None).to(device)
+    sd = StableDiffusionPipeline.from_pretrained(str(folder / SD_DIR), local_files_only=True, safety_checker=None).to(
+        device
+    )
     sd.set_progress_bar_config(disable=True)
     if not with_controlnet:
         return sd, None
@@ -48,14 +51,21 @@ def score(folder: Path, args, device) -> tuple[dict, list[np.ndarray]]:
     rows = []
     for cid, name in enumerate(TOY_CLASSES, 1):
         images = class_images(sd, name, args.n, args.steps, args.guidance, args.seed + cid)
-        entry = {"novel": cid in novel, **recognition(images, name),
-                 "xattn_iou": xattn_fit(sd, name, args.n, args.steps, args.guidance, args.seed + 200 + cid)}
+        entry = {
+            "novel": cid in novel,
+            **recognition(images, name),
+            "xattn_iou": xattn_fit(sd, name, args.n, args.steps, args.guidance, args.seed + 200 + cid),
+        }
         row = [images]
         if cn is not None:
             # large centred masks (as the diffusion model was trained on) and small off-centre ones (as real shots give)
-            for key, radius, centre in (("mask_iou", (0.22, 0.38), (0.38, 0.62)), ("small_mask_iou", SMALL, (0.2, 0.8))):
-                masks = np.stack([render_object(1000 + args.seed, cid, i, args.size, radius, centre)[1]
-                                  for i in range(args.n)])
+            for key, radius, centre in (
+                ("mask_iou", (0.22, 0.38), (0.38, 0.62)),
+                ("small_mask_iou", SMALL, (0.2, 0.8)),
+            ):
+                masks = np.stack(
+                    [render_object(1000 + args.seed, cid, i, args.size, radius, centre)[1] for i in range(args.n)]
+                )
                 cond = [Image.fromarray(mask_condition(m, (255, 255, 255))) for m in masks]
                 cn_images = class_images(cn, name, args.n, args.steps, args.guidance, args.seed + 100 + cid, image=cond)
                 entry[key] = mask_fit(cn_images, masks, name)
@@ -91,15 +101,22 @@ def main() -> None:
     trained, rows = score(Path(args.models), args, device)
     Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.concatenate(rows, axis=0)).save(args.grid)
-    random_folder = Path(build_tiny_models(tempfile.mkdtemp(prefix="maskforge-random-")) [SD_DIR]).parent
+    random_folder = Path(build_tiny_models(tempfile.mkdtemp(prefix="maskforge-random-"))[SD_DIR]).parent
     random, _ = score(random_folder, args, device)
-    result = {"args": vars(args), "device": str(device), "seconds": round(time.perf_counter() - start, 1),
-              "trained": trained, "random": random}
+    result = {
+        "args": vars(args),
+        "device": str(device),
+        "seconds": round(time.perf_counter() - start, 1),
+        "trained": trained,
+        "random": random,
+    }
     write_json(args.out, result)
     for group in ("base", "novel"):
         print(f"{group:5s} trained {trained[group]}  random {random[group]}")
     ratio = trained["base"]["class"] / max(random["base"]["class"], 1.0 / 16)
-    print(f"toy_recognition: trained/random base-class accuracy = {ratio:.2f} (random floored at chance 1/16; target > 4)")
+    print(
+        f"toy_recognition: trained/random base-class accuracy = {ratio:.2f} (random floored at chance 1/16; target > 4)"
+    )
 
 
 if __name__ == "__main__":

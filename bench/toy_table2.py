@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.folds import TOY_CLASSES
-from eval.toy_oracle import oracle_mask
-from storage.reader import RunReader
-from tasks.labels import iou
+from maskforge.eval.folds import TOY_CLASSES
+from maskforge.eval.metrics import iou
+from maskforge.eval.toy_oracle import oracle_mask
+from maskforge.storage.reader import RunReader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
@@ -36,21 +36,27 @@ ROWS = {
 
 def generate_run(base: dict, text: int, embedding: int, refine: bool, log) -> str:
     """Generate one synthetic run without Prefect (the flow's pure stages in order); return its folder."""
-    from tasks.config import parse_config
-    from tasks.datasets import build_dataset
-    from tasks.fold_plan import plan_fold
-    from tasks.textual_inversion import learn_shot_embedding
-    from tasks.write_run import finish_run, start_run, write_generated_part, write_refined_part
+    from maskforge.eval.datasets import open_dataset
+    from maskforge.tasks.config import parse_config
+    from maskforge.tasks.fold_plan import plan_fold
+    from maskforge.tasks.textual_inversion import learn_shot_embedding
+    from maskforge.tasks.write_run import finish_run, start_run, write_generated_part, write_refined_part
 
-    data = {**base, "diffusion": {**base["diffusion"], "text": {**base["diffusion"]["text"], "samples": text},
-                                  "embedding": {**base["diffusion"]["embedding"], "samples": embedding}}}
+    data = {
+        **base,
+        "diffusion": {
+            **base["diffusion"],
+            "text": {**base["diffusion"]["text"], "samples": text},
+            "embedding": {**base["diffusion"]["embedding"], "samples": embedding},
+        },
+    }
     if not refine:
         data["refinement"] = None
     cfg = parse_config(data, source="configs/toy-table2.yaml (bench row)")
     run = start_run(cfg)
     if run["complete"]:
         return run["url"]
-    plan = plan_fold(build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.toy), cfg)
+    plan = plan_fold(open_dataset(cfg.dataset), cfg)
     parts = []
     for c in plan.novel:
         if embedding:
@@ -81,11 +87,16 @@ def oracle_iou(run: str) -> dict[str, float]:
 
 def evaluate(run: str | None, episodes: int, per_class: int, log) -> dict:
     """HSNet 1-shot evaluation (shipped toy checkpoint) with the run's samples as extra supports."""
-    from tasks.hsnet_config import load_hsnet_config
-    from tasks.hsnet_eval import eval_hsnet
+    from maskforge.tasks.hsnet.config import load_hsnet_config
+    from maskforge.tasks.hsnet.eval import eval_hsnet
 
-    overrides = {"eval.checkpoint": "models/checkpoints/hsnet-toy-f0.safetensors", "eval.episodes": episodes,
-                 "eval.synthetic_run": run, "eval.synthetic_per_class": per_class, "run.threads": 0}
+    overrides = {
+        "eval.checkpoint": "models/checkpoints/hsnet-toy-f0.safetensors",
+        "eval.episodes": episodes,
+        "eval.synthetic_run": run,
+        "eval.synthetic_per_class": per_class,
+        "run.threads": 0,
+    }
     return eval_hsnet(load_hsnet_config("configs/hsnet-toy-refine.yaml", overrides), log=log)
 
 
@@ -96,16 +107,25 @@ def main() -> None:
     parser.add_argument("--out-dir", default="runs", help="Parent folder of the synthetic runs.")
     parser.add_argument("--episodes", type=int, default=400)
     parser.add_argument("--synthetic", type=int, default=20, help="Synthetic supports per episode (the S in 1R+20S).")
-    parser.add_argument("--generate", type=int, default=32,
-                        help="Images generated per class (refinement drops empty masks; at least --synthetic must stay).")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="Override a config field (YAML value), e.g. diffusion.embedding.steps=100.")
+    parser.add_argument(
+        "--generate",
+        type=int,
+        default=32,
+        help="Images generated per class (refinement drops empty masks; at least --synthetic must stay).",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override a config field (YAML value), e.g. diffusion.embedding.steps=100.",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default).")
     parser.add_argument("--out", default="bench/out/toy_table2.json")
     args = parser.parse_args()
     import torch
 
-    from tasks.config import read_yaml
+    from maskforge.storage.yaml_config import read_yaml
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,8 +148,12 @@ def main() -> None:
         real_name, syn_name = [k for k in settings if "+" not in k][0], [k for k in settings if "+" in k][0]
         rows.setdefault(real_name, {"miou": settings[real_name]["miou"], "fb_iou": settings[real_name]["fb_iou"]})
         rows[f"{syn_name} {name}"] = {
-            "miou": settings[syn_name]["miou"], "fb_iou": settings[syn_name]["fb_iou"], "run": run,
-            "mask_iou_to_oracle": oracle_iou(run), "generate_s": round(gen_s, 1), "eval_s": result["seconds"],
+            "miou": settings[syn_name]["miou"],
+            "fb_iou": settings[syn_name]["fb_iou"],
+            "run": run,
+            "mask_iou_to_oracle": oracle_iou(run),
+            "generate_s": round(gen_s, 1),
+            "eval_s": result["seconds"],
         }
         rows["baselines"] = {k: v["miou"] for k, v in result["baselines"].items()}
     baselines = rows.pop("baselines")
@@ -140,7 +164,7 @@ def main() -> None:
         masks = row.get("mask_iou_to_oracle")
         extra = f"{masks['coarse']:14.3f} {masks['label']:13.3f}" if masks else ""
         print(f"{name:58s} {100 * row['miou']:7.2f} {100 * row['fb_iou']:8.2f} {extra}")
-    print(f"baselines (mIoU %): " + ", ".join(f"{k} {100 * v:.2f}" for k, v in baselines.items()))
+    print("baselines (mIoU %): " + ", ".join(f"{k} {100 * v:.2f}" for k, v in baselines.items()))
     print(f"total {seconds} s")
     real = next(iter(rows.values()))["miou"]
     best_name, best = max(((n, r["miou"]) for n, r in rows.items() if "+" in n), key=lambda x: x[1])

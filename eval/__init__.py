@@ -1,1 +1,2 @@
-"""maskforge eval package."""
+"""maskforge.eval: benchmark protocols: dataset adapters, folds, episodes, metrics, seeds, the toy world and its
+oracle."""

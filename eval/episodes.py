@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from tasks.seeds import rng_for
+from maskforge.eval.seeds import rng_for
 
 
 class EpisodeError(ValueError):

@@ -85,7 +85,7 @@ def fss_split_names(split: str) -> tuple[str, ...]:
     """Return the class-folder names of an FSS-1000 split ("trn", "val" or "test"), as shipped with maskforge."""
     if split not in FSS_SPLIT_SIZES:
         raise FoldError(f"fss: split must be one of {sorted(FSS_SPLIT_SIZES)}, got {split!r}")
-    path = resources.files("eval").joinpath("splits", "fss", f"{split}.txt")
+    path = resources.files("maskforge.eval").joinpath("splits", "fss", f"{split}.txt")
     if not path.is_file():
         # HSNet's trn/val lists were drawn at random by its authors and could not be verified, so none is shipped
         # rather than an invented one; only the user can supply the exact files.

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.episodes import EpisodeError
-from tasks.seeds import rng_for
+from maskforge.eval.episodes import EpisodeError
+from maskforge.eval.seeds import rng_for
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,8 @@ class TrainEpisodes:
         what: str,
         extra_supports: Mapping[int, list[str]] | None = None,
     ) -> None:
-        """Sample from `classes` (each needs >= 2 images); `extra_supports` (e.g. synthetic keys) join support pools only."""
+        """Sample from `classes` (each needs >= 2 images); `extra_supports` (e.g. synthetic keys) join support pools
+        only."""
         self.pools = _pools(class_index, classes, 1, what)
         self.extra = {cid: sorted((extra_supports or {}).get(cid, ())) for cid in self.pools}
         self.order = sorted(self.pools)

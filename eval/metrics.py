@@ -1,4 +1,5 @@
-"""Few-shot segmentation metrics (HSNet protocol): per-class foreground mIoU and pooled FB-IoU, ignore pixels excluded."""
+"""Few-shot segmentation metrics (HSNet protocol): per-class foreground mIoU and pooled FB-IoU, ignore pixels
+excluded."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def episode_areas(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.
     bad = ~np.isin(target, (0, 1, *IGNORE_VALUES))
     if bad.any():
         raise ValueError(
-            f"episode_areas: target values must be 0, 1 or ignore {IGNORE_VALUES}; got {sorted(np.unique(target[bad]))[:5]}"
+            f"episode_areas: target values must be 0, 1 or ignore {IGNORE_VALUES}; "
+            f"got {sorted(np.unique(target[bad]))[:5]}"
         )
     valid = ~np.isin(target, IGNORE_VALUES)
     p = pred.astype(bool)[valid]
@@ -78,3 +80,9 @@ class IoUAccumulator:
             "class_iou": {str(c): v for c, v in self.class_iou().items()},
             "episodes": int(self.episodes.sum()),
         }
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Return the intersection over union of two bool masks (1.0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

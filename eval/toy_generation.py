@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from eval.toy_oracle import dominant_material, oracle_mask, recognise
-from tasks.labels import iou
+from maskforge.eval.metrics import iou
+from maskforge.eval.toy_oracle import dominant_material, oracle_mask, recognise
 
 
 def class_images(pipe, class_name: str, n: int, steps: int, guidance: float, seed: int, **control) -> np.ndarray:
@@ -16,8 +16,12 @@ def class_images(pipe, class_name: str, n: int, steps: int, guidance: float, see
     """
     gen = torch.Generator("cpu").manual_seed(seed)
     out = pipe(
-        [f"a photo of a {class_name}"] * n, num_inference_steps=steps, guidance_scale=guidance, generator=gen,
-        output_type="np", **control,
+        [f"a photo of a {class_name}"] * n,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=gen,
+        output_type="np",
+        **control,
     ).images
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
@@ -38,19 +42,3 @@ def mask_fit(images: np.ndarray, masks: np.ndarray, class_name: str) -> float:
     """Mean IoU between each condition mask and the oracle segment of the class material in its image."""
     material = class_name.split(" ")[0]
     return float(np.mean([iou(oracle_mask(img, material), m) for img, m in zip(images, masks)]))
-
-
-def xattn_fit(pipe, class_name: str, n: int, steps: int, guidance: float, seed: int) -> float:
-    """Mean IoU between the diffusion stage's coarse cross-attention masks (its defaults: factors 2 and 4, cut 0.4)
-    and the oracle segment, over n text-prompted images of a class; seeds seed .. seed + n - 1."""
-    from tasks.config import DiffusionConfig
-    from tasks.diffusion import GenItem, generate_batch
-    from tasks.xattn_mask import coarse_mask, soft_map
-
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    cfg = DiffusionConfig(model="(in memory)", steps=steps, image_size=size, xattn={"factors": [2, 4]})
-    items = [GenItem("text", i, seed + i, f"a photo of a {class_name}", "", guidance) for i in range(n)]
-    images, maps, _ = generate_batch(pipe, items, class_name, cfg, (size, size))
-    masks = np.stack([coarse_mask(soft_map({f: m[i] for f, m in maps.items()}, (size, size)), cfg.xattn.threshold)[0]
-                      for i in range(n)])
-    return mask_fit(images, masks, class_name)

@@ -1,7 +1,8 @@
 """Toy-world oracle: recognise a toy object's material by hue and its shape by contour, and segment it by colour.
 
 The toy world paints each class in one saturated material colour on a desaturated ground, so hue and saturation
-alone segment an object; the shape follows from the segment's solidity and how it fills its enclosing circle. Used to score generated
+alone segment an object; the shape follows from the segment's solidity and how it fills its enclosing circle. Used to
+score generated
 images, for which no label map exists (the oracle's own accuracy on rendered images is measured in its tests).
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from eval.folds import TOY_MATERIALS
+from maskforge.eval.folds import TOY_MATERIALS
 
 #: OpenCV hue (0..180) of each material's base colour.
 MATERIAL_HUE = {"red": 1.0, "green": 66.0, "blue": 113.0, "yellow": 26.0}
@@ -69,7 +70,8 @@ def oracle_mask(image: np.ndarray, material: str) -> np.ndarray:
 
 
 def shape_of(mask: np.ndarray) -> str | None:
-    """Classify a segment: star (concave), else disc, square or triangle by how much of its enclosing circle it fills."""
+    """Classify a segment: star (concave), else disc, square or triangle by how much of its enclosing circle it
+    fills."""
     if mask.sum() < 30:
         return None
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
@@ -98,4 +100,3 @@ def recognise(image: np.ndarray) -> str | None:
         return None  # the paint is scattered (noise, texture), not one object
     shape = shape_of(segment)
     return None if shape is None else f"{material} {shape}"
-

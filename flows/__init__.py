@@ -1,1 +1,1 @@
-"""maskforge flows package."""
+"""maskforge.flows, the top layer: Prefect flows that only wire tasks, the CLI, `maskforge serve` and deployments."""

@@ -12,10 +12,30 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import typer  # noqa: E402
+from PIL import Image  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-app = typer.Typer(help="maskforge: synthetic few-shot segmentation data, orchestrated with Prefect.", no_args_is_help=True)
+from maskforge.eval.datasets.base import DatasetError
+from maskforge.eval.datasets.check import check_layout, format_report
+from maskforge.flows.generate import generate_flow
+from maskforge.flows.hsnet import eval_hsnet, train_hsnet
+from maskforge.flows.serve import serve as serve_all
+from maskforge.models.hsnet.checkpoint import CheckpointError, inspect_checkpoint
+from maskforge.models.hsnet.model import learnable_parameters
+from maskforge.models.loading import load_pipelines
+from maskforge.models.tiny import build_tiny_models
+from maskforge.models.toy_train import ground_diffusion, load_toy_train_config, train_controlnets, train_diffusion
+from maskforge.storage.preview import render_preview
+from maskforge.storage.reader import RunIncompleteError, RunReader
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.artifacts import contact_sheet_image
+from maskforge.tasks.config import load_config
+from maskforge.tasks.hsnet.config import load_hsnet_config
+
+app = typer.Typer(
+    help="maskforge: synthetic few-shot segmentation data, orchestrated with Prefect.", no_args_is_help=True
+)
 shards_app = typer.Typer(help="Browse the shards of a run.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Validate dataset layouts on disk.", no_args_is_help=True)
 models_app = typer.Typer(help="Build or check the models the diffusion stage loads.", no_args_is_help=True)
@@ -33,8 +53,10 @@ def _fail(message: str) -> None:
 def summary_table(summary: dict) -> Table:
     """Return a rich table of samples per class and source (and rejected samples: OOD or empty) from a run summary."""
     sources = sorted({s for counts in summary["samples_per_class"].values() for s in counts})
-    rejected = {name: n + (summary.get("empty_rejected") or {}).get(name, 0)
-                for name, n in (summary.get("ood_rejected") or {}).items()}
+    rejected = {
+        name: n + (summary.get("empty_rejected") or {}).get(name, 0)
+        for name, n in (summary.get("ood_rejected") or {}).items()
+    }
     table = Table(title=f"{summary['dataset']} fold {summary['fold']}: {summary['n_samples']} samples")
     table.add_column("class", no_wrap=True)
     for s in sources:
@@ -59,18 +81,13 @@ def generate(
     ),
 ) -> None:
     """Run the generation flow on a config and print the run folder and its summary."""
-    from flows.runners import generate_flow as pick_flow
-    from storage.reader import RunReader
-    from tasks.config import ConfigError, load_config
-    from tasks.datasets.base import DatasetError
 
     try:
         cfg = load_config(config, {"run.out_dir": out} if out else None)
     except ConfigError as err:
         _fail(str(err))
     try:
-        generate_flow = pick_flow(dask_workers, dask_address, dask_cluster_class)
-        result = generate_flow(config=cfg.resolved())
+        result = generate_flow(dask_workers, dask_address, dask_cluster_class)(config=cfg)
     except (DatasetError, ValueError, FileNotFoundError) as err:
         _fail(str(err))
     reader = RunReader(result["url"])
@@ -80,7 +97,6 @@ def generate(
 
 def _open_run(run: str, partial: bool):
     """Return a RunReader of `run`, exiting with the reason when it is not a complete run."""
-    from storage.reader import RunIncompleteError, RunReader
 
     try:
         return RunReader(run, allow_partial=partial)
@@ -101,7 +117,10 @@ def shards_ls(
     for shard in sorted({row["shard"] for row in manifest}):
         rows = [r for r in manifest if r["shard"] == shard]
         table.add_row(
-            shard, str(len(rows)), ", ".join(sorted({r["class_name"] for r in rows})), ", ".join(sorted({r["source"] for r in rows}))
+            shard,
+            str(len(rows)),
+            ", ".join(sorted({r["class_name"] for r in rows})),
+            ", ".join(sorted({r["source"] for r in rows})),
         )
     console.print(table)
 
@@ -114,8 +133,6 @@ def shards_show(
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
 ) -> None:
     """Write one sample as a PNG: image, coloured mask overlay and a legend of its classes."""
-    from storage.preview import render_preview
-    from storage.reader import RunIncompleteError, RunReader
 
     try:
         reader = RunReader(run, allow_partial=partial)
@@ -136,10 +153,6 @@ def shards_sheet(
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
 ) -> None:
     """Write the run's contact sheet as one PNG: class names left, source names above, masks tinted and outlined."""
-    from PIL import Image
-
-    from tasks.artifacts import contact_sheet_image
-
     Image.fromarray(contact_sheet_image(_open_run(run, partial), per_source, side)).save(out)
     console.print(f"wrote {out}")
 
@@ -151,8 +164,6 @@ def datasets_check(
     coco_fold_mode: str = typer.Option("interleaved", help="COCO-20i folds: interleaved or contiguous."),
 ) -> None:
     """Validate a dataset layout and print image counts per class and per fold."""
-    from tasks.datasets.base import DatasetError
-    from tasks.datasets.check import check_layout, format_report
 
     try:
         report = check_layout(dataset, None if root == "-" else root, coco_fold_mode)
@@ -169,7 +180,6 @@ def serve(
     timeout: float = typer.Option(180.0, help="Seconds to wait for the server to become healthy."),
 ) -> None:
     """Start a local Prefect server (SQLite, loopback), the process work pool, every deployment and a worker."""
-    from flows.serve import serve as serve_all
 
     try:
         serve_all(Path.cwd(), port, timeout, log=console.print)
@@ -183,7 +193,6 @@ def models_tiny(
     seed: int = typer.Option(0, help="Initialisation seed (the same seed writes the same weights)."),
 ) -> None:
     """Build tiny random-initialised SD, ControlNets and HED in their real formats (offline tests and demo)."""
-    from models.tiny import build_tiny_models
 
     for name, folder in build_tiny_models(out, seed).items():
         console.print(f"{name}: {folder}")
@@ -194,8 +203,6 @@ def models_check(
     config: Path = typer.Argument(..., help="YAML config whose diffusion section names the models."),
 ) -> None:
     """Load every model a config's diffusion section names (no generation) and print ids and revisions."""
-    from models.loading import load_pipelines
-    from tasks.config import ConfigError, load_config
 
     try:
         cfg = load_config(config)
@@ -224,8 +231,6 @@ app.add_typer(hsnet_app, name="hsnet")
 
 def _hsnet_config(config: Path, out: Optional[str]):
     """Load an HSNet config (with --out overriding run.out_dir), or exit 1 with the error."""
-    from tasks.config import ConfigError
-    from tasks.hsnet_config import load_hsnet_config
 
     try:
         return load_hsnet_config(config, {"run.out_dir": out} if out else None)
@@ -238,8 +243,6 @@ def hsnet_load(
     checkpoint: Path = typer.Argument(..., help="HSNet checkpoint: the authors' .pt or a maskforge .safetensors."),
 ) -> None:
     """Load a checkpoint strictly; print its backbone, learnable parameter count and any missing/unexpected keys."""
-    from models.hsnet.checkpoint import CheckpointError, inspect_checkpoint
-    from models.hsnet.model import learnable_parameters
 
     try:
         net, report, meta = inspect_checkpoint(checkpoint)
@@ -269,13 +272,10 @@ def hsnet_train(
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
 ) -> None:
     """Run the Prefect flow train_hsnet: episodic training on the fold's base classes; prints the checkpoint."""
-    from flows.hsnet import train_hsnet
-    from models.hsnet.checkpoint import CheckpointError
-    from tasks.datasets.base import DatasetError
 
     cfg = _hsnet_config(config, out)
     try:
-        report = train_hsnet(config=cfg.resolved())
+        report = train_hsnet(config=cfg)
     except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
         _fail(str(err))
     console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
@@ -288,13 +288,10 @@ def hsnet_eval(
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
 ) -> None:
     """Run the Prefect flow eval_hsnet: episodic evaluation, benchmark rows appended, table printed."""
-    from flows.hsnet import eval_hsnet
-    from models.hsnet.checkpoint import CheckpointError
-    from tasks.datasets.base import DatasetError
 
     cfg = _hsnet_config(config, out)
     try:
-        result = eval_hsnet(config=cfg.resolved())
+        result = eval_hsnet(config=cfg)
     except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
         _fail(str(err))
     title = f"HSNet {result['backbone']} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
@@ -316,8 +313,6 @@ app.add_typer(toy_app, name="toy")
 
 
 def _toy_config(config: Path):
-    from models.toy_train import load_toy_train_config
-    from tasks.config import ConfigError
 
     try:
         return load_toy_train_config(config)
@@ -331,7 +326,6 @@ def toy_train_diffusion(
     out: Path = typer.Option(Path("models/toy"), "--out", help="Folder receiving sd/ and training.json."),
 ) -> None:
     """Train the tiny text-to-image model (VAE, then UNet + text encoder) on the fold's base classes."""
-    from models.toy_train import train_diffusion
 
     entry = train_diffusion(_toy_config(config), out, log=console.print)
     console.print(f"wrote {out / 'sd'} in {entry['seconds']} s: {entry['vae']} {entry['diffusion']}", soft_wrap=True)
@@ -342,8 +336,8 @@ def toy_ground(
     config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml, section ground)."),
     out: Path = typer.Option(Path("models/toy"), "--out", help="Folder holding the trained sd/ (rewritten)."),
 ) -> None:
-    """Fine-tune the trained toy SD with the cross-attention grounding loss, so the class word's map covers the object."""
-    from models.toy_train import ground_diffusion
+    """Fine-tune the trained toy SD with the cross-attention grounding loss, so the class word's map covers the
+    object."""
 
     try:
         entry = ground_diffusion(_toy_config(config), out, log=console.print)
@@ -359,7 +353,6 @@ def toy_train_controlnet(
     kind: Optional[list[str]] = typer.Option(None, "--kind", help="Condition kind(s); default: controlnet.kinds."),
 ) -> None:
     """Train one ControlNet per condition kind on the trained toy SD in OUT/sd (UNet and text encoder frozen)."""
-    from models.toy_train import train_controlnets
 
     try:
         entries = train_controlnets(_toy_config(config), out, kind, log=console.print)

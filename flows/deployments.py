@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.runners import generate_flow
-from flows.hsnet import eval_hsnet, train_hsnet
-from tasks.config import load_config
-from tasks.hsnet_config import load_hsnet_config
+from maskforge.flows.generate import generate_flow
+from maskforge.flows.hsnet import eval_hsnet, train_hsnet
+from maskforge.tasks.config import load_config
+from maskforge.tasks.hsnet.config import load_hsnet_config
 
 
 def _overrides(dataset: str, fold: int, root: str | None, **more) -> dict:
@@ -20,24 +20,37 @@ def _overrides(dataset: str, fold: int, root: str | None, **more) -> dict:
 
 @flow(name="generate-fold", log_prints=True)
 def generate_fold(
-    config_path: str, dataset: str, fold: int, shots: int | None = None, root: str | None = None,
-    out_dir: str | None = None, dask_workers: int = 0, dask_address: str | None = None, dask_cluster_class: str | None = None,
+    config_path: str,
+    dataset: str,
+    fold: int,
+    shots: int | None = None,
+    root: str | None = None,
+    out_dir: str | None = None,
+    dask_workers: int = 0,
+    dask_address: str | None = None,
+    dask_cluster_class: str | None = None,
 ) -> dict:
     """Generate one (dataset, fold) from a config file, overriding its dataset, fold, root, shots and out_dir; the Dask
     parameters fan the classes out (a local cluster, an existing scheduler, or e.g. dask_cuda.LocalCUDACluster)."""
     config = load_config(config_path, _overrides(dataset, fold, root, **{"shots.k": shots, "run.out_dir": out_dir}))
-    return generate_flow(dask_workers, dask_address, dask_cluster_class)(config=config.resolved())
+    return generate_flow(dask_workers, dask_address, dask_cluster_class)(config=config)
 
 
 @flow(name="train-hsnet-fold", log_prints=True)
 def train_hsnet_fold(config_path: str, dataset: str, fold: int, root: str | None = None) -> dict:
     """Train HSNet on one (dataset, fold) from an HSNet config file."""
-    return train_hsnet(config=load_hsnet_config(config_path, _overrides(dataset, fold, root)).resolved())
+    return train_hsnet(config=load_hsnet_config(config_path, _overrides(dataset, fold, root)))
 
 
 @flow(name="eval-hsnet-fold", log_prints=True)
-def eval_hsnet_fold(config_path: str, dataset: str, fold: int, shots: int | None = None, root: str | None = None,
-                    checkpoint: str | None = None) -> dict:
+def eval_hsnet_fold(
+    config_path: str,
+    dataset: str,
+    fold: int,
+    shots: int | None = None,
+    root: str | None = None,
+    checkpoint: str | None = None,
+) -> dict:
     """Evaluate HSNet on one (dataset, fold) from an HSNet config file (checkpoint and shots overridable)."""
     overrides = _overrides(dataset, fold, root, **{"eval.shots": shots, "eval.checkpoint": checkpoint})
-    return eval_hsnet(config=load_hsnet_config(config_path, overrides).resolved())
+    return eval_hsnet(config=load_hsnet_config(config_path, overrides))

@@ -1,55 +1,72 @@
-"""The generation flow: plan the fold, compose and diffuse each novel class's samples, then write shards and manifest."""
+"""The generation flow: plan the fold, compose and diffuse each novel class's samples, then write shards and
+manifest."""
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import Flow, flow
 
-from flows.runners import sequential_runner
-from tasks.artifacts import publish_run_artifacts_task
-from tasks.config import parse_config
-from tasks.fold_plan import plan_fold_task
-from tasks.textual_inversion import learn_embedding_task
-from tasks.write_run import (
-    finish_run_task, start_run_task, write_class_part_task, write_generated_part_task, write_refined_part_task,
+from maskforge.flows.runners import dask_runner, sequential_runner
+from maskforge.tasks.config import MaskforgeConfig
+from maskforge.tasks.wrappers import (
+    finish_run_task,
+    learn_embedding_task,
+    plan_fold_task,
+    publish_run_artifacts_task,
+    start_run_task,
+    write_class_part_task,
+    write_generated_part_task,
+    write_refined_part_task,
 )
 
 
 @flow(name="generate", log_prints=True, task_runner=sequential_runner())
-def generate(config: dict) -> dict:
+def generate(config: MaskforgeConfig) -> dict:
     """Run one generation: returns {"url": run folder, "complete": True, "marker": completion marker}.
 
     A run whose folder already holds a completion marker is reported, not redone: the config hash names the
     run, and its samples are deterministic. Per-class tasks are submitted, so a Dask task runner
     (`generate.with_options(task_runner=dask_runner(...))`) fans them out; each class's part is the same either way.
+    Tasks receive the typed config and the fold plan; none re-parses the config or re-plans the fold.
     """
-    resolved = parse_config(config, source="flow parameter 'config'").resolved()
-    run = start_run_task(resolved)
+    run = start_run_task(config)
     if run["complete"]:
         print(f"run already complete: {run['url']}")
         publish_run_artifacts_task(run["url"])  # each flow run shows the run it stands for
         return run
-    plan = plan_fold_task(resolved)
-    url, novel = run["url"], plan["novel"]
-    retry = {"retries": resolved["run"]["retries"], "retry_delay_seconds": resolved["run"]["retry_delay_s"]}
-    compose, embed, diffuse, refine = (t.with_options(**retry) for t in (
-        write_class_part_task, learn_embedding_task, write_generated_part_task, write_refined_part_task))
+    plan = plan_fold_task(config)
+    url = run["url"]
+    retry = {"retries": config.run.retries, "retry_delay_seconds": config.run.retry_delay_s}
+    compose, embed, diffuse, refine = (
+        t.with_options(**retry)
+        for t in (write_class_part_task, learn_embedding_task, write_generated_part_task, write_refined_part_task)
+    )
     synthetic = {}
-    if resolved["diffusion"] is not None:
-        for c in novel:
+    if config.diffusion is not None:
+        for c in plan.novel:
             embeddings = []
-            if resolved["diffusion"]["embedding"]["samples"]:
-                embeddings = [embed.submit(resolved, plan, c["class_id"], shot) for shot in c["shot_ids"]]
-            part = diffuse.submit(resolved, plan, c["class_id"], url, wait_for=embeddings)
-            if resolved["refinement"] is not None:  # the refined, filtered part replaces the raw diffusion part
-                part = refine.submit(resolved, plan, c["class_id"], url, wait_for=[part])
-            synthetic[c["class_id"]] = part
+            if config.diffusion.embedding.samples:
+                embeddings = [embed.submit(config, plan, c.class_id, shot) for shot in c.shot_ids]
+            part = diffuse.submit(config, plan, c.class_id, url, wait_for=embeddings)
+            if config.refinement is not None:  # the refined, filtered part replaces the raw diffusion part
+                part = refine.submit(config, plan, c.class_id, url, wait_for=[part])
+            synthetic[c.class_id] = part
     # composition pastes real objects, and synthetic ones cut from the class's final diffusion part
-    uses_synthetic = "synthetic" in resolved["generation"]["sources"]
-    composed = [compose.submit(resolved, plan, c["class_id"], url,
-                               wait_for=[synthetic[c["class_id"]]] if uses_synthetic else [])
-                for c in novel]
+    uses_synthetic = "synthetic" in config.generation.sources
+    composed = [
+        compose.submit(config, plan, c.class_id, url, wait_for=[synthetic[c.class_id]] if uses_synthetic else [])
+        for c in plan.novel
+    ]
     parts = [future.result() for future in composed + list(synthetic.values())]
-    marker = finish_run_task(resolved, plan, parts, url)
+    marker = finish_run_task(config, plan, parts, url)
     publish_run_artifacts_task(url)
     print(f"run complete: {url} ({marker['n_samples']} samples)")
     return {"url": url, "complete": True, "marker": marker}
+
+
+def generate_flow(
+    dask_workers: int = 0, dask_address: str | None = None, dask_cluster_class: str | None = None
+) -> Flow:
+    """Return the generate flow, with a Dask task runner when any Dask option is given."""
+    if not (dask_workers or dask_address or dask_cluster_class):
+        return generate
+    return generate.with_options(task_runner=dask_runner(dask_workers, dask_address, dask_cluster_class))

@@ -24,12 +24,3 @@ def dask_runner(workers: int = 0, address: str | None = None, cluster_class: str
     if workers < 1:
         raise ValueError(f"--dask-workers must be >= 1 for a local Dask cluster, got {workers}")
     return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
-
-
-def generate_flow(dask_workers: int = 0, dask_address: str | None = None, dask_cluster_class: str | None = None):
-    """Return the generate flow, with a Dask task runner when any Dask option is given."""
-    from flows.generate import generate
-
-    if not (dask_workers or dask_address or dask_cluster_class):
-        return generate
-    return generate.with_options(task_runner=dask_runner(dask_workers, dask_address, dask_cluster_class))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tasks.gpu import GPU_LIMIT_ENV
+from maskforge.tasks.wrappers import GPU_LIMIT_ENV
 
 POOL = "maskforge-process"
 GPU_LIMIT = "gpu"
@@ -31,13 +31,15 @@ def serve_env(project: Path, port: int) -> dict[str, str]:
     """Return the environment every process of `serve` shares: project-local Prefect home, loopback API, GPU limit."""
     env = dict(os.environ)
     env.setdefault("PREFECT_HOME", str(project / ".prefect"))
-    env.update({
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-        "MASKFORGE_HOME": str(project),  # prefect.yaml's pull step runs flows from the project folder
-        GPU_LIMIT_ENV: GPU_LIMIT,
-    })
+    env.update(
+        {
+            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "MASKFORGE_HOME": str(project),  # prefect.yaml's pull step runs flows from the project folder
+            GPU_LIMIT_ENV: GPU_LIMIT,
+        }
+    )
     return env
 
 
@@ -69,7 +71,9 @@ def bootstrap(project: Path, env: dict) -> None:
     """Create the process work pool and the GPU concurrency limit (both idempotent), then deploy prefect.yaml."""
     prefect = prefect_executable()
     _run([prefect, "work-pool", "create", POOL, "--type", "process"], env, project, ok_if="already exists")
-    _run([prefect, "global-concurrency-limit", "create", GPU_LIMIT, "--limit", "1"], env, project, ok_if="already exists")
+    _run(
+        [prefect, "global-concurrency-limit", "create", GPU_LIMIT, "--limit", "1"], env, project, ok_if="already exists"
+    )
     _run([prefect, "--no-prompt", "deploy", "--all"], env, project)
 
 
@@ -87,7 +91,9 @@ def serve(project: Path, port: int = 4200, timeout: float = 180.0, log=print) ->
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=project)
+        server = subprocess.Popen(
+            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=project
+        )
         started.append(server)
         wait_healthy(env["PREFECT_API_URL"], timeout, server)
         bootstrap(project, env)

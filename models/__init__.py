@@ -1,1 +1,1 @@
-"""maskforge models package."""
+"""maskforge.models: networks, model loading from local files, and model training loops (`models/<learner>/`)."""

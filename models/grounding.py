@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from models.xattn import CaptureError, cross_attention_factors
+from maskforge.models.xattn import CaptureError, cross_attention_factors
 
 
 class GroundingState:
@@ -49,7 +49,9 @@ class GroundingProcessor:
     def __init__(self, state: GroundingState, factor: int, name: str):
         self.state, self.factor, self.name = state, factor, name
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         """Attention as diffusers' classic processor computes it; keeps the word map (b, h*w) when weights are set."""
         if encoder_hidden_states is None or hidden_states.ndim != 3:
             raise CaptureError(f"{self.name}: grounding needs a cross-attention call on (b, tokens, channels) states")
@@ -84,10 +86,12 @@ def grounding(unet, factors: Sequence[int]) -> Iterator[GroundingState]:
         )
     original = unet.attn_processors
     state = GroundingState()
-    unet.set_attn_processor({
-        name: GroundingProcessor(state, layer_factors[name], name) if layer_factors.get(name) in factors else proc
-        for name, proc in original.items()
-    })
+    unet.set_attn_processor(
+        {
+            name: GroundingProcessor(state, layer_factors[name], name) if layer_factors.get(name) in factors else proc
+            for name, proc in original.items()
+        }
+    )
     try:
         yield state
     finally:

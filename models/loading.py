@@ -10,10 +10,16 @@ from pathlib import Path
 
 import torch
 
+from maskforge.models.device import resolve_device, resolve_dtype
+
 #: Weight file names diffusers reads for one model folder, safetensors first.
 _WEIGHT_FILES = (
-    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-    "diffusion_pytorch_model.bin", "model.safetensors", "model.fp16.safetensors", "pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "model.safetensors",
+    "model.fp16.safetensors",
+    "pytorch_model.bin",
 )
 #: Pipeline components that hold weights (others, like the scheduler or tokenizer, only need their files).
 _WEIGHTED = {"unet", "vae", "text_encoder", "controlnet"}
@@ -68,7 +74,9 @@ def check_pipeline_folder(folder: Path, what: str = "diffusion.model") -> dict:
             _check_weighted_folder(sub, what)
     for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not isinstance(index.get(name), list) or index[name][0] is None:
-            raise ModelLoadError(f"{what}: {index_file} lists no {name!r} component; a Stable Diffusion pipeline needs it")
+            raise ModelLoadError(
+                f"{what}: {index_file} lists no {name!r} component; a Stable Diffusion pipeline needs it"
+            )
     return index
 
 
@@ -88,32 +96,10 @@ def content_id(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def config_model_ids(config) -> dict[str, str]:
-    """Return {model name: revision or content id} of every model a generation config uses (the diffusion
-    section's models as `model_refs` names them, and "refinement" for the HSNet checkpoint).
-
-    A missing path is the same ModelLoadError loading would raise, only earlier.
-    """
-    ids = {name: ref.revision for name, ref in model_refs(config.diffusion).items()} if config.diffusion else {}
-    if config.refinement is not None:
-        checkpoint = Path(config.refinement.checkpoint).expanduser()
-        if not checkpoint.is_file():
-            raise ModelLoadError(f"refinement.checkpoint: file {checkpoint} does not exist (expected an HSNet checkpoint)")
-        ids["refinement"] = content_id(checkpoint)
-    return ids
-
-
 def resolve_device_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
-    """Return (device, dtype): auto = CUDA if present; float16 on GPU, float32 on CPU. Half on CPU is an error."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("diffusion.device: 'cuda' requested but no CUDA device is available")
-    if dtype == "auto":
-        dtype = "float16" if device == "cuda" else "float32"
-    if device == "cpu" and dtype != "float32":
-        raise ValueError(f"diffusion.dtype: {dtype} on CPU is not supported (use float32 or a GPU)")
-    return torch.device(device), getattr(torch, dtype)
+    """Return the (device, dtype) of the diffusion section: auto = CUDA if present; float16 on GPU, float32 on CPU."""
+    where = resolve_device(device, "diffusion.device")
+    return where, resolve_dtype(dtype, where)
 
 
 @dataclass
@@ -218,10 +204,15 @@ _CACHE: dict[str, Pipelines] = {}
 
 def cached_pipelines(cfg) -> Pipelines:
     """Return load_pipelines(cfg), reusing the models already loaded in this process for the same config."""
-    key = cfg.model_dump_json(include={"model", "revision", "device", "dtype", "scheduler"}) + cfg.controlnet.model_dump_json(
-        include={"conditions", "models", "hed_annotator"}
-    )
+    key = cfg.model_dump_json(
+        include={"model", "revision", "device", "dtype", "scheduler"}
+    ) + cfg.controlnet.model_dump_json(include={"conditions", "models", "hed_annotator"})
     if key not in _CACHE:
         _CACHE.clear()  # one model set at a time: GPU memory holds one SD, not one per config seen
         _CACHE[key] = load_pipelines(cfg)
     return _CACHE[key]
+
+
+def size_multiple(pipe) -> int:
+    """Return the side multiple a pipeline needs: VAE factor x the UNet's total downsampling."""
+    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)

@@ -1,4 +1,5 @@
-"""Tiny random-initialised Stable Diffusion, ControlNets and HED in the real formats, so tests and the demo run offline."""
+"""Tiny random-initialised Stable Diffusion, ControlNets and HED in the real formats, so tests and the demo run
+offline."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from models.clip_tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
+from maskforge.models.clip_tokenizer import CLIP_MAX_LENGTH, CLIP_VOCAB_SIZE, build_clip_tokenizer
 
 #: Sub-folders written by build_tiny_models (the demo config points at them).
 SD_DIR = "sd"
@@ -66,12 +67,23 @@ def tiny_sd_components(seed: int = 0) -> dict:
     )
     # SD 1.x's scheduler settings (scaled-linear betas 0.00085..0.012, 1000 steps, leading spacing with offset 1).
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        num_train_timesteps=1000,
     )
     return {
-        "unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": build_clip_tokenizer(),
-        "scheduler": scheduler, "safety_checker": None, "feature_extractor": None, "image_encoder": None,
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": build_clip_tokenizer(),
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
     }
 
 
@@ -135,7 +147,9 @@ def build_tiny_models(out: str | Path, seed: int = 0) -> dict[str, str]:
     pipe.save_pretrained(out / SD_DIR, safe_serialization=True)
     written = {SD_DIR: str(out / SD_DIR)}
     for i, kind in enumerate(("mask", "hed", "scribble")):
-        tiny_controlnet(components["unet"], seed + 10 + i).save_pretrained(out / controlnet_dir(kind), safe_serialization=True)
+        tiny_controlnet(components["unet"], seed + 10 + i).save_pretrained(
+            out / controlnet_dir(kind), safe_serialization=True
+        )
         written[controlnet_dir(kind)] = str(out / controlnet_dir(kind))
     (out / HED_DIR).mkdir(parents=True, exist_ok=True)
     # controlnet-aux reads a torch state dict named ControlNetHED.pth; half precision halves the file, and

@@ -15,17 +15,22 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from eval.folds import TOY_CLASSES, get_fold
-from models.tiny import SD_DIR, controlnet_dir, edge_hed, tiny_controlnet, tiny_sd_components
-from tasks.config import _Strict, read_yaml, validate_model
-from tasks.hsnet_data import resolve_device
+from maskforge.eval.datasets.toy import render_object
+from maskforge.eval.folds import TOY_CLASSES, get_fold
+from maskforge.eval.seeds import derive_seed
+from maskforge.models.controls import control_image
+from maskforge.models.device import resolve_device
+from maskforge.models.grounding import grounding
+from maskforge.models.tiny import SD_DIR, controlnet_dir, edge_hed, tiny_controlnet, tiny_sd_components
+from maskforge.models.xattn_mask import token_weights, word_token_indices
+from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
 
 Log = Callable[[str], None]
 #: Written next to the trained models: config, seconds, final losses of each training command.
 RECORD_FILE = "training.json"
 
 
-class VaeTrain(_Strict):
+class VaeTrain(StrictConfig):
     """Autoencoder training: L2 + L1 reconstruction and a small KL term."""
 
     steps: int = Field(3000, ge=1)
@@ -34,7 +39,7 @@ class VaeTrain(_Strict):
     kl_weight: float = Field(1e-6, ge=0, description="Weight of the per-image KL sum (SD's autoencoders: 1e-6).")
 
 
-class DiffusionTrain(_Strict):
+class DiffusionTrain(StrictConfig):
     """Text-to-image training of the UNet and text encoder together (epsilon prediction, min-SNR weighting)."""
 
     steps: int = Field(8000, ge=1)
@@ -44,13 +49,21 @@ class DiffusionTrain(_Strict):
     prompt_dropout: float = Field(0.1, ge=0, le=1, description="Share of empty captions (classifier-free guidance).")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights that are saved.")
     snr_gamma: float = Field(5.0, gt=0, description="Min-SNR loss weighting gamma.")
-    grounding_weight: float = Field(0.0, ge=0, description="Weight of the cross-attention grounding loss "
-                                    "(models/grounding.py): the class word's map against the object mask; 0: off.")
-    grounding_factors: list[int] = Field([2, 4], min_length=1, description="Latent downsampling factors whose "
-                                         "cross-attention layers are grounded (those xattn masks are read from).")
+    grounding_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the cross-attention grounding loss "
+        "(models/grounding.py): the class word's map against the object mask; 0: off.",
+    )
+    grounding_factors: list[int] = Field(
+        [2, 4],
+        min_length=1,
+        description="Latent downsampling factors whose "
+        "cross-attention layers are grounded (those xattn masks are read from).",
+    )
 
 
-class ControlNetTrain(_Strict):
+class ControlNetTrain(StrictConfig):
     """ControlNet training on the frozen text-to-image model, one network per condition kind."""
 
     kinds: list[Literal["mask", "hed", "scribble"]] = ["mask", "hed", "scribble"]
@@ -61,8 +74,10 @@ class ControlNetTrain(_Strict):
     mask_color: tuple[int, int, int] = (255, 255, 255)
     hed_dilation: int = Field(14, ge=1)
     object_radius: tuple[float, float] = Field(
-        (0.22, 0.38), description="Object radius range (share of the side) of the ControlNet's training images: "
-        "wider than the diffusion model's, since real shots' masks are often small.")
+        (0.22, 0.38),
+        description="Object radius range (share of the side) of the ControlNet's training images: "
+        "wider than the diffusion model's, since real shots' masks are often small.",
+    )
     object_centre: tuple[float, float] = Field((0.38, 0.62), description="Object centre range (share of the side).")
 
     @model_validator(mode="after")
@@ -74,7 +89,7 @@ class ControlNetTrain(_Strict):
         return self
 
 
-class ToyTrainConfig(_Strict):
+class ToyTrainConfig(StrictConfig):
     """Everything `maskforge toy train-*` needs: data, seed, device and each model's schedule."""
 
     seed: int = 0
@@ -112,10 +127,10 @@ class ObjectSet:
         return torch.from_numpy(self.images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def object_set(cfg: ToyTrainConfig, radius: tuple[float, float] = (0.22, 0.38),
-               centre: tuple[float, float] = (0.38, 0.62)) -> ObjectSet:
+def object_set(
+    cfg: ToyTrainConfig, radius: tuple[float, float] = (0.22, 0.38), centre: tuple[float, float] = (0.38, 0.62)
+) -> ObjectSet:
     """Render images_per_class object photos of every base class of the fold (deterministic in world_seed)."""
-    from tasks.datasets.toy import render_object
 
     base = get_fold("toy", cfg.fold).base
     images, masks, ids = [], [], []
@@ -170,9 +185,16 @@ def _latent_stats(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def _caption_ids(tokenizer, template: str, class_ids: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of each image's caption (N, 77) and of the empty caption (1, 77)."""
     names = {int(c): TOY_CLASSES[int(c) - 1] for c in np.unique(class_ids)}
-    per_class = {c: tokenizer(template.format(**{"class": n}), padding="max_length", truncation=True,
-                              max_length=tokenizer.model_max_length, return_tensors="pt").input_ids[0]
-                 for c, n in names.items()}
+    per_class = {
+        c: tokenizer(
+            template.format(**{"class": n}),
+            padding="max_length",
+            truncation=True,
+            max_length=tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids[0]
+        for c, n in names.items()
+    }
     ids = torch.stack([per_class[int(c)] for c in class_ids]).to(device)
     empty = tokenizer("", padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt").input_ids
     return ids, empty.to(device)
@@ -209,16 +231,31 @@ class _Batches:
 
 def _word_weights(tokenizer, template: str, class_ids: np.ndarray, device) -> torch.Tensor:
     """Token weights (N, 77) of each caption's class word (1/len over its tokens), as the xattn capture uses them."""
-    from tasks.xattn_mask import token_weights, word_token_indices
 
-    rows = {int(c): token_weights([word_token_indices(tokenizer, template.format(**{"class": TOY_CLASSES[int(c) - 1]}),
-                                                      TOY_CLASSES[int(c) - 1])], tokenizer.model_max_length)[0]
-            for c in np.unique(class_ids)}
+    rows = {
+        int(c): token_weights(
+            [
+                word_token_indices(
+                    tokenizer, template.format(**{"class": TOY_CLASSES[int(c) - 1]}), TOY_CLASSES[int(c) - 1]
+                )
+            ],
+            tokenizer.model_max_length,
+        )[0]
+        for c in np.unique(class_ids)
+    }
     return torch.stack([rows[int(c)] for c in class_ids]).to(device)
 
 
-def train_text_to_image(components: dict, latents, class_ids, cfg: DiffusionTrain, gen, log: Log, log_every: int,
-                        masks: torch.Tensor | None = None) -> dict:
+def train_text_to_image(
+    components: dict,
+    latents,
+    class_ids,
+    cfg: DiffusionTrain,
+    gen,
+    log: Log,
+    log_every: int,
+    masks: torch.Tensor | None = None,
+) -> dict:
     """Train UNet and text encoder together on (latent, caption) pairs; load the EMA weights; return final losses.
 
     With cfg.grounding_weight > 0, `masks` (N, h, w) on the latent grid feed the grounding loss of the class word's
@@ -227,14 +264,13 @@ def train_text_to_image(components: dict, latents, class_ids, cfg: DiffusionTrai
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
-    from models.grounding import grounding
-
     unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
     noise_sched = DDPMScheduler.from_config(components["scheduler"].config)
     ids, empty = _caption_ids(tokenizer, cfg.template, class_ids, gen.device)
     means, stds = latents
-    batches = _Batches(means, stds, ids, empty, components["vae"].config.scaling_factor, noise_sched,
-                       cfg.prompt_dropout, gen)
+    batches = _Batches(
+        means, stds, ids, empty, components["vae"].config.scaling_factor, noise_sched, cfg.prompt_dropout, gen
+    )
     grounded = cfg.grounding_weight > 0
     if grounded and masks is None:
         raise ValueError("diffusion.grounding_weight > 0 needs the object masks; none were given")
@@ -281,17 +317,27 @@ def control_images(kind: str, objects: ObjectSet, cfg: ControlNetTrain) -> np.nd
     """Return the condition image of every training object, made as the diffusion stage makes it from a shot."""
     from controlnet_aux import HEDdetector
 
-    from tasks.controls import control_image
-
     hed = HEDdetector(edge_hed()) if kind in ("hed", "scribble") else None
-    return np.stack([
-        control_image(kind, img, m, hed, cfg.mask_color, cfg.hed_dilation, f"toy object {i}")
-        for i, (img, m) in enumerate(zip(objects.images, objects.masks))
-    ])
+    return np.stack(
+        [
+            control_image(kind, img, m, hed, cfg.mask_color, cfg.hed_dilation, f"toy object {i}")
+            for i, (img, m) in enumerate(zip(objects.images, objects.masks))
+        ]
+    )
 
 
-def train_controlnet(components: dict, latents, class_ids, conds: torch.Tensor, cfg: ControlNetTrain, template: str,
-                     gen, log: Log, log_every: int, seed: int):
+def train_controlnet(
+    components: dict,
+    latents,
+    class_ids,
+    conds: torch.Tensor,
+    cfg: ControlNetTrain,
+    template: str,
+    gen,
+    log: Log,
+    log_every: int,
+    seed: int,
+):
     """Train a ControlNet (initialised from the frozen UNet) on (latent, condition, caption); return it and losses."""
     from diffusers import DDPMScheduler
 
@@ -299,7 +345,9 @@ def train_controlnet(components: dict, latents, class_ids, conds: torch.Tensor, 
     net = tiny_controlnet(unet, seed, zero_out=True).to(gen.device)
     noise_sched = DDPMScheduler.from_config(components["scheduler"].config)
     ids, empty = _caption_ids(components["tokenizer"], template, class_ids, gen.device)
-    batches = _Batches(*latents, ids, empty, components["vae"].config.scaling_factor, noise_sched, cfg.prompt_dropout, gen)
+    batches = _Batches(
+        *latents, ids, empty, components["vae"].config.scaling_factor, noise_sched, cfg.prompt_dropout, gen
+    )
     unet.requires_grad_(False), text_encoder.requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
@@ -358,7 +406,6 @@ def _setup(cfg: ToyTrainConfig) -> torch.device:
 
 def _generator(cfg: ToyTrainConfig, device: torch.device, stage: str) -> torch.Generator:
     """Return the generator of one training stage, seeded from (seed, stage)."""
-    from tasks.seeds import derive_seed
 
     return torch.Generator(device).manual_seed(derive_seed("toy-train", stage, cfg.seed) % 2**62)
 
@@ -379,14 +426,26 @@ def train_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> d
     images = objects.tensor().to(device)
     vae_losses = train_vae(components["vae"], images, cfg.vae, gen, log, cfg.log_every)
     latents = _latent_stats(components["vae"], images)
-    t2i_losses = train_text_to_image(components, latents, objects.class_ids, cfg.diffusion, gen, log, cfg.log_every,
-                                     _latent_masks(objects, latents[0].shape[-2:], device))
+    t2i_losses = train_text_to_image(
+        components,
+        latents,
+        objects.class_ids,
+        cfg.diffusion,
+        gen,
+        log,
+        cfg.log_every,
+        _latent_masks(objects, latents[0].shape[-2:], device),
+    )
     pipe = StableDiffusionPipeline(**components, requires_safety_checker=False).to("cpu")
     out.mkdir(parents=True, exist_ok=True)
     _save_atomic(lambda p: pipe.save_pretrained(p, safe_serialization=True), out / SD_DIR)
     entry = {
-        "config": cfg.resolved(), "device": str(device), "threads": torch.get_num_threads(),
-        "seconds": round(time.perf_counter() - start, 1), "vae": vae_losses, "diffusion": t2i_losses,
+        "config": cfg.resolved(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "vae": vae_losses,
+        "diffusion": t2i_losses,
     }
     _record(out, "train-diffusion", entry)
     return entry
@@ -409,12 +468,25 @@ def ground_diffusion(cfg: ToyTrainConfig, out: str | Path, log: Log = print) -> 
     components = load_trained_components(out / SD_DIR, device)
     objects = object_set(cfg)
     latents = _latent_stats(components["vae"], objects.tensor().to(device))
-    losses = train_text_to_image(components, latents, objects.class_ids, cfg.ground, gen, log, cfg.log_every,
-                                 _latent_masks(objects, latents[0].shape[-2:], device))
+    losses = train_text_to_image(
+        components,
+        latents,
+        objects.class_ids,
+        cfg.ground,
+        gen,
+        log,
+        cfg.log_every,
+        _latent_masks(objects, latents[0].shape[-2:], device),
+    )
     pipe = StableDiffusionPipeline(**components, requires_safety_checker=False).to("cpu")
     _save_atomic(lambda p: pipe.save_pretrained(p, safe_serialization=True), out / SD_DIR)
-    entry = {"config": cfg.resolved(), "device": str(device), "threads": torch.get_num_threads(),
-             "seconds": round(time.perf_counter() - start, 1), "diffusion": losses}
+    entry = {
+        "config": cfg.resolved(),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - start, 1),
+        "diffusion": losses,
+    }
     _record(out, "ground-diffusion", entry)
     return entry
 
@@ -425,10 +497,19 @@ def load_trained_components(folder: Path, device: torch.device) -> dict:
 
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"{folder}: no trained toy SD here; run `maskforge toy train-diffusion` first")
-    pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None,
-                                                   requires_safety_checker=False).to(device)
-    return {"unet": pipe.unet, "vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer,
-            "scheduler": pipe.scheduler, "safety_checker": None, "feature_extractor": None, "image_encoder": None}
+    pipe = StableDiffusionPipeline.from_pretrained(
+        str(folder), local_files_only=True, safety_checker=None, requires_safety_checker=False
+    ).to(device)
+    return {
+        "unet": pipe.unet,
+        "vae": pipe.vae,
+        "text_encoder": pipe.text_encoder,
+        "tokenizer": pipe.tokenizer,
+        "scheduler": pipe.scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
 
 
 def train_controlnets(cfg: ToyTrainConfig, out: str | Path, kinds: list[str] | None = None, log: Log = print) -> dict:
@@ -445,12 +526,25 @@ def train_controlnets(cfg: ToyTrainConfig, out: str | Path, kinds: list[str] | N
         gen = _generator(cfg, device, f"controlnet-{kind}")
         conds = torch.from_numpy(control_images(kind, objects, cfg.controlnet)).permute(0, 3, 1, 2).float() / 255.0
         net, losses = train_controlnet(
-            components, latents, objects.class_ids, conds.to(device), cfg.controlnet, cfg.diffusion.template, gen,
-            log, cfg.log_every, cfg.seed + 10,
+            components,
+            latents,
+            objects.class_ids,
+            conds.to(device),
+            cfg.controlnet,
+            cfg.diffusion.template,
+            gen,
+            log,
+            cfg.log_every,
+            cfg.seed + 10,
         )
         net.to("cpu")
         _save_atomic(lambda p: net.save_pretrained(p, safe_serialization=True), out / controlnet_dir(kind))
-        entries[kind] = {"config": cfg.resolved(), "device": str(device), "threads": torch.get_num_threads(),
-                         "seconds": round(time.perf_counter() - start, 1), "controlnet": losses}
+        entries[kind] = {
+            "config": cfg.resolved(),
+            "device": str(device),
+            "threads": torch.get_num_threads(),
+            "seconds": round(time.perf_counter() - start, 1),
+            "controlnet": losses,
+        }
         _record(out, f"train-controlnet-{kind}", entries[kind])
     return entries

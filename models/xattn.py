@@ -95,7 +95,9 @@ class AttentionStore:
         out = {}
         for f in self.factors:
             if not self.counts.get(f):
-                raise CaptureError(f"factor {f}: nothing was captured (no selected step reached a layer of this factor)")
+                raise CaptureError(
+                    f"factor {f}: nothing was captured (no selected step reached a layer of this factor)"
+                )
             h, w = batch.latent_hw[0] // f, batch.latent_hw[1] // f
             out[f] = (self.sums[f] / self.counts[f]).view(-1, h, w).cpu()
         return out
@@ -125,7 +127,9 @@ class CaptureProcessor:
         if self._armed:
             self._k = output
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         """Run the wrapped processor, then capture this layer's word maps if the step is selected."""
         self._armed = self.store.active
         try:
@@ -182,8 +186,7 @@ def capture_cross_attention(unet, factors: Sequence[int]) -> Iterator[AttentionS
         if module.group_norm is not None or module.spatial_norm is not None:
             raise CaptureError(f"{name}: attention with group/spatial norm is not supported by the capture")
     processors = {
-        name: CaptureProcessor(proc, store, layer_factors[name], name)
-        if layer_factors.get(name) in factors else proc
+        name: CaptureProcessor(proc, store, layer_factors[name], name) if layer_factors.get(name) in factors else proc
         for name, proc in original.items()
     }
     handles = [unet.register_forward_pre_hook(_step_pre_hook(store), with_kwargs=True)]

@@ -1,10 +1,19 @@
-"""maskforge storage: WebDataset run folders (shards, Parquet manifest, summary, completion marker) and previews."""
+"""maskforge.storage, the bottom layer: run folders (WebDataset shards, Parquet manifest, marker), label conventions,
+fsspec,
+config files, the embedding bank and the results table."""
 
-from storage.codec import ShardCodecError, ShardKeyError, ShardSample, decode_sample, encode_sample, validate_key
-from storage.manifest import MANIFEST_SCHEMA, ManifestError, read_manifest, rows_to_table
-from storage.preview import render_preview
-from storage.reader import RunIncompleteError, RunReader
-from storage.shards import RunExistsError, RunWriter, write_config
+from maskforge.storage.codec import (
+    ShardCodecError,
+    ShardKeyError,
+    ShardSample,
+    decode_sample,
+    encode_sample,
+    validate_key,
+)
+from maskforge.storage.manifest import MANIFEST_SCHEMA, ManifestError, read_manifest, rows_to_table
+from maskforge.storage.preview import render_preview
+from maskforge.storage.reader import RunIncompleteError, RunReader
+from maskforge.storage.shards import RunExistsError, RunWriter, write_config
 
 __all__ = [
     "MANIFEST_SCHEMA",

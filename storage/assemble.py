@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from storage.fs import exists, join, move, remove_tree
-from storage.reader import RunReader
-from storage.shards import MARKER_NAME, SHARDS_DIR, complete_run
+from maskforge.storage.fs import exists, join, move, remove_tree
+from maskforge.storage.reader import RunReader
+from maskforge.storage.shards import MARKER_NAME, SHARDS_DIR, complete_run
 
 PARTS_DIR = "parts"
 

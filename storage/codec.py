@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from tasks.labels import BACKGROUND, IGNORE, IGNORE_ON_DISK, LABEL_DTYPE, present_classes
+from maskforge.storage.labels import BACKGROUND, IGNORE, IGNORE_ON_DISK, LABEL_DTYPE, present_classes
 
 #: Field (member extension) names of the three fields every sample has.
 IMAGE_FIELD = "jpg"
@@ -181,7 +181,9 @@ def decode_extra(key: str, name: str, data: bytes) -> np.ndarray:
             if img.mode not in ("1", "L"):
                 raise ShardCodecError(f"sample {key!r}: extra {name!r} has PNG mode {img.mode!r}, expected '1' or 'L'")
             return np.array(img)
-    raise ShardCodecError(f"sample {key!r}: stored field {name!r} is not one of {CORE_FIELDS} and not a .npy/.png extra")
+    raise ShardCodecError(
+        f"sample {key!r}: stored field {name!r} is not one of {CORE_FIELDS} and not a .npy/.png extra"
+    )
 
 
 def encode_sample(sample: ShardSample, jpeg_quality: int = 95) -> dict[str, Any]:

@@ -37,8 +37,11 @@ def save_embedding(path: Path, vector: torch.Tensor, metadata: dict) -> Path:
         raise ValueError(f"{path}: the learned embedding holds NaN or inf; refusing to store it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({STORED_TOKEN: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(tmp),
-              metadata={"maskforge": json.dumps(metadata, sort_keys=True)})
+    save_file(
+        {STORED_TOKEN: vector.detach().float().cpu().reshape(1, -1).contiguous()},
+        str(tmp),
+        metadata={"maskforge": json.dumps(metadata, sort_keys=True)},
+    )
     os.replace(tmp, path)
     return path
 

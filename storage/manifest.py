@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.fs import read_bytes
+from maskforge.storage.fs import read_bytes
 
 #: Metadata fields every sample must carry; they become manifest columns (and stay in the sample's json).
 REQUIRED_META_FIELDS = (
@@ -75,7 +75,9 @@ def validate_meta(key: str, meta: dict[str, Any]) -> None:
         if not isinstance(name, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ManifestError(f"sample {key!r}: meta['scores'] entry {name!r}: {value!r} is not str -> float")
         if not math.isfinite(value):
-            raise ManifestError(f"sample {key!r}: meta['scores'][{name!r}] = {value!r} is not finite (JSON cannot hold it)")
+            raise ManifestError(
+                f"sample {key!r}: meta['scores'][{name!r}] = {value!r} is not finite (JSON cannot hold it)"
+            )
 
 
 def manifest_row(key: str, shard: str, meta: dict[str, Any], width: int, height: int) -> dict[str, Any]:

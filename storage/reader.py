@@ -13,10 +13,10 @@ import webdataset as wds
 import yaml
 from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
-from storage.codec import ShardSample, decode_sample
-from storage.fs import exists, is_local, join, read_bytes, resolve
-from storage.manifest import ManifestError, read_manifest, table_from_bytes
-from storage.shards import CONFIG_NAME, MANIFEST_NAME, MARKER_NAME, RUN_FORMAT, SHARDS_DIR, SUMMARY_NAME
+from maskforge.storage.codec import ShardSample, decode_sample
+from maskforge.storage.fs import exists, is_local, join, read_bytes, resolve
+from maskforge.storage.manifest import ManifestError, read_manifest, table_from_bytes
+from maskforge.storage.shards import CONFIG_NAME, MANIFEST_NAME, MARKER_NAME, RUN_FORMAT, SHARDS_DIR, SUMMARY_NAME
 
 _MARKER_FIELDS = ("format", "manifest_sha256", "config_sha256", "n_samples", "shards", "summary")
 
@@ -96,7 +96,8 @@ class RunReader:
         return problems
 
     def _check_manifest(self, marker: dict[str, Any]) -> list[str]:
-        """Return problems with manifest.parquet: missing, hash mismatch, bad schema, rows disagreeing with the marker."""
+        """Return problems with manifest.parquet: missing, hash mismatch, bad schema, rows disagreeing with the
+        marker."""
         manifest_url = join(self.run_url, MANIFEST_NAME)
         if not exists(manifest_url):
             return [f"{MANIFEST_NAME} is missing"]
@@ -249,7 +250,8 @@ class RunReader:
         return decode_sample(sample)
 
     def verify_shards(self) -> None:
-        """Re-hash every listed shard against the marker (reads all shard bytes); raise RunIncompleteError on a mismatch."""
+        """Re-hash every listed shard against the marker (reads all shard bytes); raise RunIncompleteError on a
+        mismatch."""
         if self._marker is None:
             raise RunIncompleteError(f"run {self.run_url} has no valid {MARKER_NAME} to verify shards against")
         bad = []

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import uuid
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.fs import atomic_write_bytes, exists, join, read_bytes, resolve
+from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes, resolve
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -46,7 +49,9 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
     for i, row in enumerate(rows):
         missing, extra = names - set(row), set(row) - names
         if missing or extra:
-            raise ResultsError(f"benchmark row {i}: missing fields {sorted(missing)}, unexpected fields {sorted(extra)}")
+            raise ResultsError(
+                f"benchmark row {i}: missing fields {sorted(missing)}, unexpected fields {sorted(extra)}"
+            )
     data = [{**row, "class_iou": list(row["class_iou"].items())} for row in rows]
     try:
         return pa.Table.from_pylist(data, schema=RESULTS_SCHEMA)
@@ -71,7 +76,8 @@ def append_results(table_dir: str, rows: list[dict[str, Any]]) -> str:
 
 
 def read_results(table_dir: str) -> pa.Table:
-    """Return every row of the benchmark table in table_dir, files in name order (their UTC time, to the microsecond)."""
+    """Return every row of the benchmark table in table_dir, files in name order (their UTC time, to the
+    microsecond)."""
     if not exists(table_dir):
         return RESULTS_SCHEMA.empty_table()
     fs, path = resolve(table_dir)
@@ -88,3 +94,23 @@ def read_results(table_dir: str) -> pa.Table:
             raise ResultsError(f"{url}: schema differs from the benchmark schema; expected {RESULTS_SCHEMA.names}")
         tables.append(table)
     return pa.concat_tables(tables) if tables else RESULTS_SCHEMA.empty_table()
+
+
+def code_version() -> str:
+    """Return maskforge's version, plus '+g<commit>' when the code lives in a git checkout (with '-dirty' if edited)."""
+    try:
+        base = version("maskforge")
+    except PackageNotFoundError:
+        base = "0+unknown"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return base
+    return f"{base}+g{commit}" if commit else base

@@ -15,9 +15,9 @@ import pyarrow as pa
 import webdataset as wds
 import yaml
 
-from storage.codec import ShardSample, canonical_json, encode_sample, validate_key
-from storage.fs import atomic_write_bytes, exists, is_local, join, publish_file, read_bytes, resolve
-from storage.manifest import manifest_row, rows_to_table, table_to_bytes, validate_meta
+from maskforge.storage.codec import ShardSample, canonical_json, encode_sample, validate_key
+from maskforge.storage.fs import atomic_write_bytes, exists, is_local, join, publish_file, read_bytes, resolve
+from maskforge.storage.manifest import manifest_row, rows_to_table, table_to_bytes, validate_meta
 
 #: File and folder names inside a run folder.
 CONFIG_NAME = "config.yaml"
@@ -267,7 +267,8 @@ class RunWriter:
             shutil.rmtree(self._staging, ignore_errors=True)
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Publish the last shard, then write manifest.parquet, summary.json and finally _COMPLETE.json; return the marker."""
+        """Publish the last shard, then write manifest.parquet, summary.json and finally _COMPLETE.json; return the
+        marker."""
         self._require_open()
         if not isinstance(summary, dict):
             raise TypeError(f"summary for run {self.run_url} must be a dict, got {type(summary).__name__}")

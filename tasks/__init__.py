@@ -1,1 +1,2 @@
-"""maskforge tasks package."""
+"""maskforge.tasks: stage functions (plain, testable without Prefect) and their Prefect task wrappers
+(`wrappers.py`)."""

@@ -1,4 +1,4 @@
-"""Prefect UI artifacts of a generation run: a per-class table, a contact sheet of thumbnails, a manifest link."""
+"""Content of a run's Prefect UI artifacts (a per-class table, a contact sheet of thumbnails) and its PNG sheet."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
-from prefect import task
 
-from storage.preview import class_colours, overlay
-from storage.reader import RunReader
+from maskforge.storage.preview import class_colours, overlay
+from maskforge.storage.reader import RunReader
 
 #: The UI refuses events above about 6 MB; the contact sheet stops adding thumbnails at this many bytes.
 SHEET_BUDGET = 1_500_000
@@ -97,8 +96,9 @@ def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 128)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_width = int(max(probe.textlength(name, font=font) for name in classes)) + 2 * SHEET_GAP
     group = per_source * (side + SHEET_GAP)
-    out = Image.new("RGB", (label_width + len(sources) * group, SHEET_HEADER + len(classes) * (side + SHEET_GAP)),
-                    (255, 255, 255))
+    out = Image.new(
+        "RGB", (label_width + len(sources) * group, SHEET_HEADER + len(classes) * (side + SHEET_GAP)), (255, 255, 255)
+    )
     draw = ImageDraw.Draw(out)
     for column, source in enumerate(sources):
         draw.text((label_width + column * group, SHEET_GAP), source, fill=(0, 0, 0), font=font)
@@ -107,7 +107,9 @@ def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 128)
         draw.text((SHEET_GAP, top + (side - SHEET_FONT) // 2), name, fill=(0, 0, 0), font=font)
         for column, source in enumerate(sources):
             for slot, row in enumerate(picks.get((name, source), [])):
-                out.paste(_sheet_cell(reader, row, side), (label_width + column * group + slot * (side + SHEET_GAP), top))
+                out.paste(
+                    _sheet_cell(reader, row, side), (label_width + column * group + slot * (side + SHEET_GAP), top)
+                )
     return np.asarray(out)
 
 
@@ -137,23 +139,3 @@ def contact_sheet(reader: RunReader, per_source: int = 2, side: int = 96, budget
     if left_out:
         lines += ["", f"({left_out} thumbnails left out to keep the artifact under {budget} bytes)"]
     return "\n".join(lines) + "\n"
-
-
-def publish_run_artifacts(run_url: str) -> dict[str, str]:
-    """Create the run's table, contact-sheet and manifest-link artifacts in the current Prefect run; return keys."""
-    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-
-    reader = RunReader(run_url)
-    keys = {kind: artifact_key(run_url, kind) for kind in ("samples", "contact-sheet", "manifest")}
-    create_table_artifact(class_rows(reader), key=keys["samples"], description=f"Samples per class of {run_url}")
-    create_markdown_artifact(contact_sheet(reader), key=keys["contact-sheet"], description=f"Thumbnails of {run_url}")
-    manifest = f"{run_url.rstrip('/')}/manifest.parquet"
-    link = Path(manifest).resolve().as_uri() if "://" not in manifest else manifest
-    create_link_artifact(link, link_text="manifest.parquet", key=keys["manifest"], description=f"Manifest of {run_url}")
-    return keys
-
-
-@task(name="publish-artifacts")
-def publish_run_artifacts_task(run_url: str) -> dict[str, str]:
-    """Prefect task: publish the run's artifacts (table, contact sheet, manifest link)."""
-    return publish_run_artifacts(run_url)

@@ -6,14 +6,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from storage.codec import ShardSample
-from tasks.compose import paste_objects, sample_placements
-from tasks.config import MaskforgeConfig
-from tasks.datasets.base import SegDataset
-from tasks.fold_plan import ClassPlan, FoldPlan
-from tasks.labels import present_classes
-from tasks.objects import PoolObject, object_from_sample, object_from_shot
-from tasks.seeds import item_seed
+from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.seeds import item_seed
+from maskforge.storage.codec import ShardSample
+from maskforge.storage.labels import present_classes
+from maskforge.tasks.compose import paste_objects, sample_placements
+from maskforge.tasks.config import MaskforgeConfig
+from maskforge.tasks.fold_plan import ClassPlan, FoldPlan
+from maskforge.tasks.objects import PoolObject, object_from_sample, object_from_shot
 
 
 def sample_key(dataset: str, fold: int, class_id: int, source: str, index: int) -> str:
@@ -21,7 +21,9 @@ def sample_key(dataset: str, fold: int, class_id: int, source: str, index: int) 
     return f"{dataset}-f{fold}-c{class_id:04d}-{source}-{index:05d}"
 
 
-def object_pool(dataset: SegDataset, class_plan: ClassPlan, source: str, synthetic: list | None = None) -> list[PoolObject]:
+def object_pool(
+    dataset: SegDataset, class_plan: ClassPlan, source: str, synthetic: list | None = None
+) -> list[PoolObject]:
     """Return the pasteable objects of a class for one source: "real" cuts each real shot, "synthetic" each of the
     class's final diffusion samples (`synthetic`; none is an error naming the class)."""
     if source == "real":
@@ -39,7 +41,8 @@ def object_pool(dataset: SegDataset, class_plan: ClassPlan, source: str, synthet
 def class_samples(
     dataset: SegDataset, config: MaskforgeConfig, plan: FoldPlan, class_plan: ClassPlan, synthetic: list | None = None
 ) -> Iterator[ShardSample]:
-    """Yield the composed scenes of one novel class: samples_per_class per source, each seeded by (run, class, index)."""
+    """Yield the composed scenes of one novel class: samples_per_class per source, each seeded by (run, class,
+    index)."""
     cid, n = class_plan.class_id, config.generation.samples_per_class
     names, config_hash = dataset.classes(), config.hash()
     if not plan.base_subset:

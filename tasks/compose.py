@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from tasks.config import CopyPasteConfig
-from tasks.objects import PoolObject
+from maskforge.tasks.config import CopyPasteConfig
+from maskforge.tasks.objects import PoolObject
 
 #: An object is never pasted with a short side below this many pixels (or its native size, if smaller),
 #: so a small drawn scale cannot erase it; documented in README ("Copy-paste").

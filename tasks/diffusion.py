@@ -9,17 +9,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.loading import Pipelines
-from models.xattn import CaptureBatch, capture_cross_attention
-from storage.codec import ShardSample
-from tasks.class_samples import sample_key
-from tasks.config import DiffusionConfig, MaskforgeConfig
-from tasks.controls import control_image, fit_size, resize_image, resize_mask
-from tasks.datasets.base import SegDataset
-from tasks.fold_plan import ClassPlan, FoldPlan
-from tasks.labels import LABEL_DTYPE, binary_mask, iou
-from tasks.seeds import item_seed
-from tasks.xattn_mask import coarse_mask, soft_map, token_weights, word_token_indices
+from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.metrics import iou
+from maskforge.eval.seeds import item_seed
+from maskforge.models.controls import control_image, fit_size, resize_image, resize_mask
+from maskforge.models.diffusion_config import DiffusionConfig
+from maskforge.models.loading import Pipelines, size_multiple
+from maskforge.models.textual_inversion import load_embeddings, unload_embeddings
+from maskforge.models.xattn import CaptureBatch, capture_cross_attention
+from maskforge.models.xattn_mask import coarse_mask, soft_map, token_weights, word_token_indices
+from maskforge.storage.codec import ShardSample
+from maskforge.storage.labels import LABEL_DTYPE, binary_mask
+from maskforge.tasks.class_samples import sample_key
+from maskforge.tasks.config import MaskforgeConfig
+from maskforge.tasks.fold_plan import ClassPlan, FoldPlan
+from maskforge.tasks.prompts import class_word, embedding_token
+from maskforge.tasks.textual_inversion import shot_embedding
 
 
 @dataclass(frozen=True)
@@ -50,42 +55,58 @@ class Generated:
     support: np.ndarray | None = None  # (H, W) bool support mask at generation size
 
 
-def class_word(class_name: str) -> str:
-    """Return the word written in prompts for a class name (underscores, as in FSS-1000 names, become spaces)."""
-    return class_name.replace("_", " ").strip()
-
-
-def embedding_token(shot_index: int) -> str:
-    """Return the token a class's k-th shot embedding is loaded under ("<v_0>", "<v_1>", ...)."""
-    return f"<v_{shot_index}>"
-
-
-def plan_items(cfg: DiffusionConfig, run_seed: int, class_id: int, word: str, shot_ids: tuple[str, ...]) -> list[GenItem]:
+def plan_items(
+    cfg: DiffusionConfig, run_seed: int, class_id: int, word: str, shot_ids: tuple[str, ...]
+) -> list[GenItem]:
     """Return the class's work items: text prompts, embedding prompts (shots in turn), then per shot and
     condition `per_shot` ControlNet images.
 
     Each seed derives from (run seed, class, index, source), so any item can be regenerated on its own.
     """
     items = [
-        GenItem("text", i, item_seed(run_seed, class_id, i, "diffusion-text"),
-                cfg.text.template.format(**{"class": word}), cfg.text.negative_prompt, cfg.text.guidance_scale)
+        GenItem(
+            "text",
+            i,
+            item_seed(run_seed, class_id, i, "diffusion-text"),
+            cfg.text.template.format(**{"class": word}),
+            cfg.text.negative_prompt,
+            cfg.text.guidance_scale,
+        )
         for i in range(cfg.text.samples)
     ]
     for i in range(cfg.embedding.samples):
         k = i % len(shot_ids)
         prompt = cfg.embedding.template.format(**{"token": embedding_token(k), "class": word})
-        items.append(GenItem("embedding", i, item_seed(run_seed, class_id, i, "diffusion-embedding"), prompt,
-                             cfg.text.negative_prompt, cfg.text.guidance_scale, None, shot_ids[k]))
+        items.append(
+            GenItem(
+                "embedding",
+                i,
+                item_seed(run_seed, class_id, i, "diffusion-embedding"),
+                prompt,
+                cfg.text.negative_prompt,
+                cfg.text.guidance_scale,
+                None,
+                shot_ids[k],
+            )
+        )
     cn = cfg.controlnet
     for kind in cn.conditions:
         source = f"cn-{kind}"
         for s, shot in enumerate(shot_ids):
             for k in range(cn.per_shot):
                 index = s * cn.per_shot + k
-                items.append(GenItem(
-                    source, index, item_seed(run_seed, class_id, index, f"diffusion-{source}"),
-                    cn.prompt.format(**{"class": word}), cn.negative_prompt, cn.guidance_scale, kind, shot,
-                ))
+                items.append(
+                    GenItem(
+                        source,
+                        index,
+                        item_seed(run_seed, class_id, index, f"diffusion-{source}"),
+                        cn.prompt.format(**{"class": word}),
+                        cn.negative_prompt,
+                        cn.guidance_scale,
+                        kind,
+                        shot,
+                    )
+                )
     return items
 
 
@@ -98,14 +119,14 @@ def selected_steps(steps: int, step_range: tuple[float, float]) -> frozenset[int
     return chosen
 
 
-def size_multiple(pipe) -> int:
-    """Return the side multiple a pipeline needs: VAE factor x the UNet's total downsampling."""
-    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-
-
 def generate_batch(
-    pipe, items: list[GenItem], word: str, cfg: DiffusionConfig, size: tuple[int, int],
-    controls: list[np.ndarray] | None = None, capture: bool = True,
+    pipe,
+    items: list[GenItem],
+    word: str,
+    cfg: DiffusionConfig,
+    size: tuple[int, int],
+    controls: list[np.ndarray] | None = None,
+    capture: bool = True,
 ) -> tuple[np.ndarray, dict[int, torch.Tensor] | None, list[list[int]]]:
     """Run one pipeline call on items sharing a mode; return (uint8 images, per-factor maps or None, token indices).
 
@@ -121,7 +142,8 @@ def generate_batch(
         negative_prompt=[it.negative_prompt for it in items],
         guidance_scale=items[0].guidance_scale,
         num_inference_steps=cfg.steps,
-        height=height, width=width,
+        height=height,
+        width=width,
         generator=[torch.Generator("cpu").manual_seed(it.seed) for it in items],
         output_type="np",
     )
@@ -154,8 +176,10 @@ def generate_halving(pipe, items, word, cfg, size, controls):
             raise
         torch.cuda.empty_cache()
         half = len(items) // 2
-        parts = [generate_halving(pipe, items[a:b], word, cfg, size, None if controls is None else controls[a:b])
-                 for a, b in ((0, half), (half, len(items)))]
+        parts = [
+            generate_halving(pipe, items[a:b], word, cfg, size, None if controls is None else controls[a:b])
+            for a, b in ((0, half), (half, len(items)))
+        ]
         images = np.concatenate([p[0] for p in parts])
         maps = {f: torch.cat([p[1][f] for p in parts]) for f in parts[0][1]}
         return images, maps, parts[0][2] + parts[1][2]
@@ -166,7 +190,9 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
-def generate_items(pipes: Pipelines, items: list[GenItem], word: str, cfg: DiffusionConfig, shots: dict) -> list[Generated]:
+def generate_items(
+    pipes: Pipelines, items: list[GenItem], word: str, cfg: DiffusionConfig, shots: dict
+) -> list[Generated]:
     """Generate every item in batches of cfg.batch_size (one mode per batch); return them in item order.
 
     `shots` maps a shot id to (image, bool mask) of the class; ControlNet items are conditioned on theirs.
@@ -183,7 +209,10 @@ def generate_items(pipes: Pipelines, items: list[GenItem], word: str, cfg: Diffu
             else:
                 pipe = pipes.controlnet[batch[0].control]
                 # Shots of one batch may differ in aspect: generate each size group in its own call.
-                sizes = {it.shot_id: fit_size(*shots[it.shot_id][1].shape, cfg.image_size, size_multiple(pipe)) for it in batch}
+                sizes = {
+                    it.shot_id: fit_size(*shots[it.shot_id][1].shape, cfg.image_size, size_multiple(pipe))
+                    for it in batch
+                }
                 if len(set(sizes.values())) > 1:
                     for it in batch:
                         out.extend(generate_items(pipes, [it], word, cfg.model_copy(update={"batch_size": 1}), shots))
@@ -191,24 +220,44 @@ def generate_items(pipes: Pipelines, items: list[GenItem], word: str, cfg: Diffu
                 size = next(iter(sizes.values()))
                 supports = [resize_mask(shots[it.shot_id][1], size) for it in batch]
                 controls = [
-                    control_image(it.control, resize_image(shots[it.shot_id][0], size), m, pipes.hed,
-                                  cfg.controlnet.mask_color, cfg.controlnet.hed_dilation, f"shot {it.shot_id!r} ({it.control})")
+                    control_image(
+                        it.control,
+                        resize_image(shots[it.shot_id][0], size),
+                        m,
+                        pipes.hed,
+                        cfg.controlnet.mask_color,
+                        cfg.controlnet.hed_dilation,
+                        f"shot {it.shot_id!r} ({it.control})",
+                    )
                     for it, m in zip(batch, supports)
                 ]
             images, maps, indices = generate_halving(pipe, batch, word, cfg, size, controls)
             for row, it in enumerate(batch):
                 soft = soft_map({f: m[row] for f, m in maps.items()}, size)
                 mask, cut = coarse_mask(soft, cfg.xattn.threshold)
-                out.append(Generated(
-                    it, images[row], soft, mask, cut, indices[row],
-                    None if controls is None else controls[row], None if supports is None else supports[row],
-                ))
+                out.append(
+                    Generated(
+                        it,
+                        images[row],
+                        soft,
+                        mask,
+                        cut,
+                        indices[row],
+                        None if controls is None else controls[row],
+                        None if supports is None else supports[row],
+                    )
+                )
     order = {(it.source, it.index): n for n, it in enumerate(items)}
     return sorted(out, key=lambda g: order[(g.item.source, g.item.index)])
 
 
 def to_sample(
-    gen: Generated, cfg: DiffusionConfig, pipes: Pipelines, plan: FoldPlan, class_plan: ClassPlan, config_hash: str,
+    gen: Generated,
+    cfg: DiffusionConfig,
+    pipes: Pipelines,
+    plan: FoldPlan,
+    class_plan: ClassPlan,
+    config_hash: str,
     embeddings: dict[str, str] | None = None,
 ) -> ShardSample:
     """Return the shard sample of a generated image: label, provenance metadata and extras (soft map, control)."""
@@ -217,7 +266,9 @@ def to_sample(
     use_support = it.control is not None and cfg.controlnet.label == "support"
     fg = gen.support if use_support else gen.mask
     label = np.where(fg, class_plan.class_id, 0).astype(LABEL_DTYPE)
-    models = ["sd"] + ([f"controlnet-{it.control}"] + (["hed"] if it.control in ("hed", "scribble") else []) if it.control else [])
+    models = ["sd"] + (
+        [f"controlnet-{it.control}"] + (["hed"] if it.control in ("hed", "scribble") else []) if it.control else []
+    )
     scores = {"xattn_fg_fraction": float(gen.mask.mean())}
     if gen.support is not None:
         scores["xattn_support_iou"] = iou(gen.mask, gen.support)
@@ -282,7 +333,6 @@ def diffusion_samples(
     cfg = config.diffusion
     if cfg is None:
         raise ValueError("config has no 'diffusion' section; the diffusion stage has nothing to do")
-    from tasks.textual_inversion import load_embeddings, shot_embedding, unload_embeddings
 
     word = class_word(class_plan.class_name)
     items = plan_items(cfg, config.run.seed, class_plan.class_id, word, class_plan.shot_ids)
@@ -290,8 +340,10 @@ def diffusion_samples(
     config_hash = config.hash()
     files = {}
     if cfg.embedding.samples:  # the bank must already hold every shot's embedding: never a silent fallback
-        files = {shot: shot_embedding(pipes, dataset, config, plan, class_plan, shot, learn=False)
-                 for shot in class_plan.shot_ids}
+        files = {
+            shot: shot_embedding(pipes, dataset, config, plan, class_plan, shot, learn=False)
+            for shot in class_plan.shot_ids
+        }
     tokens = {embedding_token(k): files[shot] for k, shot in enumerate(class_plan.shot_ids) if shot in files}
     load_embeddings(pipes.sd, tokens)
     try:
@@ -300,4 +352,3 @@ def diffusion_samples(
         unload_embeddings(pipes.sd, list(tokens))  # the next class loads its own shots' embeddings
     ids = {shot: path.name for shot, path in files.items()}
     return [to_sample(g, cfg, pipes, plan, class_plan, config_hash, ids) for g in generated]
-

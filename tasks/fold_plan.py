@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from prefect import task
-
-from eval.episodes import balanced_base_subset, base_set, sample_shots
-from eval.folds import get_fold
-from tasks.config import MaskforgeConfig, parse_config
-from tasks.datasets import build_dataset
-from tasks.datasets.base import DatasetError, SegDataset
+from maskforge.eval.datasets.base import DatasetError, SegDataset
+from maskforge.eval.episodes import balanced_base_subset, base_set, sample_shots
+from maskforge.eval.folds import get_fold
+from maskforge.tasks.config import MaskforgeConfig
 
 
 @dataclass(frozen=True)
@@ -39,21 +36,6 @@ class FoldPlan:
             if class_plan.class_id == class_id:
                 return class_plan
         raise ValueError(f"class id {class_id} is not a novel class of the plan ({[c.class_id for c in self.novel]})")
-
-    def to_dict(self) -> dict:
-        """Return a JSON-compatible dict (the form passed between Prefect tasks)."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FoldPlan":
-        """Rebuild a FoldPlan from to_dict()'s output."""
-        novel = tuple(
-            ClassPlan(c["class_id"], c["class_name"], tuple(c["shot_ids"])) for c in data["novel"]
-        )
-        return cls(
-            data["dataset"], data["fold"], novel, tuple(data["base_classes"]), data["base_set_size"],
-            tuple(data["base_subset"]),
-        )
 
 
 def plan_fold(dataset: SegDataset, config: MaskforgeConfig) -> FoldPlan:
@@ -89,11 +71,3 @@ def plan_fold(dataset: SegDataset, config: MaskforgeConfig) -> FoldPlan:
         d_base, base_index, fold.base, config.base.subset_size, dataset.name, dcfg.fold, config.run.seed
     )
     return FoldPlan(dataset.name, dcfg.fold, plans, fold.base, len(d_base), tuple(subset))
-
-
-@task(name="plan-fold")
-def plan_fold_task(config: dict) -> dict:
-    """Prefect task: build the dataset named by the config and plan its fold."""
-    cfg = parse_config(config)
-    dataset = build_dataset(cfg.dataset.name, cfg.dataset.root, cfg.dataset.toy)
-    return plan_fold(dataset, cfg).to_dict()

@@ -1,4 +1,5 @@
-"""Stage 2, produce objects: cut the novel class's object out of each real shot ("real") or generated sample ("synthetic")."""
+"""Stage 2, produce objects: cut the novel class's object out of each real shot ("real") or generated sample
+("synthetic")."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.datasets.base import DatasetError, ImageRecord
-from tasks.labels import binary_mask
+from maskforge.eval.datasets.base import DatasetError, ImageRecord
+from maskforge.storage.labels import binary_mask
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,12 @@ def object_from_shot(record: ImageRecord, class_id: int) -> PoolObject:
 
 
 def crop_object(
-    image: np.ndarray, mask: np.ndarray, class_id: int, source: str, mask_method: str, shot_ids: tuple[str, ...],
+    image: np.ndarray,
+    mask: np.ndarray,
+    class_id: int,
+    source: str,
+    mask_method: str,
+    shot_ids: tuple[str, ...],
     scores: dict[str, float] | None = None,
 ) -> PoolObject:
     """Crop an image and its non-empty bool mask to the mask's bounding box as a pasteable object."""
@@ -67,5 +73,12 @@ def object_from_sample(sample, class_id: int) -> PoolObject:
     mask = sample.label == class_id
     if not mask.any():
         raise DatasetError(f"generated sample {sample.key!r} has no pixel of class {class_id}; it cannot be pasted")
-    return crop_object(sample.image, mask, class_id, "synthetic", sample.meta["mask_method"],
-                       tuple(sample.meta["shot_ids"]), sample.meta.get("scores"))
+    return crop_object(
+        sample.image,
+        mask,
+        class_id,
+        "synthetic",
+        sample.meta["mask_method"],
+        tuple(sample.meta["shot_ids"]),
+        sample.meta.get("scores"),
+    )

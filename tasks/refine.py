@@ -8,8 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.hsnet.segmenter import HSNetSegmenter, vote_masks
-from tasks.labels import iou
+from maskforge.eval.metrics import iou
+from maskforge.models.device import resolve_device
+from maskforge.models.hsnet.checkpoint import load_checkpoint
+from maskforge.models.hsnet.segmenter import HSNetSegmenter, vote_masks
+from maskforge.storage.codec import ShardSample
+from maskforge.storage.labels import LABEL_DTYPE
+from maskforge.tasks.config import RefinementConfig
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,9 @@ def refine_masks(
     images = [image for image, _ in generated]
     first = predict_masks(segmenter, state, images, vote_threshold)
     consensus = [iou(p, coarse.astype(bool)) for p, (_, coarse) in zip(first, generated)]
-    accepted = [i for i, (score, (_, coarse)) in enumerate(zip(consensus, generated)) if score >= alpha and coarse.any()]
+    accepted = [
+        i for i, (score, (_, coarse)) in enumerate(zip(consensus, generated)) if score >= alpha and coarse.any()
+    ]
     joining = sorted(accepted, key=lambda i: -consensus[i])[:max_added]
     if joining:
         state = segmenter.condition([(generated[i][0], generated[i][1].astype(bool)) for i in joining], base=state)
@@ -110,13 +117,9 @@ TEXT_SOURCES = ("text", "embedding")
 _SEGMENTERS: dict[tuple, HSNetSegmenter] = {}
 
 
-def load_segmenter(cfg) -> HSNetSegmenter:
+def load_segmenter(cfg: RefinementConfig) -> HSNetSegmenter:
     """Return an HSNetSegmenter for a RefinementConfig's checkpoint (loaded strictly once per process)."""
-    import torch
-
-    from models.hsnet.checkpoint import load_checkpoint
-
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device, "refinement.device")
     key = (cfg.checkpoint, device, cfg.batch_size)
     if key not in _SEGMENTERS:
         _SEGMENTERS.clear()
@@ -126,7 +129,11 @@ def load_segmenter(cfg) -> HSNetSegmenter:
 
 
 def refine_class(
-    segmenter: HSNetSegmenter, samples: list, real: list[tuple[np.ndarray, np.ndarray]], class_id: int, cfg
+    segmenter: HSNetSegmenter,
+    samples: list,
+    real: list[tuple[np.ndarray, np.ndarray]],
+    class_id: int,
+    cfg: RefinementConfig,
 ) -> tuple[list, dict[str, list[str]]]:
     """Refine one class's diffusion samples, drop those left without a class pixel, then filter OOD text/embedding
     samples; return (kept samples, {"empty": keys, "ood": keys}).
@@ -135,19 +142,25 @@ def refine_class(
     mask for ControlNet images); it is kept as KEY.coarse.png. Kept samples carry the refined label, the branch
     as mask_method, and scores consensus_iou (and ood_iou where the filter ran).
     """
-    from storage.codec import ShardSample
-    from tasks.labels import LABEL_DTYPE
 
     starting = [s.label == class_id for s in samples]
-    refined = refine_masks(segmenter, real, [(s.image, m) for s, m in zip(samples, starting)],
-                           cfg.alpha, cfg.max_added, cfg.vote_threshold)
+    refined = refine_masks(
+        segmenter, real, [(s.image, m) for s, m in zip(samples, starting)], cfg.alpha, cfg.max_added, cfg.vote_threshold
+    )
     out = []
     for sample, start, result in zip(samples, starting, refined):
-        meta = {**sample.meta, "mask_method": result.method,
-                "scores": {**sample.meta["scores"], "consensus_iou": result.consensus_iou},
-                "refinement": {"starting_mask_method": sample.meta["mask_method"], "alpha": cfg.alpha,
-                               "max_added": cfg.max_added, "vote_threshold": cfg.vote_threshold,
-                               "checkpoint": cfg.checkpoint}}
+        meta = {
+            **sample.meta,
+            "mask_method": result.method,
+            "scores": {**sample.meta["scores"], "consensus_iou": result.consensus_iou},
+            "refinement": {
+                "starting_mask_method": sample.meta["mask_method"],
+                "alpha": cfg.alpha,
+                "max_added": cfg.max_added,
+                "vote_threshold": cfg.vote_threshold,
+                "checkpoint": cfg.checkpoint,
+            },
+        }
         label = np.where(result.mask, class_id, 0).astype(LABEL_DTYPE)
         out.append(ShardSample(sample.key, sample.image, label, meta, {**sample.extras, "coarse.png": start}))
     # a sample whose refined mask holds no pixel of the class cannot teach the class (nor be a support): drop it

@@ -1,81 +1,34 @@
-"""Normalized masked textual inversion (AlignDiff §3.4, Eq. 3): learn one instance embedding v* per real shot."""
+"""Textual-inversion stage: one instance embedding per real shot, learned once and kept in the embedding bank."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from prefect import task
 
-from tasks.config import EmbeddingModeConfig
-
-
-@dataclass
-class LearnedEmbedding:
-    """The outcome of one inversion: the vector, the loss per step and the time it took."""
-
-    vector: torch.Tensor  # (D,) float32 on the CPU
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+from maskforge.eval.datasets import SegDataset, open_dataset
+from maskforge.eval.seeds import derive_seed
+from maskforge.models.diffusion_config import EmbeddingModeConfig
+from maskforge.models.loading import Pipelines, cached_pipelines, size_multiple
+from maskforge.models.textual_inversion import learn_embedding, shot_for_training
+from maskforge.storage.embeddings import EmbeddingMissingError, embedding_path, save_embedding
+from maskforge.storage.labels import binary_mask
+from maskforge.tasks.config import MaskforgeConfig
+from maskforge.tasks.fold_plan import ClassPlan, FoldPlan
+from maskforge.tasks.prompts import class_word
 
 
-def latent_mask(mask: np.ndarray, latent_hw: tuple[int, int], rule: str, cut: float) -> torch.Tensor:
-    """Bring a bool (H, W) mask to the latent grid as float {0, 1}.
-
-    "area": the foreground fraction of each latent cell (area downsampling) > cut; "nearest": the mask value at
-    each cell's nearest pixel.
-    """
-    m = torch.from_numpy(mask.astype(np.float32))[None, None]
-    if rule == "area":
-        return (F.interpolate(m, size=latent_hw, mode="area")[0, 0] > cut).float()
-    if rule == "nearest":
-        return F.interpolate(m, size=latent_hw, mode="nearest")[0, 0]
-    raise ValueError(f"diffusion.embedding.mask_rule: unknown rule {rule!r}; expected 'area' or 'nearest'")
-
-
-def masked_noise_loss(pred: torch.Tensor, target: torch.Tensor, fg: torch.Tensor, bg_lambda: float) -> torch.Tensor:
-    """Eq. 3 per sample: mean squared error over foreground latent pixels + bg_lambda x the mean over background.
-
-    pred, target: (B, C, h, w); fg: (B, h, w) in {0, 1}, each sample its own mask. Each region's sum is divided by
-    its own pixel count (times C). A region with no pixel contributes 0 (its mean is undefined, not NaN): an empty
-    foreground leaves the background term alone, an empty background the foreground term alone. Returns (B,).
-    """
-    if pred.shape != target.shape or pred.ndim != 4 or fg.shape != (pred.shape[0], *pred.shape[2:]):
-        raise ValueError(f"shapes: pred {tuple(pred.shape)}, target {tuple(target.shape)}, mask {tuple(fg.shape)}")
-    err = (pred.float() - target.float()).pow(2).sum(1)  # (B, h, w), summed over channels
-    fg = fg.float()
-    bg = 1.0 - fg
-    channels = pred.shape[1]
-    fg_term = (err * fg).sum((1, 2)) / (fg.sum((1, 2)) * channels).clamp(min=1.0)
-    bg_term = (err * bg).sum((1, 2)) / (bg.sum((1, 2)) * channels).clamp(min=1.0)
-    return fg_term + bg_lambda * bg_term
-
-
-def token_position(tokenizer, template: str, word: str, initializer: str) -> tuple[list[int], int]:
-    """Return (padded input ids of the prompt with the initializer at {token}, the position of {token}).
-
-    v* goes right after the determiner ("a photo of a v* red disc"); the noun stays.
-    """
-    init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
-    if len(init_ids) != 1:
-        raise ValueError(f"diffusion.embedding.initializer {initializer!r} must be one token, got {len(init_ids)}")
-    prefix = template.split("{token}")[0].format(**{"class": word}).rstrip()
-    position = 1 + len(tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 1
-    prompt = template.format(**{"token": initializer, "class": word})
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
-    if ids[position] != init_ids[0]:
-        raise ValueError(f"template {template!r}: the {{token}} slot did not land at token {position} of {prompt!r}")
-    return ids, position
-
-
-def cache_key(model_revision: str, image: np.ndarray, mask: np.ndarray, word: str, cfg: EmbeddingModeConfig,
-              size: tuple[int, int], seed: int) -> str:
+def cache_key(
+    model_revision: str,
+    image: np.ndarray,
+    mask: np.ndarray,
+    word: str,
+    cfg: EmbeddingModeConfig,
+    size: tuple[int, int],
+    seed: int,
+) -> str:
     """Return the sha256 naming one embedding: model revision, image and mask bytes, and every hyper-parameter."""
     digest = hashlib.sha256()
     for array in (image, mask):
@@ -86,149 +39,41 @@ def cache_key(model_revision: str, image: np.ndarray, mask: np.ndarray, word: st
     return digest.hexdigest()
 
 
-def _pixels(image: np.ndarray, device, dtype) -> torch.Tensor:
-    return (torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0)[None].to(device=device, dtype=dtype)
-
-
-def encode_shot(vae, image: np.ndarray, flip: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """VAE-encode a shot (and its mirror image) once; return the latent distributions' (mean, std), (V, 4, h, w).
-
-    Sampling mean + std * noise each step then equals re-encoding every step (the encoder is deterministic).
-    """
-    views = [image, image[:, ::-1].copy()] if flip else [image]
-    batch = torch.cat([_pixels(v, vae.device, vae.dtype) for v in views])
-    with torch.no_grad():
-        dist = vae.encode(batch).latent_dist
-    return dist.mean.float(), dist.std.float()
-
-
-class InversionProblem:
-    """One shot's Eq. 3 objective on a frozen pipeline: cached latents, per-view latent masks, the prompt with v*.
-
-    The text encoder's embedding matrix is never written: a forward hook on its token-embedding layer puts v* at
-    the {token} position, so every other row stays byte-identical and UNet, VAE and text encoder stay frozen.
-    """
-
-    def __init__(self, pipe, image: np.ndarray, mask: np.ndarray, word: str, cfg: EmbeddingModeConfig):
-        if mask.shape != image.shape[:2]:
-            raise ValueError(f"mask shape {mask.shape} differs from the image's {image.shape[:2]}")
-        self.pipe, self.image, self.cfg = pipe, image, cfg
-        for frozen in (pipe.unet, pipe.vae, pipe.text_encoder):
-            frozen.requires_grad_(False)  # gradients flow through them to v*, but none is kept for their weights
-        self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
-        ids, self.position = token_position(pipe.tokenizer, cfg.template, word, cfg.initializer)
-        self.initial = pipe.text_encoder.get_input_embeddings().weight[ids[self.position]].detach().float().clone()
-        self.views = 2 if cfg.flip else 1
-        self.mean, self.std = encode_shot(pipe.vae, image, cfg.flip)
-        hw = tuple(self.mean.shape[-2:])
-        views = [mask, mask[:, ::-1]] if cfg.flip else [mask]
-        self.masks = torch.stack([latent_mask(m, hw, cfg.mask_rule, cfg.mask_cut) for m in views]).to(self.device)
-        self.input_ids = torch.tensor([ids], device=self.device)
-
-    def loss(self, v: torch.Tensor, generator: torch.Generator, batch: int, reencode: bool = False) -> torch.Tensor:
-        """Return the mean Eq. 3 loss of v* over `batch` random (view, latent sample, noise, timestep) draws."""
-        pipe, scheduler = self.pipe, self.pipe.scheduler
-        view = torch.randint(0, self.views, (batch,), generator=generator)
-        mean, std = encode_shot(pipe.vae, self.image, self.cfg.flip) if reencode else (self.mean, self.std)
-        eps = torch.randn(mean[view].shape, generator=generator).to(self.device)
-        latents = (mean[view] + std[view] * eps) * pipe.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(self.device)
-        noisy = scheduler.add_noise(latents, noise, t)
-        target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-
-        def put_v(module, args, output):
-            output = output.clone()
-            output[:, self.position] = v.to(output.dtype)
-            return output
-
-        handle = pipe.text_encoder.get_input_embeddings().register_forward_hook(put_v)
-        use_amp = self.device.type == "cuda" and self.dtype != torch.float32
-        try:
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=use_amp):
-                states = pipe.text_encoder(self.input_ids.expand(batch, -1))[0]
-                pred = pipe.unet(noisy.to(self.dtype), t, states.to(self.dtype)).sample
-        finally:
-            handle.remove()
-        return masked_noise_loss(pred, target, self.masks[view.to(self.device)], self.cfg.bg_lambda).mean()
-
-    @torch.no_grad()
-    def evaluate(self, v: torch.Tensor, seed: int, draws: int = 32, batch: int = 8) -> float:
-        """Return the loss of v* on a fixed set of draws (same seed, same draws): comparable across vectors."""
-        generator = torch.Generator("cpu").manual_seed(seed)
-        return float(sum(self.loss(v, generator, batch) * batch for _ in range(draws // batch)) / (draws // batch * batch))
-
-
-def learn_embedding(
-    pipe, image: np.ndarray, mask: np.ndarray, word: str, cfg: EmbeddingModeConfig, seed: int,
-    reencode_every_step: bool = False,
-) -> LearnedEmbedding:
-    """Learn v* for one shot (image, bool mask) already at training size with AdamW; only v* receives gradients.
-
-    `reencode_every_step` re-runs the VAE each step instead of using the cached latents (for the benchmark).
-    """
-    start = time.perf_counter()
-    problem = InversionProblem(pipe, image, mask, word, cfg)
-    v = problem.initial.clone().requires_grad_(True)
-    optimizer = torch.optim.AdamW([v], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    result = LearnedEmbedding(vector=v.detach())
-    best, since_best, smoothed = float("inf"), 0, None
-    for _ in range(cfg.steps):
-        loss = problem.loss(v, generator, cfg.batch_size, reencode_every_step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        result.losses.append(value)
-        if cfg.early_stop_patience:  # plateau of an exponential moving average of the loss
-            smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
-            if smoothed < best * 0.999:
-                best, since_best = smoothed, 0
-            else:
-                since_best += 1
-                if since_best >= cfg.early_stop_patience:
-                    break
-    result.vector = v.detach().float().cpu()
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-def shot_for_training(image: np.ndarray, mask: np.ndarray, short_side: int, multiple: int) -> tuple[np.ndarray, np.ndarray]:
-    """Resize a shot and its mask to the training size (short side, aspect kept, sides a multiple of the model's)."""
-    from tasks.controls import fit_size, resize_image, resize_mask
-
-    size = fit_size(*mask.shape, short_side, multiple)
-    return resize_image(image, size), resize_mask(mask, size)
-
-
-def bank_folder(config) -> Path:
+def bank_folder(config: MaskforgeConfig) -> Path:
     """Return the embedding bank folder of a config: diffusion.embedding.bank, else OUT_DIR/embeddings."""
     return Path(config.diffusion.embedding.bank or Path(config.run.out_dir) / "embeddings")
 
 
 def embedding_seed(dataset: str, fold: int, class_id: int, shot_id: str) -> int:
     """Seed of one shot's inversion: independent of the run seed, so runs with other seeds reuse the bank."""
-    from tasks.seeds import derive_seed
 
     return derive_seed("embedding", dataset, fold, class_id, shot_id)
 
 
-def shot_embedding(pipes, dataset, config, plan, class_plan, shot_id: str, learn: bool = True) -> Path:
+def shot_embedding(
+    pipes: Pipelines,
+    dataset: SegDataset,
+    config: MaskforgeConfig,
+    plan: FoldPlan,
+    class_plan: ClassPlan,
+    shot_id: str,
+    learn: bool = True,
+) -> Path:
     """Return the bank file of one shot's embedding, learning and storing it first when absent and `learn` is set.
 
     The file name carries the cache key (model revision, image and mask hashes, hyper-parameters, seed): a rerun
     finds it and trains nothing; a change of any of them trains a new one beside it. Without `learn`, a missing
     file is an EmbeddingMissingError naming class, shot and the file expected.
     """
-    from storage.embeddings import EmbeddingMissingError, embedding_path, save_embedding
-    from tasks.diffusion import class_word, size_multiple
-    from tasks.labels import binary_mask
 
     cfg = config.diffusion.embedding
     record = dataset.load(shot_id)
-    image, mask = shot_for_training(record.image, binary_mask(record.label, class_plan.class_id),
-                                    cfg.image_size or config.diffusion.image_size, size_multiple(pipes.sd))
+    image, mask = shot_for_training(
+        record.image,
+        binary_mask(record.label, class_plan.class_id),
+        cfg.image_size or config.diffusion.image_size,
+        size_multiple(pipes.sd),
+    )
     word = class_word(class_plan.class_name)
     seed = embedding_seed(plan.dataset, plan.fold, class_plan.class_id, shot_id)
     key = cache_key(pipes.refs["sd"].revision, image, mask, word, cfg, mask.shape, seed)
@@ -242,56 +87,28 @@ def shot_embedding(pipes, dataset, config, plan, class_plan, shot_id: str, learn
         )
     learned = learn_embedding(pipes.sd, image, mask, word, cfg, seed)
     metadata = {
-        "cache_key": key, "dataset": plan.dataset, "fold": plan.fold, "class_id": class_plan.class_id,
-        "class_name": class_plan.class_name, "shot_id": shot_id, "model": pipes.refs["sd"].to_dict(),
-        "seed": seed, "size": list(mask.shape), "hyper_parameters": cfg.model_dump(mode="json", exclude={"samples", "bank"}),
-        "steps_run": len(learned.losses), "first_loss": learned.losses[0], "final_loss": learned.losses[-1],
+        "cache_key": key,
+        "dataset": plan.dataset,
+        "fold": plan.fold,
+        "class_id": class_plan.class_id,
+        "class_name": class_plan.class_name,
+        "shot_id": shot_id,
+        "model": pipes.refs["sd"].to_dict(),
+        "seed": seed,
+        "size": list(mask.shape),
+        "hyper_parameters": cfg.model_dump(mode="json", exclude={"samples", "bank"}),
+        "steps_run": len(learned.losses),
+        "first_loss": learned.losses[0],
+        "final_loss": learned.losses[-1],
         "seconds": round(learned.seconds, 3),
     }
     return save_embedding(path, learned.vector, metadata)
 
 
-def load_embeddings(pipe, files: dict[str, Path]) -> None:
-    """Load bank files into a pipeline under the given tokens, then check each token resolves to its vector."""
-    from storage.embeddings import read_embedding
-
-    for token, path in files.items():
-        vector, _ = read_embedding(path)
-        pipe.load_textual_inversion(str(path), token=token)
-        ids = pipe.tokenizer(token, add_special_tokens=False).input_ids
-        if len(ids) != 1:
-            raise ValueError(f"{path}: token {token!r} encodes to {len(ids)} tokens after loading, expected 1")
-        row = pipe.text_encoder.get_input_embeddings().weight[ids[0]].detach().float().cpu()
-        if not torch.allclose(row, vector.float(), rtol=1e-3, atol=1e-3):
-            raise ValueError(f"{path}: token {token!r} does not resolve to the learned vector after loading")
-
-
-def unload_embeddings(pipe, tokens: list[str]) -> None:
-    """Remove tokens loaded by load_embeddings from the pipeline's tokenizer and text encoder."""
-    if tokens:
-        pipe.unload_textual_inversion(tokens)
-
-
-def learn_shot_embedding(config, plan, class_id: int, shot_id: str) -> str:
+def learn_shot_embedding(config: MaskforgeConfig, plan: FoldPlan, class_id: int, shot_id: str) -> str:
     """Learn (or find in the bank) one shot's embedding for a run's config; return the bank file."""
-    from models.loading import cached_pipelines
-    from tasks.datasets import build_dataset
-
-    from tasks.gpu import gpu_slot
-
     class_plan = plan.novel_class(class_id)
     if shot_id not in class_plan.shot_ids:
         raise ValueError(f"shot {shot_id!r} is not a shot of class {class_id} ({list(class_plan.shot_ids)})")
-
-    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
-    with gpu_slot():
-        return str(shot_embedding(cached_pipelines(config.diffusion), dataset, config, plan, class_plan, shot_id))
-
-
-@task(name="learn-embedding")
-def learn_embedding_task(config: dict, plan: dict, class_id: int, shot_id: str) -> str:
-    """Prefect task: one shot's embedding; the bank file named by its cache key makes reruns skip the training."""
-    from tasks.config import parse_config
-    from tasks.fold_plan import FoldPlan
-
-    return learn_shot_embedding(parse_config(config), FoldPlan.from_dict(plan), class_id, shot_id)
+    pipes = cached_pipelines(config.diffusion)
+    return str(shot_embedding(pipes, open_dataset(config.dataset), config, plan, class_plan, shot_id))

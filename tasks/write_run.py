@@ -6,27 +6,44 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 
-from prefect import task
 from rich.progress import track
 
-from storage.assemble import PARTS_DIR, assemble_run, is_complete
-from storage.fs import join
-from storage.reader import RunReader
-from storage.codec import ShardSample
-from storage.shards import RunWriter, write_config
-from tasks.class_samples import class_samples
-from tasks.config import MaskforgeConfig, parse_config
-from tasks.datasets import build_dataset
-from tasks.fold_plan import FoldPlan
-from tasks.gpu import gpu_slot
+from maskforge.eval.datasets import open_dataset
+from maskforge.models.loading import ModelLoadError, cached_pipelines, content_id, model_refs
+from maskforge.storage.assemble import PARTS_DIR, assemble_run, is_complete
+from maskforge.storage.codec import ShardSample
+from maskforge.storage.fs import join
+from maskforge.storage.reader import RunReader
+from maskforge.storage.shards import RunWriter, write_config
+from maskforge.tasks.class_samples import class_samples
+from maskforge.tasks.config import MaskforgeConfig
+from maskforge.tasks.diffusion import class_shots, diffusion_samples
+from maskforge.tasks.fold_plan import FoldPlan
+from maskforge.tasks.refine import load_segmenter, refine_class
+
+
+def config_model_ids(config: MaskforgeConfig) -> dict[str, str]:
+    """Return {model name: revision or content id} of every model a generation config uses (the diffusion
+    section's models as `model_refs` names them, and "refinement" for the HSNet checkpoint).
+
+    A missing path is the same ModelLoadError loading would raise, only earlier.
+    """
+    ids = {name: ref.revision for name, ref in model_refs(config.diffusion).items()} if config.diffusion else {}
+    if config.refinement is not None:
+        checkpoint = Path(config.refinement.checkpoint).expanduser()
+        if not checkpoint.is_file():
+            raise ModelLoadError(
+                f"refinement.checkpoint: file {checkpoint} does not exist (expected an HSNet checkpoint)"
+            )
+        ids["refinement"] = content_id(checkpoint)
+    return ids
 
 
 def run_hash(config: MaskforgeConfig) -> str:
     """Return a run's identity: the config hash, combined with the content ids of the models it uses (if any), so
     retrained weights under the same path make a new run instead of reusing one made with the old weights."""
-    from models.loading import config_model_ids
-
     models = config_model_ids(config)
     if not models:
         return config.hash()
@@ -62,17 +79,29 @@ def start_run(config: MaskforgeConfig) -> dict:
 
 
 def write_part(
-    config: MaskforgeConfig, url: str, prefix: str, class_plan, samples: Iterable[ShardSample], total: int, what: str,
+    config: MaskforgeConfig,
+    url: str,
+    prefix: str,
+    class_plan,
+    samples: Iterable[ShardSample],
+    total: int,
+    what: str,
     extra: dict | None = None,
 ) -> dict:
     """Write samples as a completed shard part at url (shards prefix-NNNNNN.tar); return its summary."""
     counts: Counter[str] = Counter()
-    with RunWriter(url, config.shards.max_count, config.shards.max_bytes, config.shards.jpeg_quality, shard_prefix=prefix) as writer:
+    with RunWriter(
+        url, config.shards.max_count, config.shards.max_bytes, config.shards.jpeg_quality, shard_prefix=prefix
+    ) as writer:
         for sample in track(samples, total=total, description=f"{what} {class_plan.class_name}", transient=True):
             writer.write(sample)
             counts[sample.meta["source"]] += 1
-        summary = {"class_id": class_plan.class_id, "class_name": class_plan.class_name, "samples_per_source": dict(counts),
-                   **(extra or {})}
+        summary = {
+            "class_id": class_plan.class_id,
+            "class_name": class_plan.class_name,
+            "samples_per_source": dict(counts),
+            **(extra or {}),
+        }
         writer.finish(summary)
     return {"url": url, **summary}
 
@@ -86,7 +115,7 @@ def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run
     url = part_url(run, class_id)
     if is_complete(url):  # finished by an earlier, interrupted attempt: samples are deterministic, reuse them
         return {"url": url, **RunReader(url).summary}
-    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
+    dataset = open_dataset(config.dataset)
     total = config.generation.samples_per_class * len(config.generation.sources)
     synthetic = None
     if "synthetic" in config.generation.sources:  # the class's final diffusion part: refined when configured
@@ -98,16 +127,13 @@ def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run
 
 def write_generated_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
     """Generate one novel class's diffusion images with coarse masks and write them as a completed part."""
-    from models.loading import cached_pipelines
-    from tasks.diffusion import diffusion_samples
 
     class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id, "diffusion")
     if is_complete(url):
         return {"url": url, **RunReader(url).summary}
-    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
-    with gpu_slot():
-        samples = diffusion_samples(cached_pipelines(config.diffusion), dataset, config, plan, class_plan)
+    dataset = open_dataset(config.dataset)
+    samples = diffusion_samples(cached_pipelines(config.diffusion), dataset, config, plan, class_plan)
     return write_part(config, url, part_prefix(class_id, "diffusion"), class_plan, samples, len(samples), "diffuse")
 
 
@@ -117,18 +143,15 @@ def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, r
     The part's summary counts the rejected samples (out of distribution, or left without a class pixel) and names
     them: nothing is dropped silently.
     """
-    from tasks.diffusion import class_shots
-    from tasks.refine import load_segmenter, refine_class
 
     class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id, "refine")
     if is_complete(url):
         return {"url": url, **RunReader(url).summary}
     generated = list(RunReader(part_url(run, class_id, "diffusion")))
-    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
+    dataset = open_dataset(config.dataset)
     real = list(class_shots(dataset, class_plan).values())
-    with gpu_slot():
-        kept, rejected = refine_class(load_segmenter(config.refinement), generated, real, class_id, config.refinement)
+    kept, rejected = refine_class(load_segmenter(config.refinement), generated, real, class_id, config.refinement)
     extra = {"ood_rejected": len(rejected["ood"]), "empty_rejected": len(rejected["empty"]), "rejected_keys": rejected}
     return write_part(config, url, part_prefix(class_id, "refine"), class_plan, kept, len(kept), "refine", extra)
 
@@ -160,33 +183,3 @@ def _per_class(parts: list[dict]) -> dict[str, dict[str, int]]:
 def finish_run(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict], run: str) -> dict:
     """Move the parts' shards into the run, write the manifest and summary, and the completion marker last."""
     return assemble_run(run, [p["url"] for p in parts], run_summary(config, plan, parts))
-
-
-@task(name="start-run")
-def start_run_task(config: dict) -> dict:
-    """Prefect task: start_run on a resolved config."""
-    return start_run(parse_config(config))
-
-
-@task(name="compose-class")
-def write_class_part_task(config: dict, plan: dict, class_id: int, run: str) -> dict:
-    """Prefect task: compose and write one novel class (one task per class keeps Prefect overhead small)."""
-    return write_class_part(parse_config(config), FoldPlan.from_dict(plan), class_id, run)
-
-
-@task(name="generate-class")
-def write_generated_part_task(config: dict, plan: dict, class_id: int, run: str) -> dict:
-    """Prefect task: generate and write one novel class's diffusion images (one task per class: models load once)."""
-    return write_generated_part(parse_config(config), FoldPlan.from_dict(plan), class_id, run)
-
-
-@task(name="refine-class")
-def write_refined_part_task(config: dict, plan: dict, class_id: int, run: str) -> dict:
-    """Prefect task: refine and filter one novel class's diffusion samples (after generate-class)."""
-    return write_refined_part(parse_config(config), FoldPlan.from_dict(plan), class_id, run)
-
-
-@task(name="finish-run")
-def finish_run_task(config: dict, plan: dict, parts: list[dict], run: str) -> dict:
-    """Prefect task: finish_run; returns the completion marker."""
-    return finish_run(parse_config(config), FoldPlan.from_dict(plan), parts, run)

@@ -40,7 +40,6 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Build the tiny SD, ControlNets and HED once per session (about 10 s); returns {name: folder}."""
-    from models.tiny import build_tiny_models
+    from maskforge.models.tiny import build_tiny_models
 
     return build_tiny_models(tmp_path_factory.mktemp("tiny-models"), seed=0)
-

@@ -95,7 +95,7 @@ def make_pascal(tmp: Path, parent: bool = False, extra_jpeg: bool = True) -> Pat
 
 def coco_categories() -> list[dict]:
     """The 80 COCO categories with their real ids and names."""
-    from eval.folds import COCO_CLASSES
+    from maskforge.eval.folds import COCO_CLASSES
 
     return [{"id": cid, "name": name, "supercategory": "thing"} for cid, name in zip(COCO_CATEGORY_IDS, COCO_CLASSES)]
 

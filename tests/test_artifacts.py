@@ -7,11 +7,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from flows.generate import generate
-from storage.reader import RunReader
-from storage.preview import class_colours
-from tasks.artifacts import SHEET_GAP, SHEET_HEADER, artifact_key, class_rows, contact_sheet, contact_sheet_image
-from tasks.config import parse_config
+from maskforge.flows.generate import generate
+from maskforge.storage.preview import class_colours
+from maskforge.storage.reader import RunReader
+from maskforge.tasks.artifacts import (
+    SHEET_GAP,
+    SHEET_HEADER,
+    artifact_key,
+    class_rows,
+    contact_sheet,
+    contact_sheet_image,
+)
+from maskforge.tasks.config import parse_config
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
@@ -19,12 +26,14 @@ pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, prefect_harness):
     out = tmp_path_factory.mktemp("artifacts")
-    config = parse_config({
-        "run": {"name": "art", "out_dir": str(out)},
-        "dataset": {"toy": {"image_size": 48, "n_train": 60, "n_val": 8}},
-        "base": {"subset_size": 10},
-        "generation": {"samples_per_class": 3, "classes": ["red disc", "green square"]},
-    }).resolved()
+    config = parse_config(
+        {
+            "run": {"name": "art", "out_dir": str(out)},
+            "dataset": {"toy": {"image_size": 48, "n_train": 60, "n_val": 8}},
+            "base": {"subset_size": 10},
+            "generation": {"samples_per_class": 3, "classes": ["red disc", "green square"]},
+        }
+    ).resolved()
     return generate(config=config)["url"]
 
 
@@ -40,13 +49,15 @@ def test_class_rows_and_sheet(run):
     thumb = Image.open(io.BytesIO(base64.b64decode(data)))
     assert thumb.format == "JPEG" and max(thumb.size) == 48  # toy images are 48 px, never enlarged
     small = contact_sheet(reader, per_source=2, budget=200)
-    assert small.count("data:image/jpeg") == 1 and "(3 thumbnails left out to keep the artifact under 200 bytes)" in small
+    assert (
+        small.count("data:image/jpeg") == 1 and "(3 thumbnails left out to keep the artifact under 200 bytes)" in small
+    )
 
 
 def test_sheet_png_from_cli(run, tmp_path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from maskforge.flows.cli import app
 
     reader = RunReader(run)
     sheet = contact_sheet_image(reader, per_source=2, side=48)
@@ -57,7 +68,7 @@ def test_sheet_png_from_cli(run, tmp_path):
     assert (sheet[SHEET_HEADER:, :label_width] < 100).any()  # class names on the left
     # the first cell holds the first green-square sample, its mask outlined in the class's colour
     first = next(r for r in reader.manifest.to_pylist() if r["class_name"] == "green square")
-    cell = sheet[SHEET_HEADER:SHEET_HEADER + 48, label_width:label_width + 48].reshape(-1, 3)
+    cell = sheet[SHEET_HEADER : SHEET_HEADER + 48, label_width : label_width + 48].reshape(-1, 3)
     colour = class_colours((first["class_id"],))[first["class_id"]]
     assert (cell == colour).all(axis=1).sum() >= 20
     out = tmp_path / "sheet.png"

@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
+from tiny import diffusion_section
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tiny import diffusion_section
+from maskforge.flows.cli import app
 
 runner = CliRunner()
 
@@ -40,7 +40,7 @@ def test_generate_prints_run_folder_and_summary(demo_run):
         assert name in output
     # per class: 2 composed scenes, 1 text image, 1 embedding image, 3 conditions x 2 shots x 1 ControlNet image;
     # refinement drops samples left without a class pixel (beta 0 keeps every OOD score), and says how many
-    from storage.reader import RunReader
+    from maskforge.storage.reader import RunReader
 
     summary = RunReader(str(run)).summary
     assert summary["n_samples"] + sum(summary["empty_rejected"].values()) == 40

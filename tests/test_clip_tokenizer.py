@@ -3,7 +3,7 @@
 import pytest
 from open_clip.tokenizer import SimpleTokenizer
 
-from models.clip_tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer, byte_symbols, clip_vocab_and_merges
+from maskforge.models.clip_tokenizer import CLIP_VOCAB_SIZE, build_clip_tokenizer, byte_symbols, clip_vocab_and_merges
 
 PROMPTS = [
     "a photo of a red disc",

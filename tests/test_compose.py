@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tasks.compose import MIN_PASTE_SIDE, Placement, paste_objects, resize_object, sample_placements
-from tasks.config import CopyPasteConfig
-from tasks.datasets.base import DatasetError, ImageRecord
-from tasks.objects import PoolObject, object_from_shot
+from maskforge.eval.datasets.base import DatasetError, ImageRecord
+from maskforge.tasks.compose import MIN_PASTE_SIDE, Placement, paste_objects, resize_object, sample_placements
+from maskforge.tasks.config import CopyPasteConfig
+from maskforge.tasks.objects import PoolObject, object_from_shot
 
 
 def _obj(colour, class_id, h=4, w=6):
@@ -39,7 +39,9 @@ def test_pasted_pixels_and_occlusion_order():
 
 def test_scaled_paste_equals_resized_object():
     rng = np.random.default_rng(0)
-    obj = PoolObject(rng.integers(0, 255, (10, 8, 3), dtype=np.uint8), rng.random((10, 8)) > 0.3, 2, "real", "gt", ("s",))
+    obj = PoolObject(
+        rng.integers(0, 255, (10, 8, 3), dtype=np.uint8), rng.random((10, 8)) > 0.3, 2, "real", "gt", ("s",)
+    )
     crop, mask = resize_object(obj, 15, 12)
     base = np.zeros((30, 30, 3), np.uint8)
     image, label, _ = paste_objects(base, np.zeros((30, 30), np.int32), [obj], [Placement(0, 1.5, 5, 9, 15, 12)])

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import ConfigError, load_config, parse_config
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.config import load_config, parse_config
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from models.loading import load_hed
-from tasks.controls import control_image, fit_size, hed_edges, mask_condition, masked_edges, scribble
+from maskforge.models.controls import control_image, fit_size, hed_edges, mask_condition, masked_edges, scribble
+from maskforge.models.loading import load_hed
 
 
 @pytest.fixture(scope="module")

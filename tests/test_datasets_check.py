@@ -1,18 +1,17 @@
 """check_layout / format_report and build_dataset: exact counts per split, class and fold; problems are collected."""
 
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from eval import folds
-from tasks.config import ToyConfig
-from tasks.datasets import build_dataset
-from tasks.datasets.base import DatasetError
-from tasks.datasets.check import check_layout, format_report, sample_ids
-from tasks.datasets.pascal import PascalDataset
 from fakes import make_coco, make_fss, make_pascal, truncate, write_noise_jpeg, write_png
+
+from maskforge.eval import folds
+from maskforge.eval.datasets import build_dataset
+from maskforge.eval.datasets.base import DatasetError
+from maskforge.eval.datasets.check import check_layout, format_report, sample_ids
+from maskforge.eval.datasets.config import ToyConfig
+from maskforge.eval.datasets.pascal import PascalDataset
 
 SMALL_TOY = ToyConfig(n_train=8, n_val=4, image_size=32)
 

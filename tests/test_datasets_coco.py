@@ -5,12 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from eval.folds import COCO_CLASSES
-from tasks.datasets.base import DatasetError
-from tasks.datasets.coco import CocoDataset
-from tasks.labels import IGNORE
 from fakes import box, coco_categories, coco_spec, make_coco, rle, truncate, write_coco_json, write_jpeg
+
+from maskforge.eval.datasets.base import DatasetError
+from maskforge.eval.datasets.coco import CocoDataset
+from maskforge.eval.folds import COCO_CLASSES
+from maskforge.storage.labels import IGNORE
 
 A = "train2014/COCO_train2014_000000000001"
 B = "train2014/COCO_train2014_000000000002"

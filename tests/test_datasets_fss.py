@@ -5,13 +5,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from eval import folds
-from tasks.datasets.base import DatasetError
-from tasks.datasets.fss import FssDataset
 from fakes import FSS_SPLITS, fss_mask, make_fss, truncate, write_jpeg, write_png
 
-SHIPPED = all(resources.files("eval").joinpath("splits", "fss", f"{s}.txt").is_file() for s in ("trn", "val", "test"))
+from maskforge.eval import folds
+from maskforge.eval.datasets.base import DatasetError
+from maskforge.eval.datasets.fss import FssDataset
+
+SHIPPED = all(resources.files("maskforge.eval").joinpath("splits", "fss", f"{s}.txt").is_file() for s in ("trn", "val", "test"))
 
 
 @pytest.fixture

@@ -4,12 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from eval.folds import PASCAL_CLASSES
-from tasks.datasets.base import DatasetError
-from tasks.datasets.pascal import PascalDataset
-from tasks.labels import IGNORE
 from fakes import make_pascal, pascal_labels, truncate, write_jpeg, write_png
+
+from maskforge.eval.datasets.base import DatasetError
+from maskforge.eval.datasets.pascal import PascalDataset
+from maskforge.eval.folds import PASCAL_CLASSES
+from maskforge.storage.labels import IGNORE
 
 
 @pytest.fixture

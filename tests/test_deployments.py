@@ -1,17 +1,18 @@
-"""prefect.yaml: one generate deployment per (dataset, fold), HSNet deployments, schedules; deployment flows; GPU slot."""
+"""prefect.yaml: one generate deployment per (dataset, fold), HSNet deployments, schedules; deployment flows; GPU
+slot."""
 
-import inspect
 import importlib
+import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows.deployments import _overrides, generate_fold
-from flows.serve import serve_env
-from storage.reader import RunReader
-from tasks.config import load_config
-from tasks.gpu import GPU_LIMIT_ENV, gpu_slot
+from maskforge.flows.deployments import _overrides, generate_fold
+from maskforge.flows.serve import serve_env
+from maskforge.storage.reader import RunReader
+from maskforge.tasks.config import load_config
+from maskforge.tasks.wrappers import GPU_LIMIT_ENV, gpu_slot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,8 +42,10 @@ def test_entrypoints_take_their_parameters_and_configs_validate(deployments):
         inspect.signature(flow.fn).bind(**d["parameters"])  # a parameter the flow does not take raises
         params = d["parameters"]
         if func == "generate_fold":
-            config = load_config(ROOT / params["config_path"], _overrides(
-                params["dataset"], params["fold"], params.get("root"), **{"shots.k": params.get("shots")}))
+            config = load_config(
+                ROOT / params["config_path"],
+                _overrides(params["dataset"], params["fold"], params.get("root"), **{"shots.k": params.get("shots")}),
+            )
             assert (config.dataset.name, config.dataset.fold, config.shots.k) == (params["dataset"], params["fold"], 1)
 
 
@@ -56,11 +59,17 @@ def test_serve_environment(tmp_path, monkeypatch):
 @pytest.mark.prefect
 def test_generate_fold_overrides_the_config_file(tmp_path, prefect_harness):
     config = tmp_path / "small.yaml"
-    config.write_text(yaml.safe_dump({
-        "run": {"name": "dep", "out_dir": str(tmp_path / "runs")},
-        "dataset": {"name": "toy", "fold": 0, "toy": {"image_size": 48, "n_train": 60, "n_val": 8}},
-        "shots": {"k": 3}, "base": {"subset_size": 10}, "generation": {"samples_per_class": 1},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "run": {"name": "dep", "out_dir": str(tmp_path / "runs")},
+                "dataset": {"name": "toy", "fold": 0, "toy": {"image_size": 48, "n_train": 60, "n_val": 8}},
+                "shots": {"k": 3},
+                "base": {"subset_size": 10},
+                "generation": {"samples_per_class": 1},
+            }
+        )
+    )
     result = generate_fold(config_path=str(config), dataset="toy", fold=2, shots=1)
     summary = RunReader(result["url"]).summary
     assert summary["fold"] == 2 and all(len(s) == 1 for s in summary["shots"].values())

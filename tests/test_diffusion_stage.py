@@ -2,26 +2,30 @@
 
 import numpy as np
 import pytest
-
-from models.loading import load_pipelines
-from storage.reader import RunReader
-from tasks.config import ConfigError, parse_config
-from tasks.datasets import build_dataset
-from tasks.diffusion import GenItem, class_word, diffusion_samples, generate_items, plan_items
-from tasks.fold_plan import plan_fold
-from tasks.write_run import part_url, write_generated_part
 from tiny import diffusion_section
+
+from maskforge.eval.datasets import build_dataset
+from maskforge.models.loading import load_pipelines
+from maskforge.storage.reader import RunReader
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.config import parse_config
+from maskforge.tasks.diffusion import diffusion_samples, generate_items, plan_items
+from maskforge.tasks.fold_plan import plan_fold
+from maskforge.tasks.prompts import class_word
+from maskforge.tasks.write_run import part_url, write_generated_part
 
 
 def _config(tiny, **diffusion):
-    return parse_config({
-        "run": {"name": "gen", "seed": 3},
-        "dataset": {"name": "toy", "fold": 0, "toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
-        "shots": {"k": 2},
-        "base": {"subset_size": 10},
-        "generation": {"classes": ["red disc"]},
-        "diffusion": diffusion_section(tiny, **diffusion),
-    })
+    return parse_config(
+        {
+            "run": {"name": "gen", "seed": 3},
+            "dataset": {"name": "toy", "fold": 0, "toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
+            "shots": {"k": 2},
+            "base": {"subset_size": 10},
+            "generation": {"classes": ["red disc"]},
+            "diffusion": diffusion_section(tiny, **diffusion),
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +47,9 @@ def test_plan_items_seeds_and_prompts(tiny_models):
     assert items[2].negative_prompt.startswith("longbody, lowres") and items[2].guidance_scale == 9.0
     assert len({i.seed for i in items}) == len(items)
     # the seed depends on (run seed, class, index, source) only
-    again = plan_items(cfg.model_copy(update={"text": cfg.text.model_copy(update={"samples": 5})}), 3, 1, "red disc", ("s0", "s1"))
+    again = plan_items(
+        cfg.model_copy(update={"text": cfg.text.model_copy(update={"samples": 5})}), 3, 1, "red disc", ("s0", "s1")
+    )
     assert again[1].seed == items[1].seed and plan_items(cfg, 4, 1, "red disc", ("s0", "s1"))[0].seed != items[0].seed
     assert class_word("bald_eagle") == "bald eagle"
 
@@ -129,12 +135,19 @@ def test_config_errors_name_the_field(tiny_models):
 def test_out_of_memory_retries_the_batch_at_half_size(setup, monkeypatch):
     import torch
 
-    import tasks.diffusion as diffusion
+    import maskforge.tasks.diffusion as diffusion
 
     config, dataset, plan, pipes = setup
-    cfg = config.diffusion.model_copy(update={"batch_size": 4, "text": config.diffusion.text.model_copy(update={"samples": 4})})
-    items = plan_items(cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update={"conditions": ()})}),
-                       config.run.seed, 1, "red disc", plan.novel[0].shot_ids)
+    cfg = config.diffusion.model_copy(
+        update={"batch_size": 4, "text": config.diffusion.text.model_copy(update={"samples": 4})}
+    )
+    items = plan_items(
+        cfg.model_copy(update={"controlnet": cfg.controlnet.model_copy(update={"conditions": ()})}),
+        config.run.seed,
+        1,
+        "red disc",
+        plan.novel[0].shot_ids,
+    )
     real = diffusion.generate_batch
     sizes = []
 

@@ -6,10 +6,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from eval.episodes import EpisodeError, balanced_base_subset, base_set, sample_shots
-from eval.folds import toy_fold
-from tasks.config import ToyConfig
-from tasks.datasets.toy import ToyDataset
+from maskforge.eval.datasets.config import ToyConfig
+from maskforge.eval.datasets.toy import ToyDataset
+from maskforge.eval.episodes import EpisodeError, balanced_base_subset, base_set, sample_shots
+from maskforge.eval.folds import toy_fold
 
 INDEX = {1: ["a", "b", "c", "d", "e"], 2: ["c", "f"], 3: ["g"], 4: []}
 

@@ -4,24 +4,26 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from flows.generate import generate
-from flows.runners import dask_runner, generate_flow
-from storage.reader import RunReader
-from tasks.config import parse_config
 from tiny import diffusion_section
+
+from maskforge.flows.generate import generate, generate_flow
+from maskforge.flows.runners import dask_runner
+from maskforge.storage.reader import RunReader
+from maskforge.tasks.config import parse_config
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
 
 def _config(out: Path, tiny: dict) -> dict:
-    return parse_config({
-        "run": {"name": "fan", "seed": 4, "out_dir": str(out)},
-        "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
-        "base": {"subset_size": 10},
-        "generation": {"samples_per_class": 2, "classes": ["red disc", "green square", "blue triangle"]},
-        "diffusion": diffusion_section(tiny, text={"samples": 2}, controlnet={"conditions": ["mask"]}),
-    }).resolved()
+    return parse_config(
+        {
+            "run": {"name": "fan", "seed": 4, "out_dir": str(out)},
+            "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
+            "base": {"subset_size": 10},
+            "generation": {"samples_per_class": 2, "classes": ["red disc", "green square", "blue triangle"]},
+            "diffusion": diffusion_section(tiny, text={"samples": 2}, controlnet={"conditions": ["mask"]}),
+        }
+    ).resolved()
 
 
 def _files(run: Path) -> dict[str, bytes]:
@@ -39,7 +41,9 @@ def test_dask_fan_out_equals_the_sequential_run(tmp_path, tiny_models):
         sequential = Path(generate(config=_config(tmp_path / "seq", tiny_models))["url"])
     finally:
         torch.set_num_threads(threads)
-    fanned = Path(generate.with_options(task_runner=dask_runner(workers=2))(config=_config(tmp_path / "dask", tiny_models))["url"])
+    fanned = Path(
+        generate.with_options(task_runner=dask_runner(workers=2))(config=_config(tmp_path / "dask", tiny_models))["url"]
+    )
     keys = RunReader(str(fanned)).manifest.column("key").to_pylist()
     assert keys == RunReader(str(sequential)).manifest.column("key").to_pylist() and len(keys) == len(set(keys)) == 15
     assert _files(fanned) == _files(sequential)

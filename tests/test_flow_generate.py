@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from flows.generate import generate
-from storage.reader import RunReader
-from tasks.config import parse_config
+from maskforge.flows.generate import generate
+from maskforge.storage.reader import RunReader
+from maskforge.tasks.config import parse_config
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 
@@ -73,7 +73,10 @@ def test_generate_writes_a_complete_reproducible_run(tmp_path):
     for name in ("config.yaml", "_COMPLETE.json"):
         first.pop(name), second.pop(name)
     assert first == second and any(name.startswith("shards/") for name in first)
-    marker_a, marker_b = json.loads((run / "_COMPLETE.json").read_text()), json.loads((again / "_COMPLETE.json").read_text())
+    marker_a, marker_b = (
+        json.loads((run / "_COMPLETE.json").read_text()),
+        json.loads((again / "_COMPLETE.json").read_text()),
+    )
     marker_a.pop("config_sha256"), marker_b.pop("config_sha256")
     assert marker_a == marker_b
     before = _files(run)

@@ -2,7 +2,16 @@
 
 import pytest
 
-from eval.folds import COCO_CLASSES, PASCAL_CLASSES, TOY_CLASSES, FoldError, coco_fold, get_fold, pascal_fold, toy_fold
+from maskforge.eval.folds import (
+    COCO_CLASSES,
+    PASCAL_CLASSES,
+    TOY_CLASSES,
+    FoldError,
+    coco_fold,
+    get_fold,
+    pascal_fold,
+    toy_fold,
+)
 
 # Reference: PASCAL-5i fold tables (HSNet / PFENet / GAPS), 1-based VOC ids.
 PASCAL_REF = {

@@ -4,9 +4,9 @@ its loss is zero exactly when the max-normalised word map equals the mask."""
 import pytest
 import torch
 
-from models.grounding import GroundingProcessor, GroundingState, grounding
-from models.xattn import CaptureError, cross_attention_factors
-from tasks.xattn_mask import token_weights
+from maskforge.models.grounding import GroundingProcessor, GroundingState, grounding
+from maskforge.models.xattn import CaptureError, cross_attention_factors
+from maskforge.models.xattn_mask import token_weights
 
 
 def test_processor_matches_stock_attention_and_keeps_word_maps():

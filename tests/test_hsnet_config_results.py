@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import yaml
 
-from storage.results import RESULTS_SCHEMA, ResultsError, append_results, read_results
-from tasks.config import ConfigError
-from tasks.hsnet_config import load_hsnet_config, parse_hsnet_config
+from maskforge.storage.results import RESULTS_SCHEMA, ResultsError, append_results, read_results
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.hsnet.config import load_hsnet_config, parse_hsnet_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -46,7 +46,9 @@ def test_config_errors_name_file_and_field(tmp_path):
 
 def test_hashes_ignore_locations_and_the_training_folder_ignores_eval():
     a = parse_hsnet_config({"model": {"backbone": "tiny"}})
-    b = parse_hsnet_config({"model": {"backbone": "tiny"}, "run": {"out_dir": "elsewhere", "threads": 1}, "eval": {"episodes": 5}})
+    b = parse_hsnet_config(
+        {"model": {"backbone": "tiny"}, "run": {"out_dir": "elsewhere", "threads": 1}, "eval": {"episodes": 5}}
+    )
     assert a.train_hash() == b.train_hash() and a.hash() != b.hash()
     assert b.train_dir() == f"elsewhere/hsnet-{a.train_hash()[:12]}"
     assert b.checkpoint_path() == f"elsewhere/hsnet-{a.train_hash()[:12]}/hsnet.safetensors"
@@ -87,9 +89,9 @@ def test_benchmark_rows_are_validated(tmp_path):
 
 
 def test_episode_images_cache_is_bounded():
-    from tasks.config import ToyConfig
-    from tasks.datasets import build_dataset
-    from tasks.hsnet_data import EpisodeImages, binary_target
+    from maskforge.eval.datasets import build_dataset
+    from maskforge.eval.datasets.config import ToyConfig
+    from maskforge.eval.episode_data import EpisodeImages, binary_target
 
     images = EpisodeImages(build_dataset("toy", None, ToyConfig(image_size=32, n_train=8, n_val=4)), cache_size=2)
     first = images.get("train_000000")

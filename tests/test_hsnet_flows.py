@@ -1,19 +1,20 @@
-"""HSNet flows on the toy world under Prefect and from the CLI: training beats trivial baselines, synthetic supports, results."""
+"""HSNet flows on the toy world under Prefect and from the CLI: training beats trivial baselines, synthetic supports,
+results."""
 
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.generate import generate
-from flows.hsnet import eval_hsnet, train_hsnet
-from storage.results import read_results
-from tasks.config import ConfigError, parse_config
-from tasks.hsnet_config import parse_hsnet_config
-from tasks.hsnet_train import train_hsnet as train_hsnet_fn
+from maskforge.flows.cli import app
+from maskforge.flows.generate import generate
+from maskforge.flows.hsnet import eval_hsnet, train_hsnet
+from maskforge.storage.results import read_results
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.config import parse_config
+from maskforge.tasks.hsnet.config import parse_hsnet_config
+from maskforge.tasks.hsnet.train import train_hsnet as train_hsnet_fn
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
@@ -21,11 +22,13 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """One torch thread for this module (2 shared cores: several times faster than two under contention), restored after."""
-    from tasks.hsnet_data import torch_threads
+    """One torch thread for this module (2 shared cores: several times faster than two under contention), restored
+    after."""
+    from maskforge.models.device import torch_threads
 
     with torch_threads(1):
         yield
+
 
 #: The short CPU run of the "beats trivial baselines" test (figures in README, section HSNet).
 TRAIN_STEPS, TRAIN_BATCH, EVAL_EPISODES = 300, 4, 200
@@ -77,8 +80,10 @@ def test_tiny_hsnet_beats_trivial_baselines(trained):
     assert background["miou"] == 0.0  # no foreground predicted: foreground IoU 0 for every class
     assert ours["miou"] > prior["miou"] + 0.03 and ours["miou"] > background["miou"]
     assert ours["fb_iou"] > max(prior["fb_iou"], background["fb_iou"])
-    print(f"toy HSNet mIoU {ours['miou']:.4f} FB-IoU {ours['fb_iou']:.4f}; prior {prior['miou']:.4f}; "
-          f"trained {report['seconds']} s")
+    print(
+        f"toy HSNet mIoU {ours['miou']:.4f} FB-IoU {ours['fb_iou']:.4f}; prior {prior['miou']:.4f}; "
+        f"trained {report['seconds']} s"
+    )
     rows = read_results(str(root / "results")).to_pylist()
     assert len(rows) == 1
     row = rows[0]
@@ -91,7 +96,9 @@ def test_tiny_hsnet_beats_trivial_baselines(trained):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hsnet-eval-toy-f0"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["hsnet-eval-toy-f0"]))
+        )
     assert artifacts and artifacts[0].type == "table"
     assert "1R" in str(artifacts[0].data) and "baseline: support-prior" in str(artifacts[0].data)
 
@@ -107,7 +114,10 @@ def test_train_twice_reuses_the_checkpoint(trained):
 def test_eval_with_synthetic_supports_reports_both_settings(trained):
     root, config, _ = trained
     run = synthetic_run(root, fold=0, per_class=3)
-    cfg = hsnet_config(root, eval={"episodes": 20, "synthetic_run": run, "synthetic_per_class": 2, "results_dir": str(root / "syn-results")})
+    cfg = hsnet_config(
+        root,
+        eval={"episodes": 20, "synthetic_run": run, "synthetic_per_class": 2, "results_dir": str(root / "syn-results")},
+    )
     cfg["run"] = config["run"]  # same training run folder
     result = eval_hsnet(config=cfg)
     assert set(result["settings"]) == {"1R", "1R+2S"}
@@ -125,7 +135,9 @@ def test_training_with_synthetic_supports(tmp_path):
     # fold 1's novel classes are base classes of fold 0, so a fold-1 run feeds fold-0 training's support pools
     run = synthetic_run(tmp_path, fold=1, per_class=8)
     small = {"name": "toy", "fold": 0, "toy": {"image_size": 64, "n_train": 40, "n_val": 8}}
-    cfg = parse_hsnet_config(hsnet_config(tmp_path, dataset=small, train={"steps": 3, "batch_size": 8, "synthetic_run": run}))
+    cfg = parse_hsnet_config(
+        hsnet_config(tmp_path, dataset=small, train={"steps": 3, "batch_size": 8, "synthetic_run": run})
+    )
     report = train_hsnet_fn(cfg, log=lambda _: None)
     assert report["steps"] == 3 and report["synthetic_support_draws"] > 0
     wrong = synthetic_run(tmp_path, fold=0, per_class=1)  # fold 0's novel classes: none is a base class of fold 0
@@ -156,9 +168,13 @@ def test_cli_reports_config_and_checkpoint_errors(tmp_path):
     out = result.output.replace("\n", "")
     assert "field 'model.img_size'" in out and "field 'train.lr'" in out and str(bad) in out
     missing = tmp_path / "missing.yaml"
-    missing.write_text(yaml.safe_dump({"model": {"backbone": "tiny"}, "eval": {"checkpoint": str(tmp_path / "none.safetensors")}}))
+    missing.write_text(
+        yaml.safe_dump({"model": {"backbone": "tiny"}, "eval": {"checkpoint": str(tmp_path / "none.safetensors")}})
+    )
     result = runner.invoke(app, ["hsnet", "eval", str(missing)])
-    assert result.exit_code == 1 and "none.safetensors" in result.output.replace("\n", "") and "not found" in result.output
+    assert (
+        result.exit_code == 1 and "none.safetensors" in result.output.replace("\n", "") and "not found" in result.output
+    )
     weights = tmp_path / "r50.yaml"
     weights.write_text(yaml.safe_dump({"model": {"backbone": "resnet50"}, "train": {"steps": 1}}))
     result = runner.invoke(app, ["hsnet", "train", str(weights)])

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from eval.hsnet_episodes import TrainEpisodes, eval_episodes
-from eval.episodes import EpisodeError
-from eval.metrics import IoUAccumulator, episode_areas
-from models.hsnet.segmenter import vote_masks
+from maskforge.eval.episodes import EpisodeError
+from maskforge.eval.hsnet_episodes import TrainEpisodes, eval_episodes
+from maskforge.eval.metrics import IoUAccumulator, episode_areas
+from maskforge.models.hsnet.segmenter import vote_masks
 
 
 def test_episode_areas_by_hand_with_ignore():

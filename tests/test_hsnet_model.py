@@ -1,4 +1,5 @@
-"""HSNet model: authors' key names and shapes, strict loading, the 4D conv, features, the conditioning API and its errors."""
+"""HSNet model: authors' key names and shapes, strict loading, the 4D conv, features, the conditioning API and its
+errors."""
 
 import re
 
@@ -6,25 +7,25 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from torch import nn
 from torchvision.models import resnet50
 from typer.testing import CliRunner
 
-from flows.cli import app
-from models.hsnet.backbone import BackboneError, TinySpec, build_backbone, extract_features
-from models.hsnet.checkpoint import CheckpointError, compare_state, load_checkpoint, save_checkpoint
-from models.hsnet.conv4d import CenterPivotConv4d
-from models.hsnet.learner import HPNLearner
-from models.hsnet.model import HSNetCheckpointModule, HSNetSpec, build_hsnet, learnable_parameters
-from models.hsnet.segmenter import HSNetSegmenter, SegmenterInputError
+from maskforge.flows.cli import app
+from maskforge.models.hsnet.backbone import BackboneError, TinySpec, build_backbone, extract_features
+from maskforge.models.hsnet.checkpoint import CheckpointError, compare_state, load_checkpoint, save_checkpoint
+from maskforge.models.hsnet.conv4d import CenterPivotConv4d
+from maskforge.models.hsnet.learner import HPNLearner
+from maskforge.models.hsnet.model import HSNetCheckpointModule, HSNetSpec, build_hsnet, learnable_parameters
+from maskforge.models.hsnet.segmenter import HSNetSegmenter, SegmenterInputError
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """One torch thread for this module (2 shared cores: several times faster than two under contention), restored after."""
-    from tasks.hsnet_data import torch_threads
+    """One torch thread for this module (2 shared cores: several times faster than two under contention), restored
+    after."""
+    from maskforge.models.device import torch_threads
 
     with torch_threads(1):
         yield
@@ -47,14 +48,21 @@ def authors_learner_shapes(inch):
                 shapes[f"module.hpn_learner.{block}.{j}.{conv}.bias"] = [cout]
             shapes[f"module.hpn_learner.{block}.{j + 1}.weight"] = [cout]
             shapes[f"module.hpn_learner.{block}.{j + 1}.bias"] = [cout]
-    for name, (cin, cout) in {"decoder1.0": (128, 128), "decoder1.2": (128, 64), "decoder2.0": (64, 64), "decoder2.2": (64, 2)}.items():
+    for name, (cin, cout) in {
+        "decoder1.0": (128, 128),
+        "decoder1.2": (128, 64),
+        "decoder2.0": (64, 64),
+        "decoder2.2": (64, 2),
+    }.items():
         shapes[f"module.hpn_learner.{name}.weight"] = [cout, cin, 3, 3]
         shapes[f"module.hpn_learner.{name}.bias"] = [cout]
     return shapes
 
 
 @pytest.mark.parametrize(
-    "inch, params", [((3, 23, 4), 2_587_394), ((3, 6, 4), 2_573_794), ((1, 3, 3), 2_570_018)], ids=["r101", "r50", "vgg16"]
+    "inch, params",
+    [((3, 23, 4), 2_587_394), ((3, 6, 4), 2_573_794), ((1, 3, 3), 2_570_018)],
+    ids=["r101", "r50", "vgg16"],
 )
 def test_learner_keys_shapes_and_parameter_counts_match_the_authors(inch, params):
     learner = HPNLearner(inch)
@@ -166,7 +174,11 @@ def test_resnet_features_are_pre_relu_bottleneck_outputs():
     assert [tuple(level[0].shape[1:]) for level in levels] == [(512, 2, 2), (256, 4, 4), (128, 8, 8)]
     assert all((f < 0).any() for level in levels for f in level)  # before the block's ReLU: negatives survive
     with torch.no_grad():  # the ReLU of the last layer4 feature is torchvision's own layer4 output
-        ref = backbone.layer4(backbone.layer3(backbone.layer2(backbone.layer1(backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))))))
+        ref = backbone.layer4(
+            backbone.layer3(
+                backbone.layer2(backbone.layer1(backbone.maxpool(backbone.relu(backbone.bn1(backbone.conv1(x))))))
+            )
+        )
     assert torch.allclose(torch.relu(levels[0][-1]), ref, atol=1e-5)
 
 
@@ -175,7 +187,9 @@ def test_vgg16_feature_layout():
     backbone = build_backbone("vgg16", None).eval()
     levels = extract_features(backbone, torch.randn(1, 3, 64, 64))
     assert [[tuple(f.shape[1:]) for f in level] for level in levels] == [
-        [(512, 2, 2)], [(512, 4, 4)] * 3, [(512, 8, 8)] * 3
+        [(512, 2, 2)],
+        [(512, 4, 4)] * 3,
+        [(512, 8, 8)] * 3,
     ]
 
 
@@ -199,7 +213,9 @@ def test_center_pivot_conv_equals_its_two_2d_convolutions():
 @pytest.fixture(scope="module")
 def segmenter():
     torch.manual_seed(0)
-    return HSNetSegmenter(build_hsnet(HSNetSpec("tiny", 64, TinySpec(layers=(1, 1, 2, 1), width_per_group=8)), None), batch_size=3)
+    return HSNetSegmenter(
+        build_hsnet(HSNetSpec("tiny", 64, TinySpec(layers=(1, 1, 2, 1), width_per_group=8)), None), batch_size=3
+    )
 
 
 def _support(size=48, seed=0):
@@ -231,17 +247,23 @@ def test_bad_inputs_give_clear_errors(segmenter):
     image, mask = _support()
     with pytest.raises(SegmenterInputError, match=r"supports\[1\] mask has no foreground pixel"):
         segmenter.condition([(image, mask), (image, np.zeros_like(mask))])
-    with pytest.raises(SegmenterInputError, match=r"supports\[0\] mask has shape \(20, 20\), expected the image's size \(48, 48\)"):
+    with pytest.raises(
+        SegmenterInputError, match=r"supports\[0\] mask has shape \(20, 20\), expected the image's size \(48, 48\)"
+    ):
         segmenter.condition([(image, np.ones((20, 20), bool))])
     with pytest.raises(SegmenterInputError, match=r"expected a uint8 RGB array of shape \(H, W, 3\), got float64"):
         segmenter.condition([(image.astype(float), mask)])
     with pytest.raises(SegmenterInputError, match="supports is empty"):
         segmenter.condition([])
     state = segmenter.condition([(image, mask)])
-    with pytest.raises(SegmenterInputError, match=r"images\[1\] has shape \(32, 32, 3\) but images\[0\] has \(48, 48, 3\)"):
+    with pytest.raises(
+        SegmenterInputError, match=r"images\[1\] has shape \(32, 32, 3\) but images\[0\] has \(48, 48, 3\)"
+    ):
         segmenter.predict(state, [image, image[:32, :32]])
     other = HSNetSegmenter(build_hsnet(HSNetSpec("tiny", 64, TinySpec(layers=(1, 2, 1, 1), width_per_group=8)), None))
-    with pytest.raises(SegmenterInputError, match=r"has \[1, 1, 2\] feature maps per level, this model expects \[1, 2, 1\]"):
+    with pytest.raises(
+        SegmenterInputError, match=r"has \[1, 1, 2\] feature maps per level, this model expects \[1, 2, 1\]"
+    ):
         segmenter.predict(other.condition([(image, mask)]), [image])
     with pytest.raises(SegmenterInputError, match="state must be a SupportState"):
         segmenter.predict({"levels": []}, [image])
@@ -271,7 +293,7 @@ def test_segmenter_on_gpu_agrees_with_cpu():
 
 
 def test_backbone_is_told_from_the_authors_key_layout():
-    from models.hsnet.checkpoint import infer_spec
+    from maskforge.models.hsnet.checkpoint import infer_spec
 
     t = torch.zeros(1)
     assert infer_spec({"module.backbone.features.0.weight": t}, None, "x").backbone == "vgg16"

@@ -9,25 +9,27 @@ import time
 from pathlib import Path
 
 import pytest
-
-from storage.reader import RunReader
-from tasks.config import parse_config
 from tiny import diffusion_section
+
+from maskforge.storage.reader import RunReader
+from maskforge.tasks.config import parse_config
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _config(out: Path, tiny: dict) -> dict:
-    return parse_config({
-        "run": {"name": "kill", "seed": 2, "out_dir": str(out)},
-        "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
-        "shots": {"k": 2},
-        "base": {"subset_size": 10},
-        "generation": {"samples_per_class": 3, "classes": ["red disc", "green square"]},
-        "shards": {"max_count": 1},
-        "diffusion": diffusion_section(tiny, text={"samples": 2}, controlnet={"conditions": ["mask"]}),
-    }).resolved()
+    return parse_config(
+        {
+            "run": {"name": "kill", "seed": 2, "out_dir": str(out)},
+            "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
+            "shots": {"k": 2},
+            "base": {"subset_size": 10},
+            "generation": {"samples_per_class": 3, "classes": ["red disc", "green square"]},
+            "shards": {"max_count": 1},
+            "diffusion": diffusion_section(tiny, text={"samples": 2}, controlnet={"conditions": ["mask"]}),
+        }
+    ).resolved()
 
 
 def _files(run: Path) -> dict[str, bytes]:
@@ -46,8 +48,13 @@ def _run_until(config: dict, condition=lambda: False, timeout: float = 300.0) ->
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(ROOT)}
     code = "import json, sys; from flows.generate import generate; generate(config=json.loads(sys.argv[1]))"
-    child = subprocess.Popen([sys.executable, "-c", code, json.dumps(config)], env=env, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, json.dumps(config)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + timeout
     while child.poll() is None and time.monotonic() < deadline:
         if condition():

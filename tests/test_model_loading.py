@@ -4,13 +4,18 @@ import shutil
 
 import pytest
 import torch
+from tiny import diffusion_section
 
-from models.loading import (
-    ModelLoadError, check_pipeline_folder, content_id, load_hed, load_pipelines, resolve_device_dtype,
+from maskforge.models.diffusion_config import DiffusionConfig
+from maskforge.models.loading import (
+    ModelLoadError,
+    check_pipeline_folder,
+    content_id,
+    load_hed,
+    load_pipelines,
+    resolve_device_dtype,
     resolve_model_path,
 )
-from tasks.config import DiffusionConfig
-from tiny import diffusion_section
 
 
 def test_loads_tiny_models_with_provenance(tiny_models):
@@ -46,7 +51,11 @@ def test_missing_folder_names_the_path(tmp_path):
 
 def test_uncached_hub_id_is_an_error_not_a_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(ModelLoadError, match="'stable-diffusion-v1-5/stable-diffusion-v1-5' is neither a folder nor a hub id in the local cache.*never downloads"):
+    with pytest.raises(
+        ModelLoadError,
+        match="'stable-diffusion-v1-5/stable-diffusion-v1-5' is neither a folder nor a hub id in the local cache"
+        ".*never downloads",
+    ):
         resolve_model_path("stable-diffusion-v1-5/stable-diffusion-v1-5", "diffusion.model")
 
 
@@ -69,8 +78,18 @@ def test_incomplete_pipeline_folders(tiny_models, tmp_path):
 def test_missing_controlnet_and_hed(tiny_models, tmp_path):
     empty = tmp_path / "cn"
     empty.mkdir()
-    cfg = DiffusionConfig(**diffusion_section(tiny_models, controlnet={"models": {
-        "mask": str(empty), "hed": tiny_models["controlnet-hed"], "scribble": tiny_models["controlnet-scribble"]}}))
+    cfg = DiffusionConfig(
+        **diffusion_section(
+            tiny_models,
+            controlnet={
+                "models": {
+                    "mask": str(empty),
+                    "hed": tiny_models["controlnet-hed"],
+                    "scribble": tiny_models["controlnet-scribble"],
+                }
+            },
+        )
+    )
     with pytest.raises(ModelLoadError, match=rf"diffusion.controlnet.models.mask: {empty} has no config.json"):
         load_pipelines(cfg)
     with pytest.raises(ModelLoadError, match=rf"{tmp_path / 'ControlNetHED.pth'} not found"):
@@ -87,8 +106,8 @@ def test_device_and_dtype_rules():
 
 
 def test_run_identity_follows_model_content(tmp_path, tiny_models):
-    from tasks.config import parse_config
-    from tasks.write_run import run_url
+    from maskforge.tasks.config import parse_config
+    from maskforge.tasks.write_run import run_url
 
     models = {name: str(tmp_path / name) for name in tiny_models}
     for name, folder in tiny_models.items():

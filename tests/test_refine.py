@@ -3,14 +3,15 @@
 import numpy as np
 import pytest
 import torch
-
-from models.hsnet.checkpoint import CheckpointError, save_checkpoint
-from models.hsnet.model import HSNetSpec, TinySpec, build_hsnet
-from storage.reader import RunReader
-from tasks.config import ConfigError, RefinementConfig, parse_config
-from tasks.labels import iou
-from tasks.refine import load_segmenter, ood_scores, refine_masks
 from tiny import diffusion_section
+
+from maskforge.eval.metrics import iou
+from maskforge.models.hsnet.checkpoint import CheckpointError, save_checkpoint
+from maskforge.models.hsnet.model import HSNetSpec, TinySpec, build_hsnet
+from maskforge.storage.reader import RunReader
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.config import RefinementConfig, parse_config
+from maskforge.tasks.refine import load_segmenter, ood_scores, refine_masks
 
 
 class OracleSegmenter:
@@ -76,7 +77,11 @@ def test_no_acceptance_keeps_the_first_conditioning():
 def test_ood_scores_are_the_one_shot_iou_on_the_real_shots():
     real_mask = _square(4, 4)
     real = [(_image(real_mask), real_mask), (_image(real_mask), real_mask)]
-    samples = [(_image(real_mask), real_mask), (_image(real_mask), _square(4, 8)), (_image(real_mask), np.zeros_like(real_mask))]
+    samples = [
+        (_image(real_mask), real_mask),
+        (_image(real_mask), _square(4, 8)),
+        (_image(real_mask), np.zeros_like(real_mask)),
+    ]
     scores = ood_scores(CopySegmenter(), samples, real)
     assert scores == [1.0, pytest.approx(iou(_square(4, 8), real_mask)), 0.0]
 
@@ -92,19 +97,21 @@ def test_refinement_config_and_checkpoint_errors(tmp_path):
 
 @pytest.mark.prefect
 def test_generate_flow_refines_and_filters(tiny_models, tmp_path, prefect_harness):
-    from flows.generate import generate
+    from maskforge.flows.generate import generate
 
     spec = HSNetSpec("tiny", 64, TinySpec((1, 1, 1, 1), 8, True), 0)
     checkpoint = tmp_path / "hsnet.safetensors"
     save_checkpoint(checkpoint, build_hsnet(spec, None), None)  # random weights: the flow's wiring, not its quality
-    config = parse_config({
-        "run": {"name": "ref", "out_dir": str(tmp_path / "runs")},
-        "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
-        "base": {"subset_size": 10},
-        "generation": {"samples_per_class": 1, "classes": ["red disc"]},
-        "diffusion": diffusion_section(tiny_models, controlnet={"conditions": ["mask"]}),
-        "refinement": {"checkpoint": str(checkpoint), "device": "cpu", "beta": 0.0},
-    }).resolved()
+    config = parse_config(
+        {
+            "run": {"name": "ref", "out_dir": str(tmp_path / "runs")},
+            "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
+            "base": {"subset_size": 10},
+            "generation": {"samples_per_class": 1, "classes": ["red disc"]},
+            "diffusion": diffusion_section(tiny_models, controlnet={"conditions": ["mask"]}),
+            "refinement": {"checkpoint": str(checkpoint), "device": "cpu", "beta": 0.0},
+        }
+    ).resolved()
     reader = RunReader(generate(config=config)["url"])
     summary = reader.summary
     assert summary["ood_rejected"] == {"red disc": 0}  # beta 0 keeps everything
@@ -125,8 +132,8 @@ def test_generate_flow_refines_and_filters(tiny_models, tmp_path, prefect_harnes
 
 
 def test_refine_class_drops_empty_masks_and_ood_samples():
-    from storage.codec import ShardSample
-    from tasks.refine import refine_class
+    from maskforge.storage.codec import ShardSample
+    from maskforge.tasks.refine import refine_class
 
     truth = _square(4, 4)
     real = [(_image(truth), truth)]
@@ -140,6 +147,7 @@ def test_refine_class_drops_empty_masks_and_ood_samples():
         sample("empty", "cn-mask", np.zeros_like(truth), _square(10, 10)),  # the segmenter finds nothing: empty
         sample("far", "text", _square(14, 14), _square(14, 14)),  # its mask does not segment the real shot
     ]
+
     class Scripted(OracleSegmenter):
         """Oracle on generated images (refinement), copy of the support's mask on the real shot (OOD filter)."""
 

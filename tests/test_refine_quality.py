@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from eval.corruption import CORRUPTIONS, CorruptionError, corrupt, dilate, erode, object_radius
-from tasks.labels import iou
+from maskforge.eval.corruption import CORRUPTIONS, CorruptionError, corrupt, dilate, erode, object_radius
+from maskforge.eval.metrics import iou
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "checkpoints" / "hsnet-toy-f0.safetensors"
@@ -68,12 +68,12 @@ def test_corruption_directions_and_errors():
 
 def quality(segmenter, kinds, alpha: float = 0.8) -> dict:
     """Run the study on fold 0's novel classes; return mean IoUs to truth of coarse and refined masks, per branch."""
-    from eval.episodes import sample_shots
-    from eval.folds import get_fold
-    from tasks.config import ToyConfig
-    from tasks.datasets import build_dataset
-    from tasks.labels import binary_mask
-    from tasks.refine import refine_masks
+    from maskforge.eval.datasets import build_dataset
+    from maskforge.eval.datasets.config import ToyConfig
+    from maskforge.eval.episodes import sample_shots
+    from maskforge.eval.folds import get_fold
+    from maskforge.storage.labels import binary_mask
+    from maskforge.tasks.refine import refine_masks
 
     dataset = build_dataset("toy", None, ToyConfig(image_size=64, n_train=400, n_val=N_VAL))
     index = dataset.class_index("val")
@@ -111,9 +111,9 @@ def quality(segmenter, kinds, alpha: float = 0.8) -> dict:
 @pytest.fixture(scope="module")
 def segmenter():
     """The shipped toy HSNet (fold 0 base classes), one torch thread."""
-    from models.hsnet.checkpoint import load_checkpoint
-    from models.hsnet.segmenter import HSNetSegmenter
-    from tasks.hsnet_data import torch_threads
+    from maskforge.models.device import torch_threads
+    from maskforge.models.hsnet.checkpoint import load_checkpoint
+    from maskforge.models.hsnet.segmenter import HSNetSegmenter
 
     with torch_threads(1):
         net, _ = load_checkpoint(CHECKPOINT)
@@ -121,7 +121,7 @@ def segmenter():
 
 
 def test_shipped_checkpoint_matches_its_config():
-    from models.hsnet.checkpoint import read_state
+    from maskforge.models.hsnet.checkpoint import read_state
 
     assert CHECKPOINT.stat().st_size < 15 * 2**20
     _, meta = read_state(CHECKPOINT)
@@ -132,7 +132,7 @@ def test_shipped_checkpoint_matches_its_config():
 
 @pytest.mark.parametrize(("name", "kinds", "margin"), [("strong", STRONG, 0.05), ("mixed", MIXED, 0.03)])
 def test_refinement_beats_corrupted_masks(segmenter, name, kinds, margin):
-    from tasks.hsnet_data import torch_threads
+    from maskforge.models.device import torch_threads
 
     with torch_threads(1):
         result = quality(segmenter, kinds)

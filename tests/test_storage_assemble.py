@@ -1,11 +1,11 @@
 """assemble_run: completed parts become one run (shards moved, manifests merged, marker last); bad parts are refused."""
 
 import pytest
-
-from storage.assemble import assemble_run, is_complete
-from storage.reader import RunIncompleteError, RunReader
-from storage.shards import RunWriter, write_config
 from test_storage_shards import make_sample
+
+from maskforge.storage.assemble import assemble_run, is_complete
+from maskforge.storage.reader import RunIncompleteError, RunReader
+from maskforge.storage.shards import RunWriter, write_config
 
 
 def write_part(url, indices, prefix):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storage.codec import (
+from maskforge.storage.codec import (
     ShardCodecError,
     ShardKeyError,
     ShardSample,
@@ -27,7 +27,13 @@ def make_sample(key="fold0/c0005/real-0001", classes=(5,), seed=0, extras=None) 
     for i, class_id in enumerate(classes):
         label[2 + 5 * i : 6 + 5 * i, 3:12] = class_id
     label[20:22, :] = -1
-    meta = {"dataset": "toy", "fold": 0, "shot_ids": ["s1", "s2"], "scores": {"clip": 0.25}, "nested": {"a": [1, 2.5, None]}}
+    meta = {
+        "dataset": "toy",
+        "fold": 0,
+        "shot_ids": ["s1", "s2"],
+        "scores": {"clip": 0.25},
+        "nested": {"a": [1, 2.5, None]},
+    }
     return ShardSample(key, image, label, meta, extras or {})
 
 

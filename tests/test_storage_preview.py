@@ -5,8 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from storage.codec import ShardSample
-from storage.preview import IGNORE_COLOURS, LEGEND_WIDTH, PAD, ROW_HEIGHT, TITLE_HEIGHT, class_colours, render_preview
+from maskforge.storage.codec import ShardSample
+from maskforge.storage.preview import (
+    IGNORE_COLOURS,
+    LEGEND_WIDTH,
+    PAD,
+    ROW_HEIGHT,
+    TITLE_HEIGHT,
+    class_colours,
+    render_preview,
+)
 
 
 def make_sample() -> ShardSample:
@@ -51,7 +59,10 @@ def test_preview_size_overlay_and_legend():
 def test_small_side_is_upscaled_only_when_needed_and_the_legend_sets_a_minimum_height():
     sample = make_sample()
     legend_height = 2 * PAD + ROW_HEIGHT * (1 + 3)  # header row + cat, abacus, ignore
-    assert render_preview(sample, {3: "a", 1000: "b"}, min_side=40).size == (64 + LEGEND_WIDTH, TITLE_HEIGHT + legend_height)
+    assert render_preview(sample, {3: "a", 1000: "b"}, min_side=40).size == (
+        64 + LEGEND_WIDTH,
+        TITLE_HEIGHT + legend_height,
+    )
 
 
 def test_unnamed_class_is_an_error():

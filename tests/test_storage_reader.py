@@ -8,9 +8,9 @@ import fsspec
 import numpy as np
 import pytest
 
-from storage.codec import ShardSample, decode_sample, encode_sample
-from storage.reader import RunIncompleteError, RunReader, open_shard_streams
-from storage.shards import RunWriter, write_config
+from maskforge.storage.codec import ShardSample, decode_sample, encode_sample
+from maskforge.storage.reader import RunIncompleteError, RunReader, open_shard_streams
+from maskforge.storage.shards import RunWriter, write_config
 
 
 def make_sample(i: int) -> ShardSample:
@@ -85,7 +85,11 @@ def test_iteration_yields_the_written_samples_in_order(run):
     assert reader.config == {"seed": 1, "name": "r"}
     assert reader.marker["n_samples"] == 5
     assert reader.manifest.column("key").to_pylist() == reader.keys()
-    assert [u.rsplit("/", 1)[-1] for u in reader.shard_urls()] == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert [u.rsplit("/", 1)[-1] for u in reader.shard_urls()] == [
+        "shard-000000.tar",
+        "shard-000001.tar",
+        "shard-000002.tar",
+    ]
 
 
 def test_get_equals_the_iterated_sample(run):

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from storage.codec import ShardKeyError, ShardSample, encode_sample
-from storage.manifest import MANIFEST_SCHEMA, ManifestError
-from storage.shards import RunExistsError, RunWriter, write_config
+from maskforge.storage.codec import ShardKeyError, ShardSample, encode_sample
+from maskforge.storage.manifest import MANIFEST_SCHEMA, ManifestError
+from maskforge.storage.shards import RunExistsError, RunWriter, write_config
 
 
 def meta_for(i: int) -> dict:
@@ -114,7 +114,13 @@ def test_marker_records_hashes_sizes_and_is_written_last(tmp_path):
         assert entry["sha256"] == hashlib.sha256(data).hexdigest() and entry["bytes"] == len(data)
     assert json.loads((run / "summary.json").read_text()) == {"n": 4, "note": "test"}
     assert (run / "config.yaml").read_text() == "b:\n- 1\n- 2\nrun:\n  name: t\n"
-    assert sorted(p.name for p in run.iterdir()) == ["_COMPLETE.json", "config.yaml", "manifest.parquet", "shards", "summary.json"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "_COMPLETE.json",
+        "config.yaml",
+        "manifest.parquet",
+        "shards",
+        "summary.json",
+    ]
 
 
 def test_reruns_into_two_folders_are_byte_identical(tmp_path):
@@ -218,7 +224,7 @@ def test_memory_filesystem_run(tmp_path):
 
 
 def test_manifest_bytes_are_deterministic_and_schema_is_fixed():
-    from storage.manifest import manifest_row, rows_to_table, table_to_bytes
+    from maskforge.storage.manifest import manifest_row, rows_to_table, table_to_bytes
 
     rows = [manifest_row(f"k{i}", "shard-000000.tar", meta_for(i), 20, 16) for i in range(3)]
     reordered = [dict(r, scores=list(reversed(r["scores"]))) for r in rows]

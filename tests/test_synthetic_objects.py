@@ -1,13 +1,14 @@
 """Copy-paste of synthetic objects: objects cut from a class's diffusion samples are pasted onto base images."""
 
 import pytest
-
-from flows.generate import generate
-from storage.reader import RunReader
-from tasks.class_samples import object_pool
-from tasks.config import ConfigError, parse_config
-from tasks.fold_plan import ClassPlan
 from tiny import diffusion_section
+
+from maskforge.flows.generate import generate
+from maskforge.storage.reader import RunReader
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.class_samples import object_pool
+from maskforge.tasks.config import parse_config
+from maskforge.tasks.fold_plan import ClassPlan
 
 
 def test_synthetic_source_needs_diffusion_and_samples():
@@ -19,13 +20,15 @@ def test_synthetic_source_needs_diffusion_and_samples():
 
 @pytest.mark.prefect
 def test_flow_pastes_synthetic_objects(tmp_path, tiny_models, prefect_harness):
-    config = parse_config({
-        "run": {"name": "syn", "out_dir": str(tmp_path / "runs")},
-        "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
-        "base": {"subset_size": 10},
-        "generation": {"samples_per_class": 3, "sources": ["real", "synthetic"], "classes": ["red disc"]},
-        "diffusion": diffusion_section(tiny_models, controlnet={"conditions": ["mask"]}),
-    }).resolved()
+    config = parse_config(
+        {
+            "run": {"name": "syn", "out_dir": str(tmp_path / "runs")},
+            "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
+            "base": {"subset_size": 10},
+            "generation": {"samples_per_class": 3, "sources": ["real", "synthetic"], "classes": ["red disc"]},
+            "diffusion": diffusion_section(tiny_models, controlnet={"conditions": ["mask"]}),
+        }
+    ).resolved()
     reader = RunReader(generate(config=config)["url"])
     assert reader.summary["samples_per_class"]["red disc"] == {"real": 3, "synthetic": 3, "text": 2, "cn-mask": 1}
     generated = {s.key: s for s in reader if s.meta["source"] in ("text", "cn-mask")}

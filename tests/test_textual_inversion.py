@@ -3,19 +3,28 @@
 import numpy as np
 import pytest
 import torch
-
-from models.loading import load_pipelines
-from storage.embeddings import STORED_TOKEN, EmbeddingMissingError, read_embedding, save_embedding
-from tasks.config import ConfigError, EmbeddingModeConfig, ToyConfig, parse_config
-from tasks.datasets import build_dataset
-from tasks.diffusion import diffusion_samples
-from tasks.fold_plan import plan_fold
-from tasks.labels import binary_mask
-from tasks.textual_inversion import (
-    InversionProblem, latent_mask, learn_embedding, load_embeddings, masked_noise_loss, shot_embedding,
-    token_position, unload_embeddings,
-)
 from tiny import diffusion_section
+
+from maskforge.eval.datasets import build_dataset
+from maskforge.eval.datasets.config import ToyConfig
+from maskforge.models.diffusion_config import EmbeddingModeConfig
+from maskforge.models.loading import load_pipelines
+from maskforge.models.textual_inversion import (
+    InversionProblem,
+    latent_mask,
+    learn_embedding,
+    load_embeddings,
+    masked_noise_loss,
+    token_position,
+    unload_embeddings,
+)
+from maskforge.storage.embeddings import STORED_TOKEN, EmbeddingMissingError, read_embedding, save_embedding
+from maskforge.storage.labels import binary_mask
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.config import parse_config
+from maskforge.tasks.diffusion import diffusion_samples
+from maskforge.tasks.fold_plan import plan_fold
+from maskforge.tasks.textual_inversion import shot_embedding
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +106,10 @@ def test_only_v_changes_and_the_loss_falls(pipe, shot):
     problem = InversionProblem(pipe, image, mask, "red disc", cfg)
     assert not torch.equal(learned.vector, problem.initial.cpu())
     # on the same fixed draws, the learned vector has a lower Eq. 3 loss than its initialisation ("good")
-    before, after = problem.evaluate(problem.initial, seed=123, draws=64), problem.evaluate(learned.vector, seed=123, draws=64)
+    before, after = (
+        problem.evaluate(problem.initial, seed=123, draws=64),
+        problem.evaluate(learned.vector, seed=123, draws=64),
+    )
     assert after < before, (before, after)
 
 
@@ -119,13 +131,17 @@ def test_saved_embedding_loads_through_stock_diffusers(pipe, tmp_path):
     from safetensors.torch import load_file
 
     assert list(load_file(str(path))) == [STORED_TOKEN]
-    ids = pipe.tokenizer("a photo of a good red disc", padding="max_length", max_length=77, return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        "a photo of a good red disc", padding="max_length", max_length=77, return_tensors="pt"
+    ).input_ids
     base = pipe.text_encoder(ids)[0]
     pipe.load_textual_inversion(str(path), token="<v_9>")  # stock diffusers loader
     try:
         token_id = pipe.tokenizer.convert_tokens_to_ids("<v_9>")
         assert torch.equal(pipe.text_encoder.get_input_embeddings().weight[token_id], vector)
-        with_v = pipe.tokenizer("a photo of a <v_9> red disc", padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with_v = pipe.tokenizer(
+            "a photo of a <v_9> red disc", padding="max_length", max_length=77, return_tensors="pt"
+        ).input_ids
         assert with_v[0, 5] == token_id
         out = pipe.text_encoder(with_v)[0]
         assert not torch.allclose(out[0, 5:], base[0, 5:])  # v* changes the encoding from its position on
@@ -138,13 +154,18 @@ def test_saved_embedding_loads_through_stock_diffusers(pipe, tmp_path):
 
 
 def test_bank_reuses_checks_and_feeds_generation(tiny_models, tmp_path):
-    config = parse_config({
-        "run": {"out_dir": str(tmp_path / "runs"), "seed": 1},
-        "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
-        "shots": {"k": 2}, "base": {"subset_size": 10}, "generation": {"classes": ["red disc"]},
-        "diffusion": diffusion_section(tiny_models, text={"samples": 1}, embedding={"samples": 3, "steps": 5},
-                                       controlnet={"conditions": []}),
-    })
+    config = parse_config(
+        {
+            "run": {"out_dir": str(tmp_path / "runs"), "seed": 1},
+            "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
+            "shots": {"k": 2},
+            "base": {"subset_size": 10},
+            "generation": {"classes": ["red disc"]},
+            "diffusion": diffusion_section(
+                tiny_models, text={"samples": 1}, embedding={"samples": 3, "steps": 5}, controlnet={"conditions": []}
+            ),
+        }
+    )
     dataset = build_dataset("toy", None, config.dataset.toy)
     plan = plan_fold(dataset, config)
     pipes = load_pipelines(config.diffusion)
@@ -157,16 +178,28 @@ def test_bank_reuses_checks_and_feeds_generation(tiny_models, tmp_path):
     assert [shot_embedding(pipes, dataset, config, plan, cls, s) for s in cls.shot_ids] == files  # cached
     assert [f.stat().st_mtime_ns for f in files] == stamp
     _, meta = read_embedding(files[0])
-    assert meta["steps_run"] == 5 and meta["shot_id"] == cls.shot_ids[0] and meta["cache_key"].startswith(files[0].stem[-12:])
-    other = config.model_copy(update={"diffusion": config.diffusion.model_copy(update={
-        "embedding": config.diffusion.embedding.model_copy(update={"learning_rate": 1e-3})})})
+    assert (
+        meta["steps_run"] == 5
+        and meta["shot_id"] == cls.shot_ids[0]
+        and meta["cache_key"].startswith(files[0].stem[-12:])
+    )
+    other = config.model_copy(
+        update={
+            "diffusion": config.diffusion.model_copy(
+                update={"embedding": config.diffusion.embedding.model_copy(update={"learning_rate": 1e-3})}
+            )
+        }
+    )
     with pytest.raises(EmbeddingMissingError):
         shot_embedding(pipes, dataset, other, plan, cls, cls.shot_ids[0], learn=False)  # new hyper-parameters
 
     samples = diffusion_samples(pipes, dataset, config, plan, cls)
     emb = [s for s in samples if s.meta["source"] == "embedding"]
-    assert [s.meta["prompt"] for s in emb] == ["a photo of a <v_0> red disc", "a photo of a <v_1> red disc",
-                                               "a photo of a <v_0> red disc"]
+    assert [s.meta["prompt"] for s in emb] == [
+        "a photo of a <v_0> red disc",
+        "a photo of a <v_1> red disc",
+        "a photo of a <v_0> red disc",
+    ]
     assert [s.meta["embedding_id"] for s in emb] == [files[0].name, files[1].name, files[0].name]
     assert [s.meta["shot_ids"] for s in emb] == [[cls.shot_ids[0]], [cls.shot_ids[1]], [cls.shot_ids[0]]]
     assert all(s.meta["xattn"]["token_indices"] == [6, 7] and s.meta["mask_method"] == "xattn" for s in emb)
@@ -174,5 +207,7 @@ def test_bank_reuses_checks_and_feeds_generation(tiny_models, tmp_path):
     # loading checks that each token resolves to its stored vector
     load_embeddings(pipes.sd, {"<v_0>": files[0]})
     token_id = pipes.sd.tokenizer.convert_tokens_to_ids("<v_0>")
-    torch.testing.assert_close(pipes.sd.text_encoder.get_input_embeddings().weight[token_id], read_embedding(files[0])[0])
+    torch.testing.assert_close(
+        pipes.sd.text_encoder.get_input_embeddings().weight[token_id], read_embedding(files[0])[0]
+    )
     unload_embeddings(pipes.sd, ["<v_0>"])

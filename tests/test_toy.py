@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from tasks.config import ToyConfig
-from tasks.datasets.base import DatasetError
-from tasks.datasets.toy import MATERIAL_RGB, ToyDataset, render_scene, toy_class_parts
-from tasks.labels import BACKGROUND
+from maskforge.eval.datasets.base import DatasetError
+from maskforge.eval.datasets.config import ToyConfig
+from maskforge.eval.datasets.toy import MATERIAL_RGB, ToyDataset, render_scene, toy_class_parts
+from maskforge.storage.labels import BACKGROUND
 
 SMALL = ToyConfig(seed=3, image_size=64, n_train=40, n_val=10)
 

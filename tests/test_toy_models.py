@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eval.toy_generation import class_images, mask_fit, recognition, xattn_fit
-from models.tiny import SD_DIR, controlnet_dir
-from tasks.controls import mask_condition
-from tasks.datasets.toy import render_object
+from maskforge.eval.datasets.toy import render_object
+from maskforge.eval.toy_generation import class_images, mask_fit, recognition
+from maskforge.models.controls import mask_condition
+from maskforge.models.tiny import SD_DIR, controlnet_dir
+from maskforge.tasks.toy_scoring import xattn_fit
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ROOT / "models" / "toy"
@@ -44,8 +45,11 @@ def random_weights(tiny_models):
 
 
 def _class_share(sd, classes) -> float:
-    return float(np.mean([recognition(class_images(sd, c, N, STEPS, GUIDANCE, seed=i), c)["class"]
-                          for i, c in enumerate(classes)]))
+    return float(
+        np.mean(
+            [recognition(class_images(sd, c, N, STEPS, GUIDANCE, seed=i), c)["class"] for i, c in enumerate(classes)]
+        )
+    )
 
 
 def test_shipped_files_are_safetensors_under_40_mb():
@@ -53,15 +57,23 @@ def test_shipped_files_are_safetensors_under_40_mb():
     weights = [p for p in files if p.suffix in (".safetensors", ".bin", ".pt", ".pth", ".ckpt")]
     assert weights and all(p.suffix == ".safetensors" for p in weights)
     assert sum(p.stat().st_size for p in files) < 40 * 2**20
-    assert {"train-diffusion", "train-controlnet-mask"} <= set(__import__("json").loads((TOY / "training.json").read_text()))
+    assert {"train-diffusion", "train-controlnet-mask"} <= set(
+        __import__("json").loads((TOY / "training.json").read_text())
+    )
 
 
 def test_prompts_show_the_class_asked_for(trained, random_weights):
     # the oracle names class and material from the pixels; random weights draw noise it cannot name
-    base, novel, rand = _class_share(trained[0], BASE), _class_share(trained[0], NOVEL), _class_share(random_weights[0], BASE)
+    base, novel, rand = (
+        _class_share(trained[0], BASE),
+        _class_share(trained[0], NOVEL),
+        _class_share(random_weights[0], BASE),
+    )
     assert base >= 0.6, base
     assert rand <= 0.2, rand
-    materials = np.mean([recognition(class_images(trained[0], c, N, STEPS, GUIDANCE, seed=7), c)["material"] for c in NOVEL])
+    materials = np.mean(
+        [recognition(class_images(trained[0], c, N, STEPS, GUIDANCE, seed=7), c)["material"] for c in NOVEL]
+    )
     assert materials >= 0.6, materials  # held-out combinations still get their colour word right
     assert novel >= rand, (novel, rand)
 
@@ -73,7 +85,10 @@ def _cn_fit(pipe, radius: tuple[float, float], centre: tuple[float, float]) -> f
 
 
 def test_mask_controlnet_draws_the_object_inside_the_mask(trained, random_weights):
-    fit = {name: _cn_fit(pipes[1], (0.22, 0.38), (0.38, 0.62)) for name, pipes in (("trained", trained), ("random", random_weights))}
+    fit = {
+        name: _cn_fit(pipes[1], (0.22, 0.38), (0.38, 0.62))
+        for name, pipes in (("trained", trained), ("random", random_weights))
+    }
     assert fit["trained"] >= 0.5, fit
     assert fit["random"] <= 0.2, fit
     # real shots' masks are often small and off-centre: the ControlNet was trained on such objects too
@@ -82,11 +97,13 @@ def test_mask_controlnet_draws_the_object_inside_the_mask(trained, random_weight
 
 
 def test_shipped_hsnet_beats_trivial_baselines():
-    from tasks.hsnet_config import load_hsnet_config
-    from tasks.hsnet_eval import eval_hsnet
+    from maskforge.tasks.hsnet.config import load_hsnet_config
+    from maskforge.tasks.hsnet.eval import eval_hsnet
 
-    cfg = load_hsnet_config(ROOT / "configs" / "hsnet-toy-refine.yaml",
-                            {"eval.checkpoint": str(HSNET), "eval.episodes": 60, "run.threads": 2})
+    cfg = load_hsnet_config(
+        ROOT / "configs" / "hsnet-toy-refine.yaml",
+        {"eval.checkpoint": str(HSNET), "eval.episodes": 60, "run.threads": 2},
+    )
     result = eval_hsnet(cfg, log=lambda _: None)
     ours = result["settings"]["1R"]["miou"]
     assert ours > max(b["miou"] for b in result["baselines"].values()) + 0.1, (ours, result["baselines"])

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from eval.folds import TOY_CLASSES
-from eval.toy_oracle import dominant_material, oracle_mask, recognise, shape_of
-from tasks.datasets.toy import render_object, render_scene
-from tasks.labels import iou
+from maskforge.eval.datasets.toy import render_object, render_scene
+from maskforge.eval.folds import TOY_CLASSES
+from maskforge.eval.metrics import iou
+from maskforge.eval.toy_oracle import dominant_material, oracle_mask, recognise, shape_of
 
 
 def test_oracle_recognises_rendered_objects():

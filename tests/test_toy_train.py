@@ -9,13 +9,17 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from flows.cli import app
-from models.toy_train import ToyTrainConfig, object_set
-from tasks.datasets.toy import render_object
+from maskforge.eval.datasets.toy import render_object
+from maskforge.flows.cli import app
+from maskforge.models.toy_train import ToyTrainConfig, object_set
 
 MINI = {
-    "images_per_class": 2, "threads": 1, "log_every": 1, "device": "cpu",
-    "vae": {"steps": 2, "batch_size": 2}, "diffusion": {"steps": 2, "batch_size": 2},
+    "images_per_class": 2,
+    "threads": 1,
+    "log_every": 1,
+    "device": "cpu",
+    "vae": {"steps": 2, "batch_size": 2},
+    "diffusion": {"steps": 2, "batch_size": 2},
     "ground": {"steps": 2, "batch_size": 2, "grounding_weight": 1.0},
     "controlnet": {"kinds": ["mask", "scribble"], "steps": 1, "batch_size": 2},
 }
@@ -75,10 +79,10 @@ def test_bad_config_field_is_named(tmp_path):
 
 
 def test_cuda_without_gpu_names_the_toy_config_field(tmp_path, monkeypatch):
-    from models.toy_train import train_diffusion
+    from maskforge.models.toy_train import train_diffusion
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match=r"^device \(toy training config\): 'cuda' asked for"):
+    with pytest.raises(ValueError, match=r"^device \(toy training config\): 'cuda' requested"):
         train_diffusion(ToyTrainConfig(**{**MINI, "device": "cuda"}), tmp_path / "toy")
 
 

@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from models.xattn import (
-    AttentionStore, CaptureBatch, CaptureError, CaptureProcessor, capture_cross_attention, cross_attention_factors,
+from maskforge.models.diffusion_config import DiffusionConfig
+from maskforge.models.xattn import (
+    AttentionStore,
+    CaptureBatch,
+    CaptureError,
+    CaptureProcessor,
+    capture_cross_attention,
+    cross_attention_factors,
 )
-from tasks.config import DiffusionConfig
-from tasks.diffusion import GenItem, generate_batch, selected_steps
-from tasks.xattn_mask import coarse_mask, soft_map, token_weights, word_token_indices
+from maskforge.models.xattn_mask import coarse_mask, soft_map, token_weights, word_token_indices
+from maskforge.tasks.diffusion import GenItem, generate_batch, selected_steps
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +73,18 @@ def test_step_range_selects_steps(pipe, tiny_models):
     assert selected_steps(4, (0.0, 0.25)) == frozenset({0})
     with pytest.raises(ValueError, match="selects none of the 2 steps"):
         selected_steps(2, (0.6, 0.9))
-    cfg = _cfg(tiny_models, step_range=(0.5, 1.0))
+    _cfg(tiny_models, step_range=(0.5, 1.0))  # a valid step range
     items = _items(["a photo of a red disc"], [1])
     with capture_cross_attention(pipe.unet, [2, 4]) as store:
         store.begin(CaptureBatch(token_weights([[5, 6]], 77), (16, 16), selected_steps(4, (0.5, 1.0))))
-        pipe(prompt=[items[0].prompt], num_inference_steps=4, height=64, width=64, output_type="np",
-             generator=[torch.Generator().manual_seed(1)])
+        pipe(
+            prompt=[items[0].prompt],
+            num_inference_steps=4,
+            height=64,
+            width=64,
+            output_type="np",
+            generator=[torch.Generator().manual_seed(1)],
+        )
         # 2 of 4 steps kept: 3 layers at factor 2 and 4 layers at factor 4 each time
         assert store.step == 3 and store.counts == {2: 6, 4: 8}
 
@@ -138,7 +149,10 @@ def test_hand_built_attention_gives_the_expected_mask():
 def test_store_rejects_mismatched_attention():
     store = AttentionStore([2])
     store.begin(CaptureBatch(token_weights([[1]], 4), (16, 16), frozenset({0})))
-    with pytest.raises(CaptureError, match=r"factor 2: attention of shape \(2, 60, 4\) does not match 1 prompts x 2 heads over a 8x8 grid"):
+    with pytest.raises(
+        CaptureError,
+        match=r"factor 2: attention of shape \(2, 60, 4\) does not match 1 prompts x 2 heads over a 8x8 grid",
+    ):
         store.add(2, torch.rand(2, 60, 4), 2)
     with pytest.raises(CaptureError, match="factor 2: nothing was captured"):
         store.maps()
@@ -200,8 +214,9 @@ def test_half_precision_capture_on_gpu(tiny_models):
     """On a GPU in float16: capture leaves pixels unchanged and its fp32 sums stay finite."""
     from diffusers import StableDiffusionPipeline
 
-    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None,
-                                                 torch_dtype=torch.float16).to("cuda")
+    sd = StableDiffusionPipeline.from_pretrained(
+        tiny_models["sd"], local_files_only=True, safety_checker=None, torch_dtype=torch.float16
+    ).to("cuda")
     sd.set_progress_bar_config(disable=True)
     cfg = _cfg(tiny_models)
     items = _items(["a photo of a red disc", "a photo of a red disc"], [1, 2])

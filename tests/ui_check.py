@@ -19,8 +19,16 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run", "--disable-quic"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def chromium(url: str, *args: str, budget_ms: int = 20000) -> str:
@@ -29,8 +37,12 @@ def chromium(url: str, *args: str, budget_ms: int = 20000) -> str:
     if exe is None:
         sys.exit("ui-check: chromium not found; install Debian's package: apt-get install chromium")
     with tempfile.TemporaryDirectory() as profile:
-        done = subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args, url],
-                              capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            [exe, *FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *args, url],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     return done.stdout
 
 
@@ -56,8 +68,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{args.port}"
     env = {**os.environ, "PREFECT_HOME": tempfile.mkdtemp(prefix="maskforge-ui-")}
-    serve = subprocess.Popen([str(Path(sys.executable).with_name("maskforge")), "serve", "--port", str(args.port)],
-                             cwd=ROOT, env=env, start_new_session=True)
+    serve = subprocess.Popen(
+        [str(Path(sys.executable).with_name("maskforge")), "serve", "--port", str(args.port)],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while True:  # deployments exist once serve has bootstrapped

@@ -1,4 +1,5 @@
-"""Frozen backbones and their feature pyramids: torchvision ResNet-50/101 and VGG16 from local files, or a tiny ResNet."""
+"""Frozen backbones and their feature pyramids: torchvision ResNet-50/101 and VGG16 from local files, or a tiny
+ResNet."""
 
 from __future__ import annotations
 
@@ -192,5 +193,7 @@ def extract_features(backbone: nn.Module, images: torch.Tensor) -> list[list[tor
             if idx >= VGG_FEAT_IDS[-1]:
                 break
     else:
-        raise BackboneError(f"unsupported backbone module {type(backbone).__name__}; expected a torchvision ResNet or VGG")
+        raise BackboneError(
+            f"unsupported backbone module {type(backbone).__name__}; expected a torchvision ResNet or VGG"
+        )
     return [levels[4], levels[3], levels[2]]

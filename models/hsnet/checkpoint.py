@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from models.hsnet.model import HSNet, HSNetCheckpointModule, HSNetSpec, build_hsnet
+from maskforge.models.hsnet.model import HSNet, HSNetCheckpointModule, HSNetSpec, build_hsnet
 
 #: safetensors metadata key holding our JSON header: model spec and the resolved training config.
 METADATA_KEY = "maskforge.hsnet"
@@ -38,7 +38,11 @@ class LoadReport:
     def describe(self, limit: int = 10) -> str:
         """Return a short human-readable summary listing up to `limit` keys of each kind."""
         parts = []
-        for name, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("shape mismatch", self.mismatched)):
+        for name, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape mismatch", self.mismatched),
+        ):
             if keys:
                 more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
                 parts.append(f"{len(keys)} {name}: {', '.join(keys[:limit])}{more}")
@@ -66,7 +70,9 @@ def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file; say which
         raise CheckpointError(f"checkpoint {str(file)!r} is not a readable torch state dict: {err}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {str(file)!r} holds a {type(state).__name__}, expected a state dict of tensors")
+        raise CheckpointError(
+            f"checkpoint {str(file)!r} holds a {type(state).__name__}, expected a state dict of tensors"
+        )
     return state, None
 
 
@@ -111,7 +117,8 @@ def load_state_strict(net: HSNet, state: dict[str, torch.Tensor], source: str) -
 
 
 def inspect_checkpoint(path: str | Path) -> tuple[HSNet, LoadReport, dict | None]:
-    """Build the HSNet a checkpoint describes and compare keys; load it when they all match. Returns (net, report, meta)."""
+    """Build the HSNet a checkpoint describes and compare keys; load it when they all match. Returns (net, report,
+    meta)."""
     state, meta = read_state(path)
     spec = infer_spec(state, meta, str(path))
     net = build_hsnet(spec, None)
@@ -125,7 +132,9 @@ def load_checkpoint(path: str | Path) -> tuple[HSNet, dict | None]:
     """Load a checkpoint strictly into the HSNet it describes: (net, metadata); a mismatch is a CheckpointError."""
     net, report, meta = inspect_checkpoint(path)
     if not report.ok:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not match HSNet({net.spec.backbone}): {report.describe()}")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not match HSNet({net.spec.backbone}): {report.describe()}"
+        )
     return net, meta
 
 

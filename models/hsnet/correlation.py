@@ -35,6 +35,5 @@ def hypercorrelation(
 ) -> list[torch.Tensor]:
     """Stack per-layer correlations as channels per level: [(B, n_layers, Hq, Wq, Hs, Ws)], deepest level first."""
     return [
-        torch.stack([correlation(q, s) for q, s in zip(qs, ss)], dim=1)
-        for qs, ss in zip(query_levels, support_levels)
+        torch.stack([correlation(q, s) for q, s in zip(qs, ss)], dim=1) for qs, ss in zip(query_levels, support_levels)
     ]

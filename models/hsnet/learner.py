@@ -1,4 +1,5 @@
-"""HPNLearner: squeeze each hypercorrelation level with center-pivot 4D blocks, mix coarse to fine, decode to 2 logits."""
+"""HPNLearner: squeeze each hypercorrelation level with center-pivot 4D blocks, mix coarse to fine, decode to 2
+logits."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.hsnet.conv4d import CenterPivotConv4d
+from maskforge.models.hsnet.conv4d import CenterPivotConv4d
 
 #: Out channels of the three 4D convs of every squeezing block.
 SQUEEZE_CHANNELS: tuple[int, int, int] = (16, 64, 128)
@@ -40,7 +41,8 @@ class HPNLearner(nn.Module):
     """The learnable part of HSNet (about 2.6M parameters); module names follow the authors' checkpoints."""
 
     def __init__(self, inch: tuple[int, int, int]) -> None:
-        """`inch` = feature maps per level, deepest first (ResNet-101: (3, 23, 4); ResNet-50: (3, 6, 4); VGG16: (1, 3, 3))."""
+        """`inch` = feature maps per level, deepest first (ResNet-101: (3, 23, 4); ResNet-50: (3, 6, 4); VGG16: (1, 3,
+        3))."""
         super().__init__()
         c16, c64, c128 = SQUEEZE_CHANNELS
         self.encoder_layer4 = conv4d_block(inch[0], SQUEEZE_CHANNELS, *SQUEEZE_LEVEL4)
@@ -79,5 +81,7 @@ class HPNLearner(nn.Module):
         mix32 = self.encoder_layer3to2(self._mix(mix43, sq2, "level 3 -> 2"))
         encoded = mix32.mean(dim=(-2, -1))  # average the remaining support dims: (B, 128, Hq2, Wq2)
         hidden = self.decoder1(encoded)
-        hidden = F.interpolate(hidden, (hidden.shape[-2] * 2, hidden.shape[-1] * 2), mode="bilinear", align_corners=True)
+        hidden = F.interpolate(
+            hidden, (hidden.shape[-2] * 2, hidden.shape[-1] * 2), mode="bilinear", align_corners=True
+        )
         return self.decoder2(hidden)

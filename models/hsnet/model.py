@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.hsnet.backbone import TinySpec, build_backbone, extract_features, pyramid_counts
-from models.hsnet.correlation import hypercorrelation, mask_features
-from models.hsnet.learner import HPNLearner
+from maskforge.models.hsnet.backbone import TinySpec, build_backbone, extract_features, pyramid_counts
+from maskforge.models.hsnet.correlation import hypercorrelation, mask_features
+from maskforge.models.hsnet.learner import HPNLearner
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,10 @@ class HSNet(nn.Module):
         return [mask_features(level, masks) for level in support_levels]
 
     def logits_from_features(
-        self, query_levels: list[list[torch.Tensor]], masked_support_levels: list[list[torch.Tensor]], size: tuple[int, int]
+        self,
+        query_levels: list[list[torch.Tensor]],
+        masked_support_levels: list[list[torch.Tensor]],
+        size: tuple[int, int],
     ) -> torch.Tensor:
         """Return (B, 2, H, W) logits for query/support feature pyramids, upsampled (align_corners=True) to `size`."""
         logits = self.hpn_learner(hypercorrelation(query_levels, masked_support_levels))
@@ -94,7 +97,8 @@ class HSNet(nn.Module):
 
 
 class HSNetCheckpointModule(nn.Module):
-    """Wraps HSNet as `module` so state-dict keys read `module.backbone.*` / `module.hpn_learner.*`, as in HSNet's files."""
+    """Wraps HSNet as `module` so state-dict keys read `module.backbone.*` / `module.hpn_learner.*`, as in HSNet's
+    files."""
 
     def __init__(self, net: HSNet) -> None:
         super().__init__()
@@ -102,7 +106,8 @@ class HSNetCheckpointModule(nn.Module):
 
 
 def build_hsnet(spec: HSNetSpec, backbone_weights: str | None) -> HSNet:
-    """Build an HSNet; the backbone is loaded from `backbone_weights` (a local file) or stays random (tiny, checkpoints)."""
+    """Build an HSNet; the backbone is loaded from `backbone_weights` (a local file) or stays random (tiny,
+    checkpoints)."""
     return HSNet(spec, build_backbone(spec.backbone, backbone_weights, spec.tiny, spec.tiny_seed))
 
 

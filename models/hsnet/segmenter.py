@@ -9,12 +9,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.hsnet.backbone import IMAGENET_MEAN, IMAGENET_STD, pyramid_counts
-from models.hsnet.model import HSNet
+from maskforge.models.hsnet.backbone import IMAGENET_MEAN, IMAGENET_STD, pyramid_counts
+from maskforge.models.hsnet.model import HSNet
 
 
 class SegmenterInputError(ValueError):
-    """Bad images or masks given to the segmenter (the message names the argument, index, shape and what was expected)."""
+    """Bad images or masks given to the segmenter (the message names the argument, index, shape and what was
+    expected)."""
 
 
 @dataclass(frozen=True)
@@ -26,9 +27,7 @@ class SupportState:
 
     def extend(self, other: "SupportState") -> "SupportState":
         """Return the state of both support sets together (no feature is recomputed)."""
-        levels = tuple(
-            tuple(torch.cat([a, b], 0) for a, b in zip(la, lb)) for la, lb in zip(self.levels, other.levels)
-        )
+        levels = tuple(tuple(torch.cat([a, b], 0) for a, b in zip(la, lb)) for la, lb in zip(self.levels, other.levels))
         return SupportState(levels, self.n_shots + other.n_shots)
 
     def shot(self, k: int) -> list[list[torch.Tensor]]:
@@ -43,7 +42,9 @@ def vote_masks(shot_masks: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
     With K = 1 the one mask is returned as is.
     """
     if shot_masks.ndim != 4:
-        raise SegmenterInputError(f"vote_masks: expected (K, N, H, W) binary masks, got shape {tuple(shot_masks.shape)}")
+        raise SegmenterInputError(
+            f"vote_masks: expected (K, N, H, W) binary masks, got shape {tuple(shot_masks.shape)}"
+        )
     votes = shot_masks.long().sum(0)
     if shot_masks.shape[0] == 1:
         return votes.bool()
@@ -59,7 +60,8 @@ def _check_image(image: np.ndarray, what: str) -> None:
 
 
 def prepare_images(images: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
-    """Return (N, 3, size, size) inputs: uint8 RGB -> [0, 1], bilinear resize (align_corners=True), ImageNet mean/std."""
+    """Return (N, 3, size, size) inputs: uint8 RGB -> [0, 1], bilinear resize (align_corners=True), ImageNet
+    mean/std."""
     out = []
     for image in images:
         t = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0
@@ -132,7 +134,9 @@ class HSNetSegmenter:
     def _check_state(self, state: SupportState) -> None:
         """Raise SegmenterInputError unless state was computed by this segmenter's backbone on its device type."""
         if not isinstance(state, SupportState):
-            raise SegmenterInputError(f"predict: state must be a SupportState from condition(), got {type(state).__name__}")
+            raise SegmenterInputError(
+                f"predict: state must be a SupportState from condition(), got {type(state).__name__}"
+            )
         first = state.levels[0][0]
         if first.device.type != self.device.type:
             raise SegmenterInputError(

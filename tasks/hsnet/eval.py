@@ -2,47 +2,28 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
-from prefect import task
 
-from eval.folds import get_fold
-from eval.hsnet_episodes import eval_episodes
-from eval.metrics import IoUAccumulator
-from models.hsnet.checkpoint import CheckpointError, load_checkpoint
-from models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
-from storage.reader import RunReader
-from storage.results import append_results, read_results
-from tasks.config import ConfigError
-from tasks.datasets import build_dataset
-from tasks.hsnet_config import HsnetConfig, parse_hsnet_config
-from tasks.hsnet_data import EpisodeImages, binary_target, resolve_device, synthetic_keys, torch_threads
-from tasks.seeds import rng_for
-
-
-def code_version() -> str:
-    """Return maskforge's version, plus '+g<commit>' when the code lives in a git checkout (with '-dirty' if edited)."""
-    try:
-        base = version("maskforge")
-    except PackageNotFoundError:
-        base = "0+unknown"
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return base
-    return f"{base}+g{commit}" if commit else base
+from maskforge.eval.datasets import open_dataset
+from maskforge.eval.episode_data import EpisodeImages, binary_target, synthetic_keys
+from maskforge.eval.folds import get_fold
+from maskforge.eval.hsnet_episodes import eval_episodes
+from maskforge.eval.metrics import IoUAccumulator
+from maskforge.eval.seeds import rng_for
+from maskforge.models.device import resolve_device, torch_threads
+from maskforge.models.hsnet.checkpoint import CheckpointError, load_checkpoint
+from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
+from maskforge.storage.reader import RunReader
+from maskforge.storage.results import code_version
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.hsnet.config import HsnetConfig
 
 
 def prior_mask(support_masks: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
@@ -78,7 +59,8 @@ def load_segmenter(config: HsnetConfig) -> tuple[HSNetSegmenter, str]:
 
 
 def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
-    """Evaluate a checkpoint on the fold's novel classes; returns settings (KR and, with synthetic, KR+NS) and baselines.
+    """Evaluate a checkpoint on the fold's novel classes; returns settings (KR and, with synthetic, KR+NS) and
+    baselines.
 
     Episodes: eval.episodes, deterministic from eval.seed (FSS-1000: one per image). Each setting reports mIoU (mean
     over the fold's classes of accumulated foreground IoU) and FB-IoU (mean of pooled background and foreground IoU);
@@ -93,12 +75,20 @@ def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_hsnet."""
     e = config.eval
     segmenter, ckpt = load_segmenter(config)
-    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
+    dataset = open_dataset(config.dataset)
     fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
     if e.split not in dataset.splits():
-        raise ConfigError(f"eval.split: unknown split {e.split!r} of {dataset.name}; expected one of {dataset.splits()}")
+        raise ConfigError(
+            f"eval.split: unknown split {e.split!r} of {dataset.name}; expected one of {dataset.splits()}"
+        )
     episodes = eval_episodes(
-        dataset.class_index(e.split), fold.novel, e.episodes, e.shots, e.seed, dataset.name, fold.index,
+        dataset.class_index(e.split),
+        fold.novel,
+        e.episodes,
+        e.shots,
+        e.seed,
+        dataset.name,
+        fold.index,
         per_image=dataset.name == "fss",
     )
     run = RunReader(e.synthetic_run) if e.synthetic_run else None
@@ -109,11 +99,13 @@ def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
         for cid, class_keys in keys.items():
             if len(class_keys) < e.synthetic_per_class:
                 raise ConfigError(
-                    f"eval.synthetic_per_class: run {e.synthetic_run} holds {len(class_keys)} sample(s) of class {cid}, "
-                    f"fewer than the {e.synthetic_per_class} asked for"
+                    f"eval.synthetic_per_class: run {e.synthetic_run} holds {len(class_keys)} sample(s) of class "
+                    f"{cid}, fewer than the {e.synthetic_per_class} asked for"
                 )
             rng = rng_for("hsnet-eval-synthetic", cid, e.seed)
-            chosen = sorted(class_keys[int(i)] for i in rng.choice(len(class_keys), e.synthetic_per_class, replace=False))
+            chosen = sorted(
+                class_keys[int(i)] for i in rng.choice(len(class_keys), e.synthetic_per_class, replace=False)
+            )
             pairs = []
             for key in chosen:
                 sample = run.get(key)
@@ -191,14 +183,6 @@ def benchmark_rows(config: HsnetConfig, result: dict) -> list[dict]:
     return rows
 
 
-@task(name="eval-hsnet")
-def eval_hsnet_task(config: dict) -> dict:
-    """Prefect task: eval_hsnet on a resolved config (one coarse task: all episodes)."""
-    from prefect import get_run_logger
-
-    return eval_hsnet(parse_hsnet_config(config), log=get_run_logger().info)
-
-
 def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:
     """Return markdown comparing the benchmark rows of one (dataset, fold, shots) over time, per setting, newest last:
     mIoU and FB-IoU in %, and the change of mIoU from the previous run of the same setting."""
@@ -206,40 +190,19 @@ def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -
     lines = [f"# HSNet trend: {dataset} fold {fold}, {shots}-shot", ""]
     for setting in sorted({r["setting"] for r in rows}):
         runs = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["created_at"])[-last:]
-        lines += [f"## {setting}", "", "| evaluated | backbone | checkpoint | mIoU | FB-IoU | Δ mIoU |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {setting}",
+            "",
+            "| evaluated | backbone | checkpoint | mIoU | FB-IoU | Δ mIoU |",
+            "|---|---|---|---|---|---|",
+        ]
         previous = None
         for r in runs:
             delta = "" if previous is None else f"{100 * (r['miou'] - previous):+.2f}"
-            lines.append(f"| {r['created_at']} | {r['backbone']} | {r['checkpoint'].rsplit('/', 1)[-1]} | "
-                         f"{100 * r['miou']:.2f} | {100 * r['fb_iou']:.2f} | {delta} |")
+            lines.append(
+                f"| {r['created_at']} | {r['backbone']} | {r['checkpoint'].rsplit('/', 1)[-1]} | "
+                f"{100 * r['miou']:.2f} | {100 * r['fb_iou']:.2f} | {delta} |"
+            )
             previous = r["miou"]
         lines.append("")
     return "\n".join(lines)
-
-
-@task(name="record-hsnet-results")
-def record_results_task(config: dict, result: dict) -> dict:
-    """Prefect task: append the evaluation's rows to the benchmark table and publish them as a table artifact."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    cfg = parse_hsnet_config(config)
-    rows = benchmark_rows(cfg, result)
-    url = append_results(cfg.eval.results_dir, rows)
-    table = [
-        {k: (round(v * 100, 2) if k in ("miou", "fb_iou") else v) for k, v in row.items() if k != "class_iou"}
-        for row in rows
-    ] + [
-        {"setting": f"baseline: {name}", "miou": round(s["miou"] * 100, 2), "fb_iou": round(s["fb_iou"] * 100, 2)}
-        for name, s in result["baselines"].items()
-    ]
-    create_table_artifact(
-        key=f"hsnet-eval-{result['dataset']}-f{result['fold']}",
-        table=table,
-        description=f"HSNet evaluation (mIoU / FB-IoU in %), {result['episodes']} episodes; rows appended to {url}",
-    )
-    create_markdown_artifact(
-        key=f"hsnet-trend-{result['dataset']}-f{result['fold']}",
-        markdown=trend_markdown(read_results(cfg.eval.results_dir), result["dataset"], result["fold"], result["shots"]),
-        description="This evaluation against earlier ones of the same dataset, fold and shots",
-    )
-    return {"table_file": url, "rows": rows}

@@ -22,9 +22,3 @@ def present_classes(label: np.ndarray) -> tuple[int, ...]:
 def binary_mask(label: np.ndarray, class_id: int) -> np.ndarray:
     """Return the boolean foreground mask of one class in a label map."""
     return label == class_id
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Return the intersection over union of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.datasets.base import DatasetError
+from maskforge.eval.datasets.base import DatasetError
 
 #: What PIL raises for unreadable, truncated or hostile files (UnidentifiedImageError is an OSError).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)

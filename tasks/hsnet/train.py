@@ -8,29 +8,22 @@ from collections.abc import Callable
 
 import torch
 import yaml
-from prefect import task
 
-from eval.folds import get_fold
-from eval.hsnet_episodes import TrainEpisodes
-from models.hsnet.backbone import TinySpec, calibrate_batchnorm
-from models.hsnet.checkpoint import save_checkpoint
-from models.hsnet.model import HSNet, HSNetSpec, build_hsnet, learnable_parameters
-from models.hsnet.segmenter import prepare_images, prepare_labels
-from storage.fs import atomic_write_bytes, exists, join, read_bytes
-from storage.reader import RunReader
-from tasks.config import ConfigError
-from tasks.datasets import build_dataset
-from tasks.datasets.base import SegDataset
-from tasks.hsnet_config import HsnetConfig, parse_hsnet_config
-from tasks.hsnet_data import (
-    SYNTHETIC_PREFIX,
-    EpisodeImages,
-    binary_target,
-    resolve_device,
-    synthetic_keys,
-    torch_threads,
-)
-from tasks.seeds import derive_seed
+from maskforge.eval.datasets import open_dataset
+from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.episode_data import SYNTHETIC_PREFIX, EpisodeImages, binary_target, synthetic_keys
+from maskforge.eval.folds import get_fold
+from maskforge.eval.hsnet_episodes import TrainEpisodes
+from maskforge.eval.seeds import derive_seed
+from maskforge.models.device import resolve_device, torch_threads
+from maskforge.models.hsnet.backbone import TinySpec, calibrate_batchnorm
+from maskforge.models.hsnet.checkpoint import save_checkpoint
+from maskforge.models.hsnet.model import HSNet, HSNetSpec, build_hsnet, learnable_parameters
+from maskforge.models.hsnet.segmenter import prepare_images, prepare_labels
+from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
+from maskforge.storage.reader import RunReader
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.hsnet.config import HsnetConfig
 
 CHECKPOINT_NAME = "hsnet.safetensors"
 TRAIN_LOG_NAME = "train.json"
@@ -45,7 +38,9 @@ def model_spec(config: HsnetConfig) -> HSNetSpec:
 def calibrate_tiny(net: HSNet, dataset: SegDataset, split: str, n_images: int, size: int, device: torch.device) -> None:
     """Estimate the tiny backbone's BatchNorm statistics on the first n_images of a split (deterministic)."""
     ids = dataset.image_ids(split)[:n_images]
-    batches = [prepare_images([dataset.load(i).image for i in ids[b : b + 32]], size, device) for b in range(0, len(ids), 32)]
+    batches = [
+        prepare_images([dataset.load(i).image for i in ids[b : b + 32]], size, device) for b in range(0, len(ids), 32)
+    ]
     calibrate_batchnorm(net.backbone, batches)
 
 
@@ -76,10 +71,12 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     device = resolve_device(config.run.device)
     torch.manual_seed(derive_seed("hsnet-learner-init", t.seed))
     net = build_hsnet(model_spec(config), m.weights).to(device)
-    dataset = build_dataset(config.dataset.name, config.dataset.root, config.dataset.toy)
+    dataset = open_dataset(config.dataset)
     fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
     if t.split not in dataset.splits():
-        raise ConfigError(f"train.split: unknown split {t.split!r} of {dataset.name}; expected one of {dataset.splits()}")
+        raise ConfigError(
+            f"train.split: unknown split {t.split!r} of {dataset.name}; expected one of {dataset.splits()}"
+        )
     index = dataset.class_index(t.split)
     if m.backbone == "tiny" and m.tiny_calibration_images:
         calibrate_tiny(net, dataset, t.split, m.tiny_calibration_images, m.img_size, device)
@@ -102,7 +99,10 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     size = m.img_size
     net.train()
     losses, window, start, synthetic_draws = [], [], time.perf_counter(), 0
-    log(f"training HSNet({m.backbone}) on {dataset.name} fold {fold.index}: {learnable_parameters(net)} learnable parameters")
+    log(
+        f"training HSNet({m.backbone}) on {dataset.name} fold {fold.index}: "
+        f"{learnable_parameters(net)} learnable parameters"
+    )
     for step in range(1, t.steps + 1):
         batch = [episodes.next() for _ in range(t.batch_size)]
         queries = [images.get(e.query_id) for e in batch]
@@ -136,12 +136,3 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     atomic_write_bytes(join(out, TRAIN_LOG_NAME), json.dumps(report, indent=2).encode())
     save_checkpoint(ckpt, net.cpu(), config.resolved(), {"train": report})  # written last: it marks completion
     return {**report, "complete": True}
-
-
-@task(name="train-hsnet")
-def train_hsnet_task(config: dict) -> dict:
-    """Prefect task: train_hsnet on a resolved config (one coarse task: the whole training loop)."""
-    from prefect import get_run_logger
-
-    logger = get_run_logger()
-    return train_hsnet(parse_hsnet_config(config), log=logger.info)

@@ -7,11 +7,11 @@ import re
 import numpy as np
 from PIL import Image, ImageDraw
 
-from eval.folds import TOY_CLASSES, TOY_MATERIALS, TOY_SHAPES
-from tasks.config import ToyConfig
-from tasks.datasets.base import DatasetError, ImageRecord, SegDataset
-from tasks.labels import BACKGROUND, LABEL_DTYPE, present_classes
-from tasks.seeds import rng_for
+from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
+from maskforge.eval.datasets.config import ToyConfig
+from maskforge.eval.folds import TOY_CLASSES, TOY_MATERIALS, TOY_SHAPES
+from maskforge.eval.seeds import rng_for
+from maskforge.storage.labels import BACKGROUND, LABEL_DTYPE, present_classes
 
 #: Base RGB of each material; textures and jitter vary around it.
 MATERIAL_RGB = {"red": (205, 40, 35), "green": (40, 160, 60), "blue": (40, 70, 200), "yellow": (230, 200, 40)}
@@ -110,8 +110,12 @@ def render_scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
 
 
 def render_object(
-    seed: int, class_id: int, index: int, size: int,
-    radius: tuple[float, float] = (0.22, 0.38), centre: tuple[float, float] = (0.38, 0.62),
+    seed: int,
+    class_id: int,
+    index: int,
+    size: int,
+    radius: tuple[float, float] = (0.22, 0.38),
+    centre: tuple[float, float] = (0.38, 0.62),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render one object-centric toy photo: a single object of `class_id` on the textured ground, and its mask.
 
@@ -130,7 +134,8 @@ def render_object(
 
 
 class ToyDataset(SegDataset):
-    """Procedural few-shot world: 16 classes (4 shapes x 4 materials), splits "train" and "val", ids like train_000012."""
+    """Procedural few-shot world: 16 classes (4 shapes x 4 materials), splits "train" and "val", ids like
+    train_000012."""
 
     name = "toy"
 

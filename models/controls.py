@@ -64,7 +64,9 @@ def control_image(kind: str, image: np.ndarray, mask: np.ndarray, hed, color, di
         cond = mask_condition(mask, color)
     elif kind in ("hed", "scribble"):
         if hed is None:
-            raise ValueError(f"{what}: the {kind} condition needs the HED annotator (diffusion.controlnet.hed_annotator)")
+            raise ValueError(
+                f"{what}: the {kind} condition needs the HED annotator (diffusion.controlnet.hed_annotator)"
+            )
         edges = masked_edges(hed_edges(hed, image), mask, dilation)
         single = scribble(edges) if kind == "scribble" else edges
         cond = np.repeat(single[..., None], 3, axis=2)

@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from eval.folds import PASCAL_CLASSES
-from tasks.datasets.base import DatasetError, ImageRecord, SegDataset
-from tasks.datasets.decode import (
+from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
+from maskforge.eval.datasets.decode import (
     check_same_size,
     image_size,
     read_index_png,
@@ -24,7 +23,8 @@ from tasks.datasets.decode import (
     require_dir,
     require_file,
 )
-from tasks.labels import IGNORE, IGNORE_ON_DISK, LABEL_DTYPE, present_classes
+from maskforge.eval.folds import PASCAL_CLASSES
+from maskforge.storage.labels import IGNORE, IGNORE_ON_DISK, LABEL_DTYPE, present_classes
 
 _N_CLASSES = len(PASCAL_CLASSES)
 _VALID_VALUES = frozenset(range(_N_CLASSES + 1)) | {IGNORE_ON_DISK}

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 from rich.progress import track
 
-from eval import folds
-from tasks.datasets.base import DatasetError, ImageRecord, SegDataset
-from tasks.datasets.decode import check_same_size, image_size, read_gray, read_rgb
-from tasks.labels import LABEL_DTYPE
+from maskforge.eval import folds
+from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
+from maskforge.eval.datasets.decode import check_same_size, image_size, read_gray, read_rgb
+from maskforge.storage.labels import LABEL_DTYPE
 
 _CLASS_SPLITS = ("trn", "val", "test")
 _THRESHOLD = 128
@@ -79,9 +79,7 @@ class FssDataset(SegDataset):
                 "expected one folder per FSS-1000 class"
             )
         self._numbers = {name: _scan_class_folder(self.root / name) for name in names}
-        self._splits = {
-            s: sorted(f"{c}/{n}" for c in split_names[s] for n in self._numbers[c]) for s in _CLASS_SPLITS
-        }
+        self._splits = {s: sorted(f"{c}/{n}" for c in split_names[s] for n in self._numbers[c]) for s in _CLASS_SPLITS}
         self._splits["train"] = sorted(i for s in _CLASS_SPLITS for i in self._splits[s])
         self._index: dict[str, dict[int, list[str]]] = {}
 

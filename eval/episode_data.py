@@ -1,41 +1,18 @@
-"""Episode images for HSNet: dataset records and synthetic shard samples by id, binary targets, device choice."""
+"""Episode images for few-shot learners: dataset records and synthetic shard samples by id, and binary targets."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import numpy as np
-import torch
 
-from storage.reader import RunReader
-from tasks.datasets.base import SegDataset
-from tasks.labels import IGNORE
+from maskforge.eval.datasets.base import SegDataset
+from maskforge.storage.labels import IGNORE
+from maskforge.storage.reader import RunReader
 
 #: Prefix of synthetic sample ids in episode support pools (dataset image ids never contain ':').
 SYNTHETIC_PREFIX = "syn:"
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run the block with `threads` torch CPU threads (0: leave torch's setting), restoring the previous count."""
-    before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def resolve_device(device: str, field: str = "run.device") -> torch.device:
-    """Return the torch device of a config field (named in errors): cpu, cuda (an error without CUDA) or auto."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{field}: 'cuda' asked for, but torch sees no CUDA device; use 'cpu' or 'auto'")
-    return torch.device(device)
 
 
 def binary_target(label: np.ndarray, class_id: int) -> np.ndarray:

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from eval.folds import FoldError, get_fold
-from tasks.config import ToyConfig
-from tasks.datasets import DATASET_NAMES, build_dataset
-from tasks.datasets.base import DatasetError, ImageRecord, SegDataset
-from tasks.labels import BACKGROUND, IGNORE, LABEL_DTYPE, present_classes
+from maskforge.eval.datasets import DATASET_NAMES, build_dataset
+from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
+from maskforge.eval.datasets.config import ToyConfig
+from maskforge.eval.folds import FoldError, get_fold
+from maskforge.storage.labels import BACKGROUND, IGNORE, LABEL_DTYPE, present_classes
 
 _N_FOLDS = {"pascal": 4, "coco": 4, "toy": 4, "fss": 1}
 _FOLD_MODES = ("interleaved", "contiguous")

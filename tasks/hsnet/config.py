@@ -9,20 +9,25 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from storage.fs import join
-from tasks.config import DatasetConfig, _Strict, read_yaml, validate_model
+from maskforge.eval.datasets.config import DatasetConfig
+from maskforge.storage.fs import join
+from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
 
 
-class HsnetRunConfig(_Strict):
+class HsnetRunConfig(StrictConfig):
     """Run identity, output location and device."""
 
     name: str = Field("hsnet", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
     out_dir: str = Field("runs", description="Parent folder of training run folders (NAME-HASH12).")
-    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where to run: cpu, cuda, or auto (cuda if present).")
-    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default; 1 is fastest on a busy 2-core box).")
+    device: Literal["cpu", "cuda", "auto"] = Field(
+        "cpu", description="Where to run: cpu, cuda, or auto (cuda if present)."
+    )
+    threads: int = Field(
+        0, ge=0, description="torch CPU threads (0: torch's default; 1 is fastest on a busy 2-core box)."
+    )
 
 
-class HsnetModelConfig(_Strict):
+class HsnetModelConfig(StrictConfig):
     """The network: backbone, its local weights file, input size, and the tiny backbone's shape."""
 
     backbone: Literal["resnet50", "resnet101", "vgg16", "tiny"] = "resnet101"
@@ -49,7 +54,7 @@ class HsnetModelConfig(_Strict):
         return self
 
 
-class HsnetTrainConfig(_Strict):
+class HsnetTrainConfig(StrictConfig):
     """Episodic training on the fold's base classes."""
 
     steps: int = Field(1000, ge=1, description="Optimiser steps (batches of 1-shot episodes).")
@@ -63,7 +68,7 @@ class HsnetTrainConfig(_Strict):
     log_every: int = Field(25, ge=1, description="Print the mean loss every this many steps.")
 
 
-class HsnetEvalConfig(_Strict):
+class HsnetEvalConfig(StrictConfig):
     """Episodic evaluation on the fold's novel classes."""
 
     checkpoint: str | None = Field(
@@ -78,10 +83,12 @@ class HsnetEvalConfig(_Strict):
     )
     synthetic_per_class: int = Field(20, ge=1, description="Synthetic samples added to each episode's supports (N).")
     batch_size: int = Field(16, ge=1, description="Images per forward pass.")
-    results_dir: str = Field("results", description="Folder of the Parquet benchmark table (one file per appended run).")
+    results_dir: str = Field(
+        "results", description="Folder of the Parquet benchmark table (one file per appended run)."
+    )
 
 
-class HsnetConfig(_Strict):
+class HsnetConfig(StrictConfig):
     """The whole configuration of HSNet training and evaluation."""
 
     run: HsnetRunConfig = HsnetRunConfig()

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from pycocotools.coco import COCO
 
-from eval.folds import COCO_CLASSES
-from tasks.datasets.base import DatasetError, ImageRecord, SegDataset
-from tasks.datasets.decode import check_same_size, read_rgb, require_dir, require_file
-from tasks.labels import IGNORE, LABEL_DTYPE, present_classes
+from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
+from maskforge.eval.datasets.decode import check_same_size, read_rgb, require_dir, require_file
+from maskforge.eval.folds import COCO_CLASSES
+from maskforge.storage.labels import IGNORE, LABEL_DTYPE, present_classes
 
 _SPLITS = ("train", "val")
 _REQUIRED_IMAGE_KEYS = ("id", "file_name", "height", "width")

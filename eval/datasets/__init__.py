@@ -1,0 +1,58 @@
+"""Dataset adapters (toy, pascal, coco, fss): `build_dataset` constructs one by name, `open_dataset` once per
+process."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
+from maskforge.eval.datasets.coco import CocoDataset
+from maskforge.eval.datasets.config import DatasetConfig, ToyConfig
+from maskforge.eval.datasets.fss import FssDataset
+from maskforge.eval.datasets.pascal import PascalDataset
+from maskforge.eval.datasets.toy import ToyDataset
+
+#: Dataset names build_dataset knows; only "toy" is rendered in-process, the others read `root`.
+DATASET_NAMES: tuple[str, ...] = ("toy", "pascal", "coco", "fss")
+#: Datasets kept open per process (open_dataset): a run uses one; a deployment worker may see a few.
+OPEN_DATASETS = 4
+
+__all__ = ["DATASET_NAMES", "DatasetError", "ImageRecord", "SegDataset", "build_dataset", "forget_datasets", "open_dataset"]
+
+
+def build_dataset(name: str, root: str | None, toy: ToyConfig | None = None) -> SegDataset:
+    """Construct the adapter of a dataset by name; an unknown name or a wrong root is a DatasetError.
+
+    `toy` configures the toy world only (DatasetConfig always carries one, so on-disk datasets ignore it).
+    """
+    if name not in DATASET_NAMES:
+        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    if name == "toy":
+        if root:
+            raise DatasetError(f"toy: root must be empty (the toy world is rendered in-process), got {root!r}")
+        return ToyDataset(toy or ToyConfig())
+    if not root:
+        raise DatasetError(f"{name}: a dataset root is required; expected the directory holding the dataset")
+    adapters = {"pascal": PascalDataset, "coco": CocoDataset, "fss": FssDataset}
+    return adapters[name](root)
+
+
+def open_dataset(config: DatasetConfig) -> SegDataset:
+    """Return the dataset a config section names, built once per process and shared by every stage that asks.
+
+    Adapters index lazily and keep their indexes (COCO parses each instances JSON once, PASCAL reads each label PNG
+    once), so every task of a run in this process reuses one parse. The fold is not part of the dataset: configs
+    that differ only in `fold` share it.
+    """
+    return _open(config.name, config.root, config.toy)
+
+
+@lru_cache(maxsize=OPEN_DATASETS)
+def _open(name: str, root: str | None, toy: ToyConfig) -> SegDataset:
+    """build_dataset, memoised on what defines the dataset (not the fold)."""
+    return build_dataset(name, root, toy)
+
+
+def forget_datasets() -> None:
+    """Drop the datasets open_dataset keeps, so the next call reads the disk again (a long-lived process, tests)."""
+    _open.cache_clear()

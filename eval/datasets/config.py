@@ -1,0 +1,40 @@
+"""Config sections of the datasets: which dataset and fold to read, and the procedural toy world."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from maskforge.storage.yaml_config import StrictConfig
+
+
+class ToyConfig(StrictConfig):
+    """The procedural toy world (the embedded default dataset)."""
+
+    seed: int = Field(0, description="World seed: the same seed renders the same images.")
+    image_size: int = Field(96, ge=32, le=1024, description="Square image side in pixels.")
+    n_train: int = Field(400, ge=8, description="Images in the train split.")
+    n_val: int = Field(100, ge=4, description="Images in the val split.")
+
+
+class DatasetConfig(StrictConfig):
+    """Which dataset and fold to read."""
+
+    name: Literal["toy", "pascal", "coco", "fss"] = "toy"
+    root: str | None = Field(None, description="Dataset root on disk; required for pascal, coco and fss.")
+    fold: int = Field(0, ge=0, le=3, description="Fold index: PASCAL-5i, COCO-20i and toy have 0-3; FSS-1000 has 0.")
+    coco_fold_mode: Literal["interleaved", "contiguous"] = Field(
+        "interleaved", description="COCO-20i fold tables: interleaved (HSNet, default) or contiguous (PANet-style)."
+    )
+    toy: ToyConfig = ToyConfig()
+
+    @model_validator(mode="after")
+    def _root_and_fold(self) -> "DatasetConfig":
+        if self.name != "toy" and not self.root:
+            raise ValueError(f"dataset.root is required for dataset {self.name!r} (a directory on disk)")
+        if self.name == "toy" and self.root:
+            raise ValueError("dataset.root must be empty for the toy dataset (it is rendered in-process)")
+        if self.name == "fss" and self.fold != 0:
+            raise ValueError(f"FSS-1000 has one fold (0: the 240 test classes are novel); got fold {self.fold}")
+        return self

@@ -1,0 +1,110 @@
+"""Prefect task wrappers of the generation stages: typed configs and plans in, one coarse task per class and stage.
+
+This module and flows/ are the only ones that import Prefect; every stage it wraps is a plain function.
+Prefect's task cache is off (NO_CACHE): the part markers are the cache, and they stay correct when a run folder
+is deleted. Heavy GPU stages hold one slot of the global concurrency limit named by MASKFORGE_GPU_LIMIT.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
+
+from maskforge.eval.datasets import open_dataset
+from maskforge.storage.reader import RunReader
+from maskforge.tasks.artifacts import artifact_key, class_rows, contact_sheet
+from maskforge.tasks.config import MaskforgeConfig
+from maskforge.tasks.fold_plan import FoldPlan, plan_fold
+from maskforge.tasks.textual_inversion import learn_shot_embedding
+from maskforge.tasks.write_run import (
+    finish_run,
+    start_run,
+    write_class_part,
+    write_generated_part,
+    write_refined_part,
+)
+
+#: Environment variable naming the global concurrency limit GPU tasks occupy (`maskforge serve` sets it to "gpu").
+GPU_LIMIT_ENV = "MASKFORGE_GPU_LIMIT"
+
+
+@contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold one slot of the limit named by MASKFORGE_GPU_LIMIT (strict: a missing limit is an error); no-op unset."""
+    name = os.environ.get(GPU_LIMIT_ENV)
+    if not name:
+        yield
+        return
+    # strict=True: Prefect silently skips a limit that does not exist otherwise, and the GPU would be shared.
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
+@task(name="plan-fold", cache_policy=NO_CACHE)
+def plan_fold_task(config: MaskforgeConfig) -> FoldPlan:
+    """Prefect task: plan the fold on the process's dataset (opened once per process, see open_dataset)."""
+    return plan_fold(open_dataset(config.dataset), config)
+
+
+@task(name="start-run", cache_policy=NO_CACHE)
+def start_run_task(config: MaskforgeConfig) -> dict:
+    """Prefect task: start_run."""
+    return start_run(config)
+
+
+@task(name="compose-class", cache_policy=NO_CACHE)
+def write_class_part_task(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
+    """Prefect task: compose and write one novel class (one task per class keeps Prefect overhead small)."""
+    return write_class_part(config, plan, class_id, run)
+
+
+@task(name="learn-embedding", cache_policy=NO_CACHE)
+def learn_embedding_task(config: MaskforgeConfig, plan: FoldPlan, class_id: int, shot_id: str) -> str:
+    """Prefect task: one shot's embedding; the bank file named by its cache key makes reruns skip the training."""
+    with gpu_slot():
+        return learn_shot_embedding(config, plan, class_id, shot_id)
+
+
+@task(name="generate-class", cache_policy=NO_CACHE)
+def write_generated_part_task(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
+    """Prefect task: generate and write one novel class's diffusion images (one task per class: models load once)."""
+    with gpu_slot():
+        return write_generated_part(config, plan, class_id, run)
+
+
+@task(name="refine-class", cache_policy=NO_CACHE)
+def write_refined_part_task(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
+    """Prefect task: refine and filter one novel class's diffusion samples (after generate-class)."""
+    with gpu_slot():
+        return write_refined_part(config, plan, class_id, run)
+
+
+@task(name="finish-run", cache_policy=NO_CACHE)
+def finish_run_task(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict], run: str) -> dict:
+    """Prefect task: finish_run; returns the completion marker."""
+    return finish_run(config, plan, parts, run)
+
+
+def publish_run_artifacts(run_url: str) -> dict[str, str]:
+    """Create the run's table, contact-sheet and manifest-link artifacts in the current Prefect run; return keys."""
+    reader = RunReader(run_url)
+    keys = {kind: artifact_key(run_url, kind) for kind in ("samples", "contact-sheet", "manifest")}
+    create_table_artifact(class_rows(reader), key=keys["samples"], description=f"Samples per class of {run_url}")
+    create_markdown_artifact(contact_sheet(reader), key=keys["contact-sheet"], description=f"Thumbnails of {run_url}")
+    manifest = f"{run_url.rstrip('/')}/manifest.parquet"
+    link = Path(manifest).resolve().as_uri() if "://" not in manifest else manifest
+    create_link_artifact(link, link_text="manifest.parquet", key=keys["manifest"], description=f"Manifest of {run_url}")
+    return keys
+
+
+@task(name="publish-artifacts", cache_policy=NO_CACHE)
+def publish_run_artifacts_task(run_url: str) -> dict[str, str]:
+    """Prefect task: publish the run's artifacts (table, contact sheet, manifest link)."""
+    return publish_run_artifacts(run_url)
