@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskforge.eval.datasets import build_dataset
+from maskforge.eval.datasets.config import ToyConfig
+from maskforge.models.clip_tokenizer import build_clip_tokenizer
+from maskforge.models.controls import resize_image, resize_mask
+from maskforge.models.tiny import SD_DIR, build_tiny_models, sd1_scheduler
+from maskforge.storage.labels import binary_mask
+
 
 def sd15_random(dtype: torch.dtype, device: torch.device):
     """Return an SD 1.5-architecture pipeline with random weights (timing only: no checkpoint is read)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from maskforge.models.clip_tokenizer import build_clip_tokenizer
 
     with torch.device(device):
         unet = UNet2DConditionModel(
@@ -45,14 +50,7 @@ def sd15_random(dtype: torch.dtype, device: torch.device):
                 projection_dim=768,
             )
         )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd1_scheduler()
     pipe = StableDiffusionPipeline(
         unet=unet,
         vae=vae,
@@ -76,8 +74,6 @@ def tiny_pipeline(folder: str | None):
     """Return the tiny SD pipeline from `folder`, building it in a temp folder when none is given."""
     from diffusers import StableDiffusionPipeline
 
-    from maskforge.models.tiny import SD_DIR, build_tiny_models
-
     if folder is None:
         folder = build_tiny_models(tempfile.mkdtemp(prefix="maskforge-bench-"))[SD_DIR]
     return StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, safety_checker=None)
@@ -85,10 +81,6 @@ def tiny_pipeline(folder: str | None):
 
 def toy_shots(k: int, size: int, class_id: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """Return K toy (image, bool mask) pairs of one class (default: red disc) at size x size."""
-    from maskforge.eval.datasets import build_dataset
-    from maskforge.eval.datasets.config import ToyConfig
-    from maskforge.models.controls import resize_image, resize_mask
-    from maskforge.storage.labels import binary_mask
 
     dataset = build_dataset("toy", None, ToyConfig(image_size=64, n_train=40, n_val=4))
     shots = []

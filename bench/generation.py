@@ -20,6 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_pipeline, setup_device, write_json  # noqa: E402
 
+from maskforge.models.diffusion_config import DiffusionConfig
+from maskforge.models.xattn_mask import coarse_mask, soft_map
+from maskforge.tasks.diffusion import GenItem, generate_batch
+
 #: UNet FLOPs of one SD 1.5 forward pass for one sample at 64x64 latents (performance-anchors.md, measured count).
 SD15_UNET_GFLOP = 803.0
 
@@ -38,10 +42,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 = steadier on a busy machine)")
     parser.add_argument("--json", default="bench/out/generation.json", help="where to write the figures")
     args = parser.parse_args()
-
-    from maskforge.models.diffusion_config import DiffusionConfig
-    from maskforge.models.xattn_mask import coarse_mask, soft_map
-    from maskforge.tasks.diffusion import GenItem, generate_batch
 
     device, dtype = setup_device(args.threads, args.dtype)
     pipe, size, factors = bench_pipeline(args.full_size, args.model, args.size, device, dtype)

@@ -25,16 +25,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_pipeline, setup_device, toy_shots, write_json  # noqa: E402
 
+from maskforge.models.diffusion_config import DiffusionConfig
+from maskforge.models.hsnet.backbone import TinySpec
+from maskforge.models.hsnet.checkpoint import load_checkpoint
+from maskforge.models.hsnet.model import HSNetSpec, build_hsnet
+from maskforge.models.hsnet.segmenter import HSNetSegmenter
+from maskforge.models.xattn_mask import coarse_mask, soft_map
+from maskforge.tasks.diffusion import GenItem, generate_batch
+from maskforge.tasks.refine import refine_masks
+
 #: The small trained toy HSNet shipped with the repo (used for the CPU run when present; timing is weight-independent).
 TOY_CHECKPOINT = Path(__file__).resolve().parent.parent / "models" / "checkpoints" / "hsnet-toy-f0.safetensors"
 
 
 def build_segmenter(full_size: bool, checkpoint: str | None, device: torch.device, batch: int):
     """Return (HSNetSegmenter, description): the given/shipped checkpoint, else a random-weight HSNet (timing only)."""
-    from maskforge.models.hsnet.backbone import TinySpec
-    from maskforge.models.hsnet.checkpoint import load_checkpoint
-    from maskforge.models.hsnet.model import HSNetSpec, build_hsnet
-    from maskforge.models.hsnet.segmenter import HSNetSegmenter
 
     path = checkpoint or (None if full_size else (str(TOY_CHECKPOINT) if TOY_CHECKPOINT.is_file() else None))
     if path:
@@ -67,11 +72,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 = steadier on a busy machine)")
     parser.add_argument("--json", default="bench/out/refinement.json", help="where to write the figures")
     args = parser.parse_args()
-
-    from maskforge.models.diffusion_config import DiffusionConfig
-    from maskforge.models.xattn_mask import coarse_mask, soft_map
-    from maskforge.tasks.diffusion import GenItem, generate_batch
-    from maskforge.tasks.refine import refine_masks
 
     device, dtype = setup_device(args.threads, None)
     pipe, size, factors = bench_pipeline(args.full_size, args.model, args.size, device, dtype)

@@ -18,6 +18,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_pipeline, setup_device, toy_shots, write_json  # noqa: E402
 
+from maskforge.models.diffusion_config import EmbeddingModeConfig
+from maskforge.models.textual_inversion import learn_embedding
+
 
 def main() -> None:
     """Time both variants for --measure steps each, print the figures and the ratio, write JSON."""
@@ -32,9 +35,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default="bench/out/textual_inversion.json")
     args = parser.parse_args()
-
-    from maskforge.models.diffusion_config import EmbeddingModeConfig
-    from maskforge.models.textual_inversion import learn_embedding
 
     device, dtype = setup_device(args.threads, None)
     pipe, size, _ = bench_pipeline(args.full_size, args.model, args.size, device, dtype)

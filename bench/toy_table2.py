@@ -26,6 +26,15 @@ from maskforge.storage.reader import RunReader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
 
+from maskforge.eval.datasets import open_dataset
+from maskforge.storage.yaml_config import read_yaml
+from maskforge.tasks.config import parse_config
+from maskforge.tasks.fold_plan import plan_fold
+from maskforge.tasks.hsnet.config import load_hsnet_config
+from maskforge.tasks.hsnet.eval import eval_hsnet
+from maskforge.tasks.textual_inversion import learn_shot_embedding
+from maskforge.tasks.write_run import finish_run, start_run, write_generated_part, write_refined_part
+
 #: name -> (share of text prompts, share of embedding prompts, refine)
 ROWS = {
     "text, xattn masks": (1.0, 0.0, False),
@@ -36,11 +45,6 @@ ROWS = {
 
 def generate_run(base: dict, text: int, embedding: int, refine: bool, log) -> str:
     """Generate one synthetic run without Prefect (the flow's pure stages in order); return its folder."""
-    from maskforge.eval.datasets import open_dataset
-    from maskforge.tasks.config import parse_config
-    from maskforge.tasks.fold_plan import plan_fold
-    from maskforge.tasks.textual_inversion import learn_shot_embedding
-    from maskforge.tasks.write_run import finish_run, start_run, write_generated_part, write_refined_part
 
     data = {
         **base,
@@ -87,8 +91,6 @@ def oracle_iou(run: str) -> dict[str, float]:
 
 def evaluate(run: str | None, episodes: int, per_class: int, log) -> dict:
     """HSNet 1-shot evaluation (shipped toy checkpoint) with the run's samples as extra supports."""
-    from maskforge.tasks.hsnet.config import load_hsnet_config
-    from maskforge.tasks.hsnet.eval import eval_hsnet
 
     overrides = {
         "eval.checkpoint": "models/checkpoints/hsnet-toy-f0.safetensors",
@@ -124,8 +126,6 @@ def main() -> None:
     parser.add_argument("--out", default="bench/out/toy_table2.json")
     args = parser.parse_args()
     import torch
-
-    from maskforge.storage.yaml_config import read_yaml
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -20,12 +20,28 @@ def controlnet_dir(kind: str) -> str:
     return f"controlnet-{kind}"
 
 
+def sd1_scheduler():
+    """Return a DDIM scheduler with SD 1.x's settings (scaled-linear betas 0.00085..0.012, 1000 steps, leading
+    spacing with offset 1)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        num_train_timesteps=1000,
+    )
+
+
 def tiny_sd_components(seed: int = 0) -> dict:
     """Return the components of a tiny SD pipeline: 4x VAE, UNet with cross-attention only at 1/2 and 1/4 latent size.
 
     The UNet's full-resolution level and the VAE carry no attention: on CPU, attention over many tokens dominates.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -65,16 +81,7 @@ def tiny_sd_components(seed: int = 0) -> dict:
             pad_token_id=CLIP_VOCAB_SIZE - 1,
         )
     )
-    # SD 1.x's scheduler settings (scaled-linear betas 0.00085..0.012, 1000 steps, leading spacing with offset 1).
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        num_train_timesteps=1000,
-    )
+    scheduler = sd1_scheduler()
     return {
         "unet": unet,
         "vae": vae,
