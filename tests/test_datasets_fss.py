@@ -11,7 +11,9 @@ from maskforge.eval import folds
 from maskforge.eval.datasets.base import DatasetError
 from maskforge.eval.datasets.fss import FssDataset
 
-SHIPPED = all(resources.files("maskforge.eval").joinpath("splits", "fss", f"{s}.txt").is_file() for s in ("trn", "val", "test"))
+SHIPPED = all(
+    resources.files("maskforge.eval").joinpath("splits", "fss", f"{s}.txt").is_file() for s in ("trn", "val", "test")
+)
 
 
 @pytest.fixture

@@ -17,7 +17,15 @@ DATASET_NAMES: tuple[str, ...] = ("toy", "pascal", "coco", "fss")
 #: Datasets kept open per process (open_dataset): a run uses one; a deployment worker may see a few.
 OPEN_DATASETS = 4
 
-__all__ = ["DATASET_NAMES", "DatasetError", "ImageRecord", "SegDataset", "build_dataset", "forget_datasets", "open_dataset"]
+__all__ = [
+    "DATASET_NAMES",
+    "DatasetError",
+    "ImageRecord",
+    "SegDataset",
+    "build_dataset",
+    "forget_datasets",
+    "open_dataset",
+]
 
 
 def build_dataset(name: str, root: str | None, toy: ToyConfig | None = None) -> SegDataset:
