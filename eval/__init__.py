@@ -1,2 +1,1 @@
-"""maskforge.eval: benchmark protocols: dataset adapters, folds, episodes, metrics, seeds, the toy world and its
-oracle."""
+"""maskforge.eval, benchmark protocols: dataset adapters, folds, episodes, metrics, seeds, the toy world and oracle."""

@@ -123,8 +123,7 @@ CORRUPTIONS: dict[str, Callable[[np.ndarray, np.random.Generator, float], np.nda
 def corrupt(
     mask: np.ndarray, rng: np.random.Generator, *kinds: str | tuple[str, float], strength: float = 0.3
 ) -> np.ndarray:
-    """Apply corruptions in order: each kind is a name (at `strength`) or a (name, strength) pair; same rng, same
-    mask."""
+    """Apply corruptions in order; each kind is a name (at `strength`) or (name, strength); same rng, same mask."""
     out = np.asarray(mask, bool).copy()
     for kind in kinds:
         name, level = (kind, strength) if isinstance(kind, str) else kind

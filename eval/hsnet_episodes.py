@@ -86,8 +86,7 @@ class TrainEpisodes:
         what: str,
         extra_supports: Mapping[int, list[str]] | None = None,
     ) -> None:
-        """Sample from `classes` (each needs >= 2 images); `extra_supports` (e.g. synthetic keys) join support pools
-        only."""
+        """Sample from `classes` (each needs >= 2 images); `extra_supports` (e.g. synthetic) join support pools only."""
         self.pools = _pools(class_index, classes, 1, what)
         self.extra = {cid: sorted((extra_supports or {}).get(cid, ())) for cid in self.pools}
         self.order = sorted(self.pools)

@@ -1,5 +1,4 @@
-"""Few-shot segmentation metrics (HSNet protocol): per-class foreground mIoU and pooled FB-IoU, ignore pixels
-excluded."""
+"""Few-shot segmentation metrics (HSNet protocol): per-class foreground mIoU, pooled FB-IoU, ignore pixels excluded."""
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-#: Query label values that are never counted: -1 in memory (tasks.labels.IGNORE) and 255 as on disk.
+#: Query label values that are never counted: -1 in memory (storage/labels.py: IGNORE) and 255 as on disk.
 IGNORE_VALUES: tuple[int, ...] = (-1, 255)
 
 

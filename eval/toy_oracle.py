@@ -1,9 +1,9 @@
 """Toy-world oracle: recognise a toy object's material by hue and its shape by contour, and segment it by colour.
 
 The toy world paints each class in one saturated material colour on a desaturated ground, so hue and saturation
-alone segment an object; the shape follows from the segment's solidity and how it fills its enclosing circle. Used to
-score generated
-images, for which no label map exists (the oracle's own accuracy on rendered images is measured in its tests).
+alone segment an object; the shape follows from the segment's solidity and how it fills its enclosing circle. Used
+to score generated images, for which no label map exists (the oracle's own accuracy on rendered images is measured in
+its tests).
 """
 
 from __future__ import annotations
@@ -70,8 +70,7 @@ def oracle_mask(image: np.ndarray, material: str) -> np.ndarray:
 
 
 def shape_of(mask: np.ndarray) -> str | None:
-    """Classify a segment: star (concave), else disc, square or triangle by how much of its enclosing circle it
-    fills."""
+    """Classify a segment: star (concave), else disc/square/triangle by how much of its enclosing circle it fills."""
     if mask.sum() < 30:
         return None
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

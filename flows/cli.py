@@ -336,8 +336,7 @@ def toy_ground(
     config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml, section ground)."),
     out: Path = typer.Option(Path("models/toy"), "--out", help="Folder holding the trained sd/ (rewritten)."),
 ) -> None:
-    """Fine-tune the trained toy SD with the cross-attention grounding loss, so the class word's map covers the
-    object."""
+    """Fine-tune the toy SD with the cross-attention grounding loss, so the class word's map covers the object."""
 
     try:
         entry = ground_diffusion(_toy_config(config), out, log=console.print)

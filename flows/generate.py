@@ -1,5 +1,4 @@
-"""The generation flow: plan the fold, compose and diffuse each novel class's samples, then write shards and
-manifest."""
+"""Generation flow: plan the fold, compose and diffuse each novel class's samples, then write shards and manifest."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The HSNet flows: episodic training on a fold's base classes, and episodic evaluation written to the benchmark
-table."""
+"""HSNet flows: episodic training on a fold's base classes, episodic evaluation written to the benchmark table."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A small text-to-image model trained on the noise loss alone need not route the object through the class word's
 tokens (the toy model sends it through the end-of-text and padding tokens, leaving the word's map on the ground), and
 then cross-attention coarse masks miss the object. This loss, like Break-A-Scene's attention loss (Avrahami et al.,
-2023), pulls each word map (max-normalised, as `tasks/xattn_mask.py:soft_map` reads it) towards the object mask.
+2023), pulls each word map (max-normalised, as `models/xattn_mask.py:soft_map` reads it) towards the object mask.
 """
 
 from __future__ import annotations

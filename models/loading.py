@@ -81,8 +81,7 @@ def check_pipeline_folder(folder: Path, what: str = "diffusion.model") -> dict:
 
 
 def content_id(folder: Path) -> str:
-    """Return a short id of a model folder's (or one file's) content: sha256 over each file's path, size, first and
-    last MiB."""
+    """Return a short id of a model folder's (or file's) content: sha256 of each file's path, size, first/last MiB."""
     digest = hashlib.sha256()
     files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     for file in files:

@@ -1,5 +1,4 @@
-"""Tiny random-initialised Stable Diffusion, ControlNets and HED in the real formats, so tests and the demo run
-offline."""
+"""Tiny random-init Stable Diffusion, ControlNets and HED in the real formats, so tests and the demo run offline."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""maskforge.storage, the bottom layer: run folders (WebDataset shards, Parquet manifest, marker), label conventions,
-fsspec,
-config files, the embedding bank and the results table."""
+"""maskforge.storage (bottom layer): run folders, labels, fsspec, config files, embedding bank, results table."""
 
 from maskforge.storage.codec import (
     ShardCodecError,

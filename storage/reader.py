@@ -96,8 +96,7 @@ class RunReader:
         return problems
 
     def _check_manifest(self, marker: dict[str, Any]) -> list[str]:
-        """Return problems with manifest.parquet: missing, hash mismatch, bad schema, rows disagreeing with the
-        marker."""
+        """Return manifest.parquet problems: missing, hash mismatch, bad schema, rows disagreeing with the marker."""
         manifest_url = join(self.run_url, MANIFEST_NAME)
         if not exists(manifest_url):
             return [f"{MANIFEST_NAME} is missing"]
@@ -250,8 +249,7 @@ class RunReader:
         return decode_sample(sample)
 
     def verify_shards(self) -> None:
-        """Re-hash every listed shard against the marker (reads all shard bytes); raise RunIncompleteError on a
-        mismatch."""
+        """Re-hash every listed shard against the marker (reads all bytes); raise RunIncompleteError on a mismatch."""
         if self._marker is None:
             raise RunIncompleteError(f"run {self.run_url} has no valid {MARKER_NAME} to verify shards against")
         bad = []

@@ -76,8 +76,7 @@ def append_results(table_dir: str, rows: list[dict[str, Any]]) -> str:
 
 
 def read_results(table_dir: str) -> pa.Table:
-    """Return every row of the benchmark table in table_dir, files in name order (their UTC time, to the
-    microsecond)."""
+    """Return every row of the benchmark table in table_dir, files in name order (their UTC time to the microsecond)."""
     if not exists(table_dir):
         return RESULTS_SCHEMA.empty_table()
     fs, path = resolve(table_dir)

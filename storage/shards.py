@@ -267,8 +267,7 @@ class RunWriter:
             shutil.rmtree(self._staging, ignore_errors=True)
 
     def finish(self, summary: dict[str, Any]) -> dict[str, Any]:
-        """Publish the last shard, then write manifest.parquet, summary.json and finally _COMPLETE.json; return the
-        marker."""
+        """Publish the last shard, write manifest.parquet, summary.json, then _COMPLETE.json; return the marker."""
         self._require_open()
         if not isinstance(summary, dict):
             raise TypeError(f"summary for run {self.run_url} must be a dict, got {type(summary).__name__}")

@@ -1,2 +1,1 @@
-"""maskforge.tasks: stage functions (plain, testable without Prefect) and their Prefect task wrappers
-(`wrappers.py`)."""
+"""maskforge.tasks: stage functions (plain, testable without Prefect) and Prefect task wrappers (`wrappers.py`)."""

@@ -132,8 +132,7 @@ class MaskforgeConfig(StrictConfig):
         return self
 
     def hash(self) -> str:
-        """Return the sha256 of the resolved config; output location and retry settings are left out (they do not
-        change the data)."""
+        """Return the resolved config's sha256, leaving out output location and retries (they don't change the data)."""
         data = self.resolved()
         for name in OPERATIONAL_FIELDS:
             data["run"].pop(name)

@@ -1,5 +1,4 @@
-"""Stage 2, produce objects: cut the novel class's object out of each real shot ("real") or generated sample
-("synthetic")."""
+"""Stage 2, objects: cut the novel class's object out of each real shot ("real") or generated sample ("synthetic")."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""prefect.yaml: one generate deployment per (dataset, fold), HSNet deployments, schedules; deployment flows; GPU
-slot."""
+"""prefect.yaml: a generate deployment per (dataset, fold), HSNet deployments, schedules; deployment flows; GPU slot."""
 
 import importlib
 import inspect

@@ -22,8 +22,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """One torch thread for this module (2 shared cores: several times faster than two under contention), restored
-    after."""
+    """One torch thread for this module (2 shared cores: several times faster than 2 when contended), restored after."""
     from maskforge.models.device import torch_threads
 
     with torch_threads(1):

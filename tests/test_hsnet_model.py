@@ -1,5 +1,4 @@
-"""HSNet model: authors' key names and shapes, strict loading, the 4D conv, features, the conditioning API and its
-errors."""
+"""HSNet model: authors' key names and shapes, strict loading, 4D conv, features, conditioning API and its errors."""
 
 import re
 
@@ -23,8 +22,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """One torch thread for this module (2 shared cores: several times faster than two under contention), restored
-    after."""
+    """One torch thread for this module (2 shared cores: several times faster than 2 when contended), restored after."""
     from maskforge.models.device import torch_threads
 
     with torch_threads(1):

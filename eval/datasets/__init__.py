@@ -1,5 +1,4 @@
-"""Dataset adapters (toy, pascal, coco, fss): `build_dataset` constructs one by name, `open_dataset` once per
-process."""
+"""Dataset adapters (toy, pascal, coco, fss): `build_dataset` builds one by name, `open_dataset` once per process."""
 
 from __future__ import annotations
 

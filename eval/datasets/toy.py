@@ -134,8 +134,7 @@ def render_object(
 
 
 class ToyDataset(SegDataset):
-    """Procedural few-shot world: 16 classes (4 shapes x 4 materials), splits "train" and "val", ids like
-    train_000012."""
+    """Procedural few-shot world: 16 classes (4 shapes x 4 materials), splits "train"/"val", ids like train_000012."""
 
     name = "toy"
 

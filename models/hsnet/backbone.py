@@ -1,5 +1,4 @@
-"""Frozen backbones and their feature pyramids: torchvision ResNet-50/101 and VGG16 from local files, or a tiny
-ResNet."""
+"""Frozen backbones, feature pyramids: torchvision ResNet-50/101 and VGG16 from local files, or a tiny ResNet."""
 
 from __future__ import annotations
 

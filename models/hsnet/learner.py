@@ -1,5 +1,4 @@
-"""HPNLearner: squeeze each hypercorrelation level with center-pivot 4D blocks, mix coarse to fine, decode to 2
-logits."""
+"""HPNLearner: squeeze each hypercorrelation level with center-pivot 4D blocks, mix coarse to fine, decode 2 logits."""
 
 from __future__ import annotations
 

@@ -97,8 +97,7 @@ class HSNet(nn.Module):
 
 
 class HSNetCheckpointModule(nn.Module):
-    """Wraps HSNet as `module` so state-dict keys read `module.backbone.*` / `module.hpn_learner.*`, as in HSNet's
-    files."""
+    """Wraps HSNet as `module`: state-dict keys read `module.backbone.*` / `module.hpn_learner.*` as in HSNet files."""
 
     def __init__(self, net: HSNet) -> None:
         super().__init__()

@@ -14,8 +14,7 @@ from maskforge.models.hsnet.model import HSNet
 
 
 class SegmenterInputError(ValueError):
-    """Bad images or masks given to the segmenter (the message names the argument, index, shape and what was
-    expected)."""
+    """Bad images or masks given to the segmenter (message names the argument, index, shape and what was expected)."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +59,7 @@ def _check_image(image: np.ndarray, what: str) -> None:
 
 
 def prepare_images(images: Sequence[np.ndarray], size: int, device: torch.device) -> torch.Tensor:
-    """Return (N, 3, size, size) inputs: uint8 RGB -> [0, 1], bilinear resize (align_corners=True), ImageNet
-    mean/std."""
+    """Return (N, 3, size, size): uint8 RGB -> [0, 1], bilinear resize (align_corners=True), ImageNet mean/std."""
     out = []
     for image in images:
         t = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float() / 255.0

@@ -59,8 +59,7 @@ def load_segmenter(config: HsnetConfig) -> tuple[HSNetSegmenter, str]:
 
 
 def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
-    """Evaluate a checkpoint on the fold's novel classes; returns settings (KR and, with synthetic, KR+NS) and
-    baselines.
+    """Evaluate a checkpoint on the fold's novel classes; return settings (KR, with synthetic KR+NS) and baselines.
 
     Episodes: eval.episodes, deterministic from eval.seed (FSS-1000: one per image). Each setting reports mIoU (mean
     over the fold's classes of accumulated foreground IoU) and FB-IoU (mean of pooled background and foreground IoU);
