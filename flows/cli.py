@@ -81,7 +81,6 @@ def generate(
     ),
 ) -> None:
     """Run the generation flow on a config and print the run folder and its summary."""
-
     try:
         cfg = load_config(config, {"run.out_dir": out} if out else None)
     except ConfigError as err:
@@ -97,7 +96,6 @@ def generate(
 
 def _open_run(run: str, partial: bool):
     """Return a RunReader of `run`, exiting with the reason when it is not a complete run."""
-
     try:
         return RunReader(run, allow_partial=partial)
     except RunIncompleteError as err:
@@ -133,7 +131,6 @@ def shards_show(
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
 ) -> None:
     """Write one sample as a PNG: image, coloured mask overlay and a legend of its classes."""
-
     try:
         reader = RunReader(run, allow_partial=partial)
         sample = reader.get(key)
@@ -164,7 +161,6 @@ def datasets_check(
     coco_fold_mode: str = typer.Option("interleaved", help="COCO-20i folds: interleaved or contiguous."),
 ) -> None:
     """Validate a dataset layout and print image counts per class and per fold."""
-
     try:
         report = check_layout(dataset, None if root == "-" else root, coco_fold_mode)
     except DatasetError as err:
@@ -180,7 +176,6 @@ def serve(
     timeout: float = typer.Option(180.0, help="Seconds to wait for the server to become healthy."),
 ) -> None:
     """Start a local Prefect server (SQLite, loopback), the process work pool, every deployment and a worker."""
-
     try:
         serve_all(Path.cwd(), port, timeout, log=console.print)
     except (RuntimeError, TimeoutError, FileNotFoundError) as err:
@@ -193,7 +188,6 @@ def models_tiny(
     seed: int = typer.Option(0, help="Initialisation seed (the same seed writes the same weights)."),
 ) -> None:
     """Build tiny random-initialised SD, ControlNets and HED in their real formats (offline tests and demo)."""
-
     for name, folder in build_tiny_models(out, seed).items():
         console.print(f"{name}: {folder}")
 
@@ -203,7 +197,6 @@ def models_check(
     config: Path = typer.Argument(..., help="YAML config whose diffusion section names the models."),
 ) -> None:
     """Load every model a config's diffusion section names (no generation) and print ids and revisions."""
-
     try:
         cfg = load_config(config)
     except ConfigError as err:
@@ -231,7 +224,6 @@ app.add_typer(hsnet_app, name="hsnet")
 
 def _hsnet_config(config: Path, out: Optional[str]):
     """Load an HSNet config (with --out overriding run.out_dir), or exit 1 with the error."""
-
     try:
         return load_hsnet_config(config, {"run.out_dir": out} if out else None)
     except ConfigError as err:
@@ -243,7 +235,6 @@ def hsnet_load(
     checkpoint: Path = typer.Argument(..., help="HSNet checkpoint: the authors' .pt or a maskforge .safetensors."),
 ) -> None:
     """Load a checkpoint strictly; print its backbone, learnable parameter count and any missing/unexpected keys."""
-
     try:
         net, report, meta = inspect_checkpoint(checkpoint)
     except CheckpointError as err:
@@ -272,7 +263,6 @@ def hsnet_train(
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
 ) -> None:
     """Run the Prefect flow train_hsnet: episodic training on the fold's base classes; prints the checkpoint."""
-
     cfg = _hsnet_config(config, out)
     try:
         report = train_hsnet(config=cfg)
@@ -288,7 +278,6 @@ def hsnet_eval(
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
 ) -> None:
     """Run the Prefect flow eval_hsnet: episodic evaluation, benchmark rows appended, table printed."""
-
     cfg = _hsnet_config(config, out)
     try:
         result = eval_hsnet(config=cfg)
@@ -326,7 +315,6 @@ def toy_train_diffusion(
     out: Path = typer.Option(Path("models/toy"), "--out", help="Folder receiving sd/ and training.json."),
 ) -> None:
     """Train the tiny text-to-image model (VAE, then UNet + text encoder) on the fold's base classes."""
-
     entry = train_diffusion(_toy_config(config), out, log=console.print)
     console.print(f"wrote {out / 'sd'} in {entry['seconds']} s: {entry['vae']} {entry['diffusion']}", soft_wrap=True)
 
@@ -337,7 +325,6 @@ def toy_ground(
     out: Path = typer.Option(Path("models/toy"), "--out", help="Folder holding the trained sd/ (rewritten)."),
 ) -> None:
     """Fine-tune the toy SD with the cross-attention grounding loss, so the class word's map covers the object."""
-
     try:
         entry = ground_diffusion(_toy_config(config), out, log=console.print)
     except FileNotFoundError as err:
@@ -352,7 +339,6 @@ def toy_train_controlnet(
     kind: Optional[list[str]] = typer.Option(None, "--kind", help="Condition kind(s); default: controlnet.kinds."),
 ) -> None:
     """Train one ControlNet per condition kind on the trained toy SD in OUT/sd (UNet and text encoder frozen)."""
-
     try:
         entries = train_controlnets(_toy_config(config), out, kind, log=console.print)
     except (FileNotFoundError, ValueError) as err:

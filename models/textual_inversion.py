@@ -194,14 +194,12 @@ def shot_for_training(
     image: np.ndarray, mask: np.ndarray, short_side: int, multiple: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize a shot and its mask to the training size (short side, aspect kept, sides a multiple of the model's)."""
-
     size = fit_size(*mask.shape, short_side, multiple)
     return resize_image(image, size), resize_mask(mask, size)
 
 
 def load_embeddings(pipe, files: dict[str, Path]) -> None:
     """Load bank files into a pipeline under the given tokens, then check each token resolves to its vector."""
-
     for token, path in files.items():
         vector, _ = read_embedding(path)
         pipe.load_textual_inversion(str(path), token=token)

@@ -131,7 +131,6 @@ def object_set(
     cfg: ToyTrainConfig, radius: tuple[float, float] = (0.22, 0.38), centre: tuple[float, float] = (0.38, 0.62)
 ) -> ObjectSet:
     """Render images_per_class object photos of every base class of the fold (deterministic in world_seed)."""
-
     base = get_fold("toy", cfg.fold).base
     images, masks, ids = [], [], []
     for cid in base:
@@ -231,7 +230,6 @@ class _Batches:
 
 def _word_weights(tokenizer, template: str, class_ids: np.ndarray, device) -> torch.Tensor:
     """Token weights (N, 77) of each caption's class word (1/len over its tokens), as the xattn capture uses them."""
-
     rows = {
         int(c): token_weights(
             [
@@ -406,7 +404,6 @@ def _setup(cfg: ToyTrainConfig) -> torch.device:
 
 def _generator(cfg: ToyTrainConfig, device: torch.device, stage: str) -> torch.Generator:
     """Return the generator of one training stage, seeded from (seed, stage)."""
-
     return torch.Generator(device).manual_seed(derive_seed("toy-train", stage, cfg.seed) % 2**62)
 
 

@@ -142,7 +142,6 @@ def refine_class(
     mask for ControlNet images); it is kept as KEY.coarse.png. Kept samples carry the refined label, the branch
     as mask_method, and scores consensus_iou (and ood_iou where the filter ran).
     """
-
     starting = [s.label == class_id for s in samples]
     refined = refine_masks(
         segmenter, real, [(s.image, m) for s, m in zip(samples, starting)], cfg.alpha, cfg.max_added, cfg.vote_threshold

@@ -46,7 +46,6 @@ def bank_folder(config: MaskforgeConfig) -> Path:
 
 def embedding_seed(dataset: str, fold: int, class_id: int, shot_id: str) -> int:
     """Seed of one shot's inversion: independent of the run seed, so runs with other seeds reuse the bank."""
-
     return derive_seed("embedding", dataset, fold, class_id, shot_id)
 
 
@@ -65,7 +64,6 @@ def shot_embedding(
     finds it and trains nothing; a change of any of them trains a new one beside it. Without `learn`, a missing
     file is an EmbeddingMissingError naming class, shot and the file expected.
     """
-
     cfg = config.diffusion.embedding
     record = dataset.load(shot_id)
     image, mask = shot_for_training(

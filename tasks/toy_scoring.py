@@ -13,7 +13,6 @@ from maskforge.tasks.diffusion import GenItem, generate_batch
 def xattn_fit(pipe, class_name: str, n: int, steps: int, guidance: float, seed: int) -> float:
     """Mean IoU between the diffusion stage's coarse cross-attention masks (its defaults: factors 2 and 4, cut 0.4)
     and the oracle segment, over n text-prompted images of a class; seeds seed .. seed + n - 1."""
-
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     cfg = DiffusionConfig(model="(in memory)", steps=steps, image_size=size, xattn={"factors": [2, 4]})
     items = [GenItem("text", i, seed + i, f"a photo of a {class_name}", "", guidance) for i in range(n)]

@@ -127,7 +127,6 @@ def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run
 
 def write_generated_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
     """Generate one novel class's diffusion images with coarse masks and write them as a completed part."""
-
     class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id, "diffusion")
     if is_complete(url):
@@ -143,7 +142,6 @@ def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, r
     The part's summary counts the rejected samples (out of distribution, or left without a class pixel) and names
     them: nothing is dropped silently.
     """
-
     class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id, "refine")
     if is_complete(url):
