@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+
+from maskforge.eval.seeds import rng_for
 
 PASCAL_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -29,6 +32,11 @@ TOY_MATERIALS: tuple[str, ...] = ("red", "green", "blue", "yellow")
 TOY_CLASSES: tuple[str, ...] = tuple(f"{m} {s}" for s in TOY_SHAPES for m in TOY_MATERIALS)
 
 FSS_SPLIT_SIZES = {"trn": 520, "val": 240, "test": 240}
+#: Where FSS-1000's trn/val class lists come from (dataset.fss_trainval): HSNet's lists copied into
+#: eval/splits/fss/, or a seeded split of the non-test class folders found on disk.
+FSS_TRAINVAL_SOURCES: tuple[str, ...] = ("lists", "derived")
+#: Fixed seed of the derived trn/val split (recorded as "derived:<seed>"), so every run derives the same split.
+FSS_TRAINVAL_SEED = 0
 
 
 class FoldError(ValueError):
@@ -89,10 +97,16 @@ def fss_split_names(split: str) -> tuple[str, ...]:
     if not path.is_file():
         # HSNet's trn/val lists were drawn at random by its authors and could not be verified, so none is shipped
         # rather than an invented one; only the user can supply the exact files.
+        hint = (
+            "; or set dataset.fss_trainval: derived for a seeded 520 / 240 split of the 760 non-test class folders "
+            "on disk (maskforge's own split, not HSNet's)"
+            if split in ("trn", "val")
+            else ""
+        )
         raise FoldError(
             f"fss: the class list of split {split!r} is not shipped with maskforge (missing {path}); to use FSS-1000, "
             "copy HSNet's data/splits/fss/trn.txt and val.txt (520 / 240 class-folder names, one per line) into "
-            f"{path.parent}/ (test.txt, FSS-1000's official test set, is shipped)"
+            f"{path.parent}/ (test.txt, FSS-1000's official test set, is shipped){hint}"
         )
     names = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if len(names) != FSS_SPLIT_SIZES[split] or len(set(names)) != len(names):
@@ -103,13 +117,54 @@ def fss_split_names(split: str) -> tuple[str, ...]:
     return names
 
 
-def fss_classes() -> tuple[str, ...]:
+def derive_fss_trainval(
+    names: Sequence[str], n_trn: int, seed: int = FSS_TRAINVAL_SEED
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Split class names into (trn, val), each sorted: a seeded permutation of the sorted names; the first n_trn trn."""
+    ordered = sorted(names)
+    if len(set(ordered)) != len(ordered):
+        raise FoldError(f"fss: the names to split into trn/val hold duplicates ({len(ordered)} names)")
+    if not 0 <= n_trn <= len(ordered):
+        raise FoldError(f"fss: cannot draw {n_trn} trn classes from {len(ordered)} names")
+    order = rng_for("fss-trainval", seed).permutation(len(ordered))
+    trn = tuple(sorted(ordered[i] for i in order[:n_trn]))
+    val = tuple(sorted(ordered[i] for i in order[n_trn:]))
+    return trn, val
+
+
+def fss_trainval_source(trainval: str | None = None) -> str:
+    """Return the provenance of FSS-1000's trn/val lists: "lists" (HSNet's files) or "derived:<seed>"."""
+    trainval = trainval or "lists"
+    if trainval not in FSS_TRAINVAL_SOURCES:
+        raise FoldError(f"fss: trn/val source must be one of {list(FSS_TRAINVAL_SOURCES)}, got {trainval!r}")
+    return "lists" if trainval == "lists" else f"derived:{FSS_TRAINVAL_SEED}"
+
+
+def fss_splits(trainval: str | None = None, folders: Iterable[str] | None = None) -> dict[str, tuple[str, ...]]:
+    """Return FSS-1000's {trn, val, test} class lists: trn/val shipped ("lists") or derived from `folders` on disk."""
+    # "derived": every folder not in the shipped test list is split by derive_fss_trainval with FSS_TRAINVAL_SEED.
+    if fss_trainval_source(trainval) == "lists":
+        return {split: fss_split_names(split) for split in ("trn", "val", "test")}
+    if folders is None:
+        raise FoldError("fss: the derived trn/val split needs the class-folder names found on disk")
+    test = fss_split_names("test")
+    rest = sorted(set(folders) - set(test))
+    n_trn, n_val = FSS_SPLIT_SIZES["trn"], FSS_SPLIT_SIZES["val"]
+    if len(rest) != n_trn + n_val:
+        raise FoldError(f"fss: the derived trn/val split needs {n_trn + n_val} non-test class folders, got {len(rest)}")
+    trn, val = derive_fss_trainval(rest, n_trn, FSS_TRAINVAL_SEED)
+    return {"trn": trn, "val": val, "test": test}
+
+
+def fss_classes(trainval: str | None = None, folders: Iterable[str] | None = None) -> tuple[str, ...]:
     """FSS-1000 class names in id order: sorted trn, then sorted val, then sorted test (id = position + 1)."""
-    return tuple(n for split in ("trn", "val", "test") for n in sorted(fss_split_names(split)))
+    splits = fss_splits(trainval, folders)
+    return tuple(n for split in ("trn", "val", "test") for n in sorted(splits[split]))
 
 
 def fss_fold(fold: int = 0) -> Fold:
     """FSS-1000: one fold; the 240 test classes are novel, the 520 trn classes are base (val classes are neither)."""
+    # Ids are positions in fss_classes(), so the table is the same whichever source the trn/val lists come from.
     _check_fold("fss", fold, 1)
     n_trn, n_val, n_test = (FSS_SPLIT_SIZES[s] for s in ("trn", "val", "test"))
     novel = tuple(range(n_trn + n_val + 1, n_trn + n_val + n_test + 1))

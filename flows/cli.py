@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -13,11 +16,15 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import typer  # noqa: E402
 from PIL import Image  # noqa: E402
+from prefect.logging.handlers import PrefectConsoleHandler  # noqa: E402
+from prefect.settings import PREFECT_HOME  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from rich.text import Text  # noqa: E402
 
 from maskforge.eval.datasets.base import DatasetError
 from maskforge.eval.datasets.check import check_layout, format_report
+from maskforge.flows.ephemeral_api import survive_api_loss
 from maskforge.flows.generate import generate_flow
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
 from maskforge.flows.serve import serve as serve_all
@@ -26,12 +33,19 @@ from maskforge.models.hsnet.model import learnable_parameters
 from maskforge.models.loading import load_pipelines
 from maskforge.models.tiny import build_tiny_models
 from maskforge.models.toy_train import ground_diffusion, load_toy_train_config, train_controlnets, train_diffusion
+from maskforge.storage.codec import ShardCodecError
 from maskforge.storage.preview import render_preview
 from maskforge.storage.reader import RunIncompleteError, RunReader
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.artifacts import contact_sheet_image
+from maskforge.tasks.artifacts import MAX_SHEET_PER_SOURCE, MAX_SHEET_SIDE, contact_sheet_image
 from maskforge.tasks.config import load_config
 from maskforge.tasks.hsnet.config import load_hsnet_config
+from maskforge.tasks.preflight import preflight
+
+# Known and harmless: diffusers' rename of torch_dtype (every supported version reads it), controlnet-aux's timm
+# registry and optional extras it does not need for HED.
+for _message in ("`torch_dtype` is deprecated", "Overwriting tiny_vit", "The module 'mediapipe' is not installed"):
+    warnings.filterwarnings("ignore", message=_message)
 
 app = typer.Typer(
     help="maskforge: synthetic few-shot segmentation data, orchestrated with Prefect.", no_args_is_help=True
@@ -42,11 +56,50 @@ models_app = typer.Typer(help="Build or check the models the diffusion stage loa
 app.add_typer(shards_app, name="shards")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
-console = Console()
+# No markup: messages carry user paths and patterns (`cfg/[bold]x.yaml`, `^[a-z0-9]*$`) that must print as given.
+console = Console(markup=False, highlight=False)
+
+
+class _NoTraceback(logging.Formatter):
+    """Formats a record as another formatter would, without its traceback (that goes to the log file)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format a copy of the record without exception info."""
+        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(bare)
+
+
+def log_to_file(folder: Path, command: str, verbose: bool) -> Path:
+    """Send Prefect's full log (tracebacks included) to FOLDER/COMMAND-TIME.log and, unless verbose, keep tracebacks
+    off the console; return the log file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log_file = folder / f"{command}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("prefect").addHandler(handler)
+    if not verbose:
+        loggers = [logging.getLogger()] + [
+            logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+        ]
+        for logger in loggers:
+            for console_handler in logger.handlers:
+                if isinstance(console_handler, PrefectConsoleHandler) and not isinstance(
+                    console_handler.formatter, _NoTraceback
+                ):
+                    console_handler.setFormatter(_NoTraceback(console_handler.formatter))
+    return log_file
+
+
+#: Times `generate` resumes a run whose flow failed because the Prefect API was lost (completed parts are reused).
+API_RESTARTS = 3
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    console.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
     raise typer.Exit(code=1)
 
 
@@ -74,30 +127,40 @@ def summary_table(summary: dict) -> Table:
 def generate(
     config: Path = typer.Argument(..., help="YAML config file (see configs/demo.yaml)."),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of run folders (overrides run.out_dir)."),
-    dask_workers: int = typer.Option(0, help="Fan classes out over a local Dask cluster of this many processes."),
+    dask_workers: int = typer.Option(
+        0, min=0, max=64, help="Fan classes out over a local Dask cluster of this many processes (0 to 64)."
+    ),
     dask_address: Optional[str] = typer.Option(None, help="Fan out over an existing Dask scheduler (tcp://host:8786)."),
     dask_cluster_class: Optional[str] = typer.Option(
         None, help="Dask cluster class, e.g. dask_cuda.LocalCUDACluster (one worker per GPU)."
     ),
+    verbose: bool = typer.Option(False, "--verbose", help="Print Prefect's tracebacks here, not only to the log file."),
 ) -> None:
     """Run the generation flow on a config and print the run folder and its summary."""
     try:
-        cfg = load_config(config, {"run.out_dir": out} if out else None)
-    except ConfigError as err:
+        cfg = load_config(config, {"run.out_dir": out} if out is not None else None)
+        preflight(cfg)  # before the Prefect server starts: a deterministic fault costs seconds and leaves no run folder
+    except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
+    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", "generate", verbose)
+    flow = generate_flow(dask_workers, dask_address, dask_cluster_class)
     try:
-        result = generate_flow(dask_workers, dask_address, dask_cluster_class)(config=cfg)
-    except (DatasetError, ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        result = survive_api_loss(lambda: flow(config=cfg), API_RESTARTS, log=console.print)
+    except (DatasetError, ValueError, FileNotFoundError, OSError) as err:
+        _fail(f"{err}{'' if verbose else f' (traceback in {log_file})'}")
     reader = RunReader(result["url"])
     console.print(summary_table(reader.summary))
     console.print(f"run folder: {result['url']}")
 
 
-def _open_run(run: str, partial: bool):
+#: `--no-verify`: the explicit opt-out of checking each shard read against the sha256 its run's marker recorded.
+NO_VERIFY_HELP = "Skip checking each shard read against the sha256 recorded in the run's completion marker."
+
+
+def _open_run(run: str, partial: bool, verify: bool = True):
     """Return a RunReader of `run`, exiting with the reason when it is not a complete run."""
     try:
-        return RunReader(run, allow_partial=partial)
+        return RunReader(run, allow_partial=partial, verify=verify)
     except RunIncompleteError as err:
         _fail(str(err))
 
@@ -129,12 +192,12 @@ def shards_show(
     key: str = typer.Argument(..., help="Sample key (see the manifest or `shards ls`)."),
     out: Path = typer.Option(..., "--out", help="PNG file to write: the image with mask overlay and class legend."),
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Write one sample as a PNG: image, coloured mask overlay and a legend of its classes."""
     try:
-        reader = RunReader(run, allow_partial=partial)
-        sample = reader.get(key)
-    except (RunIncompleteError, KeyError) as err:
+        sample = _open_run(run, partial, not no_verify).get(key)
+    except (RunIncompleteError, ShardCodecError, KeyError) as err:
         _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
     names = {int(c): n for c, n in sample.meta["class_names"].items()}
     render_preview(sample, names).save(out)
@@ -145,12 +208,24 @@ def shards_show(
 def shards_sheet(
     run: str = typer.Argument(..., help="Run folder."),
     out: Path = typer.Option(..., "--out", help="PNG file to write: a row per class, masks tinted."),
-    per_source: int = typer.Option(2, help="Samples per class and source."),
-    side: int = typer.Option(128, min=16, help="Cell size in pixels (images are upscaled to fit)."),
+    per_source: int = typer.Option(
+        2, min=1, max=MAX_SHEET_PER_SOURCE, help=f"Samples per class and source (1 to {MAX_SHEET_PER_SOURCE})."
+    ),
+    side: int = typer.Option(
+        128,
+        min=16,
+        max=MAX_SHEET_SIDE,
+        help=f"Cell size in pixels, 16 to {MAX_SHEET_SIDE} (images are upscaled to fit).",
+    ),
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
+    no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Write the run's contact sheet as one PNG: class names left, source names above, masks tinted and outlined."""
-    Image.fromarray(contact_sheet_image(_open_run(run, partial), per_source, side)).save(out)
+    try:
+        sheet = contact_sheet_image(_open_run(run, partial, not no_verify), per_source, side)
+    except (RunIncompleteError, ValueError) as err:
+        _fail(str(err))
+    Image.fromarray(sheet).save(out)
     console.print(f"wrote {out}")
 
 
@@ -159,10 +234,13 @@ def datasets_check(
     root: str = typer.Argument(..., help="Dataset root folder ('-' for the in-process toy dataset)."),
     dataset: str = typer.Option(..., "--dataset", help="pascal, coco, fss or toy."),
     coco_fold_mode: str = typer.Option("interleaved", help="COCO-20i folds: interleaved or contiguous."),
+    sample: Optional[int] = typer.Option(
+        None, "--sample", min=1, max=1_000_000, help="Decode only N images per split (default: every image)."
+    ),
 ) -> None:
-    """Validate a dataset layout and print image counts per class and per fold."""
+    """Validate a dataset layout (every image and label decoded) and print image counts per class and per fold."""
     try:
-        report = check_layout(dataset, None if root == "-" else root, coco_fold_mode)
+        report = check_layout(dataset, None if root == "-" else root, coco_fold_mode, sample=sample)
     except DatasetError as err:
         _fail(str(err))
     console.print(format_report(report), soft_wrap=True, markup=False, highlight=False)
@@ -172,8 +250,8 @@ def datasets_check(
 
 @app.command()
 def serve(
-    port: int = typer.Option(4200, help="Port of the Prefect server on 127.0.0.1."),
-    timeout: float = typer.Option(180.0, help="Seconds to wait for the server to become healthy."),
+    port: int = typer.Option(4200, min=1, max=65535, help="Port of the Prefect server on 127.0.0.1."),
+    timeout: float = typer.Option(180.0, min=1, max=3600, help="Seconds to wait for the server to become healthy."),
 ) -> None:
     """Start a local Prefect server (SQLite, loopback), the process work pool, every deployment and a worker."""
     try:
@@ -264,10 +342,11 @@ def hsnet_train(
 ) -> None:
     """Run the Prefect flow train_hsnet: episodic training on the fold's base classes; prints the checkpoint."""
     cfg = _hsnet_config(config, out)
+    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", "hsnet-train", verbose=False)
     try:
         report = train_hsnet(config=cfg)
     except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
-        _fail(str(err))
+        _fail(f"{err} (traceback in {log_file})")
     console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
     console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
 
@@ -279,10 +358,11 @@ def hsnet_eval(
 ) -> None:
     """Run the Prefect flow eval_hsnet: episodic evaluation, benchmark rows appended, table printed."""
     cfg = _hsnet_config(config, out)
+    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", "hsnet-eval", verbose=False)
     try:
         result = eval_hsnet(config=cfg)
     except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
-        _fail(str(err))
+        _fail(f"{err} (traceback in {log_file})")
     title = f"HSNet {result['backbone']} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
     table = Table(title=title)
     for col in ("setting", "mIoU %", "FB-IoU %"):

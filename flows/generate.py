@@ -9,9 +9,10 @@ from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.wrappers import (
     finish_run_task,
     learn_embedding_task,
-    plan_fold_task,
+    preflight_task,
     publish_run_artifacts_task,
     start_run_task,
+    transient_failure,
     write_class_part_task,
     write_generated_part_task,
     write_refined_part_task,
@@ -27,14 +28,19 @@ def generate(config: MaskforgeConfig) -> dict:
     (`generate.with_options(task_runner=dask_runner(...))`) fans them out; each class's part is the same either way.
     Tasks receive the typed config and the fold plan; none re-parses the config or re-plans the fold.
     """
+    plan = preflight_task(config)  # a deterministic fault stops the run here, before a run folder exists
     run = start_run_task(config)
     if run["complete"]:
         print(f"run already complete: {run['url']}")
         publish_run_artifacts_task(run["url"])  # each flow run shows the run it stands for
         return run
-    plan = plan_fold_task(config)
     url = run["url"]
-    retry = {"retries": config.run.retries, "retry_delay_seconds": config.run.retry_delay_s}
+    # only transient failures (lost API or store connection, CUDA out of memory) are retried
+    retry = {
+        "retries": config.run.retries,
+        "retry_delay_seconds": config.run.retry_delay_s,
+        "retry_condition_fn": transient_failure,
+    }
     compose, embed, diffuse, refine = (
         t.with_options(**retry)
         for t in (write_class_part_task, learn_embedding_task, write_generated_part_task, write_refined_part_task)

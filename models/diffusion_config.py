@@ -61,7 +61,7 @@ class XattnConfig(StrictConfig):
 class TextModeConfig(StrictConfig):
     """Text prompts: "a photo of a {class}" (AlignDiff's plain-text half)."""
 
-    samples: int = Field(4, ge=0, description="Text-prompted images per novel class.")
+    samples: int = Field(4, ge=0, le=100_000, description="Text-prompted images per novel class.")
     template: str = Field("a photo of a {class}", description="Prompt template; {class} is the class name.")
     negative_prompt: str = ""
     guidance_scale: float = Field(7.5, ge=1.0, description="Classifier-free guidance scale (AlignDiff: 7.5).")
@@ -80,13 +80,16 @@ class EmbeddingModeConfig(StrictConfig):
     """
 
     samples: int = Field(
-        4, ge=0, description="Embedding-prompted images per class, shots in turn (default: as many as text prompts)."
+        4,
+        ge=0,
+        le=100_000,
+        description="Embedding-prompted images per class, shots in turn (default: as many as text prompts).",
     )
     template: str = Field("a photo of a {token} {class}", description="Template; {token} is the learned token.")
     bank: str | None = Field(None, description="Embedding bank folder; default OUT_DIR/embeddings (shared by runs).")
     initializer: str = Field("good", description="Word whose embedding starts v* (AlignDiff: 'good'); one token.")
-    steps: int = Field(500, ge=1, description="Optimisation steps per embedding (AlignDiff: 500).")
-    batch_size: int = Field(4, ge=1, description="Noised copies of the shot per step (AlignDiff: 4).")
+    steps: int = Field(500, ge=1, le=100_000, description="Optimisation steps per embedding (AlignDiff: 500).")
+    batch_size: int = Field(4, ge=1, le=256, description="Noised copies of the shot per step (AlignDiff: 4).")
     learning_rate: float = Field(5e-4, gt=0, description="AdamW learning rate (AlignDiff: 5e-4).")
     weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay on v* (AlignDiff: 1e-2).")
     bg_lambda: float = Field(0.6, ge=0, description="Weight of the background term of Eq. 3 (AlignDiff: 0.6).")
@@ -99,7 +102,7 @@ class EmbeddingModeConfig(StrictConfig):
         0, ge=0, description="Stop when the smoothed loss has not improved for this many steps (0 = off)."
     )
     image_size: int | None = Field(
-        None, ge=16, description="Short side the shot is trained at; default diffusion.image_size."
+        None, ge=16, le=4096, description="Short side the shot is trained at; default diffusion.image_size."
     )
 
     @model_validator(mode="after")
@@ -116,7 +119,7 @@ class ControlNetModeConfig(StrictConfig):
     conditions: tuple[Literal["mask", "hed", "scribble"], ...] = Field(
         (), description="Conditions to generate; each needs its ControlNet in `models`."
     )
-    per_shot: int = Field(4, ge=1, description="Images per (real shot, condition) (DifFSS: 4).")
+    per_shot: int = Field(4, ge=1, le=1000, description="Images per (real shot, condition) (DifFSS: 4).")
     models: dict[Literal["mask", "hed", "scribble"], str] = Field(
         default_factory=dict, description="ControlNet per condition: a local diffusers folder or a cached hub id."
     )
@@ -130,7 +133,9 @@ class ControlNetModeConfig(StrictConfig):
     mask_color: tuple[int, int, int] = Field(
         (255, 255, 255), description="RGB of the foreground in the mask condition (background is black)."
     )
-    hed_dilation: int = Field(14, ge=1, description="Elliptical kernel size dilating the foreground that keeps edges.")
+    hed_dilation: int = Field(
+        14, ge=1, le=255, description="Elliptical kernel size dilating the foreground that keeps edges."
+    )
     label: Literal["support", "xattn"] = Field(
         "support", description="Label map written: the support mask it was conditioned on (DifFSS), or the xattn mask."
     )
@@ -162,9 +167,9 @@ class DiffusionConfig(StrictConfig):
     scheduler: Literal["ddim", "dpm-solver"] = "ddim"
     steps: int = Field(50, ge=1, le=1000, description="Denoising steps (AlignDiff: 50).")
     image_size: int = Field(
-        512, ge=16, description="Image side (text prompts) or short side (ControlNet, aspect kept)."
+        512, ge=16, le=4096, description="Image side (text prompts) or short side (ControlNet, aspect kept)."
     )
-    batch_size: int = Field(4, ge=1, description="Images per pipeline call.")
+    batch_size: int = Field(4, ge=1, le=256, description="Images per pipeline call.")
     text: TextModeConfig = TextModeConfig()
     embedding: EmbeddingModeConfig = EmbeddingModeConfig()
     controlnet: ControlNetModeConfig = ControlNetModeConfig()

@@ -5,12 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from maskforge.models.device import resolve_device, resolve_dtype
+from maskforge.models.diffusion_config import DiffusionConfig
 
 #: Weight file names diffusers reads for one model folder, safetensors first.
 _WEIGHT_FILES = (
@@ -34,6 +39,8 @@ def resolve_model_path(path_or_id: str, what: str, revision: str | None = None) 
     path = Path(path_or_id).expanduser()
     if path.is_dir():
         return path
+    if path.exists():
+        raise ModelLoadError(f"{what}: {path} is a file; expected a diffusers-format model folder")
     looks_like_hub_id = path_or_id.count("/") == 1 and not path_or_id.startswith((".", "/", "~"))
     if looks_like_hub_id:
         from huggingface_hub import snapshot_download
@@ -54,8 +61,23 @@ def _check_weighted_folder(folder: Path, what: str) -> None:
     """Raise ModelLoadError unless folder holds config.json and a weight file diffusers can read."""
     if not (folder / "config.json").is_file():
         raise ModelLoadError(f"{what}: {folder} has no config.json (not a diffusers/transformers model folder)")
-    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+    weights = [folder / name for name in _WEIGHT_FILES if (folder / name).is_file()]
+    if not weights:
         raise ModelLoadError(f"{what}: {folder} has no weights; expected one of {list(_WEIGHT_FILES)}")
+    check_weight_file(weights[0], what)
+
+
+def check_weight_file(file: Path, what: str) -> None:
+    """Read a weight file's header (safetensors) or archive index (torch zip), so a truncated or foreign file is an
+    error naming it before anything loads; `what` is the config field the file came from."""
+    if file.suffix == ".safetensors":
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                next(iter(handle.keys()), None)
+        except (SafetensorError, OSError) as err:
+            raise ModelLoadError(f"{what}: {file} is not a readable safetensors file ({err})") from None
+    elif not zipfile.is_zipfile(file):
+        raise ModelLoadError(f"{what}: {file} is not a readable torch checkpoint (not a zip archive)")
 
 
 def check_pipeline_folder(folder: Path, what: str = "diffusion.model") -> dict:
@@ -63,7 +85,12 @@ def check_pipeline_folder(folder: Path, what: str = "diffusion.model") -> dict:
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise ModelLoadError(f"{what}: {folder} has no model_index.json (not a diffusers pipeline folder)")
-    index = json.loads(index_file.read_text())
+    try:
+        index = json.loads(index_file.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ModelLoadError(f"{what}: {index_file} is not valid JSON ({err})") from None
+    if not isinstance(index, dict):
+        raise ModelLoadError(f"{what}: {index_file} holds a {type(index).__name__}, expected a JSON object")
     for name, spec in index.items():
         if name.startswith("_") or not isinstance(spec, list) or spec[0] is None:
             continue
@@ -134,7 +161,7 @@ def _ref(path_or_id: str, folder: Path, revision: str | None) -> ModelRef:
     return ModelRef(path_or_id, str(folder), revision or content_id(folder))
 
 
-def model_refs(cfg) -> dict[str, ModelRef]:
+def model_refs(cfg: DiffusionConfig) -> dict[str, ModelRef]:
     """Resolve the folders of the models a DiffusionConfig asks for: {"sd", "controlnet-KIND", "hed"} -> ModelRef
     (folder, and the revision given or the folder's content id); a missing folder is a ModelLoadError."""
     refs = {"sd": _ref(cfg.model, resolve_model_path(cfg.model, "diffusion.model", cfg.revision), cfg.revision)}
@@ -157,6 +184,18 @@ def _hed_folder(path: str) -> Path:
     return folder
 
 
+def check_models(cfg: DiffusionConfig) -> dict[str, ModelRef]:
+    """Check every model a diffusion section names without loading any: folders, configs and weight headers
+    (cheap: no tensor is read); return their refs. Any fault is a ModelLoadError naming the file and field."""
+    refs = model_refs(cfg)
+    check_pipeline_folder(Path(refs["sd"].folder))
+    for kind in cfg.controlnet.conditions:
+        _check_weighted_folder(Path(refs[f"controlnet-{kind}"].folder), f"diffusion.controlnet.models.{kind}")
+    if "hed" in refs:
+        check_weight_file(Path(refs["hed"].folder) / "ControlNetHED.pth", "diffusion.controlnet.hed_annotator")
+    return refs
+
+
 def load_hed(path: str):
     """Load controlnet-aux's HED detector from a folder holding ControlNetHED.pth (no hub)."""
     from controlnet_aux import HEDdetector
@@ -171,37 +210,51 @@ def _scheduler(pipe, name: str):
     return cls.from_config(pipe.scheduler.config)
 
 
-def load_pipelines(cfg) -> Pipelines:
+def load_pipelines(cfg: DiffusionConfig) -> Pipelines:
     """Load the SD pipeline and the ControlNets a DiffusionConfig asks for, on its device and dtype."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
 
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
-    refs = model_refs(cfg)
+    refs = check_models(cfg)
     folder = Path(refs["sd"].folder)
-    check_pipeline_folder(folder)
-    sd = StableDiffusionPipeline.from_pretrained(
-        folder, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
-    )
+    with _loading(folder, "diffusion.model"):
+        sd = StableDiffusionPipeline.from_pretrained(
+            folder, torch_dtype=dtype, local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
     sd.scheduler = _scheduler(sd, cfg.scheduler)
     sd.set_progress_bar_config(disable=True)
     sd.to(device)
     pipes = Pipelines(sd=sd, device=device, dtype=dtype, refs=refs)
     for kind in cfg.controlnet.conditions:
         cn_folder = Path(refs[f"controlnet-{kind}"].folder)
-        _check_weighted_folder(cn_folder, f"diffusion.controlnet.models.{kind}")
-        net = ControlNetModel.from_pretrained(cn_folder, torch_dtype=dtype, local_files_only=True).to(device)
+        with _loading(cn_folder, f"diffusion.controlnet.models.{kind}"):
+            net = ControlNetModel.from_pretrained(cn_folder, torch_dtype=dtype, local_files_only=True).to(device)
         pipe = StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=net)
         pipe.set_progress_bar_config(disable=True)
         pipes.controlnet[kind] = pipe
     if "hed" in refs:
-        pipes.hed = load_hed(refs["hed"].folder).to(device)
+        with _loading(Path(refs["hed"].folder), "diffusion.controlnet.hed_annotator"):
+            pipes.hed = load_hed(refs["hed"].folder).to(device)
     return pipes
+
+
+@contextmanager
+def _loading(folder: Path, what: str) -> Iterator[None]:
+    """Turn a library's failure to load a model folder (bad config, mismatched or truncated weights) into one
+    ModelLoadError naming the config field and the folder."""
+    try:
+        yield
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"{what}: cannot load {folder} ({type(err).__name__}: {first})") from None
 
 
 _CACHE: dict[str, Pipelines] = {}
 
 
-def cached_pipelines(cfg) -> Pipelines:
+def cached_pipelines(cfg: DiffusionConfig) -> Pipelines:
     """Return load_pipelines(cfg), reusing the models already loaded in this process for the same config."""
     key = cfg.model_dump_json(
         include={"model", "revision", "device", "dtype", "scheduler"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -158,10 +159,12 @@ def learn_embedding(
     cfg: EmbeddingModeConfig,
     seed: int,
     reencode_every_step: bool = False,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> LearnedEmbedding:
     """Learn v* for one shot (image, bool mask) already at training size with AdamW; only v* receives gradients.
 
-    `reencode_every_step` re-runs the VAE each step instead of using the cached latents (for the benchmark).
+    `reencode_every_step` re-runs the VAE each step instead of using the cached latents (for the benchmark);
+    `on_step(step, loss)` is called after every step (progress reporting).
     """
     start = time.perf_counter()
     problem = InversionProblem(pipe, image, mask, word, cfg)
@@ -177,6 +180,8 @@ def learn_embedding(
         optimizer.step()
         value = float(loss.detach())
         result.losses.append(value)
+        if on_step is not None:
+            on_step(len(result.losses), value)
         if cfg.early_stop_patience:  # plateau of an exponential moving average of the loss
             smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
             if smoothed < best * 0.999:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,8 +218,23 @@ def encode_sample(sample: ShardSample, jpeg_quality: int = 95) -> dict[str, Any]
     return fields
 
 
+@contextmanager
+def _member(key: str, where: str, field: str) -> Iterator[None]:
+    """Turn a decoder's failure on one member's bytes into a ShardCodecError naming the sample, shard and member."""
+    try:
+        yield
+    except ShardCodecError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as err:
+        raise ShardCodecError(f"sample {key!r}{where}: member {field} does not decode ({err})") from None
+
+
 def decode_sample(fields: dict[str, Any]) -> ShardSample:
-    """Invert encode_sample: stored field bytes (as grouped by webdataset, '__*' entries ignored) -> ShardSample."""
+    """Invert encode_sample: stored field bytes (as grouped by webdataset, '__*' entries ignored) -> ShardSample.
+
+    A member whose bytes do not decode (a truncated or bit-flipped PNG, JPEG, JSON or npy) is a ShardCodecError
+    naming the sample's key, its shard (`__url__`, when the reader gave it) and the member.
+    """
     key = fields.get("__key__")
     where = f" in {fields['__url__']}" if "__url__" in fields else ""
     if not isinstance(key, str):
@@ -224,7 +242,7 @@ def decode_sample(fields: dict[str, Any]) -> ShardSample:
     missing = [name for name in CORE_FIELDS if name not in fields]
     if missing:
         raise ShardCodecError(f"sample {key!r}{where} lacks fields {missing}; present: {sorted(fields)}")
-    with Image.open(io.BytesIO(fields[IMAGE_FIELD])) as img:
+    with _member(key, where, IMAGE_FIELD), Image.open(io.BytesIO(fields[IMAGE_FIELD])) as img:
         if img.mode != "RGB":
             raise ShardCodecError(f"sample {key!r}{where}: {IMAGE_FIELD} has mode {img.mode!r}, expected 'RGB'")
         image = np.array(img)
@@ -234,14 +252,15 @@ def decode_sample(fields: dict[str, Any]) -> ShardSample:
         raise ShardCodecError(f"sample {key!r}{where}: {META_FIELD} is not valid JSON: {exc}") from exc
     if not isinstance(meta, dict) or LABEL_VALUES not in meta:
         raise ShardCodecError(f"sample {key!r}{where}: {META_FIELD} must be an object holding {LABEL_VALUES!r}")
-    label = decode_label(key, fields[LABEL_FIELD], meta.pop(LABEL_VALUES))
+    with _member(key, where, LABEL_FIELD):
+        label = decode_label(key, fields[LABEL_FIELD], meta.pop(LABEL_VALUES))
     if label.shape != image.shape[:2]:
         raise ShardCodecError(
             f"sample {key!r}{where}: {LABEL_FIELD} shape {label.shape} differs from {IMAGE_FIELD} HxW {image.shape[:2]}"
         )
-    extras = {
-        name: decode_extra(key, name, data)
-        for name, data in sorted(fields.items())
-        if not name.startswith("__") and name not in CORE_FIELDS
-    }
+    extras = {}
+    for name, data in sorted(fields.items()):
+        if not name.startswith("__") and name not in CORE_FIELDS:
+            with _member(key, where, name):
+                extras[name] = decode_extra(key, name, data)
     return ShardSample(key=key, image=image, label=label, meta=meta, extras=extras)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -104,3 +106,45 @@ def remove_tree(url: str) -> None:
     fs, path = resolve(url)
     if fs.exists(path):
         fs.rm(path, recursive=True)
+
+
+class OutputLocationError(ValueError):
+    """An output location that cannot take a run: names the path, what is wrong there and what would help."""
+
+
+def check_output_location(url: str, need_bytes: int = 0, field: str = "run.out_dir") -> None:
+    """Check, before any work, that runs can be written under `url` (created if missing, never a run folder).
+
+    Remote URLs: the fsspec protocol must be installed (the error names the package to install). Local paths: no
+    file in the way, its nearest existing folder writable (a probe file is written and removed; nothing is created),
+    and about `need_bytes` free on that disk.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise OutputLocationError(f"{field}: empty; expected a folder path or an fsspec URL for the run folders")
+    protocol, _ = fsspec.core.split_protocol(url)
+    if protocol not in (None, "file", "local"):
+        try:
+            fsspec.get_filesystem_class(protocol)
+        except ImportError as err:
+            raise OutputLocationError(
+                f"{field}: {url!r} needs an fsspec backend that is not installed: {err}"
+            ) from None
+        except ValueError as err:
+            raise OutputLocationError(f"{field}: {url!r}: {err}") from None
+        return
+    folder = Path(url.split("://", 1)[-1]).expanduser().absolute()
+    existing = next(ancestor for ancestor in (folder, *folder.parents) if ancestor.exists())
+    if not existing.is_dir():
+        where = "" if existing == folder else f", so {folder} cannot be created"
+        raise OutputLocationError(f"{field}: {existing} is a file{where}; expected a folder for the run folders")
+    try:  # a probe file where the first new folder would go: nothing is created that a failed run leaves behind
+        probe = existing / f".maskforge-probe-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise OutputLocationError(f"{field}: cannot write in {existing} ({err.strerror or err})") from None
+    free = shutil.disk_usage(existing).free
+    if need_bytes and free < need_bytes:
+        raise OutputLocationError(
+            f"{field}: {existing} has {free / 1e6:.0f} MB free; this run needs about {need_bytes / 1e6:.0f} MB"
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -25,6 +26,35 @@ class RunIncompleteError(RuntimeError):
     """A run folder without a valid completion marker, or whose files disagree with it."""
 
 
+class ShardCorruptError(RunIncompleteError):
+    """A shard whose bytes hash to something other than the sha256 its run's completion marker recorded."""
+
+
+class HashingStream:
+    """A read-only file wrapper that hashes every byte read through it: one read both serves and verifies a shard."""
+
+    def __init__(self, stream, name: str) -> None:
+        """Wrap `stream`; `name` (the shard's) appears in errors."""
+        self.stream, self.name = stream, name
+        self.digest = hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        """Read and hash."""
+        data = self.stream.read(size)
+        self.digest.update(data)
+        return data
+
+    def finish(self, expected: str, run_url: str) -> None:
+        """Hash what the consumer left unread (tar padding), then raise ShardCorruptError unless the digest matches."""
+        for block in iter(lambda: self.read(1 << 20), b""):
+            pass
+        if self.digest.hexdigest() != expected:
+            raise ShardCorruptError(
+                f"run {run_url}: shard {SHARDS_DIR}/{self.name} is corrupted: sha256 {self.digest.hexdigest()} != "
+                f"{expected} recorded in {MARKER_NAME} (samples already read from it are not to be trusted)"
+            )
+
+
 def _json_or_none(data: bytes) -> Any:
     """Return parsed JSON, or None for bytes that are not JSON (callers report that as a mismatch)."""
     try:
@@ -33,22 +63,49 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
-def open_shard_streams(sources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Pipeline stage: open each {'url'} with fsspec and yield {'url', 'stream'}, closing it once it is consumed."""
+def open_shard_streams(
+    sources: Iterable[dict[str, Any]],
+    expected: dict[str, str] | None = None,
+    run_url: str = "",
+    verified: Callable[[str], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Pipeline stage: open each {'url'} with fsspec and yield {'url', 'stream'}, closing it once it is consumed.
+
+    With `expected` ({shard url: sha256}), each listed stream is hashed as it is read and checked when the consumer
+    moves on: a corrupted shard raises ShardCorruptError before the next shard is opened; `verified` is called
+    with the name of each shard that matched.
+    """
     for source in sources:
         fs, path = resolve(source["url"])
         # tar_file_expander reads a stream to its end before asking for the next one, so closing here is safe.
-        with fs.open(path, "rb") as stream:
+        with fs.open(path, "rb") as raw:
+            sha = (expected or {}).get(source["url"])
+            stream = raw if sha is None else HashingStream(raw, source["url"].rsplit("/", 1)[-1])
             yield {**source, "stream": stream}
+            if sha is not None:
+                stream.finish(sha, run_url)
+                if verified is not None:
+                    verified(stream.name)
 
 
 class RunReader:
     """Read-only view of a run folder (local path or fsspec URL); refuses incomplete runs unless allow_partial=True."""
 
-    def __init__(self, run_url: str, allow_partial: bool = False) -> None:
-        """Check the marker against manifest, shards, summary and config; raise RunIncompleteError on any problem."""
+    def __init__(self, run_url: str, allow_partial: bool = False, verify: bool = True) -> None:
+        """Check the marker against manifest, shards, summary and config; raise RunIncompleteError on any problem.
+
+        With `verify` (the default), every shard the marker lists is checked against its recorded sha256 the first
+        time this reader reads it: iteration hashes shards as it streams them (one read), random access hashes a
+        shard before returning its first sample. `verify=False` is the explicit opt-out.
+        """
         self.run_url = run_url
+        self.verify = verify
+        self._verified: set[str] = set()
         self._fs, self._path = resolve(run_url)
+        if not self._fs.exists(self._path):
+            raise RunIncompleteError(f"{run_url}: no such run folder")
+        if not self._fs.isdir(self._path):
+            raise RunIncompleteError(f"{run_url}: not a run folder (a file); expected a folder holding {MARKER_NAME}")
         self._marker: dict[str, Any] | None = None
         self._manifest: pa.Table | None = None
         self._members: dict[str, dict[str, dict[str, tuple[int, int]]]] = {}
@@ -222,7 +279,9 @@ class RunReader:
             return iter(())  # SimpleShardList rejects an empty list; a run with no samples simply yields nothing
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
-            open_shard_streams,
+            partial(
+                open_shard_streams, expected=self._expected_digests(), run_url=self.run_url, verified=self._verified.add
+            ),
             tar_file_expander,
             group_by_keys,
             wds.map(decode_sample),
@@ -239,6 +298,7 @@ class RunReader:
             raise RunIncompleteError(
                 f"run {self.run_url}: manifest puts key {key!r} in {shard}, but that shard lacks it"
             )
+        self._verify_shard(shard, f" (reading {key!r})")
         url = join(self.run_url, SHARDS_DIR, shard)
         fs, path = resolve(url)
         sample: dict[str, Any] = {"__key__": key, "__url__": url}
@@ -247,6 +307,31 @@ class RunReader:
                 handle.seek(offset)
                 sample[field] = handle.read(size)
         return decode_sample(sample)
+
+    def _expected_digests(self) -> dict[str, str]:
+        """Return {shard url: recorded sha256} of the shards still to verify (none when verify is off or no marker)."""
+        if not self.verify or self._marker is None:
+            return {}
+        return {
+            join(self.run_url, SHARDS_DIR, entry["name"]): entry["sha256"]
+            for entry in self._marker["shards"]
+            if entry["name"] not in self._verified
+        }
+
+    def _verify_shard(self, name: str, context: str = "") -> None:
+        """Hash one listed shard once per reader (when verify is on) and raise ShardCorruptError on a mismatch."""
+        url = join(self.run_url, SHARDS_DIR, name)
+        expected = self._expected_digests().get(url)
+        if expected is None:
+            return
+        fs, path = resolve(url)
+        with fs.open(path, "rb") as raw:
+            stream = HashingStream(raw, name)
+            try:
+                stream.finish(expected, self.run_url)
+            except ShardCorruptError as err:
+                raise ShardCorruptError(f"{err}{context}") from None
+        self._verified.add(name)
 
     def verify_shards(self) -> None:
         """Re-hash every listed shard against the marker (reads all bytes); raise RunIncompleteError on a mismatch."""
@@ -272,6 +357,7 @@ class RunReader:
         Shards are split across distributed ranks with wds.split_by_node (RANK/WORLD_SIZE or torch.distributed)
         and across DataLoader workers with webdataset's default split_by_worker, so give each rank x worker at
         least one shard. Local runs only: webdataset opens URLs with its own gopen, which has no fsspec support.
+        With verify on, every shard is hashed against the marker here, once per reader, before the dataset is built.
         """
         if not is_local(self._fs):
             raise ValueError(
@@ -281,6 +367,8 @@ class RunReader:
         urls = self.shard_urls()
         if not urls:
             raise ValueError(f"run {self.run_url} has no shards to build a WebDataset from")
+        for name in self._shard_names:  # webdataset opens shards itself: verify them here, once per reader
+            self._verify_shard(name)
         if isinstance(shuffle, bool):
             buffer = 1000 if shuffle else 0
         elif isinstance(shuffle, int) and shuffle >= 0:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 
 
 class ConfigError(ValueError):
@@ -17,9 +19,47 @@ class StrictConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value: object, info: ValidationInfo) -> object:
+        """Refuse a YAML boolean (`yes`, `on`, `true`) where the field wants something else: pydantic would read it
+        as 1 or 0, and `seed: yes` would quietly become seed 1."""
+        if isinstance(value, bool) and not _accepts_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(
+                f"a boolean ({value}) where a number or text is expected; YAML reads yes/no/on/off as booleans"
+            )
+        return value
+
     def resolved(self) -> dict:
         """Return the fully resolved config as plain JSON-compatible data (every default filled in)."""
         return self.model_dump(mode="json")
+
+
+def _accepts_bool(annotation: object) -> bool:
+    """Whether a field annotation admits a bool (bool itself, or a union or Literal holding one)."""
+    if annotation is bool:
+        return True
+    if typing.get_origin(annotation) is typing.Literal:
+        return any(isinstance(arg, bool) for arg in typing.get_args(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_accepts_bool(arg) for arg in typing.get_args(annotation))
+    return annotation is typing.Any
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        """Build a mapping; a duplicate key is an error naming its line."""
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _format_errors(source: str, err: ValidationError) -> str:
@@ -45,18 +85,35 @@ def validate_model(model: type[BaseModel], data: dict, source: str):
 def read_yaml(path: str | Path, overrides: dict | None = None) -> dict:
     """Read a YAML config file as a mapping and apply dotted-key overrides like {"run.out_dir": "runs"}."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; expected a YAML config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}); expected a YAML config file") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise ConfigError(f"{path}: not valid YAML at {where}: {err.problem or err.context}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping of config sections (see configs/demo.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
-        for p in parents:
+        for depth, p in enumerate(parents):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                section = ".".join(parents[: depth + 1])
+                raise ConfigError(
+                    f"{path}: section '{section}' is {node!r}; expected a mapping (the override {dotted} needs it)"
+                )
         node[leaf] = value
     return data

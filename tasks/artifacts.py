@@ -19,6 +19,8 @@ from maskforge.storage.reader import RunReader
 SHEET_BUDGET = 1_500_000
 #: PNG contact sheet layout: header band for source names, gap between cells, label font size (pixels).
 SHEET_HEADER, SHEET_GAP, SHEET_FONT = 22, 4, 13
+#: Bounds of the PNG contact sheet: cell side and samples per source, and the whole sheet (64 Mpx is 192 MB of RGB).
+MAX_SHEET_SIDE, MAX_SHEET_PER_SOURCE, MAX_SHEET_PIXELS = 512, 16, 64_000_000
 
 
 def artifact_key(run_url: str, kind: str) -> str:
@@ -89,6 +91,11 @@ def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 128)
 
     Size: width = label column + sources * per_source * (side + GAP), height = HEADER + classes * (side + GAP).
     """
+    if not 16 <= side <= MAX_SHEET_SIDE or not 1 <= per_source <= MAX_SHEET_PER_SOURCE:
+        raise ValueError(
+            f"contact sheet: side {side} must be 16..{MAX_SHEET_SIDE}, "
+            f"per_source {per_source} 1..{MAX_SHEET_PER_SOURCE}"
+        )
     picks = sheet_picks(reader, per_source)
     classes = sorted({name for name, _ in picks})
     sources = sorted({source for _, source in picks})
@@ -96,9 +103,13 @@ def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 128)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     label_width = int(max(probe.textlength(name, font=font) for name in classes)) + 2 * SHEET_GAP
     group = per_source * (side + SHEET_GAP)
-    out = Image.new(
-        "RGB", (label_width + len(sources) * group, SHEET_HEADER + len(classes) * (side + SHEET_GAP)), (255, 255, 255)
-    )
+    width, height = label_width + len(sources) * group, SHEET_HEADER + len(classes) * (side + SHEET_GAP)
+    if width * height > MAX_SHEET_PIXELS:
+        raise ValueError(
+            f"contact sheet of {len(classes)} classes x {len(sources)} sources x {per_source} at {side} px would be "
+            f"{width}x{height} px, over {MAX_SHEET_PIXELS // 1_000_000} Mpx; use a smaller --side or --per-source"
+        )
+    out = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(out)
     for column, source in enumerate(sources):
         draw.text((label_width + column * group, SHEET_GAP), source, fill=(0, 0, 0), font=font)

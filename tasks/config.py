@@ -26,16 +26,16 @@ class BaseSetConfig(StrictConfig):
     """The base set D^B (images with no novel pixel) and its class-balanced subset used for copy-paste."""
 
     split: str = Field("train", description="Dataset split the base images come from.")
-    subset_size: int = Field(500, ge=1, description="Images in the class-balanced base subset.")
+    subset_size: int = Field(500, ge=1, le=100_000, description="Images in the class-balanced base subset.")
 
 
 class CopyPasteConfig(StrictConfig):
     """Copy-paste composition (AlignDiff §3.5 / D.2): objects pasted onto base images."""
 
-    min_objects: int = Field(1, ge=1)
-    max_objects: int = Field(3, ge=1)
+    min_objects: int = Field(1, ge=1, le=20)
+    max_objects: int = Field(3, ge=1, le=20)
     scale_min: float = Field(0.1, gt=0)
-    scale_max: float = Field(2.0, gt=0)
+    scale_max: float = Field(2.0, gt=0, le=10)
 
     @model_validator(mode="after")
     def _ranges(self) -> "CopyPasteConfig":
@@ -49,7 +49,9 @@ class CopyPasteConfig(StrictConfig):
 class GenerationConfig(StrictConfig):
     """What to produce per novel class."""
 
-    samples_per_class: int = Field(8, ge=1, description="Composed scenes written per novel class and source.")
+    samples_per_class: int = Field(
+        8, ge=1, le=100_000, description="Composed scenes written per novel class and source."
+    )
     sources: tuple[Literal["real", "synthetic"], ...] = Field(
         ("real",),
         min_length=1,
@@ -64,8 +66,8 @@ class GenerationConfig(StrictConfig):
 class ShardsConfig(StrictConfig):
     """WebDataset shard limits and encoding."""
 
-    max_count: int = Field(1000, ge=1, description="Samples per shard at most.")
-    max_bytes: int = Field(500_000_000, ge=1024, description="Payload bytes per shard at most.")
+    max_count: int = Field(1000, ge=1, le=1_000_000, description="Samples per shard at most.")
+    max_bytes: int = Field(500_000_000, ge=1024, le=10_000_000_000, description="Payload bytes per shard at most.")
     jpeg_quality: int = Field(95, ge=50, le=100)
 
 
@@ -76,7 +78,7 @@ class RefinementConfig(StrictConfig):
         ..., description="HSNet checkpoint: ours (.safetensors from train_hsnet) or the authors' .pt."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(16, ge=1, description="Images per HSNet forward pass.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Images per HSNet forward pass.")
     alpha: float = Field(
         0.8, gt=0, le=1, description="Consensus IoU at which a coarse mask is accepted (AlignDiff: 0.8)."
     )
@@ -97,9 +99,9 @@ class RunConfig(StrictConfig):
 
     name: str = Field("run", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
     seed: int = Field(0, description="Run seed; each sample's seed derives from (run seed, class, index).")
-    out_dir: str = Field("runs", description="Parent folder (path or fsspec URL) of run folders.")
-    retries: int = Field(1, ge=0, description="Retries of a failed per-class task (transient failures).")
-    retry_delay_s: float = Field(10.0, ge=0, description="Seconds between retries.")
+    out_dir: str = Field("runs", min_length=1, description="Parent folder (path or fsspec URL) of run folders.")
+    retries: int = Field(1, ge=0, le=10, description="Retries of a failed per-class task (transient failures).")
+    retry_delay_s: float = Field(10.0, ge=0, le=3600, description="Seconds between retries.")
 
 
 #: Run fields that change how a run executes, not what it writes: left out of the config hash.

@@ -23,6 +23,7 @@ from maskforge.storage.labels import LABEL_DTYPE, binary_mask
 from maskforge.tasks.class_samples import sample_key
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import ClassPlan, FoldPlan
+from maskforge.tasks.progress import Progress
 from maskforge.tasks.prompts import class_word, embedding_token
 from maskforge.tasks.textual_inversion import shot_embedding
 
@@ -191,7 +192,12 @@ def _chunks(items: list, size: int) -> Iterator[list]:
 
 
 def generate_items(
-    pipes: Pipelines, items: list[GenItem], word: str, cfg: DiffusionConfig, shots: dict
+    pipes: Pipelines,
+    items: list[GenItem],
+    word: str,
+    cfg: DiffusionConfig,
+    shots: dict,
+    progress: Progress | None = None,
 ) -> list[Generated]:
     """Generate every item in batches of cfg.batch_size (one mode per batch); return them in item order.
 
@@ -201,6 +207,7 @@ def generate_items(
     by_source: dict[str, list[GenItem]] = {}
     for it in items:
         by_source.setdefault(it.source, []).append(it)
+    progress = progress or Progress(f"{word}: diffusion", len(items), "images")
     for source, group in by_source.items():
         for batch in _chunks(group, cfg.batch_size):
             controls = supports = None
@@ -215,7 +222,8 @@ def generate_items(
                 }
                 if len(set(sizes.values())) > 1:
                     for it in batch:
-                        out.extend(generate_items(pipes, [it], word, cfg.model_copy(update={"batch_size": 1}), shots))
+                        single = cfg.model_copy(update={"batch_size": 1})
+                        out.extend(generate_items(pipes, [it], word, single, shots, progress))
                     continue
                 size = next(iter(sizes.values()))
                 supports = [resize_mask(shots[it.shot_id][1], size) for it in batch]
@@ -232,6 +240,7 @@ def generate_items(
                     for it, m in zip(batch, supports)
                 ]
             images, maps, indices = generate_halving(pipe, batch, word, cfg, size, controls)
+            progress.advance(len(batch), source)
             for row, it in enumerate(batch):
                 soft = soft_map({f: m[row] for f, m in maps.items()}, size)
                 mask, cut = coarse_mask(soft, cfg.xattn.threshold)

@@ -17,6 +17,7 @@ from maskforge.storage.embeddings import EmbeddingMissingError, embedding_path, 
 from maskforge.storage.labels import binary_mask
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import ClassPlan, FoldPlan
+from maskforge.tasks.progress import Progress
 from maskforge.tasks.prompts import class_word
 
 
@@ -83,7 +84,10 @@ def shot_embedding(
             f"class {class_plan.class_name!r} shot {shot_id!r}: no embedding at {path} (the learn-embedding stage "
             "writes it; the embedding-prompt mode never falls back to plain text)"
         )
-    learned = learn_embedding(pipes.sd, image, mask, word, cfg, seed)
+    progress = Progress(f"{class_plan.class_name}: embedding of shot {shot_id}", cfg.steps, "steps")
+    learned = learn_embedding(
+        pipes.sd, image, mask, word, cfg, seed, on_step=lambda _, loss: progress.advance(note=f"loss {loss:.4f}")
+    )
     metadata = {
         "cache_key": key,
         "dataset": plan.dataset,

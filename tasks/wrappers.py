@@ -7,21 +7,26 @@ is deleted. Heavy GPU stages hold one slot of the global concurrency limit named
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prefect import task
+import httpx
+import torch
+from prefect import Task, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import TaskRun
 from prefect.concurrency.sync import concurrency
+from prefect.states import State
 
-from maskforge.eval.datasets import open_dataset
 from maskforge.storage.reader import RunReader
 from maskforge.tasks.artifacts import artifact_key, class_rows, contact_sheet
 from maskforge.tasks.config import MaskforgeConfig
-from maskforge.tasks.fold_plan import FoldPlan, plan_fold
+from maskforge.tasks.fold_plan import FoldPlan
+from maskforge.tasks.preflight import preflight
 from maskforge.tasks.textual_inversion import learn_shot_embedding
 from maskforge.tasks.write_run import (
     finish_run,
@@ -33,6 +38,23 @@ from maskforge.tasks.write_run import (
 
 #: Environment variable naming the global concurrency limit GPU tasks occupy (`maskforge serve` sets it to "gpu").
 GPU_LIMIT_ENV = "MASKFORGE_GPU_LIMIT"
+#: OS errors that can pass on their own (a busy or flaky device or network); a full or read-only disk cannot.
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED, errno.EPIPE}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failure may pass on a retry: a lost connection (the API, a remote store), a timeout, CUDA out of
+    memory, a busy device. Everything else (bad config, data, models, full disk) fails the same way again."""
+    if isinstance(exc, (ConnectionError, TimeoutError, httpx.TransportError, torch.cuda.OutOfMemoryError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
+def transient_failure(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect retry condition: retry a failed task only when its exception is_transient."""
+    return isinstance(state.data, BaseException) and is_transient(state.data)
 
 
 @contextmanager
@@ -47,10 +69,10 @@ def gpu_slot() -> Iterator[None]:
         yield
 
 
-@task(name="plan-fold", cache_policy=NO_CACHE)
-def plan_fold_task(config: MaskforgeConfig) -> FoldPlan:
-    """Prefect task: plan the fold on the process's dataset (opened once per process, see open_dataset)."""
-    return plan_fold(open_dataset(config.dataset), config)
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(config: MaskforgeConfig) -> FoldPlan:
+    """Prefect task: check everything the run needs before any run folder exists; return the fold plan."""
+    return preflight(config)
 
 
 @task(name="start-run", cache_policy=NO_CACHE)

@@ -14,7 +14,7 @@ from maskforge.eval.datasets import open_dataset
 from maskforge.models.loading import ModelLoadError, cached_pipelines, content_id, model_refs
 from maskforge.storage.assemble import PARTS_DIR, assemble_run, is_complete
 from maskforge.storage.codec import ShardSample
-from maskforge.storage.fs import join
+from maskforge.storage.fs import exists, join, remove_tree
 from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import RunWriter, write_config
 from maskforge.tasks.class_samples import class_samples
@@ -73,6 +73,8 @@ def start_run(config: MaskforgeConfig) -> dict:
     """Create the run folder with its resolved config; report whether a completed run is already there."""
     url = run_url(config)
     if is_complete(url):
+        if exists(join(url, PARTS_DIR)):  # left by a kill during finish-run after the marker was written
+            remove_tree(join(url, PARTS_DIR))
         return {"url": url, "complete": True}
     write_config(url, config.resolved())
     return {"url": url, "complete": False}

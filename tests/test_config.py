@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import load_config, parse_config
 
@@ -35,6 +36,8 @@ def test_field_errors_name_file_field_and_expectation(tmp_path):
     [
         ({"dataset": {"name": "pascal"}}, "dataset.root is required"),
         ({"dataset": {"name": "fss", "root": "/x", "fold": 2}}, "FSS-1000 has one fold"),
+        ({"dataset": {"name": "coco", "root": "/x", "fss_trainval": "derived"}}, "dataset.fss_trainval applies to"),
+        ({"dataset": {"name": "fss", "root": "/x", "fss_trainval": "random"}}, "field 'dataset.fss_trainval'"),
         ({"copy_paste": {"min_objects": 4, "max_objects": 2}}, "min_objects (4) must be <= max_objects (2)"),
         ({"run": {"name": "Bad Name"}}, "field 'run.name'"),
         ({"generation": {"sources": ["dream"]}}, "field 'generation.sources.0'"),
@@ -53,3 +56,24 @@ def test_missing_and_malformed_files(tmp_path):
     broken.write_text("run: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(broken)
+
+
+def test_dataset_dump_keeps_its_keys_unless_fss_trainval_is_set():
+    toy = {"seed": 0, "image_size": 96, "n_train": 400, "n_val": 100}
+    old = {"name": "toy", "root": None, "fold": 0, "coco_fold_mode": "interleaved", "toy": toy}
+    assert DatasetConfig().model_dump(mode="json") == old
+    assert list(DatasetConfig().model_dump(mode="json")) == ["name", "root", "fold", "coco_fold_mode", "toy"]
+    assert "fss_trainval" not in DatasetConfig(name="fss", root="/fss").model_dump(mode="json")
+    derived = DatasetConfig(name="fss", root="/fss", fss_trainval="derived")
+    assert derived.model_dump(mode="json") == {**old, "name": "fss", "root": "/fss", "fss_trainval": "derived"}
+    assert DatasetConfig.model_validate(derived.model_dump(mode="json")) == derived
+    assert DatasetConfig(name="fss", root="/fss", fss_trainval="lists").model_dump()["fss_trainval"] == "lists"
+
+
+def test_fss_trainval_is_recorded_and_hashed():
+    fss = {"name": "fss", "root": "/fss"}
+    plain = parse_config({"dataset": fss}, source="inline.yaml")
+    derived = parse_config({"dataset": {**fss, "fss_trainval": "derived"}}, source="inline.yaml")
+    assert "fss_trainval" not in plain.resolved()["dataset"]
+    assert derived.resolved()["dataset"]["fss_trainval"] == "derived"
+    assert derived.hash() != plain.hash()

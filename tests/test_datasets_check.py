@@ -4,10 +4,10 @@ import re
 
 import numpy as np
 import pytest
-from fakes import make_coco, make_fss, make_pascal, truncate, write_noise_jpeg, write_png
+from fakes import make_coco, make_fss, make_pascal, truncate, write_jpeg, write_noise_jpeg, write_png
 
 from maskforge.eval import folds
-from maskforge.eval.datasets import build_dataset
+from maskforge.eval.datasets import build_dataset, check
 from maskforge.eval.datasets.base import DatasetError
 from maskforge.eval.datasets.check import check_layout, format_report, sample_ids
 from maskforge.eval.datasets.config import ToyConfig
@@ -133,7 +133,7 @@ def test_fss_report_full_size_table(tmp_path, monkeypatch):
     lists = {"trn": tuple(names[:520]), "val": tuple(names[520:760]), "test": tuple(names[760:])}
     monkeypatch.setattr(folds, "fss_split_names", lambda split: lists[split])
     make_fss(tmp_path, lists, images_per_class=1)
-    report = check_layout("fss", str(tmp_path), n_sample=3)
+    report = check_layout("fss", str(tmp_path), sample=3)
     assert report.problems == []
     assert report.split_images == {"trn": 520, "val": 240, "test": 240, "train": 1000}
     assert report.decoded == {"trn": 3, "val": 3, "test": 3, "train": 3}
@@ -152,3 +152,99 @@ def test_fss_without_split_lists_reports_how_to_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(folds, "fss_split_names", missing)
     report = check_layout("fss", str(tmp_path))
     assert len(report.problems) == 1 and "not shipped" in report.problems[0]
+
+
+def _truncated_jpeg(voc, image_id: str, width: int, height: int):
+    """Overwrite one JPEG with a noise JPEG of the label's size cut to 80% (header readable, full decode fails)."""
+    return truncate(write_noise_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", width, height), keep=0.8)
+
+
+def _extra_train_images(voc, n: int) -> list[str]:
+    """Add n background-only 16x16 train images 2010_000000.. (not in val.txt); return their ids."""
+    ids = [f"2010_{k:06d}" for k in range(n)]
+    for image_id in ids:
+        write_jpeg(voc / "JPEGImages" / f"{image_id}.jpg", 16, 16)
+        write_png(voc / "SegmentationClassAug" / f"{image_id}.png", np.zeros((16, 16), np.uint8))
+    return ids
+
+
+def test_default_check_decodes_every_image(tmp_path):
+    voc = make_pascal(tmp_path)
+    extra = _extra_train_images(voc, 30)  # train: 2008_000003, 2008_000004, 2010_000000..029 = 32 ids
+    jpeg = _truncated_jpeg(voc, extra[-1], 16, 16)  # the last id: an evenly spaced sample of 20 (or 1) skips it
+    assert "2010_000029" not in sample_ids(["2008_000003", "2008_000004", *extra], 20)
+    report = check_layout("pascal", str(voc))
+    assert report.sample is None
+    assert report.split_images == {"train": 32, "val": 2}  # the index reads headers only: counts stay exact
+    assert report.decoded == {"train": 31, "val": 2}
+    assert len(report.problems) == 1
+    (problem,) = report.problems
+    assert problem.startswith("train: pascal: unreadable or truncated image ") and str(jpeg) in problem
+    text = format_report(report)
+    assert "decoded (all):    train 31 | val 2" in text
+    assert "problems (1):" in text and f"  - {problem}" in text and "problems: none" not in text
+
+    sampled = check_layout("pascal", str(voc), sample=20)
+    assert sampled.sample == 20 and sampled.ok and sampled.problems == []
+    assert sampled.decoded == {"train": 20, "val": 2} and sampled.split_images == {"train": 32, "val": 2}
+    assert "decoded (sample of 20 per split): train 20 | val 2" in format_report(sampled)
+    one = check_layout("pascal", str(voc), sample=1)  # train's 2008_000003 and val's 2007_000001 only
+    assert one.ok and one.decoded == {"train": 1, "val": 1}
+
+
+def test_every_bad_image_is_reported_and_the_list_is_capped(tmp_path, monkeypatch):
+    voc = make_pascal(tmp_path)
+    bad = {
+        "2008_000003": _truncated_jpeg(voc, "2008_000003", 40, 32),
+        "2008_000004": _truncated_jpeg(voc, "2008_000004", 16, 16),
+        "2007_000002": _truncated_jpeg(voc, "2007_000002", 18, 24),
+    }
+    report = check_layout("pascal", str(voc))
+    assert report.decoded == {"train": 0, "val": 1}
+    assert len(report.problems) == 3
+    for image_id, split in (("2008_000003", "train"), ("2008_000004", "train"), ("2007_000002", "val")):
+        assert sum(p.startswith(f"{split}: ") and str(bad[image_id]) in p for p in report.problems) == 1
+
+    extra = _extra_train_images(voc, 25)
+    for image_id in extra:
+        bad[image_id] = _truncated_jpeg(voc, image_id, 16, 16)
+    capped = check_layout("pascal", str(voc))  # train: 27 bad images, 20 listed; val: 1 bad image
+    assert capped.decoded == {"train": 0, "val": 1}
+    assert len(capped.problems) == check.MAX_PROBLEMS_PER_SPLIT + 2 == 22
+    train_ids = ["2008_000003", "2008_000004", *extra]
+    for problem, image_id in zip(capped.problems[:20], train_ids[:20]):
+        assert problem.startswith("train: ") and str(bad[image_id]) in problem
+    assert capped.problems[20] == "train: (+7 more problems)"
+    assert capped.problems[21].startswith("val: ") and str(bad["2007_000002"]) in capped.problems[21]
+    assert not any(str(bad[i]) in p for i in train_ids[20:] for p in capped.problems)
+    assert "problems (22):" in format_report(capped)
+
+    monkeypatch.setattr(check, "MAX_PROBLEMS_PER_SPLIT", 1)
+    assert check_layout("pascal", str(voc)).problems[1] == "train: (+26 more problems)"
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\n"])
+def test_empty_val_list_is_a_problem_naming_the_file(tmp_path, content):
+    voc = make_pascal(tmp_path)
+    val_list = voc / "ImageSets" / "Segmentation" / "val.txt"
+    val_list.write_text(content)
+    report = check_layout("pascal", str(voc))
+    assert not report.ok
+    assert report.problems == [f"pascal: {val_list} lists no image ids; expected VOC's val list (one id per line)"]
+    assert report.split_images == {} and report.decoded == {}
+    assert f"  - pascal: {val_list} lists no image ids" in format_report(report)
+
+
+def test_split_without_images_is_a_problem_naming_the_split(tmp_path):
+    voc = make_pascal(tmp_path)
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text("2007_000001\n2007_000002\n2008_000003\n2008_000004\n")
+    report = check_layout("pascal", str(voc))
+    assert report.problems == ["train: split 'train' has no images; expected at least one"]
+    assert report.split_images == {"train": 0, "val": 4}
+    assert report.decoded == {"train": 0, "val": 4}
+
+
+@pytest.mark.parametrize("bad", [0, -3, True, 1.5])
+def test_sample_below_one_is_a_usage_error(tmp_path, bad):
+    with pytest.raises(DatasetError, match="sample must be a whole number >= 1"):
+        check_layout("pascal", str(make_pascal(tmp_path)), sample=bad)

@@ -1,5 +1,6 @@
 """PascalDataset on a tiny fake VOC2012 layout: splits, exact label maps, class index, and every bad input."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,14 @@ def test_missing_aug_folder(voc):
 def test_missing_val_list(voc):
     (voc / "ImageSets" / "Segmentation" / "val.txt").unlink()
     with pytest.raises(DatasetError, match="missing file .*val.txt"):
+        PascalDataset(voc)
+
+
+@pytest.mark.parametrize("content", ["", "\n \n"])
+def test_empty_val_list(voc, content):
+    val_list = voc / "ImageSets" / "Segmentation" / "val.txt"
+    val_list.write_text(content)
+    with pytest.raises(DatasetError, match=re.escape(f"{val_list} lists no image ids")):
         PascalDataset(voc)
 
 

@@ -103,10 +103,12 @@ def test_every_mode_writes_valid_samples(setup, tmp_path):
     assert not np.array_equal(samples["toy-f0-c0001-cn-mask-00000"].image, samples["toy-f0-c0001-cn-hed-00000"].image)
 
 
-def test_rerun_and_batching_reproduce_items(setup):
+def test_rerun_and_batching_reproduce_items(setup, capsys):
     config, dataset, plan, pipes = setup
     cfg = config.diffusion
     first = diffusion_samples(pipes, dataset, config, plan, plan.novel[0])
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("red disc: diffusion: ")]
+    assert progress and progress[-1].startswith(f"red disc: diffusion: {len(first)}/{len(first)} images")
     second = diffusion_samples(pipes, dataset, config, plan, plan.novel[0])
     for a, b in zip(first, second):
         assert a.key == b.key and np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)

@@ -8,6 +8,7 @@ from maskforge.eval.folds import (
     TOY_CLASSES,
     FoldError,
     coco_fold,
+    fss_fold,
     get_fold,
     pascal_fold,
     toy_fold,
@@ -81,3 +82,11 @@ def test_bad_fold_and_dataset_errors():
         coco_fold(0, "random")
     with pytest.raises(FoldError, match="unknown dataset 'voc'"):
         get_fold("voc", 0)
+
+
+def test_fss_fold_is_positional_and_the_same_for_either_trainval_source():
+    f = get_fold("fss", 0)
+    assert f == fss_fold(0)
+    assert f.novel == tuple(range(761, 1001)) and f.base == tuple(range(1, 521))
+    with pytest.raises(FoldError, match="fss: fold must be in 0..0, got 1"):
+        get_fold("fss", 1)

@@ -27,20 +27,27 @@ __all__ = [
 ]
 
 
-def build_dataset(name: str, root: str | None, toy: ToyConfig | None = None) -> SegDataset:
+def build_dataset(
+    name: str, root: str | None, toy: ToyConfig | None = None, fss_trainval: str | None = None
+) -> SegDataset:
     """Construct the adapter of a dataset by name; an unknown name or a wrong root is a DatasetError.
 
     `toy` configures the toy world only (DatasetConfig always carries one, so on-disk datasets ignore it).
+    `fss_trainval` picks FSS-1000's trn/val lists ("lists", the default, or "derived"); other datasets refuse it.
     """
     if name not in DATASET_NAMES:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
+    if fss_trainval is not None and name != "fss":
+        raise DatasetError(f"{name}: fss_trainval applies to FSS-1000 only, got {fss_trainval!r}")
     if name == "toy":
         if root:
             raise DatasetError(f"toy: root must be empty (the toy world is rendered in-process), got {root!r}")
         return ToyDataset(toy or ToyConfig())
     if not root:
         raise DatasetError(f"{name}: a dataset root is required; expected the directory holding the dataset")
-    adapters = {"pascal": PascalDataset, "coco": CocoDataset, "fss": FssDataset}
+    if name == "fss":
+        return FssDataset(root, fss_trainval)
+    adapters = {"pascal": PascalDataset, "coco": CocoDataset}
     return adapters[name](root)
 
 
@@ -49,15 +56,16 @@ def open_dataset(config: DatasetConfig) -> SegDataset:
 
     Adapters index lazily and keep their indexes (COCO parses each instances JSON once, PASCAL reads each label PNG
     once), so every task of a run in this process reuses one parse. The fold is not part of the dataset: configs
-    that differ only in `fold` share it.
+    that differ only in `fold` share it; FSS-1000 configs that pick different trn/val lists (`fss_trainval`) do not.
     """
-    return _open(config.name, config.root, config.toy)
+    trainval = (config.fss_trainval or "lists") if config.name == "fss" else None
+    return _open(config.name, config.root, config.toy, trainval)
 
 
 @lru_cache(maxsize=OPEN_DATASETS)
-def _open(name: str, root: str | None, toy: ToyConfig) -> SegDataset:
+def _open(name: str, root: str | None, toy: ToyConfig, fss_trainval: str | None) -> SegDataset:
     """build_dataset, memoised on what defines the dataset (not the fold)."""
-    return build_dataset(name, root, toy)
+    return build_dataset(name, root, toy, fss_trainval)
 
 
 def forget_datasets() -> None:

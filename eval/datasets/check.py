@@ -1,10 +1,11 @@
-"""Dataset layout check: build the adapter and its class indexes, decode a sample, count per split, class and fold."""
+"""Dataset layout check: build the adapter and class indexes, decode every image (or a sample), count per split/fold."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+from rich.progress import track
 
 from maskforge.eval.datasets import DATASET_NAMES, build_dataset
 from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
@@ -14,6 +15,8 @@ from maskforge.storage.labels import BACKGROUND, IGNORE, LABEL_DTYPE, present_cl
 
 _N_FOLDS = {"pascal": 4, "coco": 4, "toy": 4, "fss": 1}
 _FOLD_MODES = ("interleaved", "contiguous")
+#: Problems listed per split before the rest are summed up in one "(+N more)" line, so the output stays bounded.
+MAX_PROBLEMS_PER_SPLIT = 20
 
 
 @dataclass
@@ -34,11 +37,12 @@ class LayoutReport:
     dataset: str
     root: str | None
     fold_mode: str
+    sample: int | None = None  # images decoded per split; None = every image
     classes: dict[int, str] = field(default_factory=dict)
     split_images: dict[str, int] = field(default_factory=dict)
     class_images: dict[str, dict[int, int]] = field(default_factory=dict)  # split -> class id -> images
     folds: list[FoldSummary] = field(default_factory=list)
-    decoded: dict[str, int] = field(default_factory=dict)  # split -> sampled images decoded without error
+    decoded: dict[str, int] = field(default_factory=dict)  # split -> images decoded without error
     empty_classes: list[int] = field(default_factory=list)  # classes with no image in any split
     problems: list[str] = field(default_factory=list)
 
@@ -89,18 +93,26 @@ def _fold_summary(ds_name: str, fold: int, fold_mode: str, index: dict[str, dict
 
 
 def check_layout(
-    name: str, root: str | None, fold_mode: str = "interleaved", n_sample: int = 20, toy: ToyConfig | None = None
+    name: str,
+    root: str | None,
+    fold_mode: str = "interleaved",
+    sample: int | None = None,
+    toy: ToyConfig | None = None,
 ) -> LayoutReport:
-    """Validate a dataset layout: build the adapter and class indexes, decode up to n_sample images per split.
+    """Validate a dataset layout: build the adapter and class indexes, decode every image and label of every split.
 
-    Layout faults are collected in `problems` (checking goes on where it can); an unknown dataset name or fold
-    mode is a usage error and raises (DatasetError / FoldError).
+    `sample=N` (>= 1) decodes only N images per split, spread evenly over the sorted ids (sample_ids). Layout
+    faults are collected in `problems` (checking goes on where it can; every undecodable image is one problem,
+    listed up to MAX_PROBLEMS_PER_SPLIT per split); an unknown dataset name, fold mode or a sample below 1 is a
+    usage error and raises (DatasetError / FoldError).
     """
     if name not in DATASET_NAMES:
         raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
     if fold_mode not in _FOLD_MODES:
         raise FoldError(f"fold mode must be one of {_FOLD_MODES}, got {fold_mode!r}")
-    report = LayoutReport(name, root, fold_mode)
+    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
+        raise DatasetError(f"sample must be a whole number >= 1 (images per split) or None for all, got {sample!r}")
+    report = LayoutReport(name, root, fold_mode, sample)
     try:
         ds: SegDataset = build_dataset(name, root, toy)
         report.classes = ds.classes()
@@ -114,6 +126,8 @@ def check_layout(
         try:
             ids = ds.image_ids(split)
             report.split_images[split] = len(ids)
+            if not ids:
+                report.problems.append(f"{split}: split {split!r} has no images; expected at least one")
             index[split] = ds.class_index(split)
         except (DatasetError, FoldError) as err:
             report.problems.append(f"{split}: {err}")
@@ -129,16 +143,22 @@ def check_layout(
             for cid, image_ids in index[split].items():
                 for image_id in image_ids:
                     by_image.setdefault(image_id, set()).add(cid)
+        ids = ds.image_ids(split)
+        chosen = ids if sample is None else sample_ids(ids, sample)
         decoded = 0
-        for image_id in sample_ids(ds.image_ids(split), n_sample):
+        split_problems: list[str] = []
+        for image_id in track(chosen, description=f"{name} {split}: decoding", transient=True):
             try:
                 rec = ds.load(image_id)
             except DatasetError as err:
-                report.problems.append(f"{split}: {err}")
+                split_problems.append(f"{split}: {err}")
                 continue
             decoded += 1
             indexed = None if by_image is None else by_image.get(image_id, set())
-            report.problems.extend(f"{split}: {p}" for p in _record_problems(rec, report.classes, indexed))
+            split_problems.extend(f"{split}: {p}" for p in _record_problems(rec, report.classes, indexed))
+        report.problems.extend(split_problems[:MAX_PROBLEMS_PER_SPLIT])
+        if len(split_problems) > MAX_PROBLEMS_PER_SPLIT:
+            report.problems.append(f"{split}: (+{len(split_problems) - MAX_PROBLEMS_PER_SPLIT} more problems)")
         report.decoded[split] = decoded
 
     report.empty_classes = [
@@ -179,7 +199,8 @@ def format_report(report: LayoutReport) -> str:
     splits = list(report.split_images)
     if splits:
         lines.append("images per split: " + " | ".join(f"{s} {report.split_images[s]}" for s in splits))
-        lines.append("decoded sample:   " + " | ".join(f"{s} {report.decoded.get(s, 0)}" for s in splits))
+        what = "decoded (all):    " if report.sample is None else f"decoded (sample of {report.sample} per split): "
+        lines.append(what + " | ".join(f"{s} {report.decoded.get(s, 0)}" for s in splits))
     indexed = [s for s in splits if s in report.class_images]
     if report.classes and indexed:
         lines += ["", "images per class"]

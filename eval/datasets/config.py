@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from maskforge.storage.yaml_config import StrictConfig
 
@@ -14,8 +14,8 @@ class ToyConfig(StrictConfig):
 
     seed: int = Field(0, description="World seed: the same seed renders the same images.")
     image_size: int = Field(96, ge=32, le=1024, description="Square image side in pixels.")
-    n_train: int = Field(400, ge=8, description="Images in the train split.")
-    n_val: int = Field(100, ge=4, description="Images in the val split.")
+    n_train: int = Field(400, ge=8, le=100_000, description="Images in the train split.")
+    n_val: int = Field(100, ge=4, le=100_000, description="Images in the val split.")
 
 
 class DatasetConfig(StrictConfig):
@@ -28,6 +28,19 @@ class DatasetConfig(StrictConfig):
         "interleaved", description="COCO-20i fold tables: interleaved (HSNet, default) or contiguous (PANet-style)."
     )
     toy: ToyConfig = ToyConfig()
+    fss_trainval: Literal["lists", "derived"] | None = Field(
+        None,
+        description="FSS-1000 trn/val class lists: lists (HSNet's trn.txt/val.txt in eval/splits/fss/, the default) or "
+        "derived (a seeded 520/240 split of the 760 non-test class folders on disk). FSS-1000 only.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_trainval(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump without fss_trainval while it is None, so the dumps and hashes of configs without it stay the same."""
+        data = handler(self)
+        if self.fss_trainval is None:
+            data.pop("fss_trainval", None)
+        return data
 
     @model_validator(mode="after")
     def _root_and_fold(self) -> "DatasetConfig":
@@ -35,6 +48,10 @@ class DatasetConfig(StrictConfig):
             raise ValueError(f"dataset.root is required for dataset {self.name!r} (a directory on disk)")
         if self.name == "toy" and self.root:
             raise ValueError("dataset.root must be empty for the toy dataset (it is rendered in-process)")
+        if self.name != "fss" and self.fss_trainval is not None:
+            raise ValueError(
+                f"dataset.fss_trainval applies to FSS-1000 only (dataset.name: fss); remove it for {self.name!r}"
+            )
         if self.name == "fss" and self.fold != 0:
             raise ValueError(f"FSS-1000 has one fold (0: the 240 test classes are novel); got fold {self.fold}")
         return self

@@ -7,6 +7,8 @@ Expected layout (`root` is the folder that holds the 1000 class folders, e.g. HS
 
 Class ids come from eval.folds.fss_classes() (sorted trn, then sorted val, then sorted test; id = position + 1).
 Splits are class-level: "trn", "val", "test" hold the images of that split's classes; "train" holds every image.
+The trn/val lists are HSNet's files in eval/splits/fss/ (trainval "lists", the default) or, with trainval
+"derived", a seeded 520/240 split of the 760 class folders on disk that are not in the shipped test list.
 """
 
 from __future__ import annotations
@@ -54,18 +56,25 @@ class FssDataset(SegDataset):
 
     name = "fss"
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, trainval: str | None = None) -> None:
         self.root = Path(root)
+        try:
+            #: Provenance of the trn/val lists: "lists" (HSNet's files) or "derived:<seed>".
+            self.trainval_source = folds.fss_trainval_source(trainval)
+        except folds.FoldError as err:
+            raise DatasetError(str(err)) from err
         if not self.root.is_dir():
             raise DatasetError(f"fss: dataset root {self.root} does not exist; expected the folder of class folders")
+        on_disk = {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
         try:
-            names = folds.fss_classes()
-            split_names = {s: folds.fss_split_names(s) for s in _CLASS_SPLITS}
+            if self.trainval_source != "lists":
+                self._check_derivable(on_disk)
+            split_names = folds.fss_splits(trainval, on_disk)
+            names = folds.fss_classes(trainval, on_disk)
         except folds.FoldError as err:
             raise DatasetError(f"fss: cannot build the class table: {err}") from err
         self._classes = {i + 1: name for i, name in enumerate(names)}
         self._cid = {name: cid for cid, name in self._classes.items()}
-        on_disk = {p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
         unknown = sorted(on_disk - set(names))
         if unknown:
             raise DatasetError(
@@ -82,6 +91,18 @@ class FssDataset(SegDataset):
         self._splits = {s: sorted(f"{c}/{n}" for c in split_names[s] for n in self._numbers[c]) for s in _CLASS_SPLITS}
         self._splits["train"] = sorted(i for s in _CLASS_SPLITS for i in self._splits[s])
         self._index: dict[str, dict[int, list[str]]] = {}
+
+    def _check_derivable(self, on_disk: set[str]) -> None:
+        """Refuse to derive trn/val unless the root holds exactly 1000 class folders, all 240 test classes included."""
+        total = sum(folds.FSS_SPLIT_SIZES.values())
+        test = folds.fss_split_names("test")
+        n_test = len(on_disk & set(test))
+        if len(on_disk) != total or n_test != len(test):
+            raise DatasetError(
+                f"fss: dataset.fss_trainval: derived needs exactly {total} class folders in {self.root}, all "
+                f"{len(test)} test classes (eval/splits/fss/test.txt) among them; found {len(on_disk)} class folders, "
+                f"{n_test} of them test classes"
+            )
 
     def classes(self) -> dict[int, str]:
         """Return {id: class-folder name} for the 1000 classes (ids as in eval.folds.fss_classes())."""

@@ -77,6 +77,8 @@ class PascalDataset(SegDataset):
                 f"expected {self.image_dir / (orphans[0] + '.jpg')}"
             )
         val = [line.strip() for line in self.val_list.read_text().splitlines() if line.strip()]
+        if not val:
+            raise DatasetError(f"pascal: {self.val_list} lists no image ids; expected VOC's val list (one id per line)")
         for image_id in val:
             if image_id not in jpgs:
                 raise DatasetError(
