@@ -13,6 +13,8 @@ from typing import Optional
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# transformers' notes on resized embeddings (textual inversion adds tokens) are known and harmless: errors only.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import typer  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -213,6 +213,9 @@ def _scheduler(pipe, name: str):
 def load_pipelines(cfg: DiffusionConfig) -> Pipelines:
     """Load the SD pipeline and the ControlNets a DiffusionConfig asks for, on its device and dtype."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, StableDiffusionPipeline
+    from diffusers.utils.logging import disable_progress_bar
+
+    disable_progress_bar()  # a bar per component load is noise in a run's log: stages print their own progress
 
     device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
     refs = check_models(cfg)
