@@ -104,3 +104,16 @@ def bench_pipeline(full_size: bool, model: str | None, size: int | None, device,
     if full_size:
         return sd15_random(dtype, device), size or 512, (1, 2, 4)
     return tiny_pipeline(model).to(device=device, dtype=dtype), size or 64, (2, 4)
+
+
+def run_header(device: torch.device, full_size: bool, dtype: torch.dtype, size: int, batch: int, steps: int, factors):
+    """Return the fields every generation-timing bench records first: device, model, dtype, size, batch, steps."""
+    return {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "model": "sd15-random" if full_size else "tiny",
+        "dtype": str(dtype).removeprefix("torch."),
+        "size": size,
+        "batch": batch,
+        "steps": steps,
+        "factors": list(factors),
+    }

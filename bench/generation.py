@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_pipeline, setup_device, write_json  # noqa: E402
+from common import bench_pipeline, run_header, setup_device, write_json  # noqa: E402
 
 from maskforge.models.diffusion_config import DiffusionConfig
 from maskforge.models.xattn_mask import coarse_mask, soft_map
@@ -87,13 +87,7 @@ def main() -> None:
     best = {k: batch / min(v) for k, v in times.items()}
     ratio = img_s["ours"] / img_s["stock"]
     result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "model": "sd15-random" if args.full_size else "tiny",
-        "dtype": str(dtype).removeprefix("torch."),
-        "size": size,
-        "batch": batch,
-        "steps": steps,
-        "factors": list(factors),
+        **run_header(device, args.full_size, dtype, size, batch, steps, factors),
         "repeats": args.repeats,
         "seconds": times,
         "img_per_s": img_s,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_pipeline, setup_device, toy_shots, write_json  # noqa: E402
+from common import bench_pipeline, run_header, setup_device, toy_shots, write_json  # noqa: E402
 
 from maskforge.models.diffusion_config import DiffusionConfig
 from maskforge.models.hsnet.backbone import TinySpec
@@ -119,13 +119,7 @@ def main() -> None:
     per_image = {k: statistics.median(v) / batch for k, v in times.items()}
     ratio = per_image["refinement"] / per_image["generation"]
     result = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "model": "sd15-random" if args.full_size else "tiny",
-        "dtype": str(dtype).removeprefix("torch."),
-        "size": size,
-        "batch": batch,
-        "steps": steps,
-        "factors": list(factors),
+        **run_header(device, args.full_size, dtype, size, batch, steps, factors),
         "shots": args.shots,
         "segmenter": seg_desc,
         "repeats": args.repeats,
