@@ -47,9 +47,16 @@ def chromium(url: str, *args: str, budget_ms: int = 20000) -> str:
 
 
 def api(base: str, method: str, path: str, **kw) -> httpx.Response:
-    """Call the Prefect REST API, retrying a 503 (a busy server on 2 cores) a few times; fail loudly otherwise."""
+    """Call the Prefect REST API, retrying a 503 or a timeout (a busy server on 2 cores: SQLite locked for a minute
+    while a run writes) a few times; fail loudly otherwise."""
     for attempt in range(10):
-        response = httpx.request(method, f"{base}/api{path}", timeout=30, **kw)
+        try:
+            response = httpx.request(method, f"{base}/api{path}", timeout=30, **kw)
+        except httpx.TimeoutException:
+            if attempt == 9:
+                raise
+            time.sleep(3)
+            continue
         if response.status_code != 503:
             break
         time.sleep(3)
