@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -12,11 +13,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from maskforge.storage.fs import exists, join, read_bytes, resolve
 from maskforge.storage.preview import class_colours, overlay
 from maskforge.storage.reader import RunReader
+from maskforge.tasks.charts import grid, histogram_panel, png_bytes
 
-#: The UI refuses events above about 6 MB; the contact sheet stops adding thumbnails at this many bytes.
+#: The UI refuses events above about 6 MB; the contact sheet stops adding pages at this many bytes.
 SHEET_BUDGET = 1_500_000
+#: The artifacts every generation run publishes (keys KIND-RUNNAME).
+ARTIFACT_KINDS = ("samples", "contact-sheet", "rejected", "scores", "manifest")
 #: PNG contact sheet layout: header band for source names, gap between cells, label font size (pixels).
 SHEET_HEADER, SHEET_GAP, SHEET_FONT = 22, 4, 13
 #: Bounds of the PNG contact sheet: cell side and samples per source, and the whole sheet (64 Mpx is 192 MB of RGB).
@@ -85,9 +90,11 @@ def _sheet_cell(reader: RunReader, row: dict, side: int) -> Image.Image:
     return cell
 
 
-def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 128) -> np.ndarray:
+def contact_sheet_image(
+    reader: RunReader, per_source: int = 2, side: int = 128, classes: list[str] | None = None
+) -> np.ndarray:
     """Return the contact sheet as one RGB array: a row per class (named on the left), `per_source` columns per
-    source (named above), each sample with its class's mask tinted and outlined.
+    source (named above), each sample with its class's mask tinted and outlined; `classes` picks some rows.
 
     Size: width = label column + sources * per_source * (side + GAP), height = HEADER + classes * (side + GAP).
     """
@@ -97,6 +104,8 @@ def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 128)
             f"per_source {per_source} 1..{MAX_SHEET_PER_SOURCE}"
         )
     picks = sheet_picks(reader, per_source)
+    if classes is not None:
+        picks = {(name, source): rows for (name, source), rows in picks.items() if name in set(classes)}
     classes = sorted({name for name, _ in picks})
     sources = sorted({source for _, source in picks})
     font = ImageFont.load_default(size=SHEET_FONT)
@@ -124,29 +133,154 @@ def contact_sheet_image(reader: RunReader, per_source: int = 2, side: int = 128)
     return np.asarray(out)
 
 
-def contact_sheet(reader: RunReader, per_source: int = 2, side: int = 96, budget: int = SHEET_BUDGET) -> str:
-    """Return markdown with, per class and source, the first `per_source` samples as tinted JPEG data URIs.
+def _jpeg(array: np.ndarray, quality: int = 85) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
-    Thumbnails stop at `budget` bytes of markdown (the server refuses large events); the sheet says how many
-    it left out.
+
+def links(run_url: str, kinds: tuple[str, ...] = ARTIFACT_KINDS) -> str:
+    """Return the markdown line naming the run folder, its manifest and the keys of the run's other artifacts."""
+    keys = ", ".join(f"`{artifact_key(run_url, kind)}`" for kind in kinds)
+    return f"Run folder `{run_url}`, manifest `{run_url.rstrip('/')}/manifest.parquet`; artifacts of this run: {keys}."
+
+
+def contact_sheet(
+    reader: RunReader, per_source: int = 2, side: int = 96, budget: int = SHEET_BUDGET, classes_per_page: int = 8
+) -> str:
+    """Return markdown with the run's contact sheet as labelled grid images (`contact_sheet_image`), one JPEG per page
+    of `classes_per_page` classes, embedded as data URIs.
+
+    The cells shrink (down to 32 px) until the pages fit `budget` bytes (the server refuses large events); pages that
+    still do not fit are left out, and the sheet says how many.
     """
-    lines = ["# Contact sheet", "", "Each thumbnail: the image, with the class's mask tinted.", ""]
-    size, left_out, current = sum(len(x) + 1 for x in lines), 0, None
-    for (name, source), rows in sheet_picks(reader, per_source).items():
-        if name != current:
-            lines += ["", f"## {name}", ""]
-            current = name
-        cells = []
-        for row in rows:
-            if size > budget:
-                left_out += 1
-                continue
-            sample = reader.get(row["key"])
-            data = base64.b64encode(thumbnail(sample.image, sample.label, row["class_id"], side)).decode()
-            cell = f"![{row['key']}](data:image/jpeg;base64,{data})"
-            size += len(cell) + 1
-            cells.append(cell)
-        lines.append(f"**{source}** ({', '.join(r['mask_method'] for r in rows)}): " + " ".join(cells))
+    names = sorted({row["class_name"] for row in reader.manifest.to_pylist()})
+    pages = [names[i : i + classes_per_page] for i in range(0, len(names), classes_per_page)]
+    header = ["# Contact sheet", "", links(reader.run_url), ""]
+    for cell in (side, side * 3 // 4, side // 2, 32):
+        images = [_jpeg(contact_sheet_image(reader, per_source, max(cell, 32), page)) for page in pages]
+        if sum(len(i) * 4 // 3 for i in images) <= budget or cell <= 32:
+            break
+    lines, size, left_out = list(header), 0, 0
+    for page, data in zip(pages, images):
+        encoded = base64.b64encode(data).decode()
+        if size + len(encoded) > budget:
+            left_out += 1
+            continue
+        size += len(encoded)
+        title = ", ".join(page)  # the class names as text too: the UI's page search finds them
+        lines += [f"## {title}", "", f"![contact sheet: {title}](data:image/jpeg;base64,{encoded})", ""]
     if left_out:
-        lines += ["", f"({left_out} thumbnails left out to keep the artifact under {budget} bytes)"]
+        lines.append(f"({left_out} page(s) left out to keep the artifact under {budget} bytes)")
+    return "\n".join(lines) + "\n"
+
+
+#: Folder of a run holding, per class, what refinement rejected (json with scores and thumbnails; not in the shards).
+REJECTED_DIR = "rejected"
+#: Thumbnails kept per class in a rejected record (the others are listed with their scores only).
+MAX_REJECTED_THUMBS = 48
+
+
+def rejected_url(run_url: str, class_id: int) -> str:
+    """Return the rejected-samples record of one class in a run: RUN/rejected/cNNNN.json."""
+    return join(run_url, REJECTED_DIR, f"c{class_id:04d}.json")
+
+
+def rejected_record(class_id: int, class_name: str, dropped: list, reasons: dict[str, str], cfg) -> dict:
+    """Return the json record of a class's rejected samples: key, reason, source, scores, a JPEG thumbnail (base64,
+    the refined mask tinted) for the first MAX_REJECTED_THUMBS, and the refinement cuts."""
+    samples = []
+    for n, sample in enumerate(dropped):
+        entry = {
+            "key": sample.key,
+            "reason": reasons.get(sample.key, "unknown"),
+            "source": sample.meta["source"],
+            "scores": {k: round(float(v), 4) for k, v in sample.meta["scores"].items()},
+        }
+        if n < MAX_REJECTED_THUMBS:
+            entry["thumbnail"] = base64.b64encode(thumbnail(sample.image, sample.label, class_id, 64)).decode()
+        samples.append(entry)
+    return {"class_id": class_id, "class_name": class_name, "alpha": cfg.alpha, "beta": cfg.beta, "samples": samples}
+
+
+def read_rejected(run_url: str) -> list[dict]:
+    """Return the run's rejected-samples records, in class order (none for a run without refinement)."""
+    folder = join(run_url, REJECTED_DIR)
+    if not exists(folder):
+        return []
+    fs, path = resolve(folder)
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    return [json.loads(read_bytes(join(folder, name))) for name in names if name.endswith(".json")]
+
+
+def rejected_markdown(run_url: str, budget: int = SHEET_BUDGET) -> str:
+    """Return markdown listing each class's rejected samples: thumbnail, key, reason and scores, within `budget`."""
+    lines, size, left_out = ["# Rejected samples", "", links(run_url), ""], 0, 0
+    records = read_rejected(run_url)
+    if not records:
+        lines.append("No refinement ran, or it rejected nothing.")
+    for record in records:
+        reasons = Counter(s["reason"] for s in record["samples"])
+        counts = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items())) or "none"
+        lines += [f"## {record['class_name']}: {counts} (alpha {record['alpha']}, beta {record['beta']})", ""]
+        if record["samples"]:
+            lines += ["| sample | key | reason | scores |", "|---|---|---|---|"]
+        for entry in record["samples"]:
+            image = ""
+            if "thumbnail" in entry and size + len(entry["thumbnail"]) <= budget:
+                image = f"![{entry['key']}](data:image/jpeg;base64,{entry['thumbnail']})"
+                size += len(entry["thumbnail"])
+            elif "thumbnail" in entry:
+                left_out += 1
+            scores = ", ".join(f"{k} {v:.3f}" for k, v in sorted(entry["scores"].items()))
+            lines.append(f"| {image} | {entry['key']} | {entry['reason']} | {scores} |")
+        lines.append("")
+    if left_out:
+        lines.append(f"({left_out} thumbnails left out to keep the artifact under {budget} bytes)")
+    return "\n".join(lines) + "\n"
+
+
+#: Scores drawn per class, each with its cut: (score name, refinement field of the cut).
+HISTOGRAM_SCORES = (("consensus_iou", "alpha"), ("ood_iou", "beta"), ("xattn_fg_fraction", None))
+
+
+def score_histograms(reader: RunReader, records: list[dict]) -> bytes | None:
+    """Return a PNG of per-class histograms of the diffusion samples' scores (kept blue, rejected red) with the
+    refinement's cuts; None when no sample carries any of the scores."""
+    kept: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in reader.manifest.to_pylist():
+        for name, value in row["scores"]:
+            kept[row["class_name"]][name].append(float(value))
+    rejected: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    cuts: dict[str, float] = {}
+    for record in records:
+        cuts = {"alpha": record["alpha"], "beta": record["beta"]}
+        for entry in record["samples"]:
+            for name, value in entry["scores"].items():
+                rejected[record["class_name"]][name].append(float(value))
+    rows = []
+    for name in sorted(set(kept) | set(rejected)):
+        panels = [
+            histogram_panel(score, kept[name][score], rejected[name][score], cuts.get(cut) if cut else None)
+            for score, cut in HISTOGRAM_SCORES
+        ]
+        if any(kept[name][score] or rejected[name][score] for score, _ in HISTOGRAM_SCORES):
+            rows.append((name, panels))
+    return png_bytes(grid(rows)) if rows else None
+
+
+def scores_markdown(reader: RunReader, records: list[dict]) -> str:
+    """Return markdown with the score histograms as an embedded PNG (or a line saying there are none)."""
+    png = score_histograms(reader, records)
+    lines = ["# Scores of the diffusion samples", "", links(reader.run_url), ""]
+    if png is None:
+        lines.append("No sample carries a score (a copy-paste-only run).")
+    else:
+        lines += [
+            "Blue: samples kept in the shards; red: samples refinement rejected. Green lines: alpha on consensus_iou "
+            "(a coarse mask at or above it is accepted), beta on ood_iou (a text or embedding sample below it is "
+            "out of distribution).",
+            "",
+            f"![score histograms](data:image/png;base64,{base64.b64encode(png).decode()})",
+        ]
     return "\n".join(lines) + "\n"

@@ -134,13 +134,15 @@ def refine_class(
     real: list[tuple[np.ndarray, np.ndarray]],
     class_id: int,
     cfg: RefinementConfig,
+    dropped_samples: list | None = None,
 ) -> tuple[list, dict[str, list[str]]]:
     """Refine one class's diffusion samples, drop those left without a class pixel, then filter OOD text/embedding
     samples; return (kept samples, {"empty": keys, "ood": keys}).
 
     A sample's starting mask is its label's class pixels (the coarse mask for text/embedding images, the support
     mask for ControlNet images); it is kept as KEY.coarse.png. Kept samples carry the refined label, the branch
-    as mask_method, and scores consensus_iou (and ood_iou where the filter ran).
+    as mask_method, and scores consensus_iou (and ood_iou where the filter ran). `dropped_samples`, when given,
+    receives the dropped samples, scored and with their refined labels.
     """
     starting = [s.label == class_id for s in samples]
     refined = refine_masks(
@@ -171,4 +173,6 @@ def refine_class(
             out[i].meta["scores"]["ood_iou"] = score
         rejected["ood"] = [out[i].key for i, score in zip(text, scores) if score < cfg.beta]
     dropped = set(rejected["empty"]) | set(rejected["ood"])
+    if dropped_samples is not None:  # the caller keeps what was dropped (for the run's rejected-samples view)
+        dropped_samples.extend(s for s in out if s.key in dropped)
     return [s for s in out if s.key not in dropped], rejected

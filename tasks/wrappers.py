@@ -23,7 +23,16 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import State
 
 from maskforge.storage.reader import RunReader
-from maskforge.tasks.artifacts import artifact_key, class_rows, contact_sheet
+from maskforge.tasks.artifacts import (
+    ARTIFACT_KINDS,
+    artifact_key,
+    class_rows,
+    contact_sheet,
+    links,
+    read_rejected,
+    rejected_markdown,
+    scores_markdown,
+)
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import FoldPlan
 from maskforge.tasks.preflight import preflight
@@ -115,14 +124,19 @@ def finish_run_task(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict], 
 
 
 def publish_run_artifacts(run_url: str) -> dict[str, str]:
-    """Create the run's table, contact-sheet and manifest-link artifacts in the current Prefect run; return keys."""
+    """Create the run's artifacts in the current Prefect run: samples table, contact-sheet grid, rejected samples,
+    score histograms and the manifest link; each names the run folder and the others. Return {kind: key}."""
     reader = RunReader(run_url)
-    keys = {kind: artifact_key(run_url, kind) for kind in ("samples", "contact-sheet", "manifest")}
-    create_table_artifact(class_rows(reader), key=keys["samples"], description=f"Samples per class of {run_url}")
-    create_markdown_artifact(contact_sheet(reader), key=keys["contact-sheet"], description=f"Thumbnails of {run_url}")
+    keys = {kind: artifact_key(run_url, kind) for kind in ARTIFACT_KINDS}
+    about = links(run_url)
+    records = read_rejected(run_url)
+    create_table_artifact(class_rows(reader), key=keys["samples"], description=f"Samples per class. {about}")
+    create_markdown_artifact(contact_sheet(reader), key=keys["contact-sheet"], description=f"Contact sheet. {about}")
+    create_markdown_artifact(rejected_markdown(run_url), key=keys["rejected"], description=f"Rejected. {about}")
+    create_markdown_artifact(scores_markdown(reader, records), key=keys["scores"], description=f"Scores. {about}")
     manifest = f"{run_url.rstrip('/')}/manifest.parquet"
     link = Path(manifest).resolve().as_uri() if "://" not in manifest else manifest
-    create_link_artifact(link, link_text="manifest.parquet", key=keys["manifest"], description=f"Manifest of {run_url}")
+    create_link_artifact(link, link_text="manifest.parquet", key=keys["manifest"], description=f"Manifest. {about}")
     return keys
 
 

@@ -14,9 +14,10 @@ from maskforge.eval.datasets import open_dataset
 from maskforge.models.loading import ModelLoadError, cached_pipelines, content_id, model_refs
 from maskforge.storage.assemble import PARTS_DIR, assemble_run, is_complete
 from maskforge.storage.codec import ShardSample
-from maskforge.storage.fs import exists, join, remove_tree
+from maskforge.storage.fs import atomic_write_bytes, exists, join, remove_tree
 from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import RunWriter, write_config
+from maskforge.tasks.artifacts import rejected_record, rejected_url
 from maskforge.tasks.class_samples import class_samples
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.diffusion import class_shots, diffusion_samples
@@ -151,7 +152,15 @@ def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, r
     generated = list(RunReader(part_url(run, class_id, "diffusion")))
     dataset = open_dataset(config.dataset)
     real = list(class_shots(dataset, class_plan).values())
-    kept, rejected = refine_class(load_segmenter(config.refinement), generated, real, class_id, config.refinement)
+    dropped: list[ShardSample] = []
+    kept, rejected = refine_class(
+        load_segmenter(config.refinement), generated, real, class_id, config.refinement, dropped
+    )
+    # what was rejected stays out of the shards, but is kept for the UI (written before the part's marker: a rerun
+    # of an interrupted part rewrites it with the same content)
+    reasons = {key: reason for reason, keys in rejected.items() for key in keys}
+    record = rejected_record(class_plan.class_id, class_plan.class_name, dropped, reasons, config.refinement)
+    atomic_write_bytes(rejected_url(run, class_id), json.dumps(record, sort_keys=True).encode())
     extra = {"ood_rejected": len(rejected["ood"]), "empty_rejected": len(rejected["empty"]), "rejected_keys": rejected}
     return write_part(config, url, part_prefix(class_id, "refine"), class_plan, kept, len(kept), "refine", extra)
 

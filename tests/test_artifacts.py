@@ -43,15 +43,17 @@ def test_class_rows_and_sheet(run):
     assert [r["class"] for r in rows] == ["green square", "red disc"]
     assert all(r["samples"] == 3 and r["source real"] == 3 and r["mask methods"] == "gt 3" for r in rows)
     assert all(r["shards"].startswith("c00") for r in rows)
-    sheet = contact_sheet(reader, per_source=2)
-    assert sheet.count("data:image/jpeg;base64,") == 4 and "## red disc" in sheet and "**real** (gt, gt)" in sheet
+    sheet = contact_sheet(reader, per_source=2, side=48)
+    # one labelled grid image for the page of both classes, the same picture `maskforge shards sheet` draws
+    assert sheet.count("data:image/jpeg;base64,") == 1 and "## green square, red disc\n" in sheet
+    assert f"Run folder `{run}`" in sheet and f"`rejected-{Path(run).name}`" in sheet
     data = sheet.split("data:image/jpeg;base64,")[1].split(")")[0]
-    thumb = Image.open(io.BytesIO(base64.b64decode(data)))
-    assert thumb.format == "JPEG" and max(thumb.size) == 48  # toy images are 48 px, never enlarged
+    page = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert page.format == "JPEG" and page.size[::-1] == contact_sheet_image(reader, 2, 48).shape[:2]
+    paged = contact_sheet(reader, per_source=2, side=48, classes_per_page=1)
+    assert paged.count("data:image/jpeg;base64,") == 2 and "## green square\n" in paged and "## red disc\n" in paged
     small = contact_sheet(reader, per_source=2, budget=200)
-    assert (
-        small.count("data:image/jpeg") == 1 and "(3 thumbnails left out to keep the artifact under 200 bytes)" in small
-    )
+    assert small.count("data:image/jpeg") == 0 and "(1 page(s) left out to keep the artifact under 200 bytes)" in small
 
 
 def test_sheet_png_from_cli(run, tmp_path):
@@ -81,7 +83,7 @@ def test_flow_publishes_artifacts(run):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    keys = {kind: artifact_key(run, kind) for kind in ("samples", "contact-sheet", "manifest")}
+    keys = {kind: artifact_key(run, kind) for kind in ("samples", "contact-sheet", "rejected", "scores", "manifest")}
     assert keys["samples"] == f"samples-{Path(run).name}"
 
     with get_client(sync_client=True) as client:
@@ -89,6 +91,8 @@ def test_flow_publishes_artifacts(run):
     artifacts = {a.key: a for a in found}
     assert artifacts[keys["samples"]].type == "table" and "red disc" in str(artifacts[keys["samples"]].data)
     assert artifacts[keys["contact-sheet"]].type == "markdown"
-    assert str(artifacts[keys["contact-sheet"]].data).count("data:image/jpeg;base64,") == 4
+    assert str(artifacts[keys["contact-sheet"]].data).count("data:image/jpeg;base64,") == 1
+    assert "No refinement ran" in str(artifacts[keys["rejected"]].data)  # a copy-paste-only run
+    assert "No sample carries a score" in str(artifacts[keys["scores"]].data)
     # Prefect stores a link artifact as markdown "[text](url)"
     assert "manifest.parquet](file://" in str(artifacts[keys["manifest"]].data)

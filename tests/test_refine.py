@@ -1,5 +1,8 @@
 """Algorithm 1 branches and the OOD filter with scripted segmenters; the refine-class stage in the generate flow."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -115,6 +118,8 @@ def test_generate_flow_refines_and_filters(tiny_models, tmp_path, prefect_harnes
     reader = RunReader(generate(config=config)["url"])
     summary = reader.summary
     assert summary["ood_rejected"] == {"red disc": 0}  # beta 0 keeps everything
+    record = json.loads((Path(reader.run_url) / "rejected" / "c0001.json").read_text())  # kept for the UI artifacts
+    assert record["samples"] == [] and record["beta"] == 0.0 and record["class_name"] == "red disc"
     assert summary["samples_per_class"]["red disc"] == {"real": 1, "text": 2, "cn-mask": 1}
     refined = [s for s in reader if s.meta["source"] != "real"]
     assert {s.key.split("-")[3] for s in refined} == {"text", "cn"}

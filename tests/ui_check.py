@@ -1,5 +1,6 @@
-"""Browser check of the Prefect UI (`make ui-check`, not part of `make test`): serve, run the toy deployment through the
-worker, open its artifact pages in headless Chromium, assert the table and contact sheet render, save screenshots.
+"""Browser check of the Prefect UI (`make ui-check`, not part of `make test`): serve, run the toy deployment and a toy
+HSNet evaluation through the worker, open their artifact pages in headless Chromium, assert that the table, the
+contact-sheet grid, the rejected samples, the score histograms and the trend chart render, save screenshots.
 
 Needs Debian's chromium (`apt-get install chromium`). Takes a few minutes on 2 cores (server start, the demo run).
 """
@@ -64,6 +65,26 @@ def api(base: str, method: str, path: str, **kw) -> httpx.Response:
     return response
 
 
+def deployments(base: str) -> list[dict]:
+    """Return the server's deployments."""
+    return api(base, "POST", "/deployments/filter", json={}).json()
+
+
+def wait_for(base: str, run: dict, timeout: float) -> None:
+    """Wait for a flow run to end; exit with a message unless it completed."""
+    print(f"flow run {run['id']}: {base}/runs/flow-run/{run['id']}")
+    deadline = time.monotonic() + timeout
+    while True:
+        state = api(base, "GET", f"/flow_runs/{run['id']}").json()["state"]["type"]
+        if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            break
+        if time.monotonic() > deadline:
+            sys.exit(f"ui-check: flow run {run['id']} still {state} after {timeout:.0f} s")
+        time.sleep(5)
+    if state != "COMPLETED":
+        sys.exit(f"ui-check: flow run {run['id']} ended {state}")
+
+
 def main() -> None:
     """Serve, run toy-f0, check the artifact pages; exit non-zero with a message on any failure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -95,28 +116,36 @@ def main() -> None:
                 pass
             if time.monotonic() > deadline:
                 sys.exit("ui-check: deployments did not appear within 300 s")
-        deployment = next(d for d in api(base, "POST", "/deployments/filter", json={}).json() if d["name"] == "toy-f0")
+        deployment = next(d for d in deployments(base) if d["name"] == "toy-f0")
         # a fresh output folder: the run must really generate, not report an earlier complete run
         params = {**deployment["parameters"], "out_dir": tempfile.mkdtemp(prefix="maskforge-ui-runs-")}
         run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params}).json()
-        print(f"flow run {run['id']}: {base}/runs/flow-run/{run['id']}")
-        deadline = time.monotonic() + args.timeout
-        while True:
-            state = api(base, "GET", f"/flow_runs/{run['id']}").json()["state"]["type"]
-            if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            if time.monotonic() > deadline:
-                sys.exit(f"ui-check: flow run still {state} after {args.timeout:.0f} s")
-            time.sleep(5)
-        if state != "COMPLETED":
-            sys.exit(f"ui-check: the toy deployment's run ended {state}")
+        wait_for(base, run, args.timeout)
         # the generate subflow publishes the artifacts; find them by key prefix
         artifacts = api(base, "POST", "/artifacts/filter", json={}).json()
-        table = next(a for a in artifacts if a["key"] and a["key"].startswith("samples-"))
-        sheet = next(a for a in artifacts if a["key"] and a["key"].startswith("contact-sheet-"))
+
+        def latest(prefix: str) -> dict:
+            return next(a for a in artifacts if a["key"] and a["key"].startswith(prefix))
+
+        # a toy HSNet evaluation with the shipped checkpoint: its trend artifact carries the mIoU chart
+        evaluation = next(d for d in deployments(base) if d["name"] == "hsnet-eval-toy-f0")
+        params = {
+            **evaluation["parameters"],
+            "config_path": "configs/hsnet-toy-refine.yaml",
+            "checkpoint": "models/checkpoints/hsnet-toy-f0.safetensors",
+        }
+        run = api(base, "POST", f"/deployments/{evaluation['id']}/create_flow_run", json={"parameters": params}).json()
+        wait_for(base, run, args.timeout)
+        artifacts = api(base, "POST", "/artifacts/filter", json={}).json()
         checks = {
-            "table": (table, ["red disc", "source real"]),
-            "contact-sheet": (sheet, ["data:image/jpeg;base64", "red disc"]),
+            "table": (latest("samples-"), ["red disc", "source real"]),
+            "contact-sheet": (latest("contact-sheet-"), ["data:image/jpeg;base64", "red disc", "manifest.parquet"]),
+            "rejected": (
+                latest("rejected-"),
+                ["Rejected samples", "green square", "ood_iou", "data:image/jpeg;base64"],
+            ),
+            "scores": (latest("scores-"), ["Green lines: alpha", "data:image/png;base64"]),
+            "trend": (latest("hsnet-trend-toy-f0"), ["HSNet trend: toy fold 0", "data:image/png;base64", "1R"]),
         }
         for name, (artifact, needles) in checks.items():
             url = f"{base}/v2/artifacts/artifact/{artifact['id']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +24,7 @@ from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_
 from maskforge.storage.reader import RunReader
 from maskforge.storage.results import code_version
 from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.charts import line_chart, png_bytes
 from maskforge.tasks.hsnet.config import HsnetConfig
 
 
@@ -182,11 +184,25 @@ def benchmark_rows(config: HsnetConfig, result: dict) -> list[dict]:
     return rows
 
 
+def trend_chart(rows: list[dict], title: str, last: int = 20) -> bytes | None:
+    """Return a PNG line chart of mIoU (%) per setting over its last `last` evaluations, oldest left (None: no rows)."""
+    series = {
+        setting: [
+            100 * r["miou"] for r in sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["created_at"])
+        ][-last:]
+        for setting in sorted({r["setting"] for r in rows})
+    }
+    return png_bytes(line_chart(series, title, "mIoU %")) if series else None
+
+
 def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:
     """Return markdown comparing the benchmark rows of one (dataset, fold, shots) over time, per setting, newest last:
     mIoU and FB-IoU in %, and the change of mIoU from the previous run of the same setting."""
     rows = [r for r in table.to_pylist() if (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)]
     lines = [f"# HSNet trend: {dataset} fold {fold}, {shots}-shot", ""]
+    chart = trend_chart(rows, f"HSNet mIoU %: {dataset} fold {fold}, {shots}-shot", last)
+    if chart is not None:
+        lines += [f"![mIoU per setting over time](data:image/png;base64,{base64.b64encode(chart).decode()})", ""]
     for setting in sorted({r["setting"] for r in rows}):
         runs = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["created_at"])[-last:]
         lines += [
