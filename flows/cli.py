@@ -239,10 +239,17 @@ def datasets_check(
     sample: Optional[int] = typer.Option(
         None, "--sample", min=1, max=1_000_000, help="Decode only N images per split (default: every image)."
     ),
+    fss_trainval: Optional[str] = typer.Option(
+        None,
+        "--fss-trainval",
+        help="FSS-1000 trn/val classes: lists (HSNet's files) or derived (dataset.fss_trainval).",
+    ),
 ) -> None:
     """Validate a dataset layout (every image and label decoded) and print image counts per class and per fold."""
     try:
-        report = check_layout(dataset, None if root == "-" else root, coco_fold_mode, sample=sample)
+        report = check_layout(
+            dataset, None if root == "-" else root, coco_fold_mode, sample=sample, fss_trainval=fss_trainval
+        )
     except DatasetError as err:
         _fail(str(err))
     console.print(format_report(report), soft_wrap=True, markup=False, highlight=False)

@@ -353,3 +353,17 @@ def test_trainval_option_on_another_dataset_is_a_config_error():
         DatasetConfig(fss_trainval="lists")
     with pytest.raises(ValueError, match="fss_trainval"):
         DatasetConfig(name="fss", root="/fss", fss_trainval="random")
+
+
+def test_datasets_check_reads_a_derived_split(tmp_path, mini_test_only):
+    from typer.testing import CliRunner
+
+    from maskforge.eval.datasets.check import check_layout
+    from maskforge.flows.cli import app
+
+    root = make_fss(tmp_path)
+    report = check_layout("fss", str(root), fss_trainval="derived", sample=1)
+    assert len(report.classes) == sum(len(v) for v in FSS_SPLITS.values())
+    assert set(report.split_images) >= {"trn", "val", "test"}
+    result = CliRunner().invoke(app, ["datasets", "check", str(root), "--dataset", "fss", "--fss-trainval", "derived"])
+    assert "fss_trainval" not in result.output and "trn" in result.output

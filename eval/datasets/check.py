@@ -98,9 +98,11 @@ def check_layout(
     fold_mode: str = "interleaved",
     sample: int | None = None,
     toy: ToyConfig | None = None,
+    fss_trainval: str | None = None,
 ) -> LayoutReport:
     """Validate a dataset layout: build the adapter and class indexes, decode every image and label of every split.
 
+    `fss_trainval` ("lists" or "derived") picks FSS-1000's trn/val source as `dataset.fss_trainval` does.
     `sample=N` (>= 1) decodes only N images per split, spread evenly over the sorted ids (sample_ids). Layout
     faults are collected in `problems` (checking goes on where it can; every undecodable image is one problem,
     listed up to MAX_PROBLEMS_PER_SPLIT per split); an unknown dataset name, fold mode or a sample below 1 is a
@@ -114,7 +116,7 @@ def check_layout(
         raise DatasetError(f"sample must be a whole number >= 1 (images per split) or None for all, got {sample!r}")
     report = LayoutReport(name, root, fold_mode, sample)
     try:
-        ds: SegDataset = build_dataset(name, root, toy)
+        ds: SegDataset = build_dataset(name, root, toy, fss_trainval)
         report.classes = ds.classes()
         splits = ds.splits()
     except (DatasetError, FoldError) as err:
