@@ -49,10 +49,15 @@ class HashingStream:
         for block in iter(lambda: self.read(1 << 20), b""):
             pass
         if self.digest.hexdigest() != expected:
-            raise ShardCorruptError(
-                f"run {run_url}: shard {SHARDS_DIR}/{self.name} is corrupted: sha256 {self.digest.hexdigest()} != "
-                f"{expected} recorded in {MARKER_NAME} (samples already read from it are not to be trusted)"
-            )
+            raise _corrupt(run_url, self.name, self.digest.hexdigest(), expected)
+
+
+def _corrupt(run_url: str, name: str, got: str, expected: str, context: str = "") -> ShardCorruptError:
+    """Return the error of a shard whose sha256 differs from the marker's (`context`: what was being read)."""
+    return ShardCorruptError(
+        f"run {run_url}: shard {SHARDS_DIR}/{name} is corrupted: sha256 {got} != {expected} recorded in "
+        f"{MARKER_NAME} (samples already read from it are not to be trusted){context}"
+    )
 
 
 def _json_or_none(data: bytes) -> Any:
@@ -114,6 +119,8 @@ class RunReader:
         self.problems: tuple[str, ...] = tuple(self._check())
         if self.problems and not allow_partial:
             raise RunIncompleteError(f"run {run_url} is incomplete or invalid: " + "; ".join(self.problems))
+        #: {shard name: sha256} the marker records (empty without a valid marker): what reads are verified against.
+        self._digests = {entry["name"]: entry["sha256"] for entry in self._marker["shards"]} if self._marker else {}
         if self.complete:
             self._shard_names = [entry["name"] for entry in self._marker["shards"]]
         else:
@@ -310,27 +317,31 @@ class RunReader:
 
     def _expected_digests(self) -> dict[str, str]:
         """Return {shard url: recorded sha256} of the shards still to verify (none when verify is off or no marker)."""
-        if not self.verify or self._marker is None:
+        if not self.verify:
             return {}
         return {
-            join(self.run_url, SHARDS_DIR, entry["name"]): entry["sha256"]
-            for entry in self._marker["shards"]
-            if entry["name"] not in self._verified
+            join(self.run_url, SHARDS_DIR, name): sha
+            for name, sha in self._digests.items()
+            if name not in self._verified
         }
+
+    def _sha256(self, name: str) -> str:
+        """Return the sha256 of one shard's bytes, read in 1 MiB blocks."""
+        fs, path = resolve(join(self.run_url, SHARDS_DIR, name))
+        digest = hashlib.sha256()
+        with fs.open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def _verify_shard(self, name: str, context: str = "") -> None:
         """Hash one listed shard once per reader (when verify is on) and raise ShardCorruptError on a mismatch."""
-        url = join(self.run_url, SHARDS_DIR, name)
-        expected = self._expected_digests().get(url)
-        if expected is None:
+        expected = self._digests.get(name)
+        if not self.verify or expected is None or name in self._verified:
             return
-        fs, path = resolve(url)
-        with fs.open(path, "rb") as raw:
-            stream = HashingStream(raw, name)
-            try:
-                stream.finish(expected, self.run_url)
-            except ShardCorruptError as err:
-                raise ShardCorruptError(f"{err}{context}") from None
+        got = self._sha256(name)
+        if got != expected:
+            raise _corrupt(self.run_url, name, got, expected, context)
         self._verified.add(name)
 
     def verify_shards(self) -> None:
@@ -338,14 +349,10 @@ class RunReader:
         if self._marker is None:
             raise RunIncompleteError(f"run {self.run_url} has no valid {MARKER_NAME} to verify shards against")
         bad = []
-        for entry in self._marker["shards"]:
-            fs, path = resolve(join(self.run_url, SHARDS_DIR, entry["name"]))
-            digest = hashlib.sha256()
-            with fs.open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-            if digest.hexdigest() != entry["sha256"]:
-                bad.append(f"{SHARDS_DIR}/{entry['name']} sha256 {digest.hexdigest()} != {entry['sha256']}")
+        for name, expected in self._digests.items():
+            got = self._sha256(name)
+            if got != expected:
+                bad.append(f"{SHARDS_DIR}/{name} sha256 {got} != {expected}")
         if bad:
             raise RunIncompleteError(f"run {self.run_url} has corrupted shards: " + "; ".join(bad))
 

@@ -27,7 +27,7 @@ from maskforge.flows.cli import app, log_to_file
 from maskforge.models.hsnet.checkpoint import CheckpointError, read_state
 from maskforge.storage.codec import ShardCodecError, ShardSample
 from maskforge.storage.fs import OutputLocationError, check_output_location
-from maskforge.storage.reader import RunIncompleteError, RunReader, ShardCorruptError
+from maskforge.storage.reader import HashingStream, RunIncompleteError, RunReader, ShardCorruptError
 from maskforge.storage.shards import RunWriter, write_config
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import load_config, parse_config
@@ -107,13 +107,18 @@ def test_a_same_size_corrupted_shard_is_refused_naming_shard_and_key(run):
 def test_each_shard_is_hashed_once_per_reader(run, monkeypatch):
     reader = RunReader(str(run))
     hashed = []
-    finish = __import__("maskforge.storage.reader", fromlist=["HashingStream"]).HashingStream.finish
+    finish, sha256 = HashingStream.finish, RunReader._sha256
 
-    def counting(self, expected, run_url):
+    def counting_stream(self, expected, run_url):  # iteration: hashed while streamed
         hashed.append(self.name)
         return finish(self, expected, run_url)
 
-    monkeypatch.setattr("maskforge.storage.reader.HashingStream.finish", counting)
+    def counting_read(self, name):  # random access: hashed before the first sample
+        hashed.append(name)
+        return sha256(self, name)
+
+    monkeypatch.setattr(HashingStream, "finish", counting_stream)
+    monkeypatch.setattr(RunReader, "_sha256", counting_read)
     for key in reader.keys() * 2:
         reader.get(key)
     assert sorted(hashed) == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
