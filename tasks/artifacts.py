@@ -103,9 +103,17 @@ def contact_sheet_image(
             f"contact sheet: side {side} must be 16..{MAX_SHEET_SIDE}, "
             f"per_source {per_source} 1..{MAX_SHEET_PER_SOURCE}"
         )
-    picks = sheet_picks(reader, per_source)
-    if classes is not None:
-        picks = {(name, source): rows for (name, source), rows in picks.items() if name in set(classes)}
+    return _sheet_of(reader, _only(sheet_picks(reader, per_source), classes), per_source, side)
+
+
+def _only(picks: dict[tuple[str, str], list[dict]], classes: list[str] | None) -> dict[tuple[str, str], list[dict]]:
+    """Keep the picks of the given classes (all of them for None)."""
+    wanted = None if classes is None else set(classes)
+    return {key: rows for key, rows in picks.items() if wanted is None or key[0] in wanted}
+
+
+def _sheet_of(reader: RunReader, picks: dict[tuple[str, str], list[dict]], per_source: int, side: int) -> np.ndarray:
+    """Draw the contact sheet of some picks (see contact_sheet_image), refusing one over MAX_SHEET_PIXELS."""
     classes = sorted({name for name, _ in picks})
     sources = sorted({source for _, source in picks})
     font = ImageFont.load_default(size=SHEET_FONT)
@@ -154,11 +162,12 @@ def contact_sheet(
     The cells shrink (down to 32 px) until the pages fit `budget` bytes (the server refuses large events); pages that
     still do not fit are left out, and the sheet says how many.
     """
-    names = sorted({row["class_name"] for row in reader.manifest.to_pylist()})
+    picks = sheet_picks(reader, per_source)  # the manifest is read once, not per page and size
+    names = sorted({name for name, _ in picks})
     pages = [names[i : i + classes_per_page] for i in range(0, len(names), classes_per_page)]
     header = ["# Contact sheet", "", links(reader.run_url), ""]
     for cell in (side, side * 3 // 4, side // 2, 32):
-        images = [_jpeg(contact_sheet_image(reader, per_source, max(cell, 32), page)) for page in pages]
+        images = [_jpeg(_sheet_of(reader, _only(picks, page), per_source, max(cell, 32))) for page in pages]
         if sum(len(i) * 4 // 3 for i in images) <= budget or cell <= 32:
             break
     lines, size, left_out = list(header), 0, 0
