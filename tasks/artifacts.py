@@ -64,9 +64,7 @@ def thumbnail(image: np.ndarray, label: np.ndarray, class_id: int, side: int = 9
     tinted[mask] = 0.55 * tinted[mask] + 0.45 * colour
     thumb = Image.fromarray(tinted.round().astype(np.uint8))
     thumb.thumbnail((side, side))
-    buf = io.BytesIO()
-    thumb.save(buf, format="JPEG", quality=80)
-    return buf.getvalue()
+    return _jpeg(np.asarray(thumb), quality=80)
 
 
 def sheet_picks(reader: RunReader, per_source: int) -> dict[tuple[str, str], list[dict]]:
@@ -142,6 +140,7 @@ def _sheet_of(reader: RunReader, picks: dict[tuple[str, str], list[dict]], per_s
 
 
 def _jpeg(array: np.ndarray, quality: int = 85) -> bytes:
+    """Encode an RGB array as JPEG bytes."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
@@ -222,10 +221,11 @@ def read_rejected(run_url: str) -> list[dict]:
     return [json.loads(read_bytes(join(folder, name))) for name in names if name.endswith(".json")]
 
 
-def rejected_markdown(run_url: str, budget: int = SHEET_BUDGET) -> str:
-    """Return markdown listing each class's rejected samples: thumbnail, key, reason and scores, within `budget`."""
+def rejected_markdown(run_url: str, records: list[dict] | None = None, budget: int = SHEET_BUDGET) -> str:
+    """Return markdown listing each class's rejected samples: thumbnail, key, reason and scores, within `budget`
+    (`records`: the run's read_rejected, read here when not given)."""
     lines, size, left_out = ["# Rejected samples", "", links(run_url), ""], 0, 0
-    records = read_rejected(run_url)
+    records = read_rejected(run_url) if records is None else records
     if not records:
         lines.append("No refinement ran, or it rejected nothing.")
     for record in records:

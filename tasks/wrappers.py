@@ -132,7 +132,9 @@ def publish_run_artifacts(run_url: str) -> dict[str, str]:
     records = read_rejected(run_url)
     create_table_artifact(class_rows(reader), key=keys["samples"], description=f"Samples per class. {about}")
     create_markdown_artifact(contact_sheet(reader), key=keys["contact-sheet"], description=f"Contact sheet. {about}")
-    create_markdown_artifact(rejected_markdown(run_url), key=keys["rejected"], description=f"Rejected. {about}")
+    create_markdown_artifact(
+        rejected_markdown(run_url, records), key=keys["rejected"], description=f"Rejected. {about}"
+    )
     create_markdown_artifact(scores_markdown(reader, records), key=keys["scores"], description=f"Scores. {about}")
     manifest = f"{run_url.rstrip('/')}/manifest.parquet"
     link = Path(manifest).resolve().as_uri() if "://" not in manifest else manifest
