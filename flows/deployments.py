@@ -1,12 +1,14 @@
-"""Deployment entry points: the generate and HSNet flows parameterised by config file, dataset, fold and shots."""
+"""Deployment entry points: the generate, HSNet and GFSS flows parameterised by config file, dataset, fold and shots."""
 
 from __future__ import annotations
 
 from prefect import flow
 
 from maskforge.flows.generate import generate_flow
+from maskforge.flows.gfss import gfss_novel_eval, train_gfss_base, train_gfss_novel
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
 from maskforge.tasks.config import load_config
+from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.hsnet.config import load_hsnet_config
 
 
@@ -54,3 +56,26 @@ def eval_hsnet_fold(
     """Evaluate HSNet on one (dataset, fold) from an HSNet config file (checkpoint and shots overridable)."""
     overrides = _overrides(dataset, fold, root, **{"eval.shots": shots, "eval.checkpoint": checkpoint})
     return eval_hsnet(config=load_hsnet_config(config_path, overrides))
+
+
+@flow(name="train-gfss-base", log_prints=True)
+def train_gfss_base_fold(config_path: str, dataset: str, fold: int, root: str | None = None) -> dict:
+    """Train the GFSS base model of one (dataset, fold) from a GFSS config file."""
+    return train_gfss_base(config=load_gfss_config(config_path, _overrides(dataset, fold, root)))
+
+
+@flow(name="train-gfss-novel", log_prints=True)
+def train_gfss_novel_fold(
+    config_path: str,
+    dataset: str,
+    fold: int,
+    root: str | None = None,
+    method: str | None = None,
+    synthetic_runs: list[str] | None = None,
+    evaluate: bool = True,
+) -> dict:
+    """Run the GFSS novel stage of one (dataset, fold), then (evaluate) its PIFS evaluation into the results table;
+    synthetic_runs names completed maskforge runs (e.g. the nightly regeneration's folder)."""
+    more = {"novel.method": method, "novel.synthetic_runs": list(synthetic_runs) if synthetic_runs else None}
+    config = load_gfss_config(config_path, _overrides(dataset, fold, root, **more))
+    return gfss_novel_eval(config=config) if evaluate else train_gfss_novel(config=config)

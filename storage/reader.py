@@ -356,7 +356,13 @@ class RunReader:
         if bad:
             raise RunIncompleteError(f"run {self.run_url} has corrupted shards: " + "; ".join(bad))
 
-    def webdataset(self, shuffle: int | bool = False, seed: int = 0) -> wds.WebDataset:
+    def webdataset(
+        self,
+        shuffle: int | bool = False,
+        seed: int = 0,
+        resample: bool = False,
+        keys: Iterable[str] | None = None,
+    ) -> wds.WebDataset:
         """Return a wds.WebDataset over this local run's shards yielding ShardSamples, for training data loaders.
 
         shuffle=False (or 0) keeps shard and sample order; shuffle=n > 0 shuffles shards and then samples with a
@@ -365,6 +371,9 @@ class RunReader:
         and across DataLoader workers with webdataset's default split_by_worker, so give each rank x worker at
         least one shard. Local runs only: webdataset opens URLs with its own gopen, which has no fsspec support.
         With verify on, every shard is hashed against the marker here, once per reader, before the dataset is built.
+        `resample=True` makes an endless stream for training loops: shards are drawn with replacement (seeded by
+        `seed`), and every rank and worker reads from all shards, so a run with fewer shards than workers still feeds
+        each of them. `keys` keeps only those samples, selected on the raw key before any decoding.
         """
         if not is_local(self._fs):
             raise ValueError(
@@ -382,13 +391,21 @@ class RunReader:
             buffer = shuffle
         else:
             raise ValueError(f"shuffle must be a bool or an int >= 0, got {shuffle!r}")
-        dataset = wds.WebDataset(
-            urls,
-            shardshuffle=buffer if buffer else False,
-            detshuffle=True,
-            seed=seed,
-            nodesplitter=wds.split_by_node,
-        )
+        if resample:
+            dataset = wds.WebDataset(
+                urls, resampled=True, shardshuffle=False, seed=seed, nodesplitter=None, workersplitter=None
+            )
+        else:
+            dataset = wds.WebDataset(
+                urls,
+                shardshuffle=buffer if buffer else False,
+                detshuffle=True,
+                seed=seed,
+                nodesplitter=wds.split_by_node,
+            )
+        if keys is not None:
+            wanted = frozenset(keys)
+            dataset = dataset.select(lambda fields: fields.get("__key__") in wanted)
         if buffer:
             dataset.append(wds.detshuffle(buffer, seed=seed))
         return dataset.map(decode_sample)

@@ -1,21 +1,54 @@
-"""The benchmark table: one Parquet file per appended evaluation run in a folder, read back as one table."""
+"""The benchmark table: one Parquet file per appended evaluation run in a folder, read back as one table.
+
+Rows of every learner family (HSNet episodes, GFSS runs) share one schema; scores are named values in `metrics`.
+"""
 
 from __future__ import annotations
 
 import io
+import math
 import subprocess
 import uuid
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes, resolve
 
+_FLOAT_MAP = pa.map_(pa.string(), pa.float64())
+
 RESULTS_SCHEMA = pa.schema(
+    [
+        pa.field("created_at", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("backbone", pa.string(), nullable=False),
+        pa.field("checkpoint", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("fold", pa.int64(), nullable=False),
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("shots", pa.int64(), nullable=False),
+        pa.field("protocol", pa.string(), nullable=False),
+        pa.field("setting", pa.string(), nullable=False),
+        pa.field("synthetic_source", pa.string(), nullable=False),
+        pa.field("synthetic_per_class", pa.int64(), nullable=False),
+        pa.field("evaluated", pa.int64(), nullable=False),
+        pa.field("runs", pa.int64(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("metrics", _FLOAT_MAP, nullable=False),
+        pa.field("class_iou", _FLOAT_MAP, nullable=False),
+        pa.field("config_hash", pa.string(), nullable=False),
+        pa.field("code_version", pa.string(), nullable=False),
+    ]
+)
+
+# The schema before metrics became named values (HSNet only); files written with it are converted on read.
+OLD_RESULTS_SCHEMA = pa.schema(
     [
         pa.field("created_at", pa.string(), nullable=False),
         pa.field("model", pa.string(), nullable=False),
@@ -32,15 +65,30 @@ RESULTS_SCHEMA = pa.schema(
         pa.field("seed", pa.int64(), nullable=False),
         pa.field("miou", pa.float64(), nullable=False),
         pa.field("fb_iou", pa.float64(), nullable=False),
-        pa.field("class_iou", pa.map_(pa.string(), pa.float64()), nullable=False),
+        pa.field("class_iou", _FLOAT_MAP, nullable=False),
         pa.field("config_hash", pa.string(), nullable=False),
         pa.field("code_version", pa.string(), nullable=False),
     ]
 )
 
+HSNET_PROTOCOL = "fss-episodes"
+
 
 class ResultsError(ValueError):
     """A benchmark row or table file that does not fit the schema (names the field or file)."""
+
+
+def _check_metrics(i: int, metrics: Any) -> None:
+    """Raise ResultsError unless row i's metrics are a non-empty dict of metric name to finite float."""
+    if not isinstance(metrics, dict) or not metrics:
+        raise ResultsError(
+            f"benchmark row {i}: metrics is {metrics!r}; expected a non-empty dict of metric name to finite float"
+        )
+    for name, value in metrics.items():
+        if not isinstance(name, str) or not name:
+            raise ResultsError(f"benchmark row {i}: metric name {name!r} is not a non-empty string")
+        if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+            raise ResultsError(f"benchmark row {i}: metric {name!r} is {value!r}; expected a finite float")
 
 
 def _table(rows: list[dict[str, Any]]) -> pa.Table:
@@ -52,11 +100,32 @@ def _table(rows: list[dict[str, Any]]) -> pa.Table:
             raise ResultsError(
                 f"benchmark row {i}: missing fields {sorted(missing)}, unexpected fields {sorted(extra)}"
             )
-    data = [{**row, "class_iou": list(row["class_iou"].items())} for row in rows]
+        _check_metrics(i, row["metrics"])
+        if not isinstance(row["class_iou"], dict):
+            raise ResultsError(f"benchmark row {i}: class_iou is {row['class_iou']!r}; expected a dict")
+    # pyarrow takes a map cell as a list of (key, value) pairs
+    data = [
+        {
+            **row,
+            "metrics": [(k, float(v)) for k, v in row["metrics"].items()],
+            "class_iou": list(row["class_iou"].items()),
+        }
+        for row in rows
+    ]
     try:
         return pa.Table.from_pylist(data, schema=RESULTS_SCHEMA)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
-        raise ResultsError(f"benchmark rows do not fit the schema: {err}") from None
+        raise ResultsError(f"benchmark rows do not fit the schema: {_bad_row(data)}{err}") from None
+
+
+def _bad_row(data: list[dict[str, Any]]) -> str:
+    """Return 'row I: ' for the first row pyarrow refuses on its own (its batch error does not say which), else ''."""
+    for i, row in enumerate(data):
+        try:
+            pa.Table.from_pylist([row], schema=RESULTS_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            return f"row {i}: "
+    return ""
 
 
 def append_results(table_dir: str, rows: list[dict[str, Any]]) -> str:
@@ -89,10 +158,49 @@ def read_results(table_dir: str) -> pa.Table:
             table = pq.read_table(io.BytesIO(read_bytes(url)))
         except pa.ArrowInvalid as err:
             raise ResultsError(f"{url}: not a readable Parquet file: {err}") from None
-        if not table.schema.equals(RESULTS_SCHEMA):
-            raise ResultsError(f"{url}: schema differs from the benchmark schema; expected {RESULTS_SCHEMA.names}")
+        if table.schema.equals(OLD_RESULTS_SCHEMA):
+            table = _from_old(table)
+        elif not table.schema.equals(RESULTS_SCHEMA):
+            raise ResultsError(
+                f"{url}: schema differs from the benchmark schema; expected the columns {RESULTS_SCHEMA.names} "
+                f"(or the earlier HSNet-only columns {OLD_RESULTS_SCHEMA.names})"
+            )
         tables.append(table)
     return pa.concat_tables(tables) if tables else RESULTS_SCHEMA.empty_table()
+
+
+def _from_old(table: pa.Table) -> pa.Table:
+    """Convert a table of OLD_RESULTS_SCHEMA: HSNet episodes, metrics {miou, fb_iou}, evaluated = episodes, 1 run."""
+    n = table.num_rows
+    scores = np.column_stack([table.column("miou").to_numpy(), table.column("fb_iou").to_numpy()]).ravel()
+    metrics = pa.MapArray.from_arrays(
+        pa.array(np.arange(0, 2 * n + 1, 2), pa.int32()),
+        pa.array(["miou", "fb_iou"] * n, pa.string()),
+        pa.array(scores, pa.float64()),
+        type=_FLOAT_MAP,
+    )
+    new = {
+        "protocol": pa.array([HSNET_PROTOCOL] * n, pa.string()),
+        "evaluated": table.column("episodes"),
+        "runs": pa.array(np.ones(n, np.int64)),
+        "metrics": metrics,
+    }
+    return pa.Table.from_arrays(
+        [new[name] if name in new else table.column(name) for name in RESULTS_SCHEMA.names], schema=RESULTS_SCHEMA
+    )
+
+
+def row_metric(row: dict[str, Any], name: str) -> float:
+    """Return the metric `name` of a row whose metrics are a dict or, as to_pylist() gives them, (key, value) pairs."""
+    metrics = dict(row["metrics"])
+    if name not in metrics:
+        raise KeyError(f"metric {name!r} not in this benchmark row; it has {sorted(metrics)}")
+    return float(metrics[name])
+
+
+def rows_as_dicts(table: pa.Table) -> list[dict[str, Any]]:
+    """Return the table's rows as dicts, with `metrics` and `class_iou` as dicts instead of (key, value) pairs."""
+    return [{**r, "metrics": dict(r["metrics"]), "class_iou": dict(r["class_iou"])} for r in table.to_pylist()]
 
 
 def code_version() -> str:

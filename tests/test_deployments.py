@@ -11,6 +11,7 @@ from maskforge.flows.deployments import _overrides, generate_fold
 from maskforge.flows.serve import serve_env
 from maskforge.storage.reader import RunReader
 from maskforge.tasks.config import load_config
+from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.wrappers import GPU_LIMIT_ENV, gpu_slot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +24,17 @@ def deployments():
 
 def test_one_deployment_per_dataset_fold(deployments):
     expected = {f"{d}-f{f}" for d in ("toy", "pascal", "coco") for f in range(4)} | {"fss-f0"}
-    assert expected | {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"} == set(deployments)
+    gfss = {
+        f"gfss-{stage}-{d}-f{f}" for stage in ("base", "novel") for d in ("toy", "pascal", "coco") for f in range(4)
+    }
+    assert expected | {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"} | gfss == set(deployments)
+    for name in gfss:  # per (dataset, fold); the novel stage takes the synthetic runs as a parameter
+        d = deployments[name]
+        _, stage, dataset, fold = name.split("-")
+        assert d["entrypoint"] == f"flows/deployments.py:train_gfss_{stage}_fold"
+        assert (d["parameters"]["dataset"], d["parameters"]["fold"]) == (dataset, int(fold[1:]))
+        assert d["parameters"]["config_path"] == f"configs/gfss-{dataset}.yaml"
+        assert ("synthetic_runs" in d["parameters"]) == (stage == "novel")
     for name in expected:
         d = deployments[name]
         dataset, fold = name.rsplit("-f", 1)
@@ -46,6 +57,9 @@ def test_entrypoints_take_their_parameters_and_configs_validate(deployments):
                 _overrides(params["dataset"], params["fold"], params.get("root"), **{"shots.k": params.get("shots")}),
             )
             assert (config.dataset.name, config.dataset.fold, config.shots.k) == (params["dataset"], params["fold"], 1)
+        if func.startswith("train_gfss"):
+            config = load_gfss_config(ROOT / params["config_path"], _overrides(params["dataset"], params["fold"], None))
+            assert (config.dataset.name, config.dataset.fold) == (params["dataset"], params["fold"])
 
 
 def test_serve_environment(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from maskforge.storage.results import RESULTS_SCHEMA, ResultsError, append_results, read_results
+from maskforge.storage.results import RESULTS_SCHEMA, ResultsError, append_results, read_results, row_metric
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.hsnet.config import load_hsnet_config, parse_hsnet_config
 
@@ -16,9 +16,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def row(**over):
     base = {
         "created_at": "2026-11-23T00:00:00+00:00", "model": "hsnet", "backbone": "tiny", "checkpoint": "c.safetensors",
-        "dataset": "toy", "fold": 0, "split": "val", "shots": 1, "synthetic_source": "none", "synthetic_per_class": 0,
-        "setting": "1R", "episodes": 10, "seed": 0, "miou": 0.5, "fb_iou": 0.6, "class_iou": {"1": 0.5},
-        "config_hash": "abc", "code_version": "0.1.0",
+        "dataset": "toy", "fold": 0, "split": "val", "shots": 1, "protocol": "fss-episodes", "setting": "1R",
+        "synthetic_source": "none", "synthetic_per_class": 0, "evaluated": 10, "runs": 1, "seed": 0,
+        "metrics": {"miou": 0.5, "fb_iou": 0.6}, "class_iou": {"1": 0.5}, "config_hash": "abc", "code_version": "0.1.0",
     }  # fmt: skip
     return {**base, **over}
 
@@ -63,12 +63,12 @@ def test_benchmark_table_appends_new_files(tmp_path):
     assert read_results(table_dir).num_rows == 0
     first = append_results(table_dir, [row(), row(setting="1R+20S", synthetic_source="runs/x", synthetic_per_class=20)])
     first_bytes = Path(first).read_bytes()
-    second = append_results(table_dir, [row(miou=0.7)])
+    second = append_results(table_dir, [row(metrics={"miou": 0.7, "fb_iou": 0.6})])
     assert first != second and Path(first).read_bytes() == first_bytes  # never rewritten
     table = read_results(table_dir)
     assert table.schema.equals(RESULTS_SCHEMA) and table.num_rows == 3
     rows = table.to_pylist()
-    assert sorted(r["miou"] for r in rows) == [0.5, 0.5, 0.7]
+    assert sorted(row_metric(r, "miou") for r in rows) == [0.5, 0.5, 0.7]
     assert {r["setting"] for r in rows} == {"1R", "1R+20S"}
     assert dict(rows[0]["class_iou"]) == {"1": 0.5}
     assert not list((tmp_path / "results").glob("*.tmp"))
@@ -76,11 +76,11 @@ def test_benchmark_table_appends_new_files(tmp_path):
 
 def test_benchmark_rows_are_validated(tmp_path):
     bad = row()
-    bad.pop("miou")
-    with pytest.raises(ResultsError, match=r"missing fields \['miou'\]"):
-        append_results(str(tmp_path), [bad])
-    with pytest.raises(ResultsError, match="do not fit the schema"):
-        append_results(str(tmp_path), [row(fold="zero")])
+    bad.pop("metrics")
+    with pytest.raises(ResultsError, match=r"benchmark row 1: missing fields \['metrics'\], unexpected fields \[\]"):
+        append_results(str(tmp_path), [row(), bad])
+    with pytest.raises(ResultsError, match="do not fit the schema: row 1: "):
+        append_results(str(tmp_path), [row(), row(fold="zero")])
     with pytest.raises(ResultsError, match="no rows"):
         append_results(str(tmp_path), [])
     (tmp_path / "results-broken.parquet").write_bytes(b"nope")

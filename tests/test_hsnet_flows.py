@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from maskforge.flows.cli import app
 from maskforge.flows.generate import generate
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
-from maskforge.storage.results import read_results
+from maskforge.storage.results import read_results, row_metric
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import parse_config
 from maskforge.tasks.hsnet.config import parse_hsnet_config
@@ -88,7 +88,8 @@ def test_tiny_hsnet_beats_trivial_baselines(trained):
     row = rows[0]
     assert (row["model"], row["backbone"], row["dataset"], row["fold"], row["shots"]) == ("hsnet", "tiny", "toy", 0, 1)
     assert row["synthetic_source"] == "none" and row["setting"] == "1R"
-    assert row["miou"] == pytest.approx(ours["miou"]) and row["episodes"] == EVAL_EPISODES
+    assert row_metric(row, "miou") == pytest.approx(ours["miou"]) and row["evaluated"] == EVAL_EPISODES
+    assert row_metric(row, "fb_iou") == pytest.approx(ours["fb_iou"]) and row["protocol"] == "fss-episodes"
     assert row["config_hash"] == parse_hsnet_config(config).hash() and row["code_version"].startswith("0.1.0")
     # the flow published the rows as a Prefect table artifact
     from prefect.client.orchestration import get_client

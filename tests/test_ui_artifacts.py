@@ -87,11 +87,12 @@ def test_trend_markdown_embeds_a_chart_of_miou_per_setting(tmp_path):
     folder = str(tmp_path / "results")
     base = {
         "model": "hsnet", "backbone": "tiny", "checkpoint": "c.safetensors", "dataset": "toy", "fold": 0,
-        "split": "val", "shots": 1, "synthetic_source": "none", "synthetic_per_class": 0, "episodes": 10, "seed": 0,
-        "fb_iou": 0.5, "class_iou": {"1": 0.3}, "config_hash": "h", "code_version": "0",
+        "split": "val", "shots": 1, "protocol": "fss-episodes", "synthetic_source": "none", "synthetic_per_class": 0,
+        "evaluated": 10, "runs": 1, "seed": 0, "class_iou": {"1": 0.3}, "config_hash": "h", "code_version": "0",
     }  # fmt: skip
     for day, (real, syn) in enumerate([(0.30, 0.40), (0.33, 0.45)]):
-        append_results(folder, [{**base, "created_at": f"2026-11-2{day}", "setting": s, "miou": m}
+        append_results(folder, [{**base, "created_at": f"2026-11-2{day}", "setting": s,
+                                 "metrics": {"miou": m, "fb_iou": 0.5}}
                                 for s, m in (("1R", real), ("1R+20S", syn))])  # fmt: skip
     text = trend_markdown(read_results(folder), "toy", 0, 1)
     data = text.split("data:image/png;base64,")[1].split(")")[0]

@@ -22,7 +22,7 @@ from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.hsnet.checkpoint import CheckpointError, load_checkpoint
 from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
 from maskforge.storage.reader import RunReader
-from maskforge.storage.results import code_version
+from maskforge.storage.results import HSNET_PROTOCOL, code_version, row_metric, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.charts import line_chart, png_bytes
 from maskforge.tasks.hsnet.config import HsnetConfig
@@ -153,7 +153,10 @@ def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
 
 
 def benchmark_rows(config: HsnetConfig, result: dict) -> list[dict]:
-    """Return the benchmark-table rows of an evaluation: one per setting (KR, and KR+NS with synthetic supports)."""
+    """Return the benchmark-table rows of an evaluation: one per setting (KR, and KR+NS with synthetic supports).
+
+    Protocol "fss-episodes", evaluated = the episode count, one run, metrics {"miou", "fb_iou"}.
+    """
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     version_text, config_hash = code_version(), config.hash()
     rows = []
@@ -169,13 +172,14 @@ def benchmark_rows(config: HsnetConfig, result: dict) -> list[dict]:
                 "fold": result["fold"],
                 "split": result["split"],
                 "shots": result["shots"],
+                "protocol": HSNET_PROTOCOL,
+                "setting": setting,
                 "synthetic_source": result["synthetic_source"] if synthetic else "none",
                 "synthetic_per_class": result["synthetic_per_class"] if synthetic else 0,
-                "setting": setting,
-                "episodes": result["episodes"],
+                "evaluated": result["episodes"],
+                "runs": 1,
                 "seed": result["seed"],
-                "miou": summary["miou"],
-                "fb_iou": summary["fb_iou"],
+                "metrics": {"miou": summary["miou"], "fb_iou": summary["fb_iou"]},
                 "class_iou": summary["class_iou"],
                 "config_hash": config_hash,
                 "code_version": version_text,
@@ -188,7 +192,8 @@ def trend_chart(rows: list[dict], title: str, last: int = 20) -> bytes | None:
     """Return a PNG line chart of mIoU (%) per setting over its last `last` evaluations, oldest left (None: no rows)."""
     series = {
         setting: [
-            100 * r["miou"] for r in sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["created_at"])
+            100 * row_metric(r, "miou")
+            for r in sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["created_at"])
         ][-last:]
         for setting in sorted({r["setting"] for r in rows})
     }
@@ -197,8 +202,13 @@ def trend_chart(rows: list[dict], title: str, last: int = 20) -> bytes | None:
 
 def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:
     """Return markdown comparing the benchmark rows of one (dataset, fold, shots) over time, per setting, newest last:
-    mIoU and FB-IoU in %, and the change of mIoU from the previous run of the same setting."""
-    rows = [r for r in table.to_pylist() if (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)]
+    mIoU and FB-IoU in %, and the change of mIoU from the previous run of the same setting. Rows of other protocols
+    (GFSS) in the same table are left out."""
+    rows = [
+        r
+        for r in rows_as_dicts(table)
+        if r["protocol"] == HSNET_PROTOCOL and (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)
+    ]
     lines = [f"# HSNet trend: {dataset} fold {fold}, {shots}-shot", ""]
     chart = trend_chart(rows, f"HSNet mIoU %: {dataset} fold {fold}, {shots}-shot", last)
     if chart is not None:
@@ -213,11 +223,12 @@ def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -
         ]
         previous = None
         for r in runs:
-            delta = "" if previous is None else f"{100 * (r['miou'] - previous):+.2f}"
+            miou = row_metric(r, "miou")
+            delta = "" if previous is None else f"{100 * (miou - previous):+.2f}"
             lines.append(
                 f"| {r['created_at']} | {r['backbone']} | {r['checkpoint'].rsplit('/', 1)[-1]} | "
-                f"{100 * r['miou']:.2f} | {100 * r['fb_iou']:.2f} | {delta} |"
+                f"{100 * miou:.2f} | {100 * row_metric(r, 'fb_iou'):.2f} | {delta} |"
             )
-            previous = r["miou"]
+            previous = miou
         lines.append("")
     return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""GFSS evaluation (PIFS protocol): every (run, step) checkpoint on the whole val split; base / novel mIoU and HM."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from maskforge.eval.datasets.base import DatasetError, ImageRecord
+from maskforge.eval.gfss_metrics import GfssAccumulator, pifs_summary, seed_summary
+from maskforge.eval.gfss_protocol import ClassMap
+from maskforge.models.device import resolve_device, torch_threads
+from maskforge.models.gfss.checkpoint import load_gfss
+from maskforge.models.gfss.network import GfssNet
+from maskforge.storage.fs import exists, join, read_bytes
+from maskforge.storage.results import code_version, row_metric, rows_as_dicts
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.charts import line_chart, png_bytes
+from maskforge.tasks.gfss.base import check_split, open_fold
+from maskforge.tasks.gfss.config import GfssConfig
+from maskforge.tasks.gfss.feed import normalize
+from maskforge.tasks.gfss.novel import NOVEL_MANIFEST
+
+#: Val splits up to this many images are decoded once and kept for every (run, step) checkpoint.
+CACHE_IMAGES = 512
+#: The metrics of a GFSS row, in display order (each also has a "_std" over run seeds).
+GFSS_METRICS = ("base_miou", "novel_miou", "hm", "base_miou_last", "novel_miou_last", "hm_last")
+
+
+@torch.no_grad()
+def predict(net: GfssNet, image: np.ndarray, device: torch.device) -> np.ndarray:
+    """Return the (H, W) argmax model ids of one image at full resolution."""
+    return net(normalize([image]).to(device))[0].argmax(0).cpu().numpy()
+
+
+def score_checkpoint(net: GfssNet, class_map: ClassMap, fold_novel, records, device: torch.device) -> dict:
+    """Score one checkpoint on the val records: PIFS masking (unlearned novel pixels excluded), ignore excluded."""
+    acc = GfssAccumulator(class_map.num_classes)
+    for record in records:
+        if record.image.shape[:2] != record.label.shape:
+            raise DatasetError(
+                f"{record.image_id}: image size {record.image.shape[:2]} differs from its mask size "
+                f"{record.label.shape}"
+            )
+        acc.add(predict(net, record.image, device), class_map.to_model(record.label, fold_novel))
+    scores = acc.scores(class_map.base_model_ids(), class_map.learned_novel_model_ids())
+    to_dataset = {m: d for d, m in class_map.model_ids().items()}
+    scores["class_iou"] = {str(to_dataset[int(k)]): v for k, v in scores["class_iou"].items()}
+    return scores
+
+
+def eval_gfss(config: GfssConfig, log: Callable[[str], None] = print) -> dict:
+    """Evaluate every (run, step) checkpoint of the novel stage; return per-step scores and their summaries.
+
+    Per run: PIFS average over steps and last step (base mIoU with background, novel mIoU over learned classes, HM);
+    over runs: mean and std. Runs with run.threads torch CPU threads (restored afterwards).
+    """
+    with torch_threads(config.run.threads):
+        return _evaluate(config, log)
+
+
+def _records(dataset, ids: list[str]):
+    """Yield val records, decoded once into a list when the split is small (it is read once per checkpoint)."""
+    if len(ids) <= CACHE_IMAGES:
+        cached = [dataset.load(i) for i in ids]
+        return lambda: cached
+    return lambda: (dataset.load(i) for i in ids)
+
+
+def _evaluate(config: GfssConfig, log: Callable[[str], None]) -> dict:
+    """The body of eval_gfss."""
+    e = config.eval
+    manifest_url = join(config.novel_dir(), NOVEL_MANIFEST)
+    if not exists(manifest_url):
+        raise ConfigError(
+            f"{manifest_url} not found: the novel stage of this config has not completed; run "
+            "`maskforge gfss train-novel CONFIG` first"
+        )
+    manifest = json.loads(read_bytes(manifest_url))
+    dataset, fold = open_fold(config)
+    check_split(dataset, e.split, "eval.split")
+    ids = dataset.image_ids(e.split)
+    if e.max_images:
+        ids = ids[: e.max_images]
+    records: Callable[[], list[ImageRecord]] = _records(dataset, ids)
+    device = resolve_device(config.run.device)
+    start, per_run = time.perf_counter(), []
+    last_class_iou: list[dict[str, float]] = []
+    for run in manifest["runs"]:
+        steps = []
+        for step in run["steps"]:
+            net, _ = load_gfss(step["checkpoint"])
+            class_map = ClassMap(tuple(fold.base), tuple(step["novel_learned"]))
+            if net.spec.num_classes != class_map.num_classes:
+                raise ConfigError(
+                    f"{step['checkpoint']}: {net.spec.num_classes} classes, expected {class_map.num_classes} "
+                    f"(background + {len(fold.base)} base + {len(step['novel_learned'])} learned novel)"
+                )
+            scores = score_checkpoint(net.to(device).eval(), class_map, fold.novel, records(), device)
+            steps.append({**scores, "classes": step["classes"]})
+            log(
+                f"run seed {run['seed']} step {len(steps) - 1}: base {100 * scores['base_miou']:.2f} novel "
+                f"{100 * scores['novel_miou']:.2f} HM {100 * scores['hm']:.2f}"
+            )
+        per_run.append({"seed": run["seed"], "steps": steps, "summary": pifs_summary(steps)})
+        last_class_iou.append(steps[-1]["class_iou"])
+    keys = sorted({k for c in last_class_iou for k in c}, key=int)
+    class_iou = {k: float(np.mean([c[k] for c in last_class_iou if k in c])) for k in keys}
+    return {
+        "setting": manifest["setting"],
+        "method": manifest["method"],
+        "backbone": config.model.backbone,
+        "checkpoint": manifest["base_checkpoint"],
+        "novel_dir": config.novel_dir(),
+        "dataset": dataset.name,
+        "fold": fold.index,
+        "split": e.split,
+        "shots": manifest["shots"],
+        "images": len(ids),
+        "synthetic_runs": manifest["synthetic_runs"],
+        "runs": per_run,
+        "summary": seed_summary([r["summary"] for r in per_run]),
+        "class_iou_last": class_iou,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def benchmark_rows(config: GfssConfig, result: dict) -> list[dict]:
+    """Return the benchmark-table row of a GFSS evaluation (metrics: PIFS average and last step, mean and std)."""
+    summary = result["summary"]
+    metrics = {k: float(summary[k]) for k in GFSS_METRICS} | {
+        f"{k}_std": float(summary[f"{k}_std"]) for k in GFSS_METRICS
+    }
+    return [
+        {
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "model": f"gfss-{result['method']}",
+            "backbone": result["backbone"],
+            "checkpoint": result["checkpoint"],
+            "dataset": result["dataset"],
+            "fold": result["fold"],
+            "split": result["split"],
+            "shots": result["shots"],
+            "protocol": "gfss-pifs",
+            "setting": result["setting"],
+            "synthetic_source": ",".join(result["synthetic_runs"]) or "none",
+            "synthetic_per_class": 0,
+            "evaluated": result["images"],
+            "runs": len(result["runs"]),
+            "seed": config.novel.master_seed,
+            "metrics": metrics,
+            "class_iou": result["class_iou_last"],
+            "config_hash": config.hash(),
+            "code_version": code_version(),
+        }
+    ]
+
+
+def summary_table(result: dict) -> list[dict]:
+    """Return the table-artifact rows of an evaluation: base / novel / HM in %, mean ± std over run seeds."""
+    s = result["summary"]
+
+    def cell(key: str) -> str:
+        return f"{100 * s[key]:.1f} ± {100 * s[key + '_std']:.1f}"
+
+    return [
+        {"setting": result["setting"], "report": "PIFS average over steps"}
+        | {"base mIoU": cell("base_miou"), "novel mIoU": cell("novel_miou"), "HM": cell("hm")},
+        {"setting": result["setting"], "report": "last step"}
+        | {"base mIoU": cell("base_miou_last"), "novel mIoU": cell("novel_miou_last"), "HM": cell("hm_last")},
+    ]
+
+
+def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:
+    """Return markdown of the GFSS rows of one (dataset, fold, shots) over time per setting: HM chart and table."""
+    rows = [
+        r
+        for r in rows_as_dicts(table)
+        if r["protocol"] == "gfss-pifs" and (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)
+    ]
+    rows.sort(key=lambda r: r["created_at"])
+    lines = [f"# GFSS trend: {dataset} fold {fold}, {shots}-shot", ""]
+    settings = sorted({r["setting"] for r in rows})
+    series = {s: [100 * row_metric(r, "hm") for r in rows if r["setting"] == s][-last:] for s in settings}
+    if series:
+        chart = png_bytes(line_chart(series, f"GFSS HM %: {dataset} fold {fold}, {shots}-shot", "HM %"))
+        lines += [f"![HM per setting over time](data:image/png;base64,{base64.b64encode(chart).decode()})", ""]
+    for setting in settings:
+        lines += [
+            f"## {setting}",
+            "",
+            "| evaluated | runs | base mIoU | novel mIoU | HM | Δ HM |",
+            "|---|---|---|---|---|---|",
+        ]
+        previous = None
+        for r in [r for r in rows if r["setting"] == setting][-last:]:
+            hm = row_metric(r, "hm")
+            delta = "" if previous is None else f"{100 * (hm - previous):+.2f}"
+            lines.append(
+                f"| {r['created_at']} | {r['runs']} | {100 * row_metric(r, 'base_miou'):.2f} | "
+                f"{100 * row_metric(r, 'novel_miou'):.2f} | {100 * hm:.2f} | {delta} |"
+            )
+            previous = hm
+        lines.append("")
+    return "\n".join(lines)

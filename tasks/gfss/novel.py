@@ -1,0 +1,335 @@
+"""GFSS incremental stage: per run seed and step, pick shots, imprint, fine-tune (FINETUNE or GAPS, ± synthetic)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.episode_data import synthetic_keys
+from maskforge.eval.folds import Fold
+from maskforge.eval.gfss_protocol import (
+    ClassMap,
+    gaps_run_seeds,
+    novel_only_candidates,
+    select_supports,
+    task_stream,
+    vrfs_probability,
+)
+from maskforge.eval.seeds import derive_seed
+from maskforge.models.device import resolve_device, torch_threads
+from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
+from maskforge.models.gfss.network import GfssNet, masked_average_pool, set_train_mode
+from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
+from maskforge.storage.reader import RunIncompleteError, RunReader
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.gfss.base import autocast, base_image_ids, check_split, open_fold, poly_lr
+from maskforge.tasks.gfss.buffer import buffer_score, uniform_interval_buffer
+from maskforge.tasks.gfss.config import GfssConfig
+from maskforge.tasks.gfss.copy_paste import context_similar
+from maskforge.tasks.gfss.feed import NovelData, NovelFeed, make_loader, normalize
+
+NOVEL_MANIFEST = "novel.json"
+
+
+def load_base(config: GfssConfig, fold: Fold) -> tuple[GfssNet, str]:
+    """Load the base checkpoint; a missing file, or a class count or backbone unlike the config's, is a ConfigError."""
+    path = config.base_checkpoint()
+    if not Path(path).is_file():
+        raise ConfigError(
+            f"base checkpoint {path!r} not found; train it first (maskforge gfss train-base CONFIG) or set "
+            "base.checkpoint"
+        )
+    net, _ = load_gfss(path)
+    expected = 1 + len(fold.base)
+    if net.spec.num_classes != expected:
+        raise ConfigError(
+            f"{path}: the base checkpoint has {net.spec.num_classes} classes; {fold.dataset} fold {fold.index} needs "
+            f"{expected} (background + {len(fold.base)} base classes)"
+        )
+    if net.spec.backbone != config.model.backbone:
+        raise ConfigError(
+            f"{path}: the base checkpoint holds a {net.spec.backbone} backbone; model.backbone says "
+            f"{config.model.backbone!r}"
+        )
+    return net, path
+
+
+def generated_keys(reader: RunReader, classes) -> dict[int, list[str]]:
+    """Return {class: sorted keys} of a run's generated samples: every source but "real".
+
+    "real" scenes paste the generation run's own real shots, which are not the shots of this GFSS run: using them
+    would hand the learner extra real images beyond its k-shot budget.
+    """
+    table = reader.manifest
+    generated = {k for k, s in zip(table.column("key").to_pylist(), table.column("source").to_pylist()) if s != "real"}
+    return {c: [k for k in keys if k in generated] for c, keys in synthetic_keys(reader, classes).items()}
+
+
+def open_synthetic(config: GfssConfig, fold: Fold, needed: list[int]) -> dict[str, dict[int, list[str]]]:
+    """Open and verify novel.synthetic_runs; return {run url: {class: sample keys}} for the needed classes.
+
+    An incomplete or missing run, a run of another dataset, fold or toy world, or one without samples of a needed
+    class is a ConfigError naming the run, the class and what the run holds.
+    """
+    out = {}
+    for url in config.novel.synthetic_runs:
+        try:
+            reader = RunReader(url)
+            reader.verify_shards()
+        except RunIncompleteError as err:
+            raise ConfigError(f"novel.synthetic_runs: {err}") from None
+        ds = (reader.config or {}).get("dataset", {})
+        ours = config.dataset.resolved()
+        if (ds.get("name"), ds.get("fold")) != (ours["name"], ours["fold"]):
+            raise ConfigError(
+                f"novel.synthetic_runs: {url} is a run of {ds.get('name')} fold {ds.get('fold')}; this config trains "
+                f"{ours['name']} fold {ours['fold']}"
+            )
+        if ours["name"] == "toy" and ds.get("toy") != ours["toy"]:
+            raise ConfigError(
+                f"novel.synthetic_runs: {url} renders another toy world ({ds.get('toy')}); this config has "
+                f"{ours['toy']}"
+            )
+        keys = generated_keys(reader, fold.novel)
+        held = {c: len(k) for c, k in keys.items() if k}
+        for cid in needed:
+            if not keys.get(cid):
+                raise ConfigError(
+                    f"novel.synthetic_runs: {url} holds no generated sample of class {cid}; it holds "
+                    f"{held or 'no generated sample of a novel class'} (class: samples; 'real'-source scenes excluded)"
+                )
+        out[url] = {c: keys[c] for c in needed}
+    return out
+
+
+def choose_shots(config: GfssConfig, dataset: SegDataset, fold: Fold, run_seed: int) -> dict[int, list[str]]:
+    """Return each novel class's real shots for one run: images with the class and no other novel class (GAPS)."""
+    index = dataset.class_index(config.novel.split)
+    rng = np.random.default_rng(run_seed)
+    names = dataset.classes()
+    shots = {}
+    for cid in sorted(fold.novel):
+        candidates = novel_only_candidates(index, fold.novel, cid)
+        pixels = lambda image_id, c=cid: int((dataset.load(image_id).label == c).sum())  # noqa: E731
+        shots[cid] = select_supports(candidates, config.novel.shots, rng, pixels, cid, names[cid])
+    return shots
+
+
+@torch.no_grad()
+def class_vectors(net: GfssNet, dataset: SegDataset, image_ids: list[str], class_id: int, device) -> torch.Tensor:
+    """Return (S, C) L2-normalised masked-average-pooled features of one class in each image (weight imprinting)."""
+    out = []
+    for image_id in image_ids:
+        record = dataset.load(image_id)
+        feats = net.features(normalize([record.image]).to(device))
+        mask = torch.from_numpy(record.label == class_id)[None].to(device)
+        out.append(F.normalize(masked_average_pool(feats, mask), dim=1)[0])
+    return torch.stack(out)
+
+
+@torch.no_grad()
+def global_vectors(net: GfssNet, dataset: SegDataset, image_ids: list[str], device) -> np.ndarray:
+    """Return (N, D) globally average-pooled, L2-normalised layer4 features (GAPS's context similarity)."""
+    out = []
+    for image_id in image_ids:
+        _, layer4 = net.backbone.forward_with_layer4(normalize([dataset.load(image_id).image]).to(device))
+        out.append(F.normalize(layer4.float().mean((2, 3)), dim=1)[0].cpu().numpy())
+    return np.stack(out)
+
+
+def _file_sha256(path: str) -> str:
+    """Return the sha256 of a local file (names the base checkpoint in the buffer cache key)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def replay_buffer(
+    config: GfssConfig, net: GfssNet, ckpt: str, dataset: SegDataset, fold: Fold, device, log: Callable[[str], None]
+) -> list[str]:
+    """GAPS's memory-replay buffer (uniform_interval) of base images, cached per base checkpoint in base_dir()."""
+    n = config.novel
+    key_parts = [_file_sha256(ckpt), n.split, n.buffer_size, n.buffer_images, json.dumps(config.dataset.resolved())]
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
+    cache = join(config.base_dir(), f"buffer-{key}.json")
+    if exists(cache):
+        return json.loads(read_bytes(cache))["images"]
+    ids = base_image_ids(dataset, n.split, fold)
+    if n.buffer_images:
+        ids = ids[: n.buffer_images]
+    model_ids = ClassMap(tuple(fold.base), ()).model_ids()
+    weights = F.normalize(net.head.pixel_classifier.class_mat.weight.detach().flatten(1), dim=1)
+    scores: dict[int, list[tuple[str, float]]] = {c: [] for c in fold.base}
+    start = time.perf_counter()
+    for image_id in ids:
+        record = dataset.load(image_id)
+        feats = net.features(normalize([record.image]).to(device))
+        for cid in record.class_ids:
+            if cid not in scores:
+                continue
+            mask = record.label == cid
+            vector = F.normalize(masked_average_pool(feats, torch.from_numpy(mask)[None].to(device)), dim=1)[0]
+            cosine = float(vector @ weights[model_ids[cid]])
+            scores[cid].append((image_id, buffer_score(cosine, float(mask.mean()))))
+    scores = {c: s for c, s in scores.items() if s}
+    chosen = uniform_interval_buffer(scores, n.buffer_size, np.random.default_rng(derive_seed("gfss-buffer", key)))
+    log(f"replay buffer: {len(chosen)} of {len(ids)} base images ({time.perf_counter() - start:.1f} s)")
+    atomic_write_bytes(cache, json.dumps({"checkpoint": ckpt, "images": chosen}, indent=1).encode())
+    return chosen
+
+
+def train_gfss_novel(config: GfssConfig, log: Callable[[str], None] = print) -> dict:
+    """Run the incremental stage for every run seed and step; write one checkpoint per (run, step) and novel.json.
+
+    Returns novel.json's content plus {"complete": True}. A folder whose novel.json exists is reported, not rerun.
+    """
+    with torch_threads(config.run.threads):
+        return _novel(config, log)
+
+
+def finetune_step(
+    net: GfssNet,
+    teacher: torch.nn.Module | None,
+    optimiser: torch.optim.Optimizer,
+    loss_fn: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    feature_reg: float,
+    device: torch.device,
+    amp: bool,
+) -> float:
+    """One fine-tuning step: cross-entropy (ignore -1) + feature_reg * MSE(features, teacher features); returns loss."""
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    with autocast(device, amp):
+        feats = net.features(images)
+        logits = F.interpolate(net.head(feats), images.shape[-2:], mode="bilinear", align_corners=False)
+        loss = loss_fn(logits.float(), labels)
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher(images)
+            loss = loss + feature_reg * F.mse_loss(feats.float(), target.float())
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    return float(loss.detach())
+
+
+def _finetune(
+    config: GfssConfig, net: GfssNet, feed: NovelFeed, device, log: Callable[[str], None], label: str
+) -> list[float]:
+    """Fine-tune a step: BN frozen, SGD (backbone / head lr), poly decay, CE + λ·MSE to the previous backbone."""
+    n = config.novel
+    teacher = copy.deepcopy(net.backbone).eval() if n.feature_reg > 0 else None
+    if teacher is not None:
+        teacher.requires_grad_(False)
+    set_train_mode(net, frozen_bn=True)
+    backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
+    groups = [
+        {"params": backbone_params, "lr": n.lr_backbone},
+        {"params": list(net.head.parameters()), "lr": n.lr_head},
+    ]
+    optimiser = torch.optim.SGD(groups, momentum=n.momentum, weight_decay=n.weight_decay)
+    loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1)
+    batches = make_loader(feed, n.batch_size, n.workers, pin=device.type == "cuda")
+    losses = []
+    for it in range(n.iterations):
+        for group, lr in zip(optimiser.param_groups, (n.lr_backbone, n.lr_head)):
+            group["lr"] = poly_lr(lr, it, n.iterations, n.poly_power)
+        images, labels = next(batches)
+        loss = finetune_step(net, teacher, optimiser, loss_fn, images, labels, n.feature_reg, device, config.run.amp)
+        losses.append(loss)
+    log(f"{label}: loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}")
+    net.eval()
+    return losses
+
+
+def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
+    """The body of train_gfss_novel."""
+    out, n = config.novel_dir(), config.novel
+    manifest_url = join(out, NOVEL_MANIFEST)
+    if exists(manifest_url):
+        log(f"already trained: {out}")
+        return {**json.loads(read_bytes(manifest_url)), "complete": True}
+    dataset, fold = open_fold(config)
+    check_split(dataset, n.split, "novel.split")
+    base_net, ckpt = load_base(config, fold)
+    stream = task_stream(fold.novel, n.classes_per_step)
+    synthetic = open_synthetic(config, fold, sorted(fold.novel))
+    device = resolve_device(config.run.device)
+    base_net = base_net.to(device).eval()
+    buffer = replay_buffer(config, base_net, ckpt, dataset, fold, device, log) if n.method == "gaps" else []
+    runs, start = [], time.perf_counter()
+    crop = config.base.crop_size
+    for r, run_seed in enumerate(gaps_run_seeds(n.runs, n.master_seed)):
+        shots = choose_shots(config, dataset, fold, run_seed)
+        net, class_map, steps = copy.deepcopy(base_net), ClassMap(tuple(fold.base), ()), []
+        for s, classes in enumerate(stream):
+            torch.manual_seed(derive_seed("gfss-novel", run_seed, s))
+            new = torch.cat([class_vectors(net, dataset, shots[c], c, device).mean(0, keepdim=True) for c in classes])
+            class_map = class_map.with_novel(classes)
+            net.replace_head(net.head.expanded(class_map.num_classes, F.normalize(new, dim=1)))
+            seen = [c for c in class_map.novel]
+            data = NovelData(
+                dataset=config.dataset,
+                fold_novel=tuple(fold.novel),
+                class_map=class_map,
+                step_classes=tuple(classes),
+                method=n.method,
+                shots={c: shots[c] for c in seen},
+                crop=crop,
+                scale=tuple(config.base.scale),
+                paste_scale=tuple(n.paste_scale),
+                seed=derive_seed("gfss-feed", run_seed, s),
+                synthetic_share=n.synthetic_share if synthetic else 0.0,
+                synthetic={url: [k for c in classes for k in keys[c]] for url, keys in synthetic.items()},
+            )
+            if n.method == "gaps":
+                buffer_vectors = global_vectors(net, dataset, buffer, device)
+                data.buffer = buffer
+                data.context_sets = {
+                    c: context_similar(global_vectors(net, dataset, shots[c], device), buffer_vectors, n.context_top)
+                    for c in classes
+                }
+                data.p_vrfs = vrfs_probability(len(fold.base), len(seen), n.shots, n.buffer_size)
+                data.context_prob = n.context_prob
+            losses = _finetune(config, net, NovelFeed(data), device, log, f"run {r} (seed {run_seed}) step {s}")
+            path = join(out, f"run{r:02d}-step{s:02d}.safetensors")
+            extra = {
+                "stage": "novel",
+                "run_seed": run_seed,
+                "step": s,
+                "class_map": {"base": list(fold.base), "novel": seen},
+            }
+            save_gfss(path, copy.deepcopy(net).cpu(), config.resolved(), extra)
+            steps.append(
+                {"classes": list(classes), "novel_learned": seen, "checkpoint": path, "final_loss": losses[-1]}
+            )
+        runs.append({"seed": run_seed, "shots": {str(c): ids for c, ids in shots.items()}, "steps": steps})
+    report = {
+        "novel_dir": out,
+        "setting": config.setting(),
+        "method": n.method,
+        "shots": n.shots,
+        "base_checkpoint": ckpt,
+        "synthetic_runs": list(n.synthetic_runs),
+        "buffer_images": len(buffer),
+        "task_stream": [list(c) for c in stream],
+        "runs": runs,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    atomic_write_bytes(join(out, "config.yaml"), yaml.safe_dump(config.resolved(), sort_keys=False).encode())
+    atomic_write_bytes(manifest_url, json.dumps(report, indent=2).encode())  # written last: it marks completion
+    return {**report, "complete": True}

@@ -1,0 +1,72 @@
+"""GFSS under Prefect and from the CLI: the flows end to end, the deployment flow, `maskforge gfss load` exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_gfss_stages import config, synthetic_run
+from typer.testing import CliRunner
+
+from maskforge.flows.cli import app
+from maskforge.flows.deployments import train_gfss_base_fold, train_gfss_novel_fold
+from maskforge.models.gfss.checkpoint import write_authors_layout
+from maskforge.models.gfss.network import GfssSpec, build_gfss
+from maskforge.storage.results import read_results, rows_as_dicts
+
+pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
+runner = CliRunner()
+
+
+def test_deployment_flows_run_base_then_novel_with_a_synthetic_run(tmp_path):
+    path = tmp_path / "gfss.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path)))
+    base = train_gfss_base_fold(config_path=str(path), dataset="toy", fold=0)
+    assert Path(base["checkpoint"]).is_file()
+    syn = synthetic_run(str(tmp_path / "nightly"))
+    result = train_gfss_novel_fold(config_path=str(path), dataset="toy", fold=0, synthetic_runs=[syn])
+    assert result["setting"] == "gaps+synthetic" and Path(result["table_file"]).is_file()
+    (row,) = rows_as_dicts(read_results(str(tmp_path / "results")))
+    assert row["setting"] == "gaps+synthetic" and row["synthetic_source"] == syn and row["evaluated"] == 3
+    assert row["metrics"]["hm"] == pytest.approx(result["summary"]["hm"])
+
+
+def test_cli_train_novel_eval_and_errors(tmp_path):
+    path = tmp_path / "gfss.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path)))
+    out = runner.invoke(app, ["gfss", "train-base", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "checkpoint:" in out.output
+    out = runner.invoke(app, ["gfss", "train-novel", str(path), "--method", "finetune"])
+    assert out.exit_code == 0, out.output
+    assert "finetune: 1 runs x 4 steps" in out.output
+    out = runner.invoke(app, ["gfss", "eval", str(path), "--method", "finetune"])
+    assert out.exit_code == 0, out.output
+    assert "PIFS average over steps" in out.output and "last step" in out.output
+    out = runner.invoke(app, ["gfss", "train-novel", str(path), "--synthetic", str(tmp_path / "missing-run")])
+    assert out.exit_code == 1 and "missing-run" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["gfss", "train-base", str(tmp_path / "nope.yaml")])
+    assert out.exit_code == 1 and "nope.yaml" in out.output
+
+
+def test_cli_load_checks_the_authors_layout_strictly(tmp_path):
+    spec = GfssSpec("tiny", 16, aspp_channels=256, aspp_rates=(6, 12, 18))
+    good = tmp_path / "GIFS_toy_final.pt"
+    write_authors_layout(str(good), build_gfss(spec))
+    out = runner.invoke(app, ["gfss", "load", str(good)])
+    # the tiny layout is not ResNet-101's: every layer3/4 block beyond the tiny ones is missing, shapes differ
+    assert out.exit_code == 1 and "missing keys:" in out.output and "layer3.22.conv1.weight" in out.output
+    net = build_gfss(GfssSpec("resnet101", 16))
+    full = tmp_path / "GIFS_pascal_voc_split0_final.pt"
+    write_authors_layout(str(full), net)
+    out = runner.invoke(app, ["gfss", "load", str(full)])
+    assert out.exit_code == 0, out.output
+    assert "16 classes" in out.output and "backbone tensors: 550" in out.output and "loaded strictly" in out.output
+    state = torch.load(full, weights_only=True)
+    state["backbone"].pop("aspp.bn2.running_var")
+    state["head"]["extra.weight"] = torch.zeros(1)
+    torch.save(state, full)
+    out = runner.invoke(app, ["gfss", "load", str(full)])
+    assert out.exit_code == 1 and "aspp.bn2.running_var" in out.output and "extra.weight" in out.output
