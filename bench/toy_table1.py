@@ -17,16 +17,19 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json  # noqa: E402
 from toy_table2 import generate_run  # noqa: E402
 
+from maskforge.eval.gfss_protocol import ClassMap
+from maskforge.models.gfss.checkpoint import load_gfss
 from maskforge.storage.yaml_config import read_yaml
-from maskforge.tasks.gfss.base import train_gfss_base
+from maskforge.tasks.gfss.base import open_fold, train_gfss_base
 from maskforge.tasks.gfss.config import load_gfss_config
-from maskforge.tasks.gfss.evaluate import eval_gfss
+from maskforge.tasks.gfss.evaluate import eval_gfss, score_checkpoint
 from maskforge.tasks.gfss.novel import train_gfss_novel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +41,15 @@ def synthetic_run(out: Path, text: int, log) -> str:
     base = read_yaml(ROOT / "configs" / "demo.yaml", {"run.out_dir": str(out / "runs"), "run.name": "table1-syn"})
     embedding = base["diffusion"]["embedding"]["samples"]
     return generate_run(base, text, embedding, refine=True, log=log)
+
+
+def base_model_miou(cfg) -> float:
+    """Base mIoU (background included) of the base model itself on the eval split: the ceiling the steps start from."""
+    dataset, fold = open_fold(cfg)
+    net, _ = load_gfss(cfg.base_checkpoint())
+    records = [dataset.load(i) for i in dataset.image_ids(cfg.eval.split)]
+    class_map = ClassMap(tuple(fold.base), ())
+    return score_checkpoint(net.eval(), class_map, fold.novel, records, torch.device("cpu"))["base_miou"]
 
 
 def main() -> None:
@@ -64,6 +76,8 @@ def main() -> None:
     print(f"base stage ({cfg.base.steps} steps) ...", flush=True)
     base = train_gfss_base(cfg, log=lambda m: None)
     print(f"  {base['seconds']} s, final loss {base['losses'][-1]:.3f}", flush=True)
+    base_miou = base_model_miou(cfg)
+    print(f"  base model alone: base mIoU {100 * base_miou:.1f} on {cfg.eval.split}", flush=True)
     run = args.synthetic
     if run is None:
         print("synthetic run (toy SD + ControlNet, HSNet-refined masks) ...", flush=True)
@@ -90,6 +104,7 @@ def main() -> None:
 
     print(f"\ntoy fold 0, 1-shot, {args.seeds} run seeds; PIFS average over 4 steps (last step in brackets), %")
     print(f"{'method':20s} {'base mIoU':>12s} {'novel mIoU':>12s} {'HM':>12s}   {'last: base / novel / HM':s}")
+    print(f"{'(base model alone)':20s} {100 * base_miou:5.1f}{'':7s} {'-':>12s} {'-':>12s}")
     for name, s in rows.items():
         last = f"{100 * s['base_miou_last']:.1f} / {100 * s['novel_miou_last']:.1f} / {100 * s['hm_last']:.1f}"
         print(f"{name:20s} {cell(s, 'base_miou'):>12s} {cell(s, 'novel_miou'):>12s} {cell(s, 'hm'):>12s}   {last}")
@@ -101,7 +116,7 @@ def main() -> None:
         {
             "rows": rows,
             "synthetic_run": run,
-            "base": {k: base[k] for k in ("seconds", "steps", "base_images")},
+            "base": {k: base[k] for k in ("seconds", "steps", "base_images")} | {"base_model_miou": base_miou},
             "seconds": round(time.perf_counter() - start, 1),
             "ratio": ratio,
         },

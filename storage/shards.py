@@ -37,7 +37,7 @@ class RunExistsError(FileExistsError):
     """The run folder already holds a completion marker: completed runs are never overwritten in place."""
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
     """Return the hex sha256 of a local file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -211,7 +211,7 @@ class RunWriter:
         name = self._final_name(staged_path)
         self._published[name] = {
             "name": name,
-            "sha256": _sha256_file(staged_path),
+            "sha256": sha256_file(staged_path),
             "bytes": os.path.getsize(staged_path),
             "count": self._counts.get(name, 0),
         }

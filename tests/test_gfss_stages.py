@@ -43,9 +43,9 @@ def config(tmp: Path, **sections) -> dict:
     return data
 
 
-def synthetic_run(url: str, classes=FOLD.novel, dataset="toy", fold=0, source="text") -> str:
+def synthetic_run(url: str, classes=FOLD.novel, dataset="toy", fold=0, source="text", toy=TOY) -> str:
     """Write a complete maskforge-format run of object-centric toy samples (2 per class) with a dataset section."""
-    write_config(url, {"dataset": {"name": dataset, "fold": fold, "toy": TOY, "root": None}, "run": {"seed": 0}})
+    write_config(url, {"dataset": {"name": dataset, "fold": fold, "toy": toy, "root": None}, "run": {"seed": 0}})
     with RunWriter(url, max_count=3) as writer:
         for cid in classes:
             for i in range(2):
@@ -152,6 +152,12 @@ def test_bad_inputs_are_named(trained, tmp_path):
     other_fold = synthetic_run(str(tmp_path / "f1"), fold=1)
     with pytest.raises(ConfigError, match="f1 is a run of toy fold 1; this config trains toy fold 0"):
         train_gfss_novel(parse_gfss_config(config(tmp, novel={"synthetic_runs": [other_fold]})))
+    other_world = synthetic_run(str(tmp_path / "w1"), toy={**TOY, "seed": 1})
+    with pytest.raises(ConfigError, match="w1 renders another toy world"):
+        train_gfss_novel(parse_gfss_config(config(tmp, novel={"synthetic_runs": [other_world]})))
+    more_images = synthetic_run(str(tmp_path / "n"), toy={**TOY, "n_train": 500}, classes=(1,))
+    with pytest.raises(ConfigError, match="n holds no generated sample of class 6"):  # same world: checked further
+        train_gfss_novel(parse_gfss_config(config(tmp, novel={"synthetic_runs": [more_images]})))
     lacking = synthetic_run(str(tmp_path / "lack"), classes=(1, 6))
     with pytest.raises(ConfigError, match=r"lack holds no generated sample of class 11; it holds \{1: 2, 6: 2\}"):
         train_gfss_novel(parse_gfss_config(config(tmp, novel={"synthetic_runs": [lacking]})))

@@ -31,6 +31,7 @@ from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
 from maskforge.models.gfss.network import GfssNet, masked_average_pool, set_train_mode
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
 from maskforge.storage.reader import RunIncompleteError, RunReader
+from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.base import autocast, base_image_ids, check_split, open_fold, poly_lr
 from maskforge.tasks.gfss.buffer import buffer_score, uniform_interval_buffer
@@ -95,10 +96,14 @@ def open_synthetic(config: GfssConfig, fold: Fold, needed: list[int]) -> dict[st
                 f"novel.synthetic_runs: {url} is a run of {ds.get('name')} fold {ds.get('fold')}; this config trains "
                 f"{ours['name']} fold {ours['fold']}"
             )
-        if ours["name"] == "toy" and ds.get("toy") != ours["toy"]:
+        # the toy world is its seed and image size; split sizes only say how many of its images a config reads
+        world = ("seed", "image_size")
+        if ours["name"] == "toy" and {k: (ds.get("toy") or {}).get(k) for k in world} != {
+            k: ours["toy"][k] for k in world
+        }:
             raise ConfigError(
                 f"novel.synthetic_runs: {url} renders another toy world ({ds.get('toy')}); this config has "
-                f"{ours['toy']}"
+                f"{ours['toy']} (seed and image_size must match)"
             )
         keys = generated_keys(reader, fold.novel)
         held = {c: len(k) for c, k in keys.items() if k}
@@ -147,22 +152,13 @@ def global_vectors(net: GfssNet, dataset: SegDataset, image_ids: list[str], devi
     return np.stack(out)
 
 
-def _file_sha256(path: str) -> str:
-    """Return the sha256 of a local file (names the base checkpoint in the buffer cache key)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @torch.no_grad()
 def replay_buffer(
     config: GfssConfig, net: GfssNet, ckpt: str, dataset: SegDataset, fold: Fold, device, log: Callable[[str], None]
 ) -> list[str]:
     """GAPS's memory-replay buffer (uniform_interval) of base images, cached per base checkpoint in base_dir()."""
     n = config.novel
-    key_parts = [_file_sha256(ckpt), n.split, n.buffer_size, n.buffer_images, json.dumps(config.dataset.resolved())]
+    key_parts = [sha256_file(ckpt), n.split, n.buffer_size, n.buffer_images, json.dumps(config.dataset.resolved())]
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     cache = join(config.base_dir(), f"buffer-{key}.json")
     if exists(cache):
