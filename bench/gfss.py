@@ -54,7 +54,8 @@ def bench_run(url: str, toy: dict, per_class: int, size: int) -> str:
                     "dataset": "toy", "fold": 0, "class_id": cid, "class_name": f"c{cid}", "source": "text",
                     "mask_method": "semi-accepted", "seed": i, "shot_ids": [], "scores": {}, "config_hash": "bench",
                 }  # fmt: skip
-                writer.write(ShardSample(f"toy-f0-c{cid:04d}-text-{i:05d}", image, np.where(mask, cid, 0), meta))
+                label = np.where(mask, cid, 0).astype(np.int32)
+                writer.write(ShardSample(f"toy-f0-c{cid:04d}-text-{i:05d}", image, label, meta))
         writer.finish({"n_samples": per_class * len(fold.novel)})
     return url
 
@@ -88,7 +89,8 @@ def main() -> None:
     overrides = {"run.device": "auto" if args.full_size else "cpu"}
     if args.full_size:
         overrides |= {"model.backbone": "resnet101", "model.aspp_channels": 256, "model.aspp_rates": [6, 12, 18]}
-        overrides |= {"dataset.toy.image_size": 512, "base.crop_size": 512, "novel.batch_size": 8, "run.threads": 0}
+        overrides |= {"dataset.toy.image_size": 512, "dataset.toy.n_train": 300, "base.crop_size": 512}
+        overrides |= {"novel.batch_size": 8, "run.threads": 0}
     cfg = load_gfss_config(ROOT / "configs" / "gfss-toy.yaml", overrides)
     device = resolve_device(cfg.run.device)
     dataset, fold = open_fold(cfg)

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from maskforge.flows.cli import app
 from maskforge.flows.deployments import train_gfss_base_fold, train_gfss_novel_fold
-from maskforge.models.gfss.checkpoint import write_authors_layout
+from maskforge.models.gfss.checkpoint import save_gfss, write_authors_layout
 from maskforge.models.gfss.network import GfssSpec, build_gfss
 from maskforge.storage.results import read_results, rows_as_dicts
 
@@ -55,6 +55,10 @@ def test_cli_load_checks_the_authors_layout_strictly(tmp_path):
     spec = GfssSpec("tiny", 16, aspp_channels=256, aspp_rates=(6, 12, 18))
     good = tmp_path / "GIFS_toy_final.pt"
     write_authors_layout(str(good), build_gfss(spec))
+    ours = tmp_path / "gfss.safetensors"
+    save_gfss(str(ours), build_gfss(spec), {"run": {"name": "t"}})
+    out = runner.invoke(app, ["gfss", "load", str(ours)])
+    assert out.exit_code == 0 and "backbone tiny, 16 classes" in out.output and "loaded strictly" in out.output
     out = runner.invoke(app, ["gfss", "load", str(good)])
     # the tiny layout is not ResNet-101's: every layer3/4 block beyond the tiny ones is missing, shapes differ
     assert out.exit_code == 1 and "missing keys:" in out.output and "layer3.22.conv1.weight" in out.output

@@ -13,7 +13,7 @@ from maskforge.eval.datasets.toy import render_object
 from maskforge.eval.folds import toy_fold
 from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
-from maskforge.models.gfss.network import GfssSpec, build_gfss
+from maskforge.models.gfss.network import GfssSpec, build_gfss, masked_average_pool
 from maskforge.storage.codec import ShardSample
 from maskforge.storage.results import append_results, read_results
 from maskforge.storage.shards import RunWriter, write_config
@@ -21,8 +21,8 @@ from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.base import base_image_ids, open_fold, train_gfss_base
 from maskforge.tasks.gfss.config import parse_gfss_config
 from maskforge.tasks.gfss.evaluate import benchmark_rows, eval_gfss, score_checkpoint, trend_markdown
-from maskforge.tasks.gfss.feed import NovelData, NovelFeed
-from maskforge.tasks.gfss.novel import train_gfss_novel
+from maskforge.tasks.gfss.feed import NovelData, NovelFeed, normalize
+from maskforge.tasks.gfss.novel import class_vectors, train_gfss_novel
 
 TOY = {"seed": 0, "image_size": 48, "n_train": 80, "n_val": 6}
 FOLD = toy_fold(0)
@@ -209,3 +209,32 @@ def test_trend_lists_gfss_rows(tmp_path):
     assert "| 2 | 50.00 | 50.00 | 40.00 |  |" in gaps and "| 2 | 50.00 | 50.00 | 45.00 | +5.00 |" in gaps
     assert "## finetune" in text and "20.00" in text.split("## gaps")[0]
     assert trend_markdown(read_results(folder), "toy", 1, 1).count("|") == 0  # other folds are other trends
+
+
+def test_imprinting_sets_the_new_row_to_the_shots_mean_prototype(trained):
+    tmp, cfg, base = trained
+    net, _ = load_gfss(base["checkpoint"])
+    dataset, _ = open_fold(cfg)
+    shots = dataset.class_index("train")[6][:2]
+    vectors = class_vectors(net, dataset, shots, 6, torch.device("cpu"))
+    by_hand = []
+    for image_id in shots:  # masked average pool of the features over the class's pixels, then L2-normalised
+        record = dataset.load(image_id)
+        pooled = masked_average_pool(net.features(normalize([record.image])), torch.from_numpy(record.label == 6)[None])
+        by_hand.append(torch.nn.functional.normalize(pooled, dim=1)[0])
+    torch.testing.assert_close(vectors, torch.stack(by_hand))
+    prototype = torch.nn.functional.normalize(vectors.mean(0, keepdim=True), dim=1)
+    head = net.head.expanded(14, prototype)
+    weights = head.pixel_classifier.class_mat.weight.detach().flatten(1)
+    torch.testing.assert_close(weights[:13], net.head.pixel_classifier.class_mat.weight.detach().flatten(1))
+    torch.testing.assert_close(weights[13], prototype[0])
+    # a feature equal to the prototype scores the new class at the head's scale (cosine 1)
+    logits = head(prototype[0].view(1, -1, 1, 1))
+    assert float(logits[0, 13, 0, 0].detach()) == pytest.approx(10.0, abs=1e-4)
+
+
+def test_a_base_checkpoint_of_another_backbone_is_refused(trained):
+    tmp, _, base = trained
+    cfg = parse_gfss_config(config(tmp, model={"backbone": "resnet101"}, base={"checkpoint": base["checkpoint"]}))
+    with pytest.raises(ConfigError, match="holds a tiny backbone; model.backbone says 'resnet101'"):
+        train_gfss_novel(cfg, log=lambda m: None)
