@@ -22,7 +22,7 @@ from maskforge.tasks.gfss.base import base_image_ids, open_fold, train_gfss_base
 from maskforge.tasks.gfss.config import parse_gfss_config
 from maskforge.tasks.gfss.evaluate import benchmark_rows, eval_gfss, score_checkpoint, trend_markdown
 from maskforge.tasks.gfss.feed import NovelData, NovelFeed, normalize
-from maskforge.tasks.gfss.novel import class_vectors, train_gfss_novel
+from maskforge.tasks.gfss.novel import class_vectors, load_base, replay_buffer, train_gfss_novel
 
 TOY = {"seed": 0, "image_size": 48, "n_train": 80, "n_val": 6}
 FOLD = toy_fold(0)
@@ -238,3 +238,18 @@ def test_a_base_checkpoint_of_another_backbone_is_refused(trained):
     cfg = parse_gfss_config(config(tmp, model={"backbone": "resnet101"}, base={"checkpoint": base["checkpoint"]}))
     with pytest.raises(ConfigError, match="holds a tiny backbone; model.backbone says 'resnet101'"):
         train_gfss_novel(cfg, log=lambda m: None)
+
+
+def test_the_replay_buffer_depends_on_the_weights_not_the_output_folder(trained, tmp_path):
+    tmp, cfg, base = trained
+    other = parse_gfss_config(config(tmp_path))  # the same config written elsewhere: same weights, other metadata
+    moved = train_gfss_base(other, log=lambda m: None)
+    first, ckpt = load_base(cfg, FOLD)
+    second, moved_ckpt = load_base(other, FOLD)
+    assert moved_ckpt != ckpt and moved["checkpoint"] == moved_ckpt
+    dataset, _ = open_fold(cfg)
+    device = torch.device("cpu")
+    a = replay_buffer(cfg, first, ckpt, dataset, FOLD, device, log=lambda m: None)
+    b = replay_buffer(other, second, moved_ckpt, dataset, FOLD, device, log=lambda m: None)
+    assert a == b and len(a) == 12  # novel.buffer_size of the tiny config
+    assert not set(a) & {i for c in FOLD.novel for i in dataset.class_index("train")[c]}  # base images only

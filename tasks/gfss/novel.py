@@ -181,7 +181,10 @@ def replay_buffer(
             cosine = float(vector @ weights[model_ids[cid]])
             scores[cid].append((image_id, buffer_score(cosine, float(mask.mean()))))
     scores = {c: s for c, s in scores.items() if s}
-    chosen = uniform_interval_buffer(scores, n.buffer_size, np.random.default_rng(derive_seed("gfss-buffer", key)))
+    # seeded by what the buffer is, not by the checkpoint's bytes: its metadata holds output paths, and the same
+    # weights trained into another folder must give the same buffer
+    rng = np.random.default_rng(derive_seed("gfss-buffer", n.split, n.buffer_size, n.buffer_images))
+    chosen = uniform_interval_buffer(scores, n.buffer_size, rng)
     log(f"replay buffer: {len(chosen)} of {len(ids)} base images ({time.perf_counter() - start:.1f} s)")
     atomic_write_bytes(cache, json.dumps({"checkpoint": ckpt, "images": chosen}, indent=1).encode())
     return chosen
