@@ -1,6 +1,7 @@
 """Browser check of the Prefect UI (`make ui-check`, not part of `make test`): serve, run the toy deployment and a toy
 HSNet evaluation through the worker, open their artifact pages in headless Chromium, assert that the table, the
-contact-sheet grid, the rejected samples, the score histograms and the trend chart render, save screenshots.
+contact-sheet grid, the rejected samples, the score histograms and the trend chart render; then the GFSS base and
+novel deployments (the novel stage fed the generate run's folder) and their table and trend artifacts; screenshots.
 
 Needs Debian's chromium (`apt-get install chromium`). Takes a few minutes on 2 cores (server start, the demo run).
 """
@@ -8,6 +9,7 @@ Needs Debian's chromium (`apt-get install chromium`). Takes a few minutes on 2 c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -85,6 +87,18 @@ def wait_for(base: str, run: dict, timeout: float) -> None:
         sys.exit(f"ui-check: flow run {run['id']} ended {state}")
 
 
+def small_gfss_config(folder: Path) -> dict:
+    """A GFSS config for the check: the demo's toy world (so the generate run can join), tiny net, a few steps."""
+    return {
+        "run": {"name": "ui", "out_dir": str(folder / "runs"), "device": "cpu", "threads": 1},
+        "dataset": {"name": "toy", "fold": 0, "toy": {"seed": 0, "image_size": 96, "n_train": 120, "n_val": 8}},
+        "model": {"backbone": "tiny", "aspp_channels": 16, "aspp_rates": [1, 2, 3], "tiny_width": 4},
+        "base": {"steps": 5, "batch_size": 4, "crop_size": 96},
+        "novel": {"runs": 1, "iterations": 3, "batch_size": 4, "workers": 0, "buffer_size": 12, "buffer_images": 30},
+        "eval": {"max_images": 4, "results_dir": str(folder / "results")},
+    }
+
+
 def main() -> None:
     """Serve, run toy-f0, check the artifact pages; exit non-zero with a message on any failure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -118,7 +132,8 @@ def main() -> None:
                 sys.exit("ui-check: deployments did not appear within 300 s")
         deployment = next(d for d in deployments(base) if d["name"] == "toy-f0")
         # a fresh output folder: the run must really generate, not report an earlier complete run
-        params = {**deployment["parameters"], "out_dir": tempfile.mkdtemp(prefix="maskforge-ui-runs-")}
+        generated_out = tempfile.mkdtemp(prefix="maskforge-ui-runs-")
+        params = {**deployment["parameters"], "out_dir": generated_out}
         run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params}).json()
         wait_for(base, run, args.timeout)
         # the generate subflow publishes the artifacts; find them by key prefix
@@ -136,6 +151,18 @@ def main() -> None:
         }
         run = api(base, "POST", f"/deployments/{evaluation['id']}/create_flow_run", json={"parameters": params}).json()
         wait_for(base, run, args.timeout)
+        # GFSS: the base-stage deployment, then the novel-stage deployment fed the generate run's folder (the nightly
+        # chain), on a small config; its table and trend artifacts are checked below
+        gfss_config = Path(tempfile.mkdtemp(prefix="maskforge-ui-gfss-")) / "gfss.yaml"
+        gfss_config.write_text(json.dumps(small_gfss_config(gfss_config.parent)))
+        for name, more in (
+            ("gfss-base-toy-f0", {}),
+            ("gfss-novel-toy-f0", {"synthetic_runs": [str(next(Path(generated_out).iterdir()))]}),
+        ):
+            dep = next(d for d in deployments(base) if d["name"] == name)
+            params = {**dep["parameters"], "config_path": str(gfss_config), **more}
+            run = api(base, "POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params}).json()
+            wait_for(base, run, args.timeout)
         artifacts = api(base, "POST", "/artifacts/filter", json={}).json()
         checks = {
             "table": (latest("samples-"), ["red disc", "source real"]),
@@ -146,6 +173,8 @@ def main() -> None:
             ),
             "scores": (latest("scores-"), ["Green lines: alpha", "data:image/png;base64"]),
             "trend": (latest("hsnet-trend-toy-f0"), ["HSNet trend: toy fold 0", "data:image/png;base64", "1R"]),
+            "gfss-table": (latest("gfss-toy-f0-1shot-gaps-synthetic"), ["PIFS average over steps", "novel mIoU"]),
+            "gfss-trend": (latest("gfss-toy-f0-1shot-trend"), ["GFSS trend: toy fold 0", "data:image/png;base64"]),
         }
         for name, (artifact, needles) in checks.items():
             url = f"{base}/v2/artifacts/artifact/{artifact['id']}"
