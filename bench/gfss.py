@@ -82,10 +82,17 @@ def main() -> None:
     parser.add_argument("--out", default="bench-out/gfss", help="Folder of the bench run and the JSON.")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of the shard feed.")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers of the shard feed (default 1; 8 with --full-size).",
+    )
     parser.add_argument("--full-size", action="store_true", help="DeepLabV3-R101, 512 crops, batch 8, bf16 (GPU).")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.workers is None:  # a GPU step of the full-size net needs several CPU workers rendering 512 px items
+        args.workers = 8 if args.full_size else 1
     overrides = {"run.device": "auto" if args.full_size else "cpu"}
     if args.full_size:
         overrides |= {"model.backbone": "resnet101", "model.aspp_channels": 256, "model.aspp_rates": [6, 12, 18]}
