@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import io
+from collections.abc import Callable
 
 from PIL import Image, ImageDraw, ImageFont
+
+from maskforge.storage.results import row_metric
 
 #: Kept samples, rejected samples, cut lines, axes (RGB).
 KEPT, REJECTED, CUT, AXIS = (60, 110, 200), (215, 70, 60), (20, 150, 60), (90, 90, 90)
@@ -101,3 +105,43 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
+
+
+def trend_markdown(
+    rows: list[dict],
+    family: str,
+    scope: str,
+    metric: str,
+    label: str,
+    columns: list[tuple[str, Callable[[dict], str]]],
+    last: int = 20,
+) -> str:
+    """Return markdown of benchmark rows (dicts, already filtered to one trend) over time per setting, newest last.
+
+    A line chart of `metric` in % per setting over its last `last` rows, then per setting a table: the evaluation
+    time, `columns` (header, cell of a row), and the change of `metric` from the previous row of that setting.
+    """
+    rows = sorted(rows, key=lambda r: r["created_at"])
+    settings = sorted({r["setting"] for r in rows})
+    per_setting = {s: [r for r in rows if r["setting"] == s][-last:] for s in settings}
+    lines = [f"# {family} trend: {scope}", ""]
+    if per_setting:
+        series = {s: [100 * row_metric(r, metric) for r in runs] for s, runs in per_setting.items()}
+        chart = png_bytes(line_chart(series, f"{family} {label} %: {scope}", f"{label} %"))
+        lines += [f"![{label} per setting over time](data:image/png;base64,{base64.b64encode(chart).decode()})", ""]
+    headers = ["evaluated", *(h for h, _ in columns), f"Δ {label}"]
+    for setting, runs in per_setting.items():
+        lines += [f"## {setting}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        previous = None
+        for r in runs:
+            value = row_metric(r, metric)
+            delta = "" if previous is None else f"{100 * (value - previous):+.2f}"
+            lines.append("| " + " | ".join([r["created_at"], *(cell(r) for _, cell in columns), delta]) + " |")
+            previous = value
+        lines.append("")
+    return "\n".join(lines)
+
+
+def percent(metric: str) -> Callable[[dict], str]:
+    """Return a table cell of a benchmark row's metric in % with two decimals."""
+    return lambda row: f"{100 * row_metric(row, metric):.2f}"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import Callable
@@ -18,9 +17,10 @@ from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import load_gfss
 from maskforge.models.gfss.network import GfssNet
 from maskforge.storage.fs import exists, join, read_bytes
-from maskforge.storage.results import code_version, row_metric, rows_as_dicts
+from maskforge.storage.results import code_version, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.charts import line_chart, png_bytes
+from maskforge.tasks import charts
+from maskforge.tasks.charts import percent
 from maskforge.tasks.gfss.base import check_split, open_fold
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.feed import normalize
@@ -183,28 +183,10 @@ def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -
         for r in rows_as_dicts(table)
         if r["protocol"] == "gfss-pifs" and (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)
     ]
-    rows.sort(key=lambda r: r["created_at"])
-    lines = [f"# GFSS trend: {dataset} fold {fold}, {shots}-shot", ""]
-    settings = sorted({r["setting"] for r in rows})
-    series = {s: [100 * row_metric(r, "hm") for r in rows if r["setting"] == s][-last:] for s in settings}
-    if series:
-        chart = png_bytes(line_chart(series, f"GFSS HM %: {dataset} fold {fold}, {shots}-shot", "HM %"))
-        lines += [f"![HM per setting over time](data:image/png;base64,{base64.b64encode(chart).decode()})", ""]
-    for setting in settings:
-        lines += [
-            f"## {setting}",
-            "",
-            "| evaluated | runs | base mIoU | novel mIoU | HM | Δ HM |",
-            "|---|---|---|---|---|---|",
-        ]
-        previous = None
-        for r in [r for r in rows if r["setting"] == setting][-last:]:
-            hm = row_metric(r, "hm")
-            delta = "" if previous is None else f"{100 * (hm - previous):+.2f}"
-            lines.append(
-                f"| {r['created_at']} | {r['runs']} | {100 * row_metric(r, 'base_miou'):.2f} | "
-                f"{100 * row_metric(r, 'novel_miou'):.2f} | {100 * hm:.2f} | {delta} |"
-            )
-            previous = hm
-        lines.append("")
-    return "\n".join(lines)
+    columns = [
+        ("runs", lambda r: str(r["runs"])),
+        ("base mIoU", percent("base_miou")),
+        ("novel mIoU", percent("novel_miou")),
+        ("HM", percent("hm")),
+    ]
+    return charts.trend_markdown(rows, "GFSS", f"{dataset} fold {fold}, {shots}-shot", "hm", "HM", columns, last)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -22,9 +21,10 @@ from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.hsnet.checkpoint import CheckpointError, load_checkpoint
 from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
 from maskforge.storage.reader import RunReader
-from maskforge.storage.results import HSNET_PROTOCOL, code_version, row_metric, rows_as_dicts
+from maskforge.storage.results import HSNET_PROTOCOL, code_version, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.charts import line_chart, png_bytes
+from maskforge.tasks import charts
+from maskforge.tasks.charts import percent
 from maskforge.tasks.hsnet.config import HsnetConfig
 
 
@@ -188,18 +188,6 @@ def benchmark_rows(config: HsnetConfig, result: dict) -> list[dict]:
     return rows
 
 
-def trend_chart(rows: list[dict], title: str, last: int = 20) -> bytes | None:
-    """Return a PNG line chart of mIoU (%) per setting over its last `last` evaluations, oldest left (None: no rows)."""
-    series = {
-        setting: [
-            100 * row_metric(r, "miou")
-            for r in sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["created_at"])
-        ][-last:]
-        for setting in sorted({r["setting"] for r in rows})
-    }
-    return png_bytes(line_chart(series, title, "mIoU %")) if series else None
-
-
 def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:
     """Return markdown comparing the benchmark rows of one (dataset, fold, shots) over time, per setting, newest last:
     mIoU and FB-IoU in %, and the change of mIoU from the previous run of the same setting. Rows of other protocols
@@ -209,26 +197,10 @@ def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -
         for r in rows_as_dicts(table)
         if r["protocol"] == HSNET_PROTOCOL and (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)
     ]
-    lines = [f"# HSNet trend: {dataset} fold {fold}, {shots}-shot", ""]
-    chart = trend_chart(rows, f"HSNet mIoU %: {dataset} fold {fold}, {shots}-shot", last)
-    if chart is not None:
-        lines += [f"![mIoU per setting over time](data:image/png;base64,{base64.b64encode(chart).decode()})", ""]
-    for setting in sorted({r["setting"] for r in rows}):
-        runs = sorted((r for r in rows if r["setting"] == setting), key=lambda r: r["created_at"])[-last:]
-        lines += [
-            f"## {setting}",
-            "",
-            "| evaluated | backbone | checkpoint | mIoU | FB-IoU | Δ mIoU |",
-            "|---|---|---|---|---|---|",
-        ]
-        previous = None
-        for r in runs:
-            miou = row_metric(r, "miou")
-            delta = "" if previous is None else f"{100 * (miou - previous):+.2f}"
-            lines.append(
-                f"| {r['created_at']} | {r['backbone']} | {r['checkpoint'].rsplit('/', 1)[-1]} | "
-                f"{100 * miou:.2f} | {100 * row_metric(r, 'fb_iou'):.2f} | {delta} |"
-            )
-            previous = miou
-        lines.append("")
-    return "\n".join(lines)
+    columns = [
+        ("backbone", lambda r: r["backbone"]),
+        ("checkpoint", lambda r: r["checkpoint"].rsplit("/", 1)[-1]),
+        ("mIoU", percent("miou")),
+        ("FB-IoU", percent("fb_iou")),
+    ]
+    return charts.trend_markdown(rows, "HSNet", f"{dataset} fold {fold}, {shots}-shot", "miou", "mIoU", columns, last)
