@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bench_run(url: str, toy: dict, per_class: int, size: int) -> str:
     """Write (once) a complete run of object-centric toy samples of fold 0's novel classes, as generation would."""
-    if RunReader(url, allow_partial=True).complete if Path(url).exists() else False:
+    if Path(url).exists() and RunReader(url, allow_partial=True).complete:
         return url
     fold = toy_fold(0)
     write_config(url, {"dataset": {"name": "toy", "fold": 0, "toy": toy, "root": None}, "run": {"seed": 0}})

@@ -157,9 +157,10 @@ class NovelFeed(IterableDataset):
         super().__init__()
         self.data = data
 
-    def _real_label(self, label: np.ndarray, class_id: int) -> np.ndarray:
-        """A real shot's annotation: its class in model ids, every other pixel background, ignore kept."""
-        out = np.where(label == class_id, self.data.class_map.model_ids()[class_id], 0).astype(np.int32)
+    @staticmethod
+    def _real_label(label: np.ndarray, class_id: int, model_id: int) -> np.ndarray:
+        """A real shot's annotation: its class as `model_id`, every other pixel background, ignore kept."""
+        out = np.where(label == class_id, model_id, 0).astype(np.int32)
         out[label == IGNORE] = IGNORE
         return out
 
@@ -180,7 +181,7 @@ class NovelFeed(IterableDataset):
                     image, label = s.image, d.class_map.to_model(s.label, d.fold_novel)
                 else:
                     r = real[cid][int(rng.integers(len(real[cid])))]
-                    image, label = r.image, self._real_label(r.label, cid)
+                    image, label = r.image, self._real_label(r.label, cid, ids[cid])
                 yield _item(*scale_crop_flip(image, label, d.crop, d.scale, rng))
         pools = {c: [cut_object(r.image, r.label, c, "real", r.image_id) for r in rs] for c, rs in real.items()}
         cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -204,16 +205,6 @@ class NovelFeed(IterableDataset):
 
 def make_loader(feed: IterableDataset, batch_size: int, workers: int, pin: bool = False) -> Iterator:
     """Return an endless batch iterator over a feed: DataLoader worker processes decode and synthesise."""
-    loader = (
-        DataLoader(
-            feed,
-            batch_size=batch_size,
-            num_workers=workers,
-            pin_memory=pin,
-            persistent_workers=False,
-            prefetch_factor=4,
-        )
-        if workers
-        else DataLoader(feed, batch_size=batch_size, num_workers=0)
-    )
-    return iter(loader)
+    # pinning and prefetching only mean something with worker processes
+    more = {"pin_memory": pin, "persistent_workers": False, "prefetch_factor": 4} if workers else {}
+    return iter(DataLoader(feed, batch_size=batch_size, num_workers=workers, **more))

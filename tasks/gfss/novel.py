@@ -280,7 +280,7 @@ def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
             new = torch.cat([class_vectors(net, dataset, shots[c], c, device).mean(0, keepdim=True) for c in classes])
             class_map = class_map.with_novel(classes)
             net.replace_head(net.head.expanded(class_map.num_classes, F.normalize(new, dim=1)))
-            seen = [c for c in class_map.novel]
+            seen = list(class_map.novel)
             data = NovelData(
                 dataset=config.dataset,
                 fold_novel=tuple(fold.novel),
