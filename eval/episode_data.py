@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -13,6 +13,11 @@ from maskforge.storage.reader import RunReader
 
 #: Prefix of synthetic sample ids in episode support pools (dataset image ids never contain ':').
 SYNTHETIC_PREFIX = "syn:"
+
+
+def synthetic_id(key: str, run_index: int = 0) -> str:
+    """Return the episode id of a run's sample: 'syn:KEY' for the first run, 'syn:I:KEY' for run I > 0."""
+    return f"{SYNTHETIC_PREFIX}{key}" if run_index == 0 else f"{SYNTHETIC_PREFIX}{run_index}:{key}"
 
 
 def binary_target(label: np.ndarray, class_id: int) -> np.ndarray:
@@ -33,12 +38,15 @@ def synthetic_keys(run: RunReader, classes: Iterable[int]) -> dict[int, list[str
 
 
 class EpisodeImages:
-    """Loads (image, label) by id: dataset image ids, or 'syn:KEY' for a synthetic run's samples; keeps an LRU cache."""
+    """Loads (image, label) by id: dataset image ids, or synthetic_id()s of runs' samples; keeps an LRU cache."""
 
-    def __init__(self, dataset: SegDataset, run: RunReader | None = None, cache_size: int = 1024) -> None:
-        """Read from `dataset` and, for 'syn:' ids, from `run`; keep the last `cache_size` decoded items (LRU)."""
+    def __init__(
+        self, dataset: SegDataset, run: RunReader | Sequence[RunReader] | None = None, cache_size: int = 1024
+    ) -> None:
+        """Read from `dataset` and, for 'syn:' ids, from `run` (or the I-th of several runs); keep the last
+        `cache_size` decoded items (LRU)."""
         self.dataset = dataset
-        self.run = run
+        self.runs = [] if run is None else [run] if isinstance(run, RunReader) else list(run)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
@@ -48,9 +56,10 @@ class EpisodeImages:
             self._cache.move_to_end(image_id)
             return self._cache[image_id]
         if image_id.startswith(SYNTHETIC_PREFIX):
-            if self.run is None:
-                raise KeyError(f"synthetic id {image_id!r} asked for, but no synthetic run is open")
-            sample = self.run.get(image_id[len(SYNTHETIC_PREFIX) :])
+            index, _, key = image_id[len(SYNTHETIC_PREFIX) :].rpartition(":")
+            if int(index or 0) >= len(self.runs):
+                raise KeyError(f"synthetic id {image_id!r} asked for, but {len(self.runs)} synthetic run(s) are open")
+            sample = self.runs[int(index or 0)].get(key)
             item = (sample.image, sample.label)
         else:
             record = self.dataset.load(image_id)

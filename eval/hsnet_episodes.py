@@ -76,7 +76,7 @@ def eval_episodes(
 
 
 class TrainEpisodes:
-    """Seeded stream of 1-shot training episodes on base classes: class uniform, query uniform, support != query."""
+    """Seeded stream of training episodes on base classes: class uniform, query uniform, supports != query."""
 
     def __init__(
         self,
@@ -85,16 +85,21 @@ class TrainEpisodes:
         seed: int,
         what: str,
         extra_supports: Mapping[int, list[str]] | None = None,
+        max_shots: int = 1,
     ) -> None:
-        """Sample from `classes` (each needs >= 2 images); `extra_supports` (e.g. synthetic) join support pools only."""
-        self.pools = _pools(class_index, classes, 1, what)
+        """Sample from `classes` (each needs >= max_shots + 1 images); `extra_supports` (e.g. synthetic) join support
+        pools only."""
+        self.pools = _pools(class_index, classes, max_shots, what)
+        self.max_shots = max_shots
         self.extra = {cid: sorted((extra_supports or {}).get(cid, ())) for cid in self.pools}
         self.order = sorted(self.pools)
         self.rng = rng_for("hsnet-train-episodes", what, seed)
 
-    def next(self) -> Episode:
-        """Return the next episode; its support comes from the class's other real images plus its extra supports."""
+    def next(self, shots: int = 1) -> Episode:
+        """Return the next episode with `shots` (<= max_shots) supports from the class's other images and extras."""
+        if not 1 <= shots <= self.max_shots:
+            raise EpisodeError(f"TrainEpisodes.next: shots must be in [1, {self.max_shots}], got {shots}")
         cid = self.order[int(self.rng.integers(len(self.order)))]
         pool = self.pools[cid]
         query = pool[int(self.rng.integers(len(pool)))]
-        return Episode(query, cid, _supports(self.rng, pool + self.extra[cid], query, 1))
+        return Episode(query, cid, _supports(self.rng, pool + self.extra[cid], query, shots))

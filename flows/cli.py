@@ -26,16 +26,21 @@ from rich.text import Text  # noqa: E402
 
 from maskforge.eval.datasets.base import DatasetError
 from maskforge.eval.datasets.check import check_layout, format_report
+from maskforge.flows import diffews as diffews_flows
 from maskforge.flows import gfss as gfss_flows
 from maskforge.flows.ephemeral_api import survive_api_loss
 from maskforge.flows.generate import generate_flow
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
 from maskforge.flows.serve import serve as serve_all
+from maskforge.models.diffews.checkpoint import COMPLETE as DIFFEWS_COMPLETE
+from maskforge.models.diffews.checkpoint import DiffewsCheckpointError
+from maskforge.models.diffews.checkpoint import key_report as diffews_key_report
+from maskforge.models.diffews.network import DiffewsModelError
 from maskforge.models.gfss.checkpoint import GfssCheckpointError, authors_key_report, load_gfss
 from maskforge.models.gfss.network import GfssModelError
 from maskforge.models.hsnet.checkpoint import CheckpointError, inspect_checkpoint
 from maskforge.models.hsnet.model import learnable_parameters
-from maskforge.models.loading import load_pipelines
+from maskforge.models.loading import ModelLoadError, load_pipelines
 from maskforge.models.tiny import build_tiny_models
 from maskforge.models.toy_train import ground_diffusion, load_toy_train_config, train_controlnets, train_diffusion
 from maskforge.storage.codec import ShardCodecError
@@ -44,6 +49,7 @@ from maskforge.storage.reader import RunIncompleteError, RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.artifacts import MAX_SHEET_PER_SOURCE, MAX_SHEET_SIDE, contact_sheet_image
 from maskforge.tasks.config import load_config
+from maskforge.tasks.diffews.config import load_diffews_config
 from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.gfss.evaluate import summary_table as gfss_summary_table
 from maskforge.tasks.hsnet.config import load_hsnet_config
@@ -377,7 +383,12 @@ def hsnet_eval(
         result = eval_hsnet(config=cfg)
     except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
         _fail(f"{err} (traceback in {log_file})")
-    title = f"HSNet {result['backbone']} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
+    _print_episodes(f"HSNet {result['backbone']}", result)
+
+
+def _print_episodes(model: str, result: dict) -> None:
+    """Print an episodic evaluation (HSNet, DiffewS): a row per setting and baseline, then the table file."""
+    title = f"{model} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
     table = Table(title=title)
     for col in ("setting", "mIoU %", "FB-IoU %"):
         table.add_column(col)
@@ -502,6 +513,88 @@ def gfss_eval(
         table.add_row(row["report"], row["base mIoU"], row["novel mIoU"], row["HM"])
     console.print(table)
     console.print(f"benchmark rows: {result['table_file']}", soft_wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# DiffewS (issue #16): `maskforge diffews load | train | eval`.
+# ---------------------------------------------------------------------------------------------------------------------
+diffews_app = typer.Typer(
+    help="DiffewS (Stable Diffusion's UNet as a few-shot segmenter): load, train, evaluate.", no_args_is_help=True
+)
+app.add_typer(diffews_app, name="diffews")
+
+
+def _diffews_run(flow, config: Path, out: Optional[str], command: str, overrides: dict | None = None):
+    """Load a DiffewS config (--out overriding run.out_dir) and run a flow with the log in a file; a plain one-line
+    error on failure."""
+    try:
+        cfg = load_diffews_config(config, {**({"run.out_dir": out} if out else {}), **(overrides or {})} or None)
+    except ConfigError as err:
+        _fail(str(err))
+    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose=False)
+    try:
+        return flow(config=cfg)
+    except (DatasetError, DiffewsCheckpointError, ModelLoadError, ValueError, RuntimeError) as err:
+        _fail(f"{err} (traceback in {log_file})")
+
+
+@diffews_app.command("load")
+def diffews_load(
+    folder: Path = typer.Argument(..., help="A DiffewS UNet folder (the authors' release) or a maskforge checkpoint."),
+) -> None:
+    """Check a DiffewS UNet strictly: print missing / unexpected / mis-shaped keys (exit 1 on any)."""
+    unet_dir = folder / "unet" if (folder / DIFFEWS_COMPLETE).is_file() else folder
+    try:
+        report, unet, _ = diffews_key_report(unet_dir, str(folder))
+    except (DiffewsCheckpointError, DiffewsModelError) as err:
+        _fail(str(err))
+    console.print(f"weights: {report.file}", soft_wrap=True)
+    console.print(f"tensors: {report.tensors}; conv_in_ref: {tuple(unet.conv_in_ref.weight.shape)}")
+    for name in ("missing", "unexpected", "mis_shaped"):
+        keys = getattr(report, name)
+        console.print(f"{name.replace('_', '-')} keys: {len(keys)}")
+        for key in keys:
+            console.print(f"  {key}", soft_wrap=True)
+    if not report.ok:
+        _fail(f"{folder} does not load strictly: {report.summary()}")
+    console.print("loaded strictly: all keys match")
+
+
+@diffews_app.command("train")
+def diffews_train(
+    config: Path = typer.Argument(..., help="DiffewS YAML config (see configs/diffews-toy.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
+    synthetic: Optional[list[str]] = typer.Option(
+        None, "--synthetic", help="A maskforge run whose base-class samples join training (repeatable)."
+    ),
+) -> None:
+    """Run the Prefect flow train_diffews: episodic training on the fold's base classes; prints the checkpoint."""
+    overrides = {"train.synthetic_runs": synthetic} if synthetic else None
+    report = _diffews_run(diffews_flows.train_diffews, config, out, "diffews-train", overrides)
+    console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
+    console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
+
+
+@diffews_app.command("eval")
+def diffews_eval(
+    config: Path = typer.Argument(..., help="DiffewS YAML config (see configs/diffews-toy.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="Real supports per episode (overrides eval.shots)."),
+    synthetic: Optional[str] = typer.Option(
+        None, "--synthetic", help="A maskforge run of the novel classes: adds the KR+NS setting (eval.synthetic_run)."
+    ),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="A DiffewS checkpoint or UNet folder (overrides eval.checkpoint)."
+    ),
+) -> None:
+    """Run the Prefect flow eval_diffews: HSNet-protocol episodes, benchmark rows appended, table printed."""
+    overrides = {
+        **({"eval.shots": shots} if shots else {}),
+        **({"eval.synthetic_run": synthetic} if synthetic else {}),
+        **({"eval.checkpoint": checkpoint} if checkpoint else {}),
+    }
+    result = _diffews_run(diffews_flows.eval_diffews, config, out, "diffews-eval", overrides)
+    _print_episodes("DiffewS", result)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

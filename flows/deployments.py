@@ -1,13 +1,15 @@
-"""Deployment entry points: the generate, HSNet and GFSS flows parameterised by config file, dataset, fold and shots."""
+"""Deployment entry points: the generate, HSNet, GFSS and DiffewS flows parameterised by config file, dataset, fold."""
 
 from __future__ import annotations
 
 from prefect import flow
 
+from maskforge.flows.diffews import eval_diffews, train_diffews
 from maskforge.flows.generate import generate_flow
 from maskforge.flows.gfss import gfss_novel_eval, train_gfss_base, train_gfss_novel
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
 from maskforge.tasks.config import load_config
+from maskforge.tasks.diffews.config import load_diffews_config
 from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.hsnet.config import load_hsnet_config
 
@@ -79,3 +81,34 @@ def train_gfss_novel_fold(
     more = {"novel.method": method, "novel.synthetic_runs": list(synthetic_runs) if synthetic_runs else None}
     config = load_gfss_config(config_path, _overrides(dataset, fold, root, **more))
     return gfss_novel_eval(config=config) if evaluate else train_gfss_novel(config=config)
+
+
+@flow(name="train-diffews", log_prints=True)
+def train_diffews_fold(
+    config_path: str, dataset: str, fold: int, root: str | None = None, synthetic_runs: list[str] | None = None
+) -> dict:
+    """Train DiffewS on one (dataset, fold) from a DiffewS config file; synthetic_runs add base-class samples."""
+    more = {"train.synthetic_runs": list(synthetic_runs) if synthetic_runs else None}
+    return train_diffews(config=load_diffews_config(config_path, _overrides(dataset, fold, root, **more)))
+
+
+@flow(name="eval-diffews", log_prints=True)
+def eval_diffews_fold(
+    config_path: str,
+    dataset: str,
+    fold: int,
+    shots: int | None = None,
+    root: str | None = None,
+    checkpoint: str | None = None,
+    synthetic_run: str | None = None,
+    synthetic_per_class: int | None = None,
+) -> dict:
+    """Evaluate DiffewS on one (dataset, fold) from a DiffewS config file; synthetic_run (e.g. the nightly
+    regeneration's folder) adds the KR+NS setting with synthetic_per_class (default: the file's) samples."""
+    more = {
+        "eval.shots": shots,
+        "eval.checkpoint": checkpoint,
+        "eval.synthetic_run": synthetic_run,
+        "eval.synthetic_per_class": synthetic_per_class,
+    }
+    return eval_diffews(config=load_diffews_config(config_path, _overrides(dataset, fold, root, **more)))

@@ -11,6 +11,7 @@ from maskforge.flows.deployments import _overrides, generate_fold
 from maskforge.flows.serve import serve_env
 from maskforge.storage.reader import RunReader
 from maskforge.tasks.config import load_config
+from maskforge.tasks.diffews.config import load_diffews_config
 from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.wrappers import GPU_LIMIT_ENV, gpu_slot
 
@@ -27,7 +28,17 @@ def test_one_deployment_per_dataset_fold(deployments):
     gfss = {
         f"gfss-{stage}-{d}-f{f}" for stage in ("base", "novel") for d in ("toy", "pascal", "coco") for f in range(4)
     }
-    assert expected | {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"} | gfss == set(deployments)
+    diffews = {
+        f"diffews-{stage}-{d}-f{f}" for stage in ("train", "eval") for d in ("toy", "pascal", "coco") for f in range(4)
+    }
+    assert expected | {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"} | gfss | diffews == set(deployments)
+    for name in diffews:  # per (dataset, fold); training takes synthetic_runs, evaluation a synthetic_run
+        d = deployments[name]
+        _, stage, dataset, fold = name.split("-")
+        assert d["entrypoint"] == f"flows/deployments.py:{stage}_diffews_fold"
+        assert (d["parameters"]["dataset"], d["parameters"]["fold"]) == (dataset, int(fold[1:]))
+        assert d["parameters"]["config_path"] == f"configs/diffews-{dataset}.yaml"
+        assert ("synthetic_runs" if stage == "train" else "synthetic_run") in d["parameters"]
     for name in gfss:  # per (dataset, fold); the novel stage takes the synthetic runs as a parameter
         d = deployments[name]
         _, stage, dataset, fold = name.split("-")
@@ -57,6 +68,12 @@ def test_entrypoints_take_their_parameters_and_configs_validate(deployments):
                 _overrides(params["dataset"], params["fold"], params.get("root"), **{"shots.k": params.get("shots")}),
             )
             assert (config.dataset.name, config.dataset.fold, config.shots.k) == (params["dataset"], params["fold"], 1)
+        if func.endswith("diffews_fold"):
+            more = {"eval.synthetic_run": params.get("synthetic_run")}
+            config = load_diffews_config(
+                ROOT / params["config_path"], _overrides(params["dataset"], params["fold"], None, **more)
+            )
+            assert (config.dataset.name, config.dataset.fold) == (params["dataset"], params["fold"])
         if func.startswith("train_gfss"):
             config = load_gfss_config(ROOT / params["config_path"], _overrides(params["dataset"], params["fold"], None))
             assert (config.dataset.name, config.dataset.fold) == (params["dataset"], params["fold"])

@@ -6,7 +6,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from maskforge.storage.results import append_results, read_results, row_metric
+from maskforge.storage.results import append_results, read_results
+from maskforge.tasks.episode_results import artifact_table
 from maskforge.tasks.hsnet.config import HsnetConfig
 from maskforge.tasks.hsnet.eval import benchmark_rows, eval_hsnet, trend_markdown
 from maskforge.tasks.hsnet.train import train_hsnet
@@ -29,17 +30,7 @@ def record_results_task(config: HsnetConfig, result: dict) -> dict:
     """Prefect task: append the evaluation's rows to the benchmark table and publish them as a table artifact."""
     rows = benchmark_rows(config, result)
     url = append_results(config.eval.results_dir, rows)
-    scores = ("miou", "fb_iou")
-    table = [
-        {
-            **{k: v for k, v in row.items() if k not in ("metrics", "class_iou")},
-            **{name: round(row_metric(row, name) * 100, 2) for name in scores},
-        }
-        for row in rows
-    ] + [
-        {"setting": f"baseline: {name}", "miou": round(s["miou"] * 100, 2), "fb_iou": round(s["fb_iou"] * 100, 2)}
-        for name, s in result["baselines"].items()
-    ]
+    table = artifact_table(rows, result["baselines"])
     create_table_artifact(
         key=f"hsnet-eval-{result['dataset']}-f{result['fold']}",
         table=table,

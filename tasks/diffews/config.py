@@ -1,0 +1,135 @@
+"""The typed DiffewS configuration (pydantic v2) for the train_diffews and eval_diffews flows, loaded from YAML."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from maskforge.eval.datasets.config import DatasetConfig
+from maskforge.storage.fs import join
+from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
+
+#: Checkpoint folder name inside a training run folder.
+CHECKPOINT_DIR = "diffews"
+
+
+class DiffewsRunConfig(StrictConfig):
+    """Run identity, output location and device."""
+
+    name: str = Field(
+        "diffews", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'."
+    )
+    out_dir: str = Field("runs", description="Parent folder of training run folders (NAME-HASH12).")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="cpu, cuda, or auto (cuda if present).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Autocast type on GPU (auto: bf16); the CPU always runs fp32."
+    )
+    threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: torch's default).")
+
+
+class DiffewsModelConfig(StrictConfig):
+    """Where the diffusion parts come from and the square input size."""
+
+    sd: str = Field(
+        "models/toy/sd",
+        description="Local SD pipeline folder (SD 2.1 for real use): VAE, tokenizer, text encoder, and the UNet "
+        "training starts from. Never downloaded.",
+    )
+    unet: str | None = Field(
+        None,
+        description="A DiffewS UNet folder (the authors' release: config.json + weights with conv_in_ref.*) to "
+        "start training from instead of SD's UNet.",
+    )
+    img_size: int = Field(512, ge=32, le=1024, description="Square size images and masks are resized to (512).")
+
+
+class DiffewsTrainConfig(StrictConfig):
+    """Episodic training on the fold's base classes (the whole UNet; VAE and text encoder frozen)."""
+
+    steps: int = Field(20000, ge=1, le=1_000_000, description="Optimiser steps.")
+    batch_size: int = Field(1, ge=1, le=64, description="Episodes per batch, all of one shot count (authors: 1).")
+    grad_accumulation: int = Field(1, ge=1, le=64, description="Batches per optimiser step (authors: 4).")
+    max_shots: int = Field(2, ge=1, le=16, description="Each step draws n in [1, max_shots] supports per episode.")
+    lr: float = Field(1e-5, gt=0, le=1.0, description="AdamW learning rate, decayed linearly to 0.")
+    weight_decay: float = Field(1e-2, ge=0, le=1.0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    seed: int = Field(0, description="Seed of the episode stream and the VAE posterior samples.")
+    split: str = Field("train", description="Split the training episodes come from.")
+    synthetic_runs: list[str] = Field(
+        default_factory=list,
+        description="maskforge run folders whose samples of base classes join training as queries and supports.",
+    )
+    log_every: int = Field(50, ge=1, description="Log the mean loss every this many steps.")
+
+
+class DiffewsEvalConfig(StrictConfig):
+    """Episodic evaluation on the fold's novel classes (HSNet's protocol)."""
+
+    checkpoint: str | None = Field(
+        None, description="DiffewS checkpoint folder (maskforge's) or an authors' UNet folder; default: training's."
+    )
+    split: str = Field("val", description="Split the evaluation episodes come from.")
+    episodes: int = Field(1000, ge=1, le=100_000, description="Episodes (HSNet protocol: 1000).")
+    seed: int = Field(0, description="Episode seed (HSNet: 0).")
+    shots: int = Field(1, ge=1, le=16, description="Real support shots per episode (K).")
+    synthetic_run: str | None = Field(None, description="Run folder of synthetic novel-class samples: adds 'KR+NS'.")
+    synthetic_per_class: int = Field(20, ge=1, le=64, description="Synthetic supports added to each episode (N).")
+    relative_threshold: float = Field(
+        0.25, gt=0, lt=1, description="Foreground where the decoded mask's channel mean > this x its maximum."
+    )
+    threshold_floor: float = Field(
+        0.1, ge=0, lt=1, description="... and > this absolute value, so an all-black decode is an empty mask."
+    )
+    results_dir: str = Field("results", description="Folder of the Parquet benchmark table.")
+
+
+class DiffewsConfig(StrictConfig):
+    """The whole configuration of DiffewS training and evaluation."""
+
+    run: DiffewsRunConfig = DiffewsRunConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    model: DiffewsModelConfig = DiffewsModelConfig()
+    train: DiffewsTrainConfig = DiffewsTrainConfig()
+    eval: DiffewsEvalConfig = DiffewsEvalConfig()
+
+    @model_validator(mode="after")
+    def _paths(self) -> "DiffewsConfig":
+        if len(self.train.synthetic_runs) != len(set(self.train.synthetic_runs)):
+            raise ValueError(f"train.synthetic_runs: a run is listed twice in {self.train.synthetic_runs}")
+        return self
+
+    def train_hash(self) -> str:
+        """Return the sha256 of what defines a trained model: run name, dataset, model and train sections."""
+        data = self.resolved()
+        keep = {"run": {"name": data["run"]["name"]}, **{k: data[k] for k in ("dataset", "model", "train")}}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+    def hash(self) -> str:
+        """Return the sha256 of the resolved config, output locations and device excluded."""
+        data = self.resolved()
+        for key in ("out_dir", "device", "threads", "precision"):
+            data["run"].pop(key)
+        data["eval"].pop("results_dir")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+    def train_dir(self) -> str:
+        """Return the training run folder: OUT_DIR/NAME-HASH12."""
+        return join(self.run.out_dir, f"{self.run.name}-{self.train_hash()[:12]}")
+
+    def checkpoint_path(self) -> str:
+        """Return the checkpoint evaluation reads: eval.checkpoint, else the folder training writes."""
+        return self.eval.checkpoint or join(self.train_dir(), CHECKPOINT_DIR)
+
+
+def parse_diffews_config(data: dict, source: str = "<config>") -> DiffewsConfig:
+    """Validate a DiffewS config mapping; a ConfigError names `source`, each bad field and what was expected."""
+    return validate_model(DiffewsConfig, data, source)
+
+
+def load_diffews_config(path: str | Path, overrides: dict | None = None) -> DiffewsConfig:
+    """Load and validate a DiffewS YAML config, applying dotted-key overrides like {"train.steps": 10}."""
+    return parse_diffews_config(read_yaml(path, overrides), source=str(path))

@@ -1,0 +1,131 @@
+"""DiffewS episodic evaluation on a fold's novel classes (HSNet's protocol): KR, KR+NS, trivial baselines."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from maskforge.eval.datasets import open_dataset
+from maskforge.eval.episode_data import EpisodeImages, binary_target
+from maskforge.eval.folds import get_fold
+from maskforge.eval.hsnet_episodes import eval_episodes
+from maskforge.eval.metrics import IoUAccumulator
+from maskforge.models.device import torch_threads
+from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter
+from maskforge.storage.reader import RunReader
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.diffews.config import DiffewsConfig
+from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, trained_network
+from maskforge.tasks.episode_results import Baselines, choose_synthetic, episode_rows, episode_trend
+
+#: The backbone column of DiffewS rows in the benchmark table.
+BACKBONE = "sd-unet"
+
+
+def load_segmenter(config: DiffewsConfig) -> tuple[DiffewsSegmenter, str, dict | None]:
+    """Return (segmenter on the configured device and precision, checkpoint path, checkpoint metadata)."""
+    net, path, meta = trained_network(config)
+    if meta is not None:
+        trained = meta["config"]["model"]["img_size"]
+        if trained != config.model.img_size:
+            raise ConfigError(
+                f"model.img_size: the checkpoint {path} was trained at {trained} px, the config says "
+                f"{config.model.img_size}"
+            )
+    device = device_of(config)
+    e = config.eval
+    segmenter = DiffewsSegmenter(
+        net, config.model.img_size, device, autocast_dtype(config, device), e.relative_threshold, e.threshold_floor
+    )
+    return segmenter, path, meta
+
+
+def eval_diffews(config: DiffewsConfig, log: Callable[[str], None] = print) -> dict:
+    """Evaluate a DiffewS checkpoint on the fold's novel classes; return settings (KR and, with a synthetic run,
+    KR+NS: the run's N samples of the class join the K real supports in the KV bank) and the trivial baselines.
+
+    Episodes are HSNet's (eval/hsnet_episodes.py: eval.episodes, seed eval.seed); mIoU and FB-IoU are HSNet's
+    (eval/metrics.py). Synthetic supports are drawn as for HSNet, so both learners see the same ones.
+    """
+    with torch_threads(config.run.threads):
+        return _evaluate(config, log)
+
+
+def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
+    """The body of eval_diffews."""
+    e = config.eval
+    segmenter, ckpt, meta = load_segmenter(config)
+    dataset = open_dataset(config.dataset)
+    fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
+    if e.split not in dataset.splits():
+        raise ConfigError(f"eval.split: unknown split {e.split!r} of {dataset.name}; expected {dataset.splits()}")
+    episodes = eval_episodes(
+        dataset.class_index(e.split),
+        fold.novel,
+        e.episodes,
+        e.shots,
+        e.seed,
+        dataset.name,
+        fold.index,
+        per_image=dataset.name == "fss",
+    )
+    run = RunReader(e.synthetic_run) if e.synthetic_run else None
+    images = EpisodeImages(dataset, run)
+    synthetic: dict[int, BankState] = {}
+    if run is not None:
+        for cid, keys in choose_synthetic(run, fold.novel, e.synthetic_per_class, e.seed, e.synthetic_run).items():
+            samples = [run.get(k) for k in keys]
+            latents = segmenter.support_latents(
+                [s.image for s in samples], [s.label == cid for s in samples], [f"{e.synthetic_run}:{k}" for k in keys]
+            )
+            synthetic[cid] = segmenter.bank_state(*latents)  # one support pass per class, reused by its episodes
+    real_name = f"{e.shots}R"
+    syn_name = f"{e.shots}R+{e.synthetic_per_class}S"
+    acc = {real_name: IoUAccumulator(fold.novel)}
+    if run is not None:
+        acc[syn_name] = IoUAccumulator(fold.novel)
+    baselines = Baselines(fold.novel)
+    start = time.perf_counter()
+    for n, ep in enumerate(episodes, 1):
+        q_image, q_label = images.get(ep.query_id)
+        target = binary_target(q_label, ep.class_id)
+        pairs = [images.get(s) for s in ep.support_ids]
+        masks = [lab == ep.class_id for _, lab in pairs]
+        query = segmenter.query_latents([q_image])
+        supports = segmenter.support_latents([img for img, _ in pairs], masks, list(ep.support_ids))
+        acc[real_name].add(ep.class_id, segmenter.predict(query, target.shape, supports), target)
+        if run is not None:
+            pred = segmenter.predict(query, target.shape, supports, synthetic[ep.class_id])
+            acc[syn_name].add(ep.class_id, pred, target)
+        baselines.add(ep.class_id, masks, target)
+        if n % 200 == 0 or n == len(episodes):
+            elapsed = time.perf_counter() - start
+            log(f"episode {n}/{len(episodes)}: {real_name} mIoU {acc[real_name].miou():.4f} ({elapsed:.1f} s)")
+    return {
+        "checkpoint": ckpt,
+        "backbone": BACKBONE,
+        "img_size": segmenter.img_size,
+        "dataset": dataset.name,
+        "fold": fold.index,
+        "split": e.split,
+        "shots": e.shots,
+        "episodes": len(episodes),
+        "seed": e.seed,
+        "synthetic_source": e.synthetic_run or "none",
+        "synthetic_per_class": e.synthetic_per_class if run is not None else 0,
+        "settings": {name: a.summary() for name, a in acc.items()},
+        "baselines": baselines.summary(),
+        "text_embedding_sha256": embedding_sha(segmenter.net.text_embedding),
+        "trained_text_embedding_sha256": (meta or {}).get("train", {}).get("text_embedding_sha256"),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
+def benchmark_rows(config: DiffewsConfig, result: dict) -> list[dict]:
+    """Return the benchmark-table rows of an evaluation: one per setting (KR, and KR+NS with synthetic supports)."""
+    return episode_rows("diffews", config.hash(), result)
+
+
+def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:
+    """Return markdown comparing DiffewS's rows of one (dataset, fold, shots) over time, per setting, newest last."""
+    return episode_trend(table, "diffews", "DiffewS", dataset, fold, shots, last)

@@ -1,0 +1,169 @@
+"""DiffewS episodic training on a fold's base classes: OI2M (one step, clean query latent, target -z_mask), AdamW."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from maskforge.eval.datasets import open_dataset
+from maskforge.eval.episode_data import EpisodeImages, synthetic_id, synthetic_keys
+from maskforge.eval.folds import get_fold
+from maskforge.eval.hsnet_episodes import TrainEpisodes
+from maskforge.eval.seeds import derive_seed, rng_for
+from maskforge.models.device import torch_threads
+from maskforge.models.diffews import codec
+from maskforge.models.diffews.checkpoint import COMPLETE, save_diffews
+from maskforge.models.diffews.network import DiffewsNet
+from maskforge.models.diffews.segmenter import autocast, size_multiple
+from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
+from maskforge.storage.labels import IGNORE
+from maskforge.storage.reader import RunReader
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.diffews.config import CHECKPOINT_DIR, DiffewsConfig
+from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, new_network
+
+TRAIN_LOG_NAME = "train.json"
+
+
+def linear_decay(steps: int) -> Callable[[int], float]:
+    """Return the LR factor of a linear decay from 1 to 0 over `steps` (polynomial schedule, power 1, no warm-up)."""
+    return lambda step: max(0.0, 1.0 - step / steps)
+
+
+def synthetic_pools(config: DiffewsConfig, base: tuple[int, ...]) -> tuple[list[RunReader], dict[int, list[str]]]:
+    """Open train.synthetic_runs; return (readers, {base class: synthetic ids}); a run without any base-class
+    sample is an error naming it."""
+    runs, pools = [], {c: [] for c in base}
+    for index, url in enumerate(config.train.synthetic_runs):
+        run = RunReader(url)
+        keys = synthetic_keys(run, base)
+        if not any(keys.values()):
+            raise ConfigError(
+                f"train.synthetic_runs: {url} holds no sample of a base class of fold {config.dataset.fold} "
+                f"(base classes {list(base)})"
+            )
+        runs.append(run)
+        for cid, class_keys in keys.items():
+            pools[cid] += [synthetic_id(k, index) for k in class_keys]
+    return runs, pools
+
+
+def episode_tensors(
+    net: DiffewsNet, images: EpisodeImages, batch, size: int, device, generator: torch.Generator
+) -> tuple[torch.Tensor, ...]:
+    """Return (query latents, query mask latents, support latents, support mask latents) of a batch of episodes
+    with the same shot count, supports episode-major; latents are posterior samples (training)."""
+    queries, query_masks, supports, support_masks = [], [], [], []
+    for ep in batch:
+        image, label = images.get(ep.query_id)
+        queries.append(image)
+        query_masks.append((label == ep.class_id) & (label != IGNORE))
+        for sid in ep.support_ids:
+            image, label = images.get(sid)
+            supports.append(image)
+            support_masks.append(label == ep.class_id)
+    with torch.no_grad():
+        return tuple(
+            codec.encode(net.vae, pixels, sample=True, generator=generator)
+            for pixels in (
+                codec.images_to_tensor(queries, size, device),
+                codec.masks_to_rgb(query_masks, size, device),
+                codec.images_to_tensor(supports, size, device),
+                codec.masks_to_rgb(support_masks, size, device),
+            )
+        )
+
+
+def train_diffews(config: DiffewsConfig, log: Callable[[str], None] = print) -> dict:
+    """Fine-tune SD's UNet (+ conv_in_ref) into DiffewS on episodes of the fold's base classes; write the checkpoint
+    folder, config and log. Each batch draws n in [1, max_shots] and batch_size episodes of n supports;
+    grad_accumulation batches make an optimiser step.
+
+    Returns {"train_dir", "checkpoint", "losses" (mean per log window), "steps", "seconds", "text_embedding_sha256",
+    "complete"}. A folder whose checkpoint is complete is reported, not retrained (its name hashes what defines it).
+    """
+    with torch_threads(config.run.threads):
+        return _train(config, log)
+
+
+def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
+    """The body of train_diffews."""
+    out = config.train_dir()
+    ckpt = join(out, CHECKPOINT_DIR)
+    device = device_of(config)
+    dtype = autocast_dtype(config, device)  # before the reuse check: a config the device cannot run is an error
+    if exists(join(ckpt, COMPLETE)):
+        log(f"already trained: {ckpt}")
+        return {**json.loads(read_bytes(join(out, TRAIN_LOG_NAME))), "complete": True}
+    t, size = config.train, config.model.img_size
+    dataset = open_dataset(config.dataset)
+    fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
+    if t.split not in dataset.splits():
+        raise ConfigError(f"train.split: unknown split {t.split!r} of {dataset.name}; expected {dataset.splits()}")
+    runs, synthetic = synthetic_pools(config, fold.base)
+    index = dataset.class_index(t.split)
+    # synthetic samples join the pools as queries and supports alike
+    pools = {c: sorted(index.get(c, [])) + synthetic[c] for c in fold.base}
+    what = f"{dataset.name} fold {fold.index} split {t.split} (DiffewS training)"
+    episodes = TrainEpisodes(pools, fold.base, t.seed, what, max_shots=t.max_shots)
+    images = EpisodeImages(dataset, runs)
+    torch.manual_seed(derive_seed("diffews-init", t.seed))
+    net = new_network(config).to(device)
+    if size % size_multiple(net):
+        raise ConfigError(f"model.img_size: {size} is not a multiple of {size_multiple(net)} (VAE x UNet downsampling)")
+    params = [p for p in net.unet.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=t.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_decay(t.steps))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    generator = torch.Generator(device).manual_seed(derive_seed("diffews-vae-samples", t.seed))
+    shots_rng = rng_for("diffews-train-shots", t.seed)
+    net.train()
+    losses, window, start, synthetic_draws, shot_counts = [], [], time.perf_counter(), 0, np.zeros(t.max_shots, int)
+    log(f"training DiffewS on {dataset.name} fold {fold.index}: {sum(p.numel() for p in params)} parameters")
+    for step in range(1, t.steps + 1):
+        optimiser.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for _ in range(t.grad_accumulation):
+            shots = int(shots_rng.integers(1, t.max_shots + 1))
+            shot_counts[shots - 1] += 1
+            batch = [episodes.next(shots) for _ in range(t.batch_size)]
+            synthetic_draws += sum(i.startswith("syn:") for ep in batch for i in (ep.query_id, *ep.support_ids))
+            z_query, z_mask, z_support, z_support_mask = episode_tensors(net, images, batch, size, device, generator)
+            with autocast(device, dtype):
+                predicted = net(z_query, z_support, z_support_mask)
+            # OI2M: the UNet's output is trained towards -z_mask, i.e. the negated output (predicted) towards z_mask
+            loss = F.mse_loss(predicted.float(), z_mask.float())
+            scaler.scale(loss / t.grad_accumulation).backward()
+            step_loss += float(loss.detach()) / t.grad_accumulation
+        scaler.unscale_(optimiser)
+        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        scaler.step(optimiser)
+        scaler.update()
+        schedule.step()
+        window.append(step_loss)
+        if step % t.log_every == 0 or step == t.steps:
+            losses.append(sum(window) / len(window))
+            log(f"step {step}/{t.steps}: loss {losses[-1]:.4f} ({time.perf_counter() - start:.1f} s)")
+            window = []
+    report = {
+        "train_dir": out,
+        "checkpoint": ckpt,
+        "losses": losses,
+        "steps": t.steps,
+        "seconds": round(time.perf_counter() - start, 2),
+        "parameters": sum(p.numel() for p in params),
+        "shot_counts": shot_counts.tolist(),
+        "synthetic_draws": synthetic_draws,
+        "text_embedding_sha256": embedding_sha(net.text_embedding),
+    }
+    atomic_write_bytes(join(out, "config.yaml"), yaml.safe_dump(config.resolved(), sort_keys=False).encode())
+    atomic_write_bytes(join(out, TRAIN_LOG_NAME), json.dumps(report, indent=2).encode())
+    # the checkpoint folder is written last, its COMPLETE marker last of all: it marks the run complete
+    save_diffews(ckpt, net.unet.cpu(), net.text_embedding, {"config": config.resolved(), "train": report})
+    return {**report, "complete": True}
