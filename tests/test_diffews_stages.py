@@ -284,3 +284,20 @@ def test_an_authors_layout_unet_folder_evaluates_like_the_checkpoint(trained, em
     # same weights, same (recomputed) embedding, same episodes: same scores
     assert authors["settings"]["1R"]["miou"] == pytest.approx(result["settings"]["1R"]["miou"])
     assert authors["settings"]["1R"]["class_iou"] == pytest.approx(result["settings"]["1R"]["class_iou"])
+
+
+def test_the_shipped_toy_diffews_beats_the_trivial_baselines(tmp_path):
+    """models/checkpoints/diffews-toy-f0 on 40 of configs/diffews-toy.yaml's episodes: far above the support prior."""
+    overrides = {
+        "run": {"out_dir": str(tmp_path / "runs"), "threads": 1},
+        "eval": {"checkpoint": str(ROOT / "models/checkpoints/diffews-toy-f0"), "episodes": 40},
+    }
+    data = yaml.safe_load((ROOT / "configs/diffews-toy.yaml").read_text())
+    for name, values in overrides.items():
+        data[name] = {**data[name], **values}
+    data["model"]["sd"] = TOY_SD
+    data["eval"]["results_dir"] = str(tmp_path / "results")
+    result = eval_diffews(parse_diffews_config(data), log=quiet)
+    real, prior = result["settings"]["1R"], result["baselines"]["support-prior"]
+    assert result["trained_text_embedding_sha256"] == result["text_embedding_sha256"]
+    assert real["miou"] > prior["miou"] + 0.2 and real["fb_iou"] > result["baselines"]["all-background"]["fb_iou"]
