@@ -17,9 +17,24 @@ from maskforge.models.tiny import SD_DIR, build_tiny_models, sd1_scheduler
 from maskforge.storage.labels import binary_mask
 
 
+def sd_vae_random():
+    """Return an AutoencoderKL of SD 1.x / 2.x's architecture with random weights (scaling factor 0.18215)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=512,
+        scaling_factor=0.18215,
+    )
+
+
 def sd15_random(dtype: torch.dtype, device: torch.device):
     """Return an SD 1.5-architecture pipeline with random weights (timing only: no checkpoint is read)."""
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     with torch.device(device):
@@ -30,14 +45,7 @@ def sd15_random(dtype: torch.dtype, device: torch.device):
             layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280),
         )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            sample_size=512,
-        )
+        vae = sd_vae_random()
         text = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=49408,

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json  # noqa: E402
+from common import sd_vae_random, write_json  # noqa: E402
 
 from maskforge.models.device import resolve_device
 from maskforge.models.diffews.checkpoint import build_from_sd, empty_prompt_embedding, load_frozen_parts
@@ -60,7 +60,7 @@ def quiet() -> None:
 
 def sd21_random(device: torch.device):
     """Return (UNet, VAE, text embedding) of SD 2.1's architecture with random fp32 weights (timing only)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     with torch.device(device):
         unet = UNet2DConditionModel(
@@ -73,15 +73,7 @@ def sd21_random(device: torch.device):
             cross_attention_dim=1024,
             use_linear_projection=True,
         )
-        vae = AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            sample_size=512,
-            scaling_factor=0.18215,
-        )
+        vae = sd_vae_random()
         text = torch.randn(1, 77, 1024)  # stands in for the empty-prompt embedding of SD 2.1's text encoder
     return unet, vae.requires_grad_(False).eval(), text
 

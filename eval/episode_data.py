@@ -57,8 +57,12 @@ class EpisodeImages:
             return self._cache[image_id]
         if image_id.startswith(SYNTHETIC_PREFIX):
             index, _, key = image_id[len(SYNTHETIC_PREFIX) :].rpartition(":")
+            if not self.runs:
+                raise KeyError(f"synthetic id {image_id!r} asked for, but no synthetic run is open")
             if int(index or 0) >= len(self.runs):
-                raise KeyError(f"synthetic id {image_id!r} asked for, but {len(self.runs)} synthetic run(s) are open")
+                raise KeyError(
+                    f"synthetic id {image_id!r} asked for, but only {len(self.runs)} synthetic runs are open"
+                )
             sample = self.runs[int(index or 0)].get(key)
             item = (sample.image, sample.label)
         else:

@@ -7,7 +7,11 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
+from maskforge.eval.datasets import open_dataset
+from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.eval.episode_data import synthetic_keys
+from maskforge.eval.folds import get_fold
+from maskforge.eval.hsnet_episodes import eval_episodes
 from maskforge.eval.metrics import IoUAccumulator
 from maskforge.eval.seeds import rng_for
 from maskforge.models.hsnet.segmenter import vote_masks
@@ -28,6 +32,19 @@ def prior_mask(support_masks: list[np.ndarray], size: tuple[int, int]) -> np.nda
         t = torch.from_numpy(mask.astype(np.float32))[None, None]
         resized.append(torch.nn.functional.interpolate(t, size, mode="nearest")[0, 0] > 0.5)
     return vote_masks(torch.stack(resized)[:, None])[0].numpy()
+
+
+def open_episodes(dataset_config: DatasetConfig, split: str, n_episodes: int, shots: int, seed: int):
+    """Return (dataset, fold, evaluation episodes) of an episodic evaluation: HSNet's episodes on the fold's novel
+    classes of `split` (FSS-1000: one per image); an unknown split is an error naming eval.split."""
+    dataset = open_dataset(dataset_config)
+    fold = get_fold(dataset.name, dataset_config.fold, dataset_config.coco_fold_mode)
+    if split not in dataset.splits():
+        raise ConfigError(f"eval.split: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")
+    per_image = dataset.name == "fss"
+    index = dataset.class_index(split)
+    episodes = eval_episodes(index, fold.novel, n_episodes, shots, seed, dataset.name, fold.index, per_image=per_image)
+    return dataset, fold, episodes
 
 
 def choose_synthetic(run: RunReader, classes, per_class: int, seed: int, source: str) -> dict[int, list[str]]:

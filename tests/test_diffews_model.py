@@ -440,6 +440,19 @@ def test_forward_rejects_supports_of_another_size(clean_net):
         clean_net(latents(1, 63), latents(1, 64, size=8), latents(1, 65, size=8))
 
 
+def test_gradient_checkpointing_is_refused_in_training(clean_net):
+    """Recomputing a layer in backward would run without the bank: training with checkpointing is an error."""
+    clean_net.unet.enable_gradient_checkpointing()
+    try:
+        with pytest.raises(DiffewsModelError, match="gradient checkpointing"):
+            clean_net(latents(1, 70), latents(1, 71), latents(1, 72))
+        with torch.no_grad():  # inference recomputes nothing
+            assert clean_net(latents(1, 70), latents(1, 71), latents(1, 72)).shape == (1, 4, 16, 16)
+    finally:
+        clean_net.unet.disable_gradient_checkpointing()
+    assert clean_net.bank.mode == "off" and not clean_net.bank.keys
+
+
 def test_forward_rejects_uneven_support_count(clean_net):
     """3 supports cannot be split over 2 queries."""
     with pytest.raises(DiffewsModelError, match=r"supports: 3 support latents .* 2 queries"):

@@ -23,6 +23,7 @@ from maskforge.tasks.diffews.config import parse_diffews_config
 from maskforge.tasks.diffews.evaluate import benchmark_rows, eval_diffews, load_segmenter, trend_markdown
 from maskforge.tasks.diffews.model import embedding_sha
 from maskforge.tasks.diffews.train import train_diffews
+from maskforge.tasks.episode_results import checkpoint_label
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY_SD = str(ROOT / "models" / "toy" / "sd")
@@ -157,8 +158,8 @@ def test_evaluation_settings_rows_and_trend(trained):
     assert text.startswith("# DiffewS trend: toy fold 0, 1-shot")
     table = text.split("## 1R\n")[1]
     assert (
-        f"| {row['created_at']} | sd-unet | diffews | {100 * ours['miou']:.2f} | {100 * ours['fb_iou']:.2f} |  |"
-        in table
+        f"| {row['created_at']} | sd-unet | {checkpoint_label(row['checkpoint'])} | {100 * ours['miou']:.2f} | "
+        f"{100 * ours['fb_iou']:.2f} |  |" in table
     )
     assert table.count(f"| {row['created_at']} |") == 1 and text.count("## ") == 1
     assert "hsnet-best" not in text and "77.70" not in text and "2000-01-01" not in text and "tiny" not in text

@@ -65,3 +65,20 @@ def test_balanced_subset_spreads_over_classes_and_is_deterministic():
     assert len(subset) == 20 and counts["z"] == 2 and counts["x"] == counts["y"] == 9
     with pytest.raises(EpisodeError, match="no image of any base class"):
         balanced_base_subset(["q"], index, [1], 5, "d", 0, 0)
+
+
+def test_train_episodes_draw_n_distinct_supports_and_check_bounds():
+    from maskforge.eval.hsnet_episodes import TrainEpisodes
+
+    index = {1: [f"a{i}" for i in range(5)], 2: [f"b{i}" for i in range(4)]}
+    stream = TrainEpisodes(index, (1, 2), seed=3, what="unit", max_shots=3)
+    for shots in (1, 2, 3, 3, 2):
+        ep = stream.next(shots)
+        assert len(ep.support_ids) == shots == len(set(ep.support_ids)) and ep.query_id not in ep.support_ids
+        assert {ep.query_id, *ep.support_ids} <= set(index[ep.class_id])
+    with pytest.raises(EpisodeError, match=r"shots must be in \[1, 3\], got 4"):
+        stream.next(4)
+    with pytest.raises(EpisodeError, match="class 2 has 4 image"):  # 4 supports + a query need 5 images
+        TrainEpisodes(index, (1, 2), seed=3, what="unit", max_shots=4)
+    one_shot = [TrainEpisodes(index, (1, 2), seed=3, what="unit").next() for _ in range(1)]
+    assert one_shot[0] == TrainEpisodes(index, (1, 2), seed=3, what="unit", max_shots=3).next(1)  # same stream

@@ -77,6 +77,11 @@ class DiffewsNet(nn.Module):
 
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         """One UNet forward at t = 1 with the empty-prompt embedding."""
+        if self.unet.is_gradient_checkpointing and torch.is_grad_enabled():
+            # a recomputed layer would run after the bank's mode was reset: silently wrong gradients
+            raise DiffewsModelError(
+                "gradient checkpointing: the KV bank's passes cannot be recomputed in backward; disable it on the UNet"
+            )
         t = torch.full((x.shape[0],), OI2M_TIMESTEP, device=x.device, dtype=torch.long)
         text = self.text_embedding.to(dtype=x.dtype).expand(x.shape[0], -1, -1)
         return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]

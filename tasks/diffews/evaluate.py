@@ -5,10 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from maskforge.eval.datasets import open_dataset
 from maskforge.eval.episode_data import EpisodeImages, binary_target
-from maskforge.eval.folds import get_fold
-from maskforge.eval.hsnet_episodes import eval_episodes
 from maskforge.eval.metrics import IoUAccumulator
 from maskforge.models.device import torch_threads
 from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter
@@ -16,7 +13,7 @@ from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import DiffewsConfig
 from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, trained_network
-from maskforge.tasks.episode_results import Baselines, choose_synthetic, episode_rows, episode_trend
+from maskforge.tasks.episode_results import Baselines, choose_synthetic, episode_rows, episode_trend, open_episodes
 
 #: The backbone column of DiffewS rows in the benchmark table.
 BACKBONE = "sd-unet"
@@ -55,20 +52,7 @@ def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_diffews."""
     e = config.eval
     segmenter, ckpt, meta = load_segmenter(config)
-    dataset = open_dataset(config.dataset)
-    fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-    if e.split not in dataset.splits():
-        raise ConfigError(f"eval.split: unknown split {e.split!r} of {dataset.name}; expected {dataset.splits()}")
-    episodes = eval_episodes(
-        dataset.class_index(e.split),
-        fold.novel,
-        e.episodes,
-        e.shots,
-        e.seed,
-        dataset.name,
-        fold.index,
-        per_image=dataset.name == "fss",
-    )
+    dataset, fold, episodes = open_episodes(config.dataset, e.split, e.episodes, e.shots, e.seed)
     run = RunReader(e.synthetic_run) if e.synthetic_run else None
     images = EpisodeImages(dataset, run)
     synthetic: dict[int, BankState] = {}

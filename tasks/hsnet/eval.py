@@ -9,17 +9,14 @@ from pathlib import Path
 
 import torch
 
-from maskforge.eval.datasets import open_dataset
 from maskforge.eval.episode_data import EpisodeImages, binary_target
-from maskforge.eval.folds import get_fold
-from maskforge.eval.hsnet_episodes import eval_episodes
 from maskforge.eval.metrics import IoUAccumulator
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.hsnet.checkpoint import CheckpointError, load_checkpoint
 from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
 from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.episode_results import Baselines, choose_synthetic, episode_rows, episode_trend
+from maskforge.tasks.episode_results import Baselines, choose_synthetic, episode_rows, episode_trend, open_episodes
 from maskforge.tasks.hsnet.config import HsnetConfig
 
 
@@ -62,22 +59,7 @@ def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_hsnet."""
     e = config.eval
     segmenter, ckpt = load_segmenter(config)
-    dataset = open_dataset(config.dataset)
-    fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-    if e.split not in dataset.splits():
-        raise ConfigError(
-            f"eval.split: unknown split {e.split!r} of {dataset.name}; expected one of {dataset.splits()}"
-        )
-    episodes = eval_episodes(
-        dataset.class_index(e.split),
-        fold.novel,
-        e.episodes,
-        e.shots,
-        e.seed,
-        dataset.name,
-        fold.index,
-        per_image=dataset.name == "fss",
-    )
+    dataset, fold, episodes = open_episodes(config.dataset, e.split, e.episodes, e.shots, e.seed)
     run = RunReader(e.synthetic_run) if e.synthetic_run else None
     images = EpisodeImages(dataset, run)
     synthetic: dict[int, SupportState] = {}
