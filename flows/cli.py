@@ -24,6 +24,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
+from maskforge.eval.coco_export import write_coco_json
+from maskforge.eval.datasets import build_dataset
 from maskforge.eval.datasets.base import DatasetError
 from maskforge.eval.datasets.check import check_layout, format_report
 from maskforge.flows import diffews as diffews_flows
@@ -266,6 +268,31 @@ def datasets_check(
     console.print(format_report(report), soft_wrap=True, markup=False, highlight=False)
     if report.problems:
         raise typer.Exit(code=1)
+
+
+@datasets_app.command("coco-json")
+def datasets_coco_json(
+    root: str = typer.Argument(..., help="Dataset root folder ('-' for the in-process toy dataset)."),
+    dataset: str = typer.Option(..., "--dataset", help="A dataset with instances: coco or toy."),
+    out: Path = typer.Option(..., "--out", help="COCO-format JSON file to write."),
+    split: str = typer.Option("val", "--split", help="Split to export."),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", min=1, max=10_000_000, help="Export only the split's first N images (sorted ids)."
+    ),
+) -> None:
+    """Export a split's instances to a COCO-format JSON (pycocotools RLE), readable by pycocotools' COCO/COCOeval."""
+    try:
+        ds = build_dataset(dataset, None if root == "-" else root)
+        ids = ds.image_ids(split)[:limit] if limit else None
+        summary = write_coco_json(ds, split, str(out), ids)
+    except DatasetError as err:
+        _fail(str(err))
+    console.print(
+        f"wrote {summary['path']}: {summary['images']} images, {summary['annotations']} annotations", soft_wrap=True
+    )
+    if hasattr(ds, "skipped"):
+        skipped = ds.skipped(split)
+        console.print("skipped annotations: " + ", ".join(f"{k} {v}" for k, v in skipped.items()))
 
 
 @app.command()

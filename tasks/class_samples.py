@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.instances import INSTANCES_META, instance_to_json
 from maskforge.eval.seeds import item_seed
 from maskforge.storage.codec import ShardSample
 from maskforge.storage.labels import present_classes
-from maskforge.tasks.compose import paste_objects, sample_placements
+from maskforge.tasks.compose import paste_instances, sample_placements
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import ClassPlan, FoldPlan
 from maskforge.tasks.objects import PoolObject, object_from_sample, object_from_shot
@@ -42,7 +43,8 @@ def class_samples(
     dataset: SegDataset, config: MaskforgeConfig, plan: FoldPlan, class_plan: ClassPlan, synthetic: list | None = None
 ) -> Iterator[ShardSample]:
     """Yield the composed scenes of one novel class: samples_per_class per source, each seeded by (run, class,
-    index)."""
+    index); meta["instances"] holds the base image's instances (pixels its label gives their class, pasted-over ones
+    removed), then one per pasted object with its visible pixels, in painting order (instance_to_json records, RLE)."""
     cid, n = class_plan.class_id, config.generation.samples_per_class
     names, config_hash = dataset.classes(), config.hash()
     if not plan.base_subset:
@@ -54,7 +56,11 @@ def class_samples(
             rng = np.random.default_rng(seed)
             base = dataset.load(plan.base_subset[int(rng.integers(len(plan.base_subset)))])
             placements = sample_placements(rng, pool, base.label.shape, config.copy_paste)
-            image, label, visible = paste_objects(base.image, base.label, pool, placements)
+            key = sample_key(plan.dataset, plan.fold, cid, source, index)
+            what = f"sample {key!r} (base {plan.dataset} image {base.image_id!r})"
+            image, label, visible, instances = paste_instances(
+                base.image, base.label, base.instances, pool, placements, what
+            )
             used = [pool[p.object_index] for p in placements]
             meta = {
                 "dataset": plan.dataset,
@@ -76,5 +82,6 @@ def class_samples(
                     {**p.to_dict(), "shot_ids": list(pool[p.object_index].shot_ids), "visible_pixels": v}
                     for p, v in zip(placements, visible)
                 ],
+                INSTANCES_META: [instance_to_json(inst) for inst in instances],
             }
-            yield ShardSample(sample_key(plan.dataset, plan.fold, cid, source, index), image, label, meta)
+            yield ShardSample(key, image, label, meta)

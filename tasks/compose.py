@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
 
+from maskforge.eval.instances import Instance, clip_to_label, instances_from_owner, occlude
 from maskforge.tasks.config import CopyPasteConfig
 from maskforge.tasks.objects import PoolObject
 
@@ -70,10 +72,39 @@ def paste_objects(
 
     Returns the new image, the new label map and, per placement, how many of its pixels stay visible.
     """
+    image, label, owner = paste_layers(base_image, base_label, pool, placements)
+    return image, label, visible_counts(owner, len(placements))
+
+
+def paste_instances(
+    base_image: np.ndarray,
+    base_label: np.ndarray,
+    base_instances: Iterable[Instance],
+    pool: list[PoolObject],
+    placements: list[Placement],
+    what: str = "base image",
+) -> tuple[np.ndarray, np.ndarray, list[int], list[Instance]]:
+    """paste_objects plus the scene's instances, which agree with the returned label map: first the base image's own
+    (restricted to the pixels the base label gives their class, then without the pasted-over ones), then one per
+    pasted object with its visible pixels, in painting order; emptied or fully hidden instances are dropped.
+
+    `what` names the base image in the error raised for a base instance mask of another size than the label.
+    """
+    base = clip_to_label(base_instances, base_label, what)
+    image, label, owner = paste_layers(base_image, base_label, pool, placements)
+    pasted = instances_from_owner(owner, [pool[p.object_index].class_id for p in placements])
+    return image, label, visible_counts(owner, len(placements)), occlude(base, owner >= 0) + pasted
+
+
+def paste_layers(
+    base_image: np.ndarray, base_label: np.ndarray, pool: list[PoolObject], placements: list[Placement]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Paste objects in order and return the image, the label map and the owner map (int32: per pixel the index of
+    the placement visible there, -1 where no object was pasted)."""
     if base_image.shape[:2] != base_label.shape:
         raise ValueError(f"base image {base_image.shape[:2]} and label {base_label.shape} differ in size")
     image, label = base_image.copy(), base_label.copy()
-    owner = np.full(label.shape, -1, dtype=np.int32)  # which placement owns each pixel, for visibility counts
+    owner = np.full(label.shape, -1, dtype=np.int32)
     for i, p in enumerate(placements):
         obj = pool[p.object_index]
         crop, mask = resize_object(obj, p.height, p.width)
@@ -81,5 +112,9 @@ def paste_objects(
         image[window][mask] = crop[mask]
         label[window][mask] = obj.class_id
         owner[window][mask] = i
-    visible = [int((owner == i).sum()) for i in range(len(placements))]
-    return image, label, visible
+    return image, label, owner
+
+
+def visible_counts(owner: np.ndarray, n: int) -> list[int]:
+    """Return, for placements 0..n-1, how many pixels of an owner map each one holds (its visible pixels)."""
+    return [int(v) for v in np.bincount(owner[owner >= 0].ravel(), minlength=n)[:n]]

@@ -89,3 +89,20 @@ def test_help_everywhere():
     for args in ([], ["shards"], ["datasets"], ["generate"], ["shards", "show"], ["datasets", "check"]):
         result = runner.invoke(app, [*args, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_datasets_coco_json_exports_instances_pycocotools_reads(tmp_path):
+    from pycocotools.coco import COCO
+
+    from maskforge.eval.datasets import build_dataset
+
+    out = tmp_path / "toy_val.json"
+    result = runner.invoke(app, ["datasets", "coco-json", "-", "--dataset", "toy", "--out", str(out), "--limit", "6"])
+    assert result.exit_code == 0, result.output
+    coco = COCO(str(out))
+    ds = build_dataset("toy", None)
+    records = [ds.load(i) for i in ds.image_ids("val")[:6]]
+    assert len(coco.imgs) == 6 and len(coco.anns) == sum(len(r.instances) for r in records) > 6
+    assert f"6 images, {len(coco.anns)} annotations" in result.output
+    bad = runner.invoke(app, ["datasets", "coco-json", "-", "--dataset", "toy", "--out", str(out), "--split", "x"])
+    assert bad.exit_code == 1 and "unknown split 'x'" in bad.output

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from maskforge.eval.instances import Instance
+
 
 class DatasetError(ValueError):
     """Bad dataset input: the message names the file, field or value and what was expected."""
@@ -21,12 +23,15 @@ class ImageRecord:
         image: uint8 RGB array of shape (H, W, 3).
         label: int32 label map of shape (H, W): 0 background, class ids, tasks.labels.IGNORE for ignored pixels.
         class_ids: sorted ids of the classes with at least one pixel in `label`.
+        instances: the image's object instances (visible pixels, class, crowd flag) where the dataset has them
+            (toy world, COCO); empty for semantic-only datasets (PASCAL, FSS-1000).
     """
 
     image_id: str
     image: np.ndarray
     label: np.ndarray
     class_ids: tuple[int, ...] = field(default=())
+    instances: tuple[Instance, ...] = field(default=())
 
 
 class SegDataset(ABC):

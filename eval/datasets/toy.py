@@ -1,4 +1,4 @@
-"""The procedural toy world: textured scenes of coloured shapes with exact label maps, rendered from a seed."""
+"""The procedural toy world: textured scenes of coloured shapes with exact label maps and instances, from a seed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
 from maskforge.eval.datasets.config import ToyConfig
 from maskforge.eval.folds import TOY_CLASSES, TOY_MATERIALS, TOY_SHAPES
+from maskforge.eval.instances import Instance, instances_from_owner
 from maskforge.eval.seeds import rng_for
 from maskforge.storage.labels import BACKGROUND, LABEL_DTYPE, present_classes
 
@@ -94,10 +95,21 @@ def _material(rng: np.random.Generator, material: str, size: int, cx: float, cy:
 
 def render_scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Render one toy scene: 1-4 objects, varied scale and rotation, later objects occluding earlier ones."""
+    image, label, _ = render_scene_instances(seed, split, index, size)
+    return image, label
+
+
+def render_scene_instances(
+    seed: int, split: str, index: int, size: int
+) -> tuple[np.ndarray, np.ndarray, tuple[Instance, ...]]:
+    """Render one toy scene (as render_scene, same draws) and its instances: each object's pixels left visible by
+    the objects painted after it, in painting order; an object covered entirely is not an instance."""
     rng = rng_for("toy-scene", seed, split, index)
     image = _background(rng, size)
     label = np.full((size, size), BACKGROUND, dtype=LABEL_DTYPE)
-    for _ in range(int(rng.integers(1, 5))):
+    owner = np.full((size, size), -1, dtype=np.int16)  # pixel -> index of the object painted last on it
+    class_ids: list[int] = []
+    for i in range(int(rng.integers(1, 5))):
         class_id = int(rng.integers(1, len(TOY_CLASSES) + 1))
         shape, material = toy_class_parts(class_id)
         r = rng.uniform(0.09, 0.26) * size
@@ -105,8 +117,10 @@ def render_scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
         mask = _shape_mask(shape, size, cx, cy, r, rng.uniform(0, 2 * np.pi))
         image[mask] = _material(rng, material, size, cx, cy, r)[mask]
         label[mask] = class_id
+        owner[mask] = i
+        class_ids.append(class_id)
     image += rng.normal(0, 3.0, image.shape)  # sensor grain over everything
-    return np.clip(image, 0, 255).astype(np.uint8), label
+    return np.clip(image, 0, 255).astype(np.uint8), label, tuple(instances_from_owner(owner, class_ids))
 
 
 def render_object(
@@ -162,7 +176,7 @@ class ToyDataset(SegDataset):
         return [f"{split}_{i:06d}" for i in range(self._count(split))]
 
     def load(self, image_id: str) -> ImageRecord:
-        """Render the image and exact label map of an id."""
+        """Render the image, exact label map and instances (visible pixels of each object) of an id."""
         match = _ID_RE.match(image_id)
         if not match or int(match.group(2)) >= self._count(match.group(1)):
             raise DatasetError(
@@ -170,8 +184,8 @@ class ToyDataset(SegDataset):
                 f"or 'val_NNNNNN' (< {self.config.n_val})"
             )
         split, index = match.group(1), int(match.group(2))
-        image, label = render_scene(self.config.seed, split, index, self.config.image_size)
-        return ImageRecord(image_id, image, label, present_classes(label))
+        image, label, instances = render_scene_instances(self.config.seed, split, index, self.config.image_size)
+        return ImageRecord(image_id, image, label, present_classes(label), instances)
 
     def class_index(self, split: str) -> dict[int, list[str]]:
         """Return {class id: ids of images with a visible pixel of it}, rendering the split once."""
