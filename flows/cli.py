@@ -30,6 +30,7 @@ from maskforge.eval.datasets.base import DatasetError
 from maskforge.eval.datasets.check import check_layout, format_report
 from maskforge.flows import diffews as diffews_flows
 from maskforge.flows import gfss as gfss_flows
+from maskforge.flows import maskdiff as maskdiff_flows
 from maskforge.flows.ephemeral_api import survive_api_loss
 from maskforge.flows.generate import generate_flow
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
@@ -55,6 +56,8 @@ from maskforge.tasks.diffews.config import load_diffews_config
 from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.gfss.evaluate import summary_table as gfss_summary_table
 from maskforge.tasks.hsnet.config import load_hsnet_config
+from maskforge.tasks.maskdiff.config import load_maskdiff_config
+from maskforge.tasks.maskdiff.evaluate import summary_table as maskdiff_summary_table
 from maskforge.tasks.preflight import preflight
 
 # Known and harmless: diffusers' rename of torch_dtype (every supported version reads it), controlnet-aux's timm
@@ -622,6 +625,83 @@ def diffews_eval(
     }
     result = _diffews_run(diffews_flows.eval_diffews, config, out, "diffews-eval", overrides)
     _print_episodes("DiffewS", result)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MaskDiff (issue #17): `maskforge maskdiff train | eval`.
+# ---------------------------------------------------------------------------------------------------------------------
+maskdiff_app = typer.Typer(
+    help="MaskDiff few-shot instance segmentation (TFA detector + mask-diffusion head): train, evaluate.",
+    no_args_is_help=True,
+)
+app.add_typer(maskdiff_app, name="maskdiff")
+
+
+def _maskdiff_run(flow, config: Path, out: Optional[str], command: str, overrides: dict):
+    """Load a MaskDiff config (--out overriding run.out_dir, option overrides) and run a flow with the log in a file;
+    a plain one-line error on failure."""
+    try:
+        cfg = load_maskdiff_config(config, {**({"run.out_dir": out} if out else {}), **overrides} or None)
+    except ConfigError as err:
+        _fail(str(err))
+    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose=False)
+    try:
+        return flow(config=cfg)
+    except (DatasetError, ValueError, RuntimeError, OSError) as err:
+        _fail(f"{err} (traceback in {log_file})")
+
+
+def _maskdiff_overrides(shots: Optional[int], seed: Optional[int], synthetic: Optional[list[str]] = None) -> dict:
+    """Dotted-key overrides of the K-shot options."""
+    return {
+        **({"finetune.shots": shots} if shots else {}),
+        **({"finetune.data_seed": seed} if seed is not None else {}),
+        **({"finetune.synthetic_runs": synthetic} if synthetic else {}),
+    }
+
+
+@maskdiff_app.command("train")
+def maskdiff_train(
+    config: Path = typer.Argument(..., help="MaskDiff YAML config (see configs/maskdiff-toy.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="K (1, 2, 3, 5, 10, 30; finetune.shots)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="TFA data seed 0-9 (finetune.data_seed)."),
+    synthetic: Optional[list[str]] = typer.Option(
+        None, "--synthetic", help="A maskforge run adding novel-class K-shot instances (repeatable)."
+    ),
+) -> None:
+    """Run the Prefect flow train_maskdiff: the base stage (reused when trained), then the K-shot stage."""
+    report = _maskdiff_run(
+        maskdiff_flows.train_maskdiff, config, out, "maskdiff-train", _maskdiff_overrides(shots, seed, synthetic)
+    )
+    console.print(f"base stage: {report['base']['stage_dir']}", soft_wrap=True)
+    console.print(f"K-shot stage: {report['finetune']['stage_dir']}", soft_wrap=True)
+
+
+@maskdiff_app.command("eval")
+def maskdiff_eval(
+    config: Path = typer.Argument(..., help="MaskDiff YAML config (see configs/maskdiff-toy.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="K of the stage to evaluate (finetune.shots)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="TFA data seed of the stage (finetune.data_seed)."),
+    synthetic: Optional[list[str]] = typer.Option(None, "--synthetic", help="As in train (finetune.synthetic_runs)."),
+) -> None:
+    """Run the Prefect flow eval_maskdiff: COCO segm / bbox AP (pycocotools), base and novel; a row appended."""
+    result = _maskdiff_run(
+        maskdiff_flows.eval_maskdiff, config, out, "maskdiff-eval", _maskdiff_overrides(shots, seed, synthetic)
+    )
+    rows = maskdiff_summary_table(result)
+    title = (
+        f"MaskDiff on {result['dataset']} fold {result['fold']}, {result['shots']}-shot (data seed "
+        f"{result['data_seed']}): {result['images']} images, {result['sampling_seeds']} samplings (%)"
+    )
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    console.print(f"benchmark rows: {result['table_file']}", soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

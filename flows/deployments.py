@@ -1,4 +1,4 @@
-"""Deployment entry points: the generate, HSNet, GFSS and DiffewS flows parameterised by config file, dataset, fold."""
+"""Deployment entry points: the generate flow and the learners' flows, parameterised by config file, dataset, fold."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from maskforge.flows.diffews import eval_diffews, train_diffews
 from maskforge.flows.generate import generate_flow
 from maskforge.flows.gfss import gfss_novel_eval, train_gfss_base, train_gfss_novel
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
+from maskforge.flows.maskdiff import eval_maskdiff, train_eval_maskdiff, train_maskdiff
 from maskforge.tasks.config import load_config
 from maskforge.tasks.diffews.config import load_diffews_config
 from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.hsnet.config import load_hsnet_config
+from maskforge.tasks.maskdiff.config import load_maskdiff_config
 
 
 def _overrides(dataset: str, fold: int, root: str | None, **more) -> dict:
@@ -112,3 +114,39 @@ def eval_diffews_fold(
         "eval.synthetic_per_class": synthetic_per_class,
     }
     return eval_diffews(config=load_diffews_config(config_path, _overrides(dataset, fold, root, **more)))
+
+
+@flow(name="train-maskdiff", log_prints=True)
+def train_maskdiff_fold(
+    config_path: str,
+    dataset: str,
+    fold: int,
+    root: str | None = None,
+    shots: int | None = None,
+    data_seed: int | None = None,
+    synthetic_runs: list[str] | None = None,
+    evaluate: bool = True,
+) -> dict:
+    """Train MaskDiff's base and K-shot stages on one (dataset, fold), then (evaluate) score it into the table;
+    synthetic_runs names maskforge runs whose novel-class samples add K-shot instances."""
+    more = {
+        "finetune.shots": shots,
+        "finetune.data_seed": data_seed,
+        "finetune.synthetic_runs": list(synthetic_runs) if synthetic_runs else None,
+    }
+    config = load_maskdiff_config(config_path, _overrides(dataset, fold, root, **more))
+    return train_eval_maskdiff(config=config) if evaluate else train_maskdiff(config=config)
+
+
+@flow(name="eval-maskdiff", log_prints=True)
+def eval_maskdiff_fold(
+    config_path: str,
+    dataset: str,
+    fold: int,
+    root: str | None = None,
+    shots: int | None = None,
+    data_seed: int | None = None,
+) -> dict:
+    """Evaluate MaskDiff's K-shot stage of one (dataset, fold, K, data seed): COCO AP into the benchmark table."""
+    more = {"finetune.shots": shots, "finetune.data_seed": data_seed}
+    return eval_maskdiff(config=load_maskdiff_config(config_path, _overrides(dataset, fold, root, **more)))

@@ -13,6 +13,7 @@ from maskforge.storage.reader import RunReader
 from maskforge.tasks.config import load_config
 from maskforge.tasks.diffews.config import load_diffews_config
 from maskforge.tasks.gfss.config import load_gfss_config
+from maskforge.tasks.maskdiff.config import load_maskdiff_config
 from maskforge.tasks.wrappers import GPU_LIMIT_ENV, gpu_slot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +32,15 @@ def test_one_deployment_per_dataset_fold(deployments):
     diffews = {
         f"diffews-{stage}-{d}-f{f}" for stage in ("train", "eval") for d in ("toy", "pascal", "coco") for f in range(4)
     }
-    assert expected | {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"} | gfss | diffews == set(deployments)
+    maskdiff = {f"maskdiff-{stage}-{d}-f{f}" for stage in ("train", "eval") for d in ("toy", "coco") for f in range(4)}
+    assert expected | {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"} | gfss | diffews | maskdiff == set(deployments)
+    for name in maskdiff:  # per (dataset, fold); K and the data seed are parameters
+        d = deployments[name]
+        _, stage, dataset, fold = name.split("-")
+        assert d["entrypoint"] == f"flows/deployments.py:{stage}_maskdiff_fold"
+        assert (d["parameters"]["dataset"], d["parameters"]["fold"]) == (dataset, int(fold[1:]))
+        assert d["parameters"]["config_path"] == f"configs/maskdiff-{dataset}.yaml"
+        assert ("synthetic_runs" in d["parameters"]) == (stage == "train")
     for name in diffews:  # per (dataset, fold); training takes synthetic_runs, evaluation a synthetic_run
         d = deployments[name]
         _, stage, dataset, fold = name.split("-")
@@ -74,6 +83,16 @@ def test_entrypoints_take_their_parameters_and_configs_validate(deployments):
                 ROOT / params["config_path"], _overrides(params["dataset"], params["fold"], None, **more)
             )
             assert (config.dataset.name, config.dataset.fold) == (params["dataset"], params["fold"])
+        if func.endswith("maskdiff_fold"):
+            more = {"finetune.shots": params["shots"], "finetune.data_seed": params["data_seed"]}
+            config = load_maskdiff_config(
+                ROOT / params["config_path"], _overrides(params["dataset"], params["fold"], None, **more)
+            )
+            assert (config.dataset.name, config.dataset.fold, config.finetune.shots) == (
+                params["dataset"],
+                params["fold"],
+                5,
+            )
         if func.startswith("train_gfss"):
             config = load_gfss_config(ROOT / params["config_path"], _overrides(params["dataset"], params["fold"], None))
             assert (config.dataset.name, config.dataset.fold) == (params["dataset"], params["fold"])

@@ -1,0 +1,157 @@
+"""The typed MaskDiff configuration (pydantic v2) for the train_maskdiff and eval_maskdiff flows, loaded from YAML."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from maskforge.eval.datasets.config import DatasetConfig
+from maskforge.storage.fs import join
+from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
+
+#: head fields that only steer sampling (left out of the stage folders' hashes).
+SAMPLING_FIELDS = ("guidance", "sampler", "ddim_steps")
+#: TFA's K-shot settings on COCO.
+TFA_SHOTS = (1, 2, 3, 5, 10, 30)
+
+
+class MaskdiffRunConfig(StrictConfig):
+    """Run identity, output location and device."""
+
+    name: str = Field(
+        "maskdiff", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'."
+    )
+    out_dir: str = Field("runs", description="Parent folder of stage folders (NAME-base-HASH12, NAME-kK-sS-HASH12).")
+    device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="cpu, cuda, or auto (cuda if present).")
+    threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: torch's default).")
+
+
+class MaskdiffDetectorConfig(StrictConfig):
+    """The TFA detector: torchvision Faster R-CNN."""
+
+    backbone: Literal["resnet50", "tiny"] = "resnet50"
+    weights: str | None = Field(
+        None, description="Local torchvision ResNet-50 ImageNet state dict for base training; never downloaded."
+    )
+    min_size: int = Field(800, ge=32, le=2048, description="torchvision transform min_size.")
+    max_size: int = Field(1333, ge=32, le=2048, description="torchvision transform max_size.")
+
+    @model_validator(mode="after")
+    def _weights(self) -> "MaskdiffDetectorConfig":
+        if self.backbone == "tiny" and self.weights:
+            raise ValueError("detector.weights must be empty for backbone 'tiny' (random, trained from scratch)")
+        if self.min_size > self.max_size:
+            raise ValueError(f"detector.min_size {self.min_size} is above detector.max_size {self.max_size}")
+        return self
+
+
+class MaskdiffHeadConfig(StrictConfig):
+    """The conditional mask-diffusion head and its sampler."""
+
+    arch: Literal["paper", "tiny"] = Field("paper", description="paper: 128/128/256/384/512; tiny: the toy world's.")
+    size: int = Field(128, ge=16, le=256, description="Mask and crop side (paper: 128).")
+    p_uncond: float = Field(0.1, ge=0, le=1, description="Probability the class is replaced by the null class.")
+    guidance: float = Field(5.0, ge=0, le=20, description="w in eps = w eps(c) + (1 - w) eps(null) (paper: 5).")
+    sampler: Literal["ddpm", "ddim"] = Field("ddpm", description="ddpm: the 1000-step ancestral sampler (paper).")
+    ddim_steps: int = Field(50, ge=1, le=1000, description="Steps of the DDIM sampler.")
+
+
+class MaskdiffBaseConfig(StrictConfig):
+    """Base stage: the detector on base classes, then the mask head on base instances."""
+
+    split: str = Field("train", description="Split the base stage trains on.")
+    detector_steps: int = Field(110000, ge=1, le=10_000_000, description="Detector SGD steps (TFA COCO: 110k).")
+    detector_lr: float = Field(0.02, gt=0, le=10, description="Detector SGD learning rate (TFA: 0.02 at batch 16).")
+    head_steps: int = Field(100000, ge=1, le=10_000_000, description="Mask-head AdamW steps.")
+    head_lr: float = Field(1e-4, gt=0, le=1, description="Mask-head AdamW learning rate (paper: 1e-4).")
+    batch_size: int = Field(16, ge=1, le=256, description="Images (detector) or instances (head) per step.")
+    seed: int = Field(0, description="Seed of initialisation and sampling order.")
+
+
+class MaskdiffFinetuneConfig(StrictConfig):
+    """K-shot stage: surgery, cosine classifier, last-layer fine-tuning and mask head on the balanced K-shot set."""
+
+    shots: int = Field(5, description="K instances per class (TFA: 1, 2, 3, 5, 10, 30).")
+    data_seed: int = Field(0, ge=0, le=9, description="TFA data seed of the K-shot set (0-9).")
+    detector_steps: int = Field(80000, ge=1, le=10_000_000, description="Fine-tuning steps (TFA COCO 5-shot: 80k).")
+    detector_lr: float = Field(0.001, gt=0, le=10, description="Fine-tuning learning rate (TFA: 0.001).")
+    head_steps: int = Field(10000, ge=1, le=10_000_000, description="Mask-head steps on the K-shot set.")
+    head_lr: float = Field(1e-4, gt=0, le=1)
+    batch_size: int = Field(16, ge=1, le=256)
+    synthetic_runs: list[str] = Field(
+        default_factory=list,
+        description="maskforge runs whose novel-class samples add K-shot instances (connected components of the "
+        "class mask).",
+    )
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: int) -> int:
+        if v not in TFA_SHOTS:
+            raise ValueError(f"finetune.shots must be one of {TFA_SHOTS} (TFA's settings), got {v}")
+        return v
+
+
+class MaskdiffEvalConfig(StrictConfig):
+    """COCO AP evaluation on the fold's split: segm and bbox, base and novel, mean and std over sampling seeds."""
+
+    split: str = Field("val", description="Split evaluated.")
+    max_images: int | None = Field(None, ge=1, le=10_000_000, description="Only the first N images (sorted ids).")
+    sampling_seeds: int = Field(10, ge=1, le=100, description="Mask samplings, each its own seed (paper: 10).")
+    score_threshold: float = Field(0.05, ge=0, lt=1, description="Detections kept above this score.")
+    batch_images: int = Field(8, ge=1, le=256, description="Images whose detections are sampled in one call.")
+    results_dir: str = Field("results", description="Folder of the Parquet benchmark table.")
+
+
+class MaskdiffConfig(StrictConfig):
+    """The whole configuration of MaskDiff training and evaluation."""
+
+    run: MaskdiffRunConfig = MaskdiffRunConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    detector: MaskdiffDetectorConfig = MaskdiffDetectorConfig()
+    head: MaskdiffHeadConfig = MaskdiffHeadConfig()
+    base: MaskdiffBaseConfig = MaskdiffBaseConfig()
+    finetune: MaskdiffFinetuneConfig = MaskdiffFinetuneConfig()
+    eval: MaskdiffEvalConfig = MaskdiffEvalConfig()
+
+    def _digest(self, *sections: str, **extra) -> str:
+        data = self.resolved()
+        for key in SAMPLING_FIELDS:  # sampling settings change evaluation, never the trained weights
+            data["head"].pop(key)
+        keep = {"run": {"name": data["run"]["name"]}, **{k: data[k] for k in sections}, **extra}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+
+    def base_dir(self) -> str:
+        """Return the base stage folder: OUT_DIR/NAME-base-kK-HASH12 (dataset, detector, head, base sections and K:
+        the mask head takes K support crops, so its input width depends on K)."""
+        k = self.finetune.shots
+        digest = self._digest("dataset", "detector", "head", "base", shots=k)[:12]
+        return join(self.run.out_dir, f"{self.run.name}-base-k{k}-{digest}")
+
+    def finetune_dir(self) -> str:
+        """Return the K-shot stage folder: OUT_DIR/NAME-kK-sSEED-HASH12 (the base sections plus finetune)."""
+        f = self.finetune
+        digest = self._digest("dataset", "detector", "head", "base", "finetune")[:12]
+        return join(self.run.out_dir, f"{self.run.name}-k{f.shots}-s{f.data_seed}-{digest}")
+
+    def hash(self) -> str:
+        """Return the sha256 of the resolved config, output locations and device excluded."""
+        data = self.resolved()
+        for key in ("out_dir", "device", "threads"):
+            data["run"].pop(key)
+        data["eval"].pop("results_dir")
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def parse_maskdiff_config(data: dict, source: str = "<config>") -> MaskdiffConfig:
+    """Validate a MaskDiff config mapping; a ConfigError names `source`, each bad field and what was expected."""
+    return validate_model(MaskdiffConfig, data, source)
+
+
+def load_maskdiff_config(path: str | Path, overrides: dict | None = None) -> MaskdiffConfig:
+    """Load and validate a MaskDiff YAML config, applying dotted-key overrides like {"base.head_steps": 10}."""
+    return parse_maskdiff_config(read_yaml(path, overrides), source=str(path))

@@ -1,0 +1,617 @@
+"""MaskDiff training stages: TFA detector and mask-diffusion head on base classes, then K-shot fine-tuning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from maskforge.eval.datasets import open_dataset
+from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.folds import Fold, get_fold
+from maskforge.eval.fsis_protocol import kshot_instances
+from maskforge.eval.instances import Instance
+from maskforge.eval.seeds import derive_seed, rng_for
+from maskforge.models.device import resolve_device, torch_threads
+from maskforge.models.maskdiff.detector import (
+    DetectorSpec,
+    build_detector,
+    detector_loss,
+    freeze_for_finetune,
+    instances_to_target,
+    labels_for,
+    load_detector,
+    save_detector,
+    surgery_randinit,
+    tiny_spec,
+)
+from maskforge.models.maskdiff.mask_head import (
+    MaskHeadSpec,
+    build_mask_head,
+    condition,
+    diffusion_loss,
+    load_mask_head,
+    make_scheduler,
+    mask_targets,
+    paper_spec,
+    region_crops,
+    save_mask_head,
+    support_crops,
+)
+from maskforge.models.maskdiff.mask_head import tiny_spec as tiny_head_spec
+from maskforge.storage.fs import exists, is_local, join, publish_file, read_bytes, resolve
+from maskforge.storage.reader import RunReader
+from maskforge.storage.shards import sha256_file
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.maskdiff.config import MaskdiffConfig
+from maskforge.tasks.maskdiff.synthetic import FIELD as SYNTHETIC_FIELD
+from maskforge.tasks.maskdiff.synthetic import open_run, synthetic_instances
+
+COMPLETE = "COMPLETE.json"
+DETECTOR_FILE = "detector.safetensors"
+HEAD_FILE = "mask_head.safetensors"
+KSHOT_FILE = "kshot.json"
+CONFIG_FILE = "config.yaml"
+TRAIN_LOG = "train.json"
+#: TFA's (detectron2's) SGD settings.
+MOMENTUM, WEIGHT_DECAY = 0.9, 1e-4
+#: Base-stage learning-rate drops (x0.1 each) at these fractions of the steps (TFA COCO: 85k and 100k of 110k).
+DECAY_AT = (0.75, 0.9)
+#: detectron2's linear warm-up (1000 iterations from 0.001 x lr), capped at a tenth of the steps for short runs.
+WARMUP_ITERS, WARMUP_FACTOR = 1000, 0.001
+#: About this many logged (mean) losses per training loop.
+LOG_POINTS = 20
+#: Decoded dataset records / run samples kept in memory while training.
+RECORD_CACHE = 256
+
+
+class MaskdiffTrainError(ValueError):
+    """Training that cannot go on (a non-finite loss): names the stage, step and learning rate."""
+
+
+def detector_spec(config: MaskdiffConfig, num_classes: int) -> DetectorSpec:
+    """Return the detector spec of a config (tiny: the toy world's, with the config's resize sizes), seeded by
+    base.seed."""
+    d = config.detector
+    if d.backbone == "tiny":
+        spec = tiny_spec(num_classes, seed=config.base.seed)
+        return dataclasses.replace(spec, min_size=d.min_size, max_size=d.max_size)
+    return DetectorSpec(d.backbone, num_classes, min_size=d.min_size, max_size=d.max_size, seed=config.base.seed)
+
+
+def head_spec(config: MaskdiffConfig, num_classes: int) -> MaskHeadSpec:
+    """Return the mask-head spec of a config: head.arch's levels, finetune.shots supports, head.size masks."""
+    make = tiny_head_spec if config.head.arch == "tiny" else paper_spec
+    return dataclasses.replace(make(num_classes, config.finetune.shots), size=config.head.size)
+
+
+def detector_lr_factor(steps: int) -> Callable[[int], float]:
+    """Return the base stage's LR factor of a step: linear warm-up, then x0.1 at 75 % and x0.01 from 90 %."""
+    warmup = min(WARMUP_ITERS, steps // 10)
+    marks = [int(f * steps) for f in DECAY_AT]
+
+    def factor(step: int) -> float:
+        value = 0.1 ** sum(step >= m for m in marks)
+        if step < warmup:
+            value *= WARMUP_FACTOR + (1 - WARMUP_FACTOR) * step / warmup
+        return value
+
+    return factor
+
+
+def xyxy(instance: Instance) -> list[float]:
+    """Return an instance's box [x1, y1, x2, y2] (pixel edges) from its COCO [x, y, w, h] bbox."""
+    x, y, w, h = instance.bbox
+    return [x, y, x + w, y + h]
+
+
+def pick_supports(n: int, position: int, shots: int, rng: np.random.Generator) -> list[int]:
+    """Return the pool positions of `shots` supports for the instance at `position` of a class pool of n.
+
+    Other instances are drawn without replacement when there are enough; when fewer, every other one is taken
+    (shuffled) and the rest drawn again from them; an instance alone in its pool supports itself (K = 1).
+    """
+    if n == 1:
+        return [position] * shots
+    others = n - 1
+    if others >= shots:
+        draw = rng.choice(others, size=shots, replace=False)
+    else:
+        draw = np.concatenate([rng.permutation(others), rng.choice(others, size=shots - others)])
+    return [int(i) + int(i >= position) for i in draw]
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    """Where a training instance lives: a dataset record's instances[index], or component `index` of a run's
+    sample `image` (run >= 0: its position in finetune.synthetic_runs)."""
+
+    class_id: int
+    image: str
+    index: int
+    run: int = -1
+
+
+class InstanceSource:
+    """Images and Instances of InstanceRefs: dataset records and synthetic run samples, decoded through LRU caches."""
+
+    def __init__(
+        self,
+        dataset: SegDataset,
+        readers: list[RunReader] | None = None,
+        synthetic: dict[tuple[int, str, int], Instance] | None = None,
+    ) -> None:
+        """Read dataset refs from `dataset`, synthetic ones from readers[run] with their `synthetic` instances."""
+        self.readers = readers or []
+        self.synthetic = synthetic or {}
+        self._record = lru_cache(maxsize=RECORD_CACHE)(dataset.load)
+        self._sample = lru_cache(maxsize=RECORD_CACHE)(lambda run, key: self.readers[run].get(key).image)
+
+    def image(self, ref: InstanceRef) -> np.ndarray:
+        """Return the uint8 HxWx3 image the instance is in."""
+        return self._sample(ref.run, ref.image) if ref.run >= 0 else self._record(ref.image).image
+
+    def instance(self, ref: InstanceRef) -> Instance:
+        """Return the Instance (class, visible pixels) of a ref."""
+        if ref.run >= 0:
+            return self.synthetic[(ref.run, ref.image, ref.index)]
+        return self._record(ref.image).instances[ref.index]
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """Return a uint8 HxWx3 image as the detector's CHW float tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
+
+
+def run_steps(
+    what: str, steps: int, step: Callable[[int], float], optimiser: torch.optim.Optimizer, log: Callable[[str], None]
+) -> tuple[list[float], float]:
+    """Run `steps` calls of step(i) (each returns its loss); return (mean loss per log window, seconds).
+
+    A non-finite loss stops training with a MaskdiffTrainError naming `what`, the step and the learning rate.
+    """
+    every = max(1, steps // LOG_POINTS)
+    losses, window, start = [], [], time.perf_counter()
+    for i in range(steps):
+        loss = step(i)
+        lr = optimiser.param_groups[0]["lr"]
+        if not math.isfinite(loss):
+            raise MaskdiffTrainError(f"{what}: loss {loss} at step {i + 1}/{steps} (lr {lr:.3g}); lower the lr")
+        window.append(loss)
+        if (i + 1) % every == 0 or i + 1 == steps:
+            losses.append(sum(window) / len(window))
+            log(f"{what} step {i + 1}/{steps}: loss {losses[-1]:.4f} lr {lr:.3g} ({time.perf_counter() - start:.1f} s)")
+            window = []
+    return losses, time.perf_counter() - start
+
+
+def train_detector(
+    model,
+    images: list[list[InstanceRef]],
+    class_ids: list[int],
+    source: InstanceSource,
+    steps: int,
+    batch_size: int,
+    optimiser: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler | None,
+    rng: np.random.Generator,
+    device: torch.device,
+    log: Callable[[str], None],
+    what: str,
+) -> tuple[list[float], float]:
+    """SGD on torchvision's detection losses: each step draws batch_size images (each with its target instances)."""
+    labels = labels_for(class_ids)
+
+    def step(_: int) -> float:
+        picks = rng.choice(len(images), size=batch_size, replace=batch_size > len(images))
+        batch = [images[int(p)] for p in picks]
+        tensors = [image_tensor(source.image(refs[0])).to(device) for refs in batch]
+        targets = [
+            {k: v.to(device) for k, v in instances_to_target([source.instance(r) for r in refs], labels).items()}
+            for refs in batch
+        ]
+        loss = sum(detector_loss(model, tensors, targets).values())
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if schedule is not None:
+            schedule.step()
+        return float(loss.detach())
+
+    return run_steps(what, steps, step, optimiser, log)
+
+
+def head_inputs(
+    refs: list[tuple[int, int]],
+    pool: dict[int, list[InstanceRef]],
+    source: InstanceSource,
+    spec: MaskHeadSpec,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Return (x0 masks (N, 1, S, S), conditioning (N, 3 + 3K, S, S), class indices) of (class, pool position)
+    pairs: the region crop at each instance's box and `shots` background-removed supports of its class's pool."""
+    x0, cond, classes = [], [], []
+    for cid, position in refs:
+        ref = pool[cid][position]
+        image, inst = source.image(ref), source.instance(ref)
+        box = torch.tensor([xyxy(inst)])
+        supports = [pool[cid][i] for i in pick_supports(len(pool[cid]), position, spec.shots, rng)]
+        crops = support_crops(
+            [source.image(s) for s in supports],
+            [source.instance(s).mask for s in supports],
+            torch.tensor([xyxy(source.instance(s)) for s in supports]),
+            spec.size,
+        )
+        x0.append(mask_targets([inst.mask], box, spec.size))
+        cond.append(condition(region_crops(image, box, spec.size), crops))
+        classes.append(cid - 1)
+    return torch.cat(x0), torch.cat(cond), classes
+
+
+def train_head(
+    unet,
+    spec: MaskHeadSpec,
+    pool: dict[int, list[InstanceRef]],
+    source: InstanceSource,
+    steps: int,
+    batch_size: int,
+    optimiser: torch.optim.Optimizer,
+    p_uncond: float,
+    seed: int,
+    device: torch.device,
+    log: Callable[[str], None],
+    what: str,
+) -> tuple[list[float], float]:
+    """Paper Alg. 1 on a class pool: each step draws batch_size instances (uniform over the pool) and their supports."""
+    items = [(cid, i) for cid in sorted(pool) for i in range(len(pool[cid]))]
+    rng = rng_for(what, "instances", seed)
+    generator = torch.Generator().manual_seed(derive_seed(what, "diffusion", seed))
+    scheduler = make_scheduler("ddpm")
+    unet.train()
+
+    def step(_: int) -> float:
+        picks = rng.choice(len(items), size=batch_size, replace=batch_size > len(items))
+        x0, cond, classes = head_inputs([items[int(p)] for p in picks], pool, source, spec, rng)
+        loss = diffusion_loss(
+            unet, scheduler, x0.to(device), cond.to(device), classes, spec.null_class, p_uncond, generator
+        )
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        return float(loss.detach())
+
+    return run_steps(what, steps, step, optimiser, log)
+
+
+def by_class(groups: list[list[InstanceRef]]) -> dict[int, list[InstanceRef]]:
+    """Return {class id: refs} of image groups, classes sorted, refs in group order."""
+    out: dict[int, list[InstanceRef]] = {}
+    for refs in groups:
+        for ref in refs:
+            out.setdefault(ref.class_id, []).append(ref)
+    return dict(sorted(out.items()))
+
+
+def base_images(dataset: SegDataset, split: str, classes: list[int]) -> list[list[InstanceRef]]:
+    """Return, per image of `split` (sorted ids) with a non-crowd instance of `classes`, those instances."""
+    wanted = set(classes)
+    index = dataset.class_index(split)
+    out = []
+    for image_id in sorted({i for c in classes for i in index.get(c, [])}):
+        record = dataset.load(image_id)
+        refs = [
+            InstanceRef(inst.class_id, image_id, j)
+            for j, inst in enumerate(record.instances)
+            if inst.class_id in wanted and not inst.iscrowd
+        ]
+        if refs:
+            out.append(refs)
+    return out
+
+
+def open_fold(config: MaskdiffConfig, split: str, field: str) -> tuple[SegDataset, Fold]:
+    """Return the configured dataset and fold; an unknown split is a ConfigError naming `field`."""
+    dataset = open_dataset(config.dataset)
+    if split not in dataset.splits():
+        raise ConfigError(f"{field}: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")
+    return dataset, get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
+
+
+def write_stage(out: str, writers: dict[str, Callable[[str], None]], marker: dict) -> None:
+    """Write a stage folder atomically: each writer(path) writes its file into a temporary folder, COMPLETE.json
+    (sha256 of each file, plus `marker`) last, and the folder is renamed into place; for a remote `out` the files
+    are uploaded one by one, COMPLETE.json last."""
+    fs, path = resolve(out)
+    local = is_local(fs)
+    if local:
+        parent = os.path.dirname(path.rstrip("/"))
+        os.makedirs(parent, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{os.path.basename(path.rstrip('/'))}.", dir=parent))
+    else:
+        tmp = Path(tempfile.mkdtemp(prefix="maskforge-maskdiff-"))
+    try:
+        for name, write in writers.items():
+            write(str(tmp / name))
+        files = {name: sha256_file(str(tmp / name)) for name in writers}
+        (tmp / COMPLETE).write_text(json.dumps({**marker, "files": files}, indent=2))
+        if local:
+            os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a stage folder is shared like any other output
+            if os.path.exists(path):  # an interrupted attempt's leftovers: it has no COMPLETE.json
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        else:
+            for name in [*writers, COMPLETE]:
+                publish_file(str(tmp / name), join(out, name))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _bytes(data: bytes) -> Callable[[str], None]:
+    """Return a writer of fixed bytes."""
+    return lambda path: Path(path).write_bytes(data)
+
+
+def _json(obj: object) -> bytes:
+    """Return indented JSON bytes."""
+    return json.dumps(obj, indent=2).encode()
+
+
+def _stage_files(config: MaskdiffConfig, report: dict) -> dict[str, Callable[[str], None]]:
+    """Return the writers of config.yaml and train.json."""
+    return {
+        CONFIG_FILE: _bytes(yaml.safe_dump(config.resolved(), sort_keys=False).encode()),
+        TRAIN_LOG: _bytes(_json(report)),
+    }
+
+
+def _reuse(out: str, log: Callable[[str], None]) -> dict:
+    """Return the report (train.json) of a complete stage folder, marked complete."""
+    log(f"already trained: {out}")
+    return {**json.loads(read_bytes(join(out, TRAIN_LOG))), "complete": True}
+
+
+def train_maskdiff_base(config: MaskdiffConfig, log: Callable[[str], None] = print) -> dict:
+    """Train the base stage into base_dir(): the TFA detector on the fold's base classes (SGD, step decay), then
+    the mask head on base instances (AdamW, classifier-free dropout). A complete folder is reported, not retrained.
+
+    Returns train.json's report plus "complete": True.
+    """
+    with torch_threads(config.run.threads):
+        return _train_base(config, log)
+
+
+def _train_base(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
+    """The body of train_maskdiff_base."""
+    out, b = config.base_dir(), config.base
+    if exists(join(out, COMPLETE)):
+        return _reuse(out, log)
+    if config.detector.backbone != "tiny" and not config.detector.weights:
+        raise ConfigError(
+            f"detector.weights is required to train backbone {config.detector.backbone!r}: a local torchvision "
+            "ResNet-50 ImageNet state dict (e.g. resnet50-0676ba61.pth); nothing is downloaded"
+        )
+    dataset, fold = open_fold(config, b.split, "base.split")
+    device = resolve_device(config.run.device)
+    base_ids = sorted(fold.base)
+    # the K-shot stage needs K instances of every class: a split that cannot give them fails before base training
+    kshot_instances(dataset, b.split, sorted(fold.base + fold.novel), config.finetune.shots, config.finetune.data_seed)
+    images = base_images(dataset, b.split, base_ids)
+    if not images:
+        raise ConfigError(
+            f"base.split: {dataset.name} split {b.split} has no non-crowd instance of a base class of fold "
+            f"{fold.index}; MaskDiff needs instance annotations (toy or coco)"
+        )
+    pool = by_class(images)
+    source = InstanceSource(dataset)
+    torch.manual_seed(derive_seed("maskdiff-base", b.seed))  # torchvision's RPN/ROI sampling draws from it
+    spec = detector_spec(config, len(base_ids))
+    model = build_detector(spec, config.detector.weights).to(device)
+    optimiser = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=b.detector_lr,
+        momentum=MOMENTUM,
+        weight_decay=WEIGHT_DECAY,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, detector_lr_factor(b.detector_steps))
+    n_instances = sum(len(refs) for refs in images)
+    log(f"base detector on {dataset.name} fold {fold.index}: {len(images)} images, {n_instances} base instances")
+    rng = rng_for("maskdiff-base-detector", b.seed)
+    det_losses, det_seconds = train_detector(
+        model, images, base_ids, source, b.detector_steps, b.batch_size, optimiser, schedule, rng, device, log,
+        "base detector",
+    )  # fmt: skip
+    hspec = head_spec(config, len(dataset.classes()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed("maskdiff-base-head-init", b.seed))
+        unet = build_mask_head(hspec)
+    unet = unet.to(device)
+    head_optimiser = torch.optim.AdamW(unet.parameters(), lr=b.head_lr)
+    head_losses, head_seconds = train_head(
+        unet, hspec, pool, source, b.head_steps, b.batch_size, head_optimiser, config.head.p_uncond, b.seed, device,
+        log, "base mask head",
+    )  # fmt: skip
+    report = {
+        "stage": "base",
+        "stage_dir": out,
+        "dataset": dataset.name,
+        "fold": fold.index,
+        "split": b.split,
+        "class_ids": base_ids,
+        "head_shots": hspec.shots,
+        "detector_losses": det_losses,
+        "head_losses": head_losses,
+        "detector_steps": b.detector_steps,
+        "head_steps": b.head_steps,
+        "seconds": round(det_seconds + head_seconds, 2),
+        "detector_seconds": round(det_seconds, 2),
+        "head_seconds": round(head_seconds, 2),
+        "images": len(images),
+        "instances": n_instances,
+        "instances_per_class": {str(c): len(refs) for c, refs in pool.items()},
+    }
+    meta = {"stage": "base", "config_hash": config.hash()}
+    write_stage(
+        out,
+        {
+            DETECTOR_FILE: lambda p: save_detector(p, model, spec, base_ids, meta),
+            HEAD_FILE: lambda p: save_mask_head(p, unet, hspec, meta),
+            **_stage_files(config, report),
+        },
+        meta,
+    )
+    return {**report, "complete": True}
+
+
+def open_synthetic(
+    config: MaskdiffConfig, classes: list[int]
+) -> tuple[list[RunReader], dict[tuple[int, str, int], Instance], dict[int, list[InstanceRef]]]:
+    """Open finetune.synthetic_runs; return (readers, {(run, key, component): Instance}, {class: refs}).
+
+    A run of another dataset (its config's dataset.name) is a ConfigError naming the run: class ids mean another
+    thing there.
+    """
+    readers, instances, refs = [], {}, {c: [] for c in classes}
+    for run, url in enumerate(config.finetune.synthetic_runs):
+        reader = open_run(url)
+        name = ((reader.config or {}).get("dataset") or {}).get("name")
+        if name != config.dataset.name:
+            raise ConfigError(
+                f"{SYNTHETIC_FIELD}: {url} is a run of dataset {name!r}; expected a run of {config.dataset.name!r}"
+            )
+        readers.append(reader)
+        for cid, found in synthetic_instances(url, classes).items():
+            for key, j, inst in found:
+                instances[(run, key, j)] = inst
+                refs[cid].append(InstanceRef(cid, key, j, run))
+    return readers, instances, refs
+
+
+def train_maskdiff_finetune(config: MaskdiffConfig, log: Callable[[str], None] = print) -> dict:
+    """Train the K-shot stage into finetune_dir() from the complete base stage: randinit surgery to base + novel
+    classes with TFA's cosine classifier, last-layer SGD on the K-shot images (plus synthetic samples), and the
+    whole mask head fine-tuned on the K-shot instances. A complete folder is reported, not retrained.
+
+    Returns train.json's report plus "complete": True.
+    """
+    with torch_threads(config.run.threads):
+        return _train_finetune(config, log)
+
+
+def _train_finetune(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
+    """The body of train_maskdiff_finetune."""
+    base_dir, out, f = config.base_dir(), config.finetune_dir(), config.finetune
+    if exists(join(out, COMPLETE)):
+        return _reuse(out, log)
+    split = config.base.split
+    dataset, fold = open_fold(config, split, "base.split")
+    base_ids, novel_ids = sorted(fold.base), sorted(fold.novel)
+    all_ids = sorted(base_ids + novel_ids)
+    shots = kshot_instances(dataset, split, all_ids, f.shots, f.data_seed)
+    if not exists(join(base_dir, COMPLETE)):
+        raise ConfigError(f"{base_dir}: no {COMPLETE}; train the base stage first (train_maskdiff_base)")
+    readers, synthetic, synthetic_refs = open_synthetic(config, novel_ids)
+    device = resolve_device(config.run.device)
+    seed = derive_seed("maskdiff-finetune", config.base.seed, f.data_seed)
+    torch.manual_seed(seed)
+
+    groups: dict[str, list[InstanceRef]] = {}
+    for cid, chosen in shots.items():
+        for s in chosen:
+            groups.setdefault(s.image_id, []).append(InstanceRef(cid, s.image_id, s.index))
+    images = [groups[i] for i in sorted(groups)]
+    samples: dict[tuple[int, str], list[InstanceRef]] = {}
+    for refs in synthetic_refs.values():
+        for ref in refs:
+            samples.setdefault((ref.run, ref.image), []).append(ref)
+    images += [samples[k] for k in sorted(samples)]
+    pool = {cid: [InstanceRef(cid, s.image_id, s.index) for s in shots[cid]] for cid in all_ids}
+    for cid, refs in synthetic_refs.items():
+        pool[cid] += refs
+    source = InstanceSource(dataset, readers, synthetic)
+
+    model, spec, class_ids, _ = load_detector(join(base_dir, DETECTOR_FILE))
+    surgery_randinit(model, class_ids, novel_ids, all_ids, seed=seed, cosine=True)
+    spec = dataclasses.replace(spec, num_classes=len(all_ids))
+    trainable = freeze_for_finetune(model)
+    model = model.to(device)
+    optimiser = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=f.detector_lr,
+        momentum=MOMENTUM,
+        weight_decay=WEIGHT_DECAY,
+    )
+    n_synthetic = {str(c): len(r) for c, r in synthetic_refs.items()}
+    log(
+        f"K-shot detector ({f.shots}-shot, data seed {f.data_seed}): {len(groups)} images, {len(samples)} synthetic "
+        f"samples, trainable {trainable}"
+    )
+    det_losses, det_seconds = train_detector(
+        model, images, all_ids, source, f.detector_steps, f.batch_size, optimiser, None,
+        rng_for("maskdiff-finetune-detector", seed), device, log, "K-shot detector",
+    )  # fmt: skip
+    unet, hspec, _ = load_mask_head(join(base_dir, HEAD_FILE))
+    unet = unet.to(device)
+    head_optimiser = torch.optim.AdamW(unet.parameters(), lr=f.head_lr)
+    head_losses, head_seconds = train_head(
+        unet, hspec, pool, source, f.head_steps, f.batch_size, head_optimiser, config.head.p_uncond, seed, device,
+        log, "K-shot mask head",
+    )  # fmt: skip
+    urls = config.finetune.synthetic_runs
+    kshot = {
+        "shots": f.shots,
+        "data_seed": f.data_seed,
+        "classes": {
+            str(cid): [{"image_id": s.image_id, "index": s.index} for s in shots[cid]]
+            + [{"run": urls[r.run], "key": r.image, "component": r.index} for r in synthetic_refs.get(cid, [])]
+            for cid in all_ids
+        },
+    }
+    report = {
+        "stage": "finetune",
+        "stage_dir": out,
+        "base_dir": base_dir,
+        "dataset": dataset.name,
+        "fold": fold.index,
+        "split": split,
+        "shots": f.shots,
+        "data_seed": f.data_seed,
+        "class_ids": all_ids,
+        "head_shots": hspec.shots,
+        "detector_losses": det_losses,
+        "head_losses": head_losses,
+        "detector_steps": f.detector_steps,
+        "head_steps": f.head_steps,
+        "seconds": round(det_seconds + head_seconds, 2),
+        "detector_seconds": round(det_seconds, 2),
+        "head_seconds": round(head_seconds, 2),
+        "images": len(groups),
+        "instances": sum(len(s) for s in shots.values()),
+        "synthetic_runs": list(urls),
+        "synthetic_samples": len(samples),
+        "synthetic_instances": n_synthetic,
+        "trainable": trainable,
+    }
+    meta = {"stage": "finetune", "config_hash": config.hash()}
+    write_stage(
+        out,
+        {
+            DETECTOR_FILE: lambda p: save_detector(p, model, spec, all_ids, meta),
+            HEAD_FILE: lambda p: save_mask_head(p, unet, hspec, meta),
+            KSHOT_FILE: _bytes(_json(kshot)),
+            **_stage_files(config, report),
+        },
+        meta,
+    )
+    return {**report, "complete": True}
