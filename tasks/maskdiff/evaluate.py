@@ -237,16 +237,23 @@ def coco_results(
 # --- evaluation ----------------------------------------------------------------------------------------------------
 
 
-def eval_maskdiff(config: MaskdiffConfig, log: Callable[[str], None] = print) -> dict:
+#: A mask predictor that replaces the diffusion sampler: (region crops (N, 3, S, S) in [-1, 1], the N detections'
+#: dataset class ids) -> (N, 1, S, S) bool masks on the crops.
+Masker = Callable[[torch.Tensor, list[int]], torch.Tensor]
+
+
+def eval_maskdiff(config: MaskdiffConfig, log: Callable[[str], None] = print, masker: Masker | None = None) -> dict:
     """Evaluate the K-shot stage of a config on eval.split: COCO segm AP per sampling seed and bbox AP, each over
     all, base and novel classes; segm as mean and std (ddof 0) over eval.sampling_seeds.
 
     Every image is detected once; per batch of eval.batch_images images the masks of all their detections are
-    sampled in one sample_masks call per seed (generator seeded by (seed index, batch index)). Runs with
-    run.threads torch CPU threads (restored afterwards).
+    sampled in one sample_masks call per seed (generator seeded by (seed index, batch index)). A `masker` (e.g. a
+    baseline mask head) replaces the sampler: it is called once per batch on the detections' region crops and its
+    masks stand for every seed; result["masker"] names it ("sample_masks" without one). Runs with run.threads
+    torch CPU threads (restored afterwards).
     """
     with torch_threads(config.run.threads):
-        return _evaluate(config, log)
+        return _evaluate(config, log, masker)
 
 
 def _image_tensor(record: ImageRecord, device: torch.device) -> torch.Tensor:
@@ -254,7 +261,7 @@ def _image_tensor(record: ImageRecord, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(record.image)).permute(2, 0, 1).float().div(255.0).to(device)
 
 
-def _evaluate(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
+def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker | None) -> dict:
     """The body of eval_maskdiff."""
     start = time.perf_counter()
     e, f, h = config.eval, config.finetune, config.head
@@ -309,7 +316,13 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
             bbox_results += coco_results(coco_id[record.image_id], cids, boxes, scores, None)
         count = sum(len(p[3]) for p in per_image)
         detections += count
-        if count:
+        if count and masker is not None:
+            regions = torch.cat([region_crops(record.image, boxes, spec.size) for record, boxes, _, _ in per_image])
+            masks = _masker_masks(masker, regions.to(device), [c for p in per_image for c in p[3]], spec.size)
+            pasted = _paste(per_image, masks, coco_id)
+            for s in range(seeds):
+                segm_results[s] += pasted
+        elif count:
             cond = _conditioning(per_image, supports, spec.size).to(device)
             labels = torch.tensor([c - 1 for p in per_image for c in p[3]], dtype=torch.long, device=device)
             for s in range(seeds):
@@ -367,8 +380,19 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
         "per_class_segm_ap": {str(c): float(np.mean([p[c] for p in class_ap if c in p])) for c in class_keys},
         "synthetic_runs": list(f.synthetic_runs),
         "synthetic_supports_skipped": skipped,
+        "masker": "sample_masks" if masker is None else getattr(masker, "__name__", type(masker).__name__),
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def _masker_masks(masker: Masker, regions: torch.Tensor, class_ids: list[int], size: int) -> torch.Tensor:
+    """Return a masker's masks of N region crops on the CPU, checked to be (N, 1, size, size) bool."""
+    masks = masker(regions, class_ids)
+    want = (regions.shape[0], 1, size, size)
+    if not torch.is_tensor(masks) or masks.dtype != torch.bool or tuple(masks.shape) != want:
+        got = f"{masks.dtype} {tuple(masks.shape)}" if torch.is_tensor(masks) else type(masks).__name__
+        raise ConfigError(f"masker: expected a bool tensor of shape {want} (one mask per detection), got {got}")
+    return masks.cpu()
 
 
 def _conditioning(per_image: list, supports: dict[int, torch.Tensor], size: int) -> torch.Tensor:
