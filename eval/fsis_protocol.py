@@ -43,10 +43,10 @@ def kshot_instances(
         order = rng_for("tfa-kshot", dataset.name, cid, shots, data_seed).permutation(len(images))
         chosen: list[ShotInstance] = []
         for i in order:
-            record = dataset.load(images[int(i)])
-            for j, inst in enumerate(record.instances):
+            image_id = images[int(i)]
+            for j, inst in enumerate(dataset.load_instances(image_id)):
                 if inst.class_id == cid and not inst.iscrowd and len(chosen) < shots:
-                    chosen.append(ShotInstance(record.image_id, j))
+                    chosen.append(ShotInstance(image_id, j))
             if len(chosen) == shots:
                 break
         if len(chosen) < shots:

@@ -346,3 +346,15 @@ def test_export_errors(root, tmp_path):
     with pytest.raises(DatasetError):
         write_coco_json(ds, "train", target, [B])
     assert target.read_text() == "old"  # nothing written on failure
+
+
+def test_coco_load_instances_skips_the_jpeg(root, monkeypatch):
+    import maskforge.eval.datasets.coco as coco_module
+
+    ds = CocoDataset(root)
+    full = ds.load(A).instances
+    monkeypatch.setattr(coco_module, "read_rgb", lambda *a: (_ for _ in ()).throw(AssertionError("JPEG read")))
+    fast = ds.load_instances(A)
+    assert len(fast) == len(full) == 3
+    for a, b in zip(fast, full):
+        assert (a.class_id, a.iscrowd) == (b.class_id, b.iscrowd) and np.array_equal(a.mask, b.mask)

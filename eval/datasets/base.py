@@ -64,6 +64,11 @@ class SegDataset(ABC):
         presence, decides membership, so a base set built from it holds no novel pixel.
         """
 
+    def load_instances(self, image_id: str) -> tuple[Instance, ...]:
+        """Return an image's instances (as load(image_id).instances); adapters that can skip decoding the image
+        override it."""
+        return self.load(image_id).instances
+
     def class_id(self, name_or_id: str | int) -> int:
         """Resolve a class name or id to an id; an unknown one is a DatasetError listing what exists."""
         table = self.classes()

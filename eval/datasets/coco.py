@@ -188,6 +188,22 @@ class CocoDataset(SegDataset):
 
     def load(self, image_id: str) -> ImageRecord:
         """Decode the JPEG, paint its annotations into a label map and list its instances (see the module docstring)."""
+        split, info, image_path = self._locate(image_id)
+        image = read_rgb(image_path, self.name)
+        hw = (int(info["height"]), int(info["width"]))
+        # The JSON's height/width define every decoded mask's size, so they must match the JPEG.
+        check_same_size(self.name, image_path, image.shape[:2], f"size in {self.ann_files[split]}", hw)
+        label, instances = self._paint(split, info, image_path)
+        return ImageRecord(image_id, image, label, present_classes(label), instances)
+
+    def load_instances(self, image_id: str) -> tuple[Instance, ...]:
+        """Return an image's instances from its annotations alone: the JPEG is not read (a K-shot pool over
+        train2014 would otherwise decode 80k images)."""
+        split, info, image_path = self._locate(image_id)
+        return self._paint(split, info, image_path)[1]
+
+    def _locate(self, image_id: str) -> tuple[str, dict, Path]:
+        """Return (split, COCO image entry, JPEG path) of an image id, or a DatasetError naming it."""
         folder, _, _stem = image_id.partition("/")
         if folder not in self._folder_split:
             raise DatasetError(f"coco: unknown image id {image_id!r}; expected '<train|val>{self.year}/<file stem>'")
@@ -196,11 +212,12 @@ class CocoDataset(SegDataset):
         if image_id not in data.coco_id:
             raise DatasetError(f"coco: unknown image id {image_id!r}; not listed in {self.ann_files[split]}")
         info = data.coco.imgs[data.coco_id[image_id]]
-        image_path = self.image_dirs[split] / Path(info["file_name"]).name
-        image = read_rgb(image_path, self.name)
+        return split, info, self.image_dirs[split] / Path(info["file_name"]).name
+
+    def _paint(self, split: str, info: dict, image_path: Path) -> tuple[np.ndarray, tuple[Instance, ...]]:
+        """Return the label map painted from an image's annotations and its visible-pixel instances."""
+        data = self._split(split)
         hw = (int(info["height"]), int(info["width"]))
-        # The JSON's height/width define every decoded mask's size, so they must match the JPEG.
-        check_same_size(self.name, image_path, image.shape[:2], f"size in {self.ann_files[split]}", hw)
         label = np.zeros(hw, dtype=LABEL_DTYPE)
         painted = np.zeros(hw, dtype=bool)
         crowd = np.zeros(hw, dtype=bool)
@@ -222,7 +239,7 @@ class CocoDataset(SegDataset):
             decoded.append((ann, fresh))
         label[crowd & ~painted] = IGNORE
         decoded = [(ann, mask & ~painted if ann["iscrowd"] else mask) for ann, mask in decoded]
-        return ImageRecord(image_id, image, label, present_classes(label), self._instances(data, decoded))
+        return label, self._instances(data, decoded)
 
     @staticmethod
     def _instances(data: _SplitData, decoded: list[tuple[dict, np.ndarray]]) -> tuple[Instance, ...]:

@@ -310,10 +310,9 @@ def base_images(dataset: SegDataset, split: str, classes: list[int]) -> list[lis
     index = dataset.class_index(split)
     out = []
     for image_id in sorted({i for c in classes for i in index.get(c, [])}):
-        record = dataset.load(image_id)
         refs = [
             InstanceRef(inst.class_id, image_id, j)
-            for j, inst in enumerate(record.instances)
+            for j, inst in enumerate(dataset.load_instances(image_id))
             if inst.class_id in wanted and not inst.iscrowd
         ]
         if refs:
