@@ -35,7 +35,6 @@ from maskforge.flows.ephemeral_api import survive_api_loss
 from maskforge.flows.generate import generate_flow
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
 from maskforge.flows.serve import serve as serve_all
-from maskforge.models.diffews.checkpoint import COMPLETE as DIFFEWS_COMPLETE
 from maskforge.models.diffews.checkpoint import DiffewsCheckpointError
 from maskforge.models.diffews.checkpoint import key_report as diffews_key_report
 from maskforge.models.diffews.network import DiffewsModelError
@@ -47,6 +46,7 @@ from maskforge.models.loading import ModelLoadError, load_pipelines
 from maskforge.models.tiny import build_tiny_models
 from maskforge.models.toy_train import ground_diffusion, load_toy_train_config, train_controlnets, train_diffusion
 from maskforge.storage.codec import ShardCodecError
+from maskforge.storage.marked_folder import COMPLETE as DIFFEWS_COMPLETE
 from maskforge.storage.preview import render_preview
 from maskforge.storage.reader import RunIncompleteError, RunReader
 from maskforge.storage.yaml_config import ConfigError

@@ -602,5 +602,5 @@ def test_folder_without_marker_is_incomplete(tmp_path, parts, embedding):
     """A checkpoint folder without COMPLETE.json is refused, naming the marker."""
     out = save_diffews(tmp_path / "ckpt", parts["unet"], embedding, {})
     (out / "COMPLETE.json").unlink()
-    with pytest.raises(DiffewsCheckpointError, match=r"COMPLETE\.json not found"):
+    with pytest.raises(DiffewsCheckpointError, match=r"no COMPLETE\.json; the folder was never completed"):
         load_diffews(out)

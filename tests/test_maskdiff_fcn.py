@@ -67,7 +67,8 @@ def test_loss_is_bce_on_a_known_case():
     nn.init.constant_(fcn.logits.bias, 2.0)  # every logit is 2 whatever the input
     targets = torch.zeros(2, 1, 16, 16)
     targets[:, :, :8] = 1  # half ones, half zeros
-    expected = 0.5 * -torch.log(torch.sigmoid(torch.tensor(2.0))) + 0.5 * -torch.log(1 - torch.sigmoid(torch.tensor(2.0)))
+    p = torch.sigmoid(torch.tensor(2.0))
+    expected = -0.5 * (torch.log(p) + torch.log(1 - p))
     assert fcn_loss(fcn, torch.rand(2, 3, 16, 16), targets).item() == pytest.approx(expected.item(), rel=1e-5)
     assert fcn_loss(fcn, torch.rand(2, 3, 16, 16), targets.bool()).item() == pytest.approx(expected.item(), rel=1e-5)
 

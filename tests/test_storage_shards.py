@@ -235,3 +235,30 @@ def test_manifest_bytes_are_deterministic_and_schema_is_fixed():
     assert rows_to_table(reordered).schema == MANIFEST_SCHEMA
     assert MANIFEST_SCHEMA.field("scores").type == pa.map_(pa.string(), pa.float64())
     assert MANIFEST_SCHEMA.field("shot_ids").type == pa.list_(pa.string())
+
+
+def test_marked_folder_is_written_whole_and_verified(tmp_path):
+    from pathlib import Path
+
+    from maskforge.storage.marked_folder import MarkedFolderError, read_marked_folder, write_marked_folder
+
+    out = tmp_path / "stage"
+    writers = {"a.txt": lambda p: Path(p).write_text("a"), "sub/b.bin": lambda p: Path(p).write_bytes(b"\0b")}
+    write_marked_folder(str(out), writers, {"note": 1})
+    meta = read_marked_folder(out, required=("a.txt", "sub/b.bin"))
+    assert meta["note"] == 1 and set(meta["files"]) == {"a.txt", "sub/b.bin"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]  # no temporary folder left
+    (out / "sub/b.bin").write_bytes(b"\0c")
+    with pytest.raises(MarkedFolderError, match="b.bin: does not match its sha256"):
+        read_marked_folder(out)
+    with pytest.raises(MarkedFolderError, match=r"does not list \['c.txt'\]"):
+        read_marked_folder(out, required=("c.txt",), verify=False)
+    with pytest.raises(MarkedFolderError, match="may not use the key 'files'"):
+        write_marked_folder(str(tmp_path / "x"), writers, {"files": {}})
+
+    def fail(path):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_marked_folder(str(tmp_path / "y"), {"a.txt": fail}, {})
+    assert not (tmp_path / "y").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["stage"]

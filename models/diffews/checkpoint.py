@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +12,12 @@ from safetensors.torch import load_file, save_file
 
 from maskforge.models.diffews.network import IN_CHANNELS_REF, DiffewsModelError, add_conv_in_ref
 from maskforge.models.loading import check_pipeline_folder, resolve_model_path
-from maskforge.storage.shards import sha256_file
+from maskforge.storage.marked_folder import MarkedFolderError, read_marked_folder, write_marked_folder
 
 #: Weight files of a DiffewS UNet folder, in the order they are looked for.
 UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 #: File of a DiffewS checkpoint folder holding the empty-prompt embedding training used.
 TEXT_EMBEDDING = "text_embedding.safetensors"
-#: The marker a complete maskforge DiffewS checkpoint folder holds (written last: sha256 of the weight files).
-COMPLETE = "COMPLETE.json"
 
 
 class DiffewsCheckpointError(FileNotFoundError):
@@ -177,31 +172,22 @@ def empty_prompt_embedding(tokenizer, text_encoder) -> torch.Tensor:
 
 
 def save_diffews(out: str | Path, unet, text_embedding: torch.Tensor, metadata: dict, dtype=torch.float32) -> Path:
-    """Write a DiffewS checkpoint folder atomically: unet/ (config.json with in_channels_ref + safetensors in the
-    authors' key layout), text_embedding.safetensors, and COMPLETE.json last (file sha256s, metadata).
-
-    The folder is assembled under a temporary name and renamed into place. `dtype` (e.g. float16 for shipped toy
-    weights) is the storage type; loading always returns float32.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    """Write a DiffewS checkpoint folder atomically (storage/marked_folder.py): unet/ (config.json with
+    in_channels_ref + safetensors in the authors' key layout), text_embedding.safetensors, and COMPLETE.json last
+    (file sha256s, metadata). `dtype` (e.g. float16 for shipped toy weights) is the storage type; loading always
+    returns float32."""
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
+    text = {"text_embedding": text_embedding.detach().cpu().float().contiguous()}
+    writers = {
+        "unet/config.json": lambda path: unet.save_config(Path(path).parent),
+        f"unet/{UNET_WEIGHTS[0]}": lambda path: save_file(state, path, metadata={"format": "pt"}),
+        TEXT_EMBEDDING: lambda path: save_file(text, path),
+    }
     try:
-        (tmp / "unet").mkdir()
-        unet.save_config(tmp / "unet")
-        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
-        save_file(state, str(tmp / "unet" / UNET_WEIGHTS[0]), metadata={"format": "pt"})
-        save_file({"text_embedding": text_embedding.detach().cpu().float().contiguous()}, str(tmp / TEXT_EMBEDDING))
-        files = {p: sha256_file(str(tmp / p)) for p in ("unet/config.json", f"unet/{UNET_WEIGHTS[0]}", TEXT_EMBEDDING)}
-        (tmp / COMPLETE).write_text(json.dumps({**metadata, "files": files}, indent=2))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a checkpoint is shared like any other output
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+        write_marked_folder(str(out), writers, metadata)
+    except MarkedFolderError as err:
+        raise DiffewsCheckpointError(f"diffews checkpoint: {err}") from None
+    return Path(out)
 
 
 def load_diffews(path: str | Path, verify: bool = True):
@@ -210,22 +196,12 @@ def load_diffews(path: str | Path, verify: bool = True):
     The marker's sha256 of every file is checked on read (`verify`); a folder without the marker is incomplete.
     """
     folder = Path(path).expanduser()
-    marker = folder / COMPLETE
-    if not marker.is_file():
-        raise DiffewsCheckpointError(
-            f"diffews checkpoint: {marker} not found; {folder} is not a complete DiffewS checkpoint folder "
-            "(train first, or give an authors' UNet folder as model.unet)"
-        )
     try:
-        meta = json.loads(marker.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DiffewsCheckpointError(f"diffews checkpoint: {marker} is not valid JSON ({err})") from None
-    if verify:
-        for rel, digest in meta.get("files", {}).items():
-            if sha256_file(str(folder / rel)) != digest:
-                raise DiffewsCheckpointError(
-                    f"diffews checkpoint: {folder / rel} does not match its sha256 in {marker}"
-                )
+        meta = read_marked_folder(folder, ("unet/config.json", f"unet/{UNET_WEIGHTS[0]}", TEXT_EMBEDDING), verify)
+    except MarkedFolderError as err:
+        raise DiffewsCheckpointError(
+            f"diffews checkpoint: {err} (train first, or give an authors' UNet folder as model.unet)"
+        ) from None
     unet = load_diffews_unet(folder / "unet", f"diffews checkpoint {folder}")
     try:
         with safe_open(str(folder / TEXT_EMBEDDING), framework="pt") as fh:

@@ -9,7 +9,6 @@ import torch
 
 from maskforge.models.device import resolve_device
 from maskforge.models.diffews.checkpoint import (
-    COMPLETE,
     DiffewsCheckpointError,
     build_from_sd,
     empty_prompt_embedding,
@@ -18,6 +17,7 @@ from maskforge.models.diffews.checkpoint import (
     load_frozen_parts,
 )
 from maskforge.models.diffews.network import DiffewsNet
+from maskforge.storage.marked_folder import COMPLETE
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import DiffewsConfig
 

@@ -18,11 +18,12 @@ from maskforge.eval.hsnet_episodes import TrainEpisodes
 from maskforge.eval.seeds import derive_seed, rng_for
 from maskforge.models.device import torch_threads
 from maskforge.models.diffews import codec
-from maskforge.models.diffews.checkpoint import COMPLETE, save_diffews
+from maskforge.models.diffews.checkpoint import save_diffews
 from maskforge.models.diffews.network import DiffewsNet
 from maskforge.models.diffews.segmenter import autocast, size_multiple
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
 from maskforge.storage.labels import IGNORE
+from maskforge.storage.marked_folder import COMPLETE
 from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import CHECKPOINT_DIR, DiffewsConfig

@@ -5,9 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,15 +48,15 @@ from maskforge.models.maskdiff.mask_head import (
     support_crops,
 )
 from maskforge.models.maskdiff.mask_head import tiny_spec as tiny_head_spec
-from maskforge.storage.fs import exists, is_local, join, publish_file, read_bytes, resolve
+from maskforge.storage.fs import exists, join, read_bytes
+from maskforge.storage.marked_folder import COMPLETE
+from maskforge.storage.marked_folder import write_marked_folder as write_stage
 from maskforge.storage.reader import RunReader
-from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 from maskforge.tasks.maskdiff.synthetic import FIELD as SYNTHETIC_FIELD
 from maskforge.tasks.maskdiff.synthetic import open_run, synthetic_instances
 
-COMPLETE = "COMPLETE.json"
 DETECTOR_FILE = "detector.safetensors"
 HEAD_FILE = "mask_head.safetensors"
 KSHOT_FILE = "kshot.json"
@@ -326,35 +323,6 @@ def open_fold(config: MaskdiffConfig, split: str, field: str) -> tuple[SegDatase
     if split not in dataset.splits():
         raise ConfigError(f"{field}: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")
     return dataset, get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-
-
-def write_stage(out: str, writers: dict[str, Callable[[str], None]], marker: dict) -> None:
-    """Write a stage folder atomically: each writer(path) writes its file into a temporary folder, COMPLETE.json
-    (sha256 of each file, plus `marker`) last, and the folder is renamed into place; for a remote `out` the files
-    are uploaded one by one, COMPLETE.json last."""
-    fs, path = resolve(out)
-    local = is_local(fs)
-    if local:
-        parent = os.path.dirname(path.rstrip("/"))
-        os.makedirs(parent, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{os.path.basename(path.rstrip('/'))}.", dir=parent))
-    else:
-        tmp = Path(tempfile.mkdtemp(prefix="maskforge-maskdiff-"))
-    try:
-        for name, write in writers.items():
-            write(str(tmp / name))
-        files = {name: sha256_file(str(tmp / name)) for name in writers}
-        (tmp / COMPLETE).write_text(json.dumps({**marker, "files": files}, indent=2))
-        if local:
-            os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a stage folder is shared like any other output
-            if os.path.exists(path):  # an interrupted attempt's leftovers: it has no COMPLETE.json
-                shutil.rmtree(path)
-            os.replace(tmp, path)
-        else:
-            for name in [*writers, COMPLETE]:
-                publish_file(str(tmp / name), join(out, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _bytes(data: bytes) -> Callable[[str], None]:
