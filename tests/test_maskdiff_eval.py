@@ -231,7 +231,7 @@ def test_tampered_file_fails_its_sha256(world, tmp_path, name):
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(ConfigError, match=re.escape(str(path)) + ": sha256 differs"):
+    with pytest.raises(ConfigError, match=re.escape(str(path)) + ": does not match its sha256"):
         evaluate.eval_maskdiff(config, log=lambda _: None)
 
 

@@ -33,8 +33,8 @@ from maskforge.models.maskdiff.mask_head import (
     support_crops,
 )
 from maskforge.storage.fs import is_local, resolve
+from maskforge.storage.marked_folder import COMPLETE, MarkedFolderError, read_marked_folder
 from maskforge.storage.results import code_version, row_metric, rows_as_dicts
-from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
@@ -46,7 +46,6 @@ MODEL_NAME = "maskdiff"
 SUBSETS = ("all", "base", "novel")
 AP_KEYS = ("ap", "ap50", "ap75")
 #: Files of a K-shot stage folder the evaluation reads; each must be listed with its sha256 in COMPLETE.json.
-COMPLETE = "COMPLETE.json"
 DETECTOR_FILE, HEAD_FILE, KSHOT_FILE = "detector.safetensors", "mask_head.safetensors", "kshot.json"
 
 
@@ -63,30 +62,15 @@ def check_finetune_dir(folder: str) -> dict:
         raise ConfigError(
             f"{folder}: the stage folder is not on the local disk; evaluation loads its checkpoints locally"
         )
-    root = Path(folder)
-    marker = root / COMPLETE
-    if not marker.is_file():
+    if not (Path(folder) / COMPLETE).is_file():
         raise ConfigError(
             f"{folder}: no {COMPLETE}; the K-shot stage of this config has not completed -- train first "
             "(`maskforge maskdiff train CONFIG`)"
         )
     try:
-        meta = json.loads(marker.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{marker}: not valid JSON ({err})") from None
-    files = meta.get("files") if isinstance(meta, dict) else None
-    if not isinstance(files, dict):
-        raise ConfigError(f"{marker}: expected an object with 'files': {{name: sha256}}")
-    missing = [name for name in (DETECTOR_FILE, HEAD_FILE, KSHOT_FILE) if name not in files]
-    if missing:
-        raise ConfigError(f"{marker}: 'files' does not list {missing}; expected a sha256 for each file evaluated")
-    for name, digest in sorted(files.items()):
-        path = root / name
-        if not path.is_file():
-            raise ConfigError(f"{path}: listed in {marker} but missing")
-        if sha256_file(str(path)) != digest:
-            raise ConfigError(f"{path}: sha256 differs from the one {marker} lists (the file changed after training)")
-    return meta
+        return read_marked_folder(folder, (DETECTOR_FILE, HEAD_FILE, KSHOT_FILE))
+    except MarkedFolderError as err:
+        raise ConfigError(str(err)) from None
 
 
 def read_kshot(path: Path, shots: int, data_seed: int) -> tuple[dict[int, list[ShotInstance]], int]:
