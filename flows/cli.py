@@ -350,12 +350,24 @@ hsnet_app = typer.Typer(help="HSNet few-shot segmenter: load checkpoints, train,
 app.add_typer(hsnet_app, name="hsnet")
 
 
-def _hsnet_config(config: Path, out: Optional[str]):
-    """Load an HSNet config (with --out overriding run.out_dir), or exit 1 with the error."""
+def _learner_config(loader, config: Path, out: Optional[str], overrides: dict | None = None):
+    """Load a learner's YAML config with `loader` (--out overriding run.out_dir, plus option overrides), or exit 1
+    with the error."""
+    more = {**({"run.out_dir": out} if out else {}), **(overrides or {})}
     try:
-        return load_hsnet_config(config, {"run.out_dir": out} if out else None)
+        return loader(config, more or None)
     except ConfigError as err:
         _fail(str(err))
+
+
+def _run_flow(flow, cfg, command: str, errors: tuple[type[BaseException], ...]):
+    """Run a learner's flow with Prefect's log in a file; dataset errors, ValueError, RuntimeError and `errors`
+    become one plain line naming the log (exit 1)."""
+    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose=False)
+    try:
+        return flow(config=cfg)
+    except (DatasetError, ValueError, RuntimeError, *errors) as err:
+        _fail(f"{err} (traceback in {log_file})")
 
 
 @hsnet_app.command("load")
@@ -391,12 +403,7 @@ def hsnet_train(
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
 ) -> None:
     """Run the Prefect flow train_hsnet: episodic training on the fold's base classes; prints the checkpoint."""
-    cfg = _hsnet_config(config, out)
-    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", "hsnet-train", verbose=False)
-    try:
-        report = train_hsnet(config=cfg)
-    except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
-        _fail(f"{err} (traceback in {log_file})")
+    report = _run_flow(train_hsnet, _learner_config(load_hsnet_config, config, out), "hsnet-train", (CheckpointError,))
     console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
     console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
 
@@ -407,12 +414,7 @@ def hsnet_eval(
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
 ) -> None:
     """Run the Prefect flow eval_hsnet: episodic evaluation, benchmark rows appended, table printed."""
-    cfg = _hsnet_config(config, out)
-    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", "hsnet-eval", verbose=False)
-    try:
-        result = eval_hsnet(config=cfg)
-    except (DatasetError, CheckpointError, ValueError, RuntimeError) as err:
-        _fail(f"{err} (traceback in {log_file})")
+    result = _run_flow(eval_hsnet, _learner_config(load_hsnet_config, config, out), "hsnet-eval", (CheckpointError,))
     _print_episodes(f"HSNet {result['backbone']}", result)
 
 
@@ -440,20 +442,12 @@ app.add_typer(gfss_app, name="gfss")
 
 def _gfss_config(config: Path, out: Optional[str], overrides: dict | None = None):
     """Load a GFSS config (--out overriding run.out_dir, plus option overrides), or exit 1 with the error."""
-    more = {**({"run.out_dir": out} if out else {}), **(overrides or {})}
-    try:
-        return load_gfss_config(config, more or None)
-    except ConfigError as err:
-        _fail(str(err))
+    return _learner_config(load_gfss_config, config, out, overrides)
 
 
 def _gfss_run(flow, cfg, command: str):
     """Run a GFSS flow with the log in a file; a plain one-line error on failure."""
-    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose=False)
-    try:
-        return flow(config=cfg)
-    except (DatasetError, GfssCheckpointError, GfssModelError, ValueError, RuntimeError) as err:
-        _fail(f"{err} (traceback in {log_file})")
+    return _run_flow(flow, cfg, command, (GfssCheckpointError, GfssModelError))
 
 
 @gfss_app.command("load")
@@ -557,15 +551,8 @@ app.add_typer(diffews_app, name="diffews")
 def _diffews_run(flow, config: Path, out: Optional[str], command: str, overrides: dict | None = None):
     """Load a DiffewS config (--out overriding run.out_dir) and run a flow with the log in a file; a plain one-line
     error on failure."""
-    try:
-        cfg = load_diffews_config(config, {**({"run.out_dir": out} if out else {}), **(overrides or {})} or None)
-    except ConfigError as err:
-        _fail(str(err))
-    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose=False)
-    try:
-        return flow(config=cfg)
-    except (DatasetError, DiffewsCheckpointError, ModelLoadError, ValueError, RuntimeError) as err:
-        _fail(f"{err} (traceback in {log_file})")
+    cfg = _learner_config(load_diffews_config, config, out, overrides)
+    return _run_flow(flow, cfg, command, (DiffewsCheckpointError, ModelLoadError))
 
 
 @diffews_app.command("load")
@@ -640,15 +627,7 @@ app.add_typer(maskdiff_app, name="maskdiff")
 def _maskdiff_run(flow, config: Path, out: Optional[str], command: str, overrides: dict):
     """Load a MaskDiff config (--out overriding run.out_dir, option overrides) and run a flow with the log in a file;
     a plain one-line error on failure."""
-    try:
-        cfg = load_maskdiff_config(config, {**({"run.out_dir": out} if out else {}), **overrides} or None)
-    except ConfigError as err:
-        _fail(str(err))
-    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose=False)
-    try:
-        return flow(config=cfg)
-    except (DatasetError, ValueError, RuntimeError, OSError) as err:
-        _fail(f"{err} (traceback in {log_file})")
+    return _run_flow(flow, _learner_config(load_maskdiff_config, config, out, overrides), command, (OSError,))
 
 
 def _maskdiff_overrides(shots: Optional[int], seed: Optional[int], synthetic: Optional[list[str]] = None) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
 import numpy as np
@@ -9,9 +11,9 @@ import torch
 
 from maskforge.eval.datasets import open_dataset
 from maskforge.eval.datasets.config import DatasetConfig
-from maskforge.eval.episode_data import synthetic_keys
+from maskforge.eval.episode_data import EpisodeImages, binary_target, synthetic_keys
 from maskforge.eval.folds import get_fold
-from maskforge.eval.hsnet_episodes import eval_episodes
+from maskforge.eval.hsnet_episodes import Episode, eval_episodes
 from maskforge.eval.metrics import IoUAccumulator
 from maskforge.eval.seeds import rng_for
 from maskforge.models.hsnet.segmenter import vote_masks
@@ -45,6 +47,39 @@ def open_episodes(dataset_config: DatasetConfig, split: str, n_episodes: int, sh
     index = dataset.class_index(split)
     episodes = eval_episodes(index, fold.novel, n_episodes, shots, seed, dataset.name, fold.index, per_image=per_image)
     return dataset, fold, episodes
+
+
+def score_episodes(
+    episodes: Sequence[Episode],
+    images: EpisodeImages,
+    classes: Sequence[int],
+    settings: Sequence[str],
+    predict: Callable[[Episode, np.ndarray, tuple[int, int], list[tuple[np.ndarray, np.ndarray]]], dict],
+    log: Callable[[str], None],
+) -> dict:
+    """Run an episodic evaluation: per episode, load the query and its (image, class mask) supports, call
+    predict(episode, query image, query size, supports) -> {setting: boolean mask}, and accumulate each setting's
+    IoUs and the trivial baselines; progress of the first setting every 200 episodes. Returns {"settings" (setting:
+    IoUAccumulator summary), "baselines", "seconds"}."""
+    acc = {name: IoUAccumulator(classes) for name in settings}
+    baselines = Baselines(classes)
+    first = settings[0]
+    start = time.perf_counter()
+    for n, ep in enumerate(episodes, 1):
+        q_image, q_label = images.get(ep.query_id)
+        target = binary_target(q_label, ep.class_id)
+        pairs = [(img, lab == ep.class_id) for img, lab in map(images.get, ep.support_ids)]
+        for name, pred in predict(ep, q_image, target.shape, pairs).items():
+            acc[name].add(ep.class_id, pred, target)
+        baselines.add(ep.class_id, [m for _, m in pairs], target)
+        if n % 200 == 0 or n == len(episodes):
+            elapsed = time.perf_counter() - start
+            log(f"episode {n}/{len(episodes)}: {first} mIoU {acc[first].miou():.4f} ({elapsed:.1f} s)")
+    return {
+        "settings": {name: a.summary() for name, a in acc.items()},
+        "baselines": baselines.summary(),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
 
 
 def choose_synthetic(run: RunReader, classes, per_class: int, seed: int, source: str) -> dict[int, list[str]]:

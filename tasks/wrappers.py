@@ -67,10 +67,11 @@ def transient_failure(task: Task, task_run: TaskRun, state: State) -> bool:
 
 
 @contextmanager
-def gpu_slot() -> Iterator[None]:
-    """Hold one slot of the limit named by MASKFORGE_GPU_LIMIT (strict: a missing limit is an error); no-op unset."""
+def gpu_slot(device: str = "auto") -> Iterator[None]:
+    """Hold one slot of the limit named by MASKFORGE_GPU_LIMIT (strict: a missing limit is an error); no-op unset,
+    and for work configured to run on the CPU (`device` "cpu"), which never waits for the GPU."""
     name = os.environ.get(GPU_LIMIT_ENV)
-    if not name:
+    if not name or device == "cpu":
         yield
         return
     # strict=True: Prefect silently skips a limit that does not exist otherwise, and the GPU would be shared.

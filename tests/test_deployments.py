@@ -133,3 +133,5 @@ def test_gpu_slot_is_strict(monkeypatch, prefect_harness):
     with pytest.raises(Exception, match="no-such-limit"):
         with gpu_slot():
             pass
+    with gpu_slot("cpu"):  # CPU work never waits for (or needs) the GPU limit
+        pass

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-from maskforge.eval.episode_data import EpisodeImages, binary_target
-from maskforge.eval.metrics import IoUAccumulator
+from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import torch_threads
 from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter
 from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import DiffewsConfig
 from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, trained_network
-from maskforge.tasks.episode_results import Baselines, choose_synthetic, episode_rows, episode_trend, open_episodes
+from maskforge.tasks.episode_results import (
+    choose_synthetic,
+    episode_rows,
+    episode_trend,
+    open_episodes,
+    score_episodes,
+)
 
 #: The backbone column of DiffewS rows in the benchmark table.
 BACKBONE = "sd-unet"
@@ -65,26 +69,17 @@ def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
             synthetic[cid] = segmenter.bank_state(*latents)  # one support pass per class, reused by its episodes
     real_name = f"{e.shots}R"
     syn_name = f"{e.shots}R+{e.synthetic_per_class}S"
-    acc = {real_name: IoUAccumulator(fold.novel)}
-    if run is not None:
-        acc[syn_name] = IoUAccumulator(fold.novel)
-    baselines = Baselines(fold.novel)
-    start = time.perf_counter()
-    for n, ep in enumerate(episodes, 1):
-        q_image, q_label = images.get(ep.query_id)
-        target = binary_target(q_label, ep.class_id)
-        pairs = [images.get(s) for s in ep.support_ids]
-        masks = [lab == ep.class_id for _, lab in pairs]
+
+    def predict(ep, q_image, size, pairs) -> dict:
         query = segmenter.query_latents([q_image])
-        supports = segmenter.support_latents([img for img, _ in pairs], masks, list(ep.support_ids))
-        acc[real_name].add(ep.class_id, segmenter.predict(query, target.shape, supports), target)
+        supports = segmenter.support_latents([img for img, _ in pairs], [m for _, m in pairs], list(ep.support_ids))
+        out = {real_name: segmenter.predict(query, size, supports)}
         if run is not None:
-            pred = segmenter.predict(query, target.shape, supports, synthetic[ep.class_id])
-            acc[syn_name].add(ep.class_id, pred, target)
-        baselines.add(ep.class_id, masks, target)
-        if n % 200 == 0 or n == len(episodes):
-            elapsed = time.perf_counter() - start
-            log(f"episode {n}/{len(episodes)}: {real_name} mIoU {acc[real_name].miou():.4f} ({elapsed:.1f} s)")
+            out[syn_name] = segmenter.predict(query, size, supports, synthetic[ep.class_id])
+        return out
+
+    names = [real_name, syn_name] if run is not None else [real_name]
+    scores = score_episodes(episodes, images, fold.novel, names, predict, log)
     return {
         "checkpoint": ckpt,
         "backbone": BACKBONE,
@@ -97,11 +92,9 @@ def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
         "seed": e.seed,
         "synthetic_source": e.synthetic_run or "none",
         "synthetic_per_class": e.synthetic_per_class if run is not None else 0,
-        "settings": {name: a.summary() for name, a in acc.items()},
-        "baselines": baselines.summary(),
         "text_embedding_sha256": embedding_sha(segmenter.net.text_embedding),
         "trained_text_embedding_sha256": (meta or {}).get("train", {}).get("text_embedding_sha256"),
-        "seconds": round(time.perf_counter() - start, 2),
+        **scores,
     }
 
 

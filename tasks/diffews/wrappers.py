@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -16,22 +14,17 @@ from maskforge.tasks.episode_results import artifact_table
 from maskforge.tasks.wrappers import gpu_slot
 
 
-def _slot(config: DiffewsConfig) -> contextlib.AbstractContextManager:
-    """The GPU slot for runs that may use the GPU (cuda or auto); CPU runs never wait for it."""
-    return gpu_slot() if config.run.device != "cpu" else contextlib.nullcontext()
-
-
 @task(name="train-diffews", cache_policy=NO_CACHE)
 def train_diffews_task(config: DiffewsConfig) -> dict:
     """Prefect task: train_diffews (one coarse task: the whole training loop), holding the GPU slot."""
-    with _slot(config):
+    with gpu_slot(config.run.device):
         return train_diffews(config, log=get_run_logger().info)
 
 
 @task(name="eval-diffews", cache_policy=NO_CACHE)
 def eval_diffews_task(config: DiffewsConfig) -> dict:
     """Prefect task: eval_diffews (one coarse task: all episodes), holding the GPU slot."""
-    with _slot(config):
+    with gpu_slot(config.run.device):
         return eval_diffews(config, log=get_run_logger().info)
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -16,29 +14,24 @@ from maskforge.tasks.gfss.novel import train_gfss_novel
 from maskforge.tasks.wrappers import gpu_slot
 
 
-def _slot(config: GfssConfig) -> contextlib.AbstractContextManager:
-    """The GPU slot for runs that may use the GPU (cuda or auto); CPU runs never wait for it."""
-    return gpu_slot() if config.run.device != "cpu" else contextlib.nullcontext()
-
-
 @task(name="train-gfss-base", cache_policy=NO_CACHE)
 def train_gfss_base_task(config: GfssConfig) -> dict:
     """Prefect task: train_gfss_base (one coarse task: the whole training loop), holding the GPU slot."""
-    with _slot(config):
+    with gpu_slot(config.run.device):
         return train_gfss_base(config, log=get_run_logger().info)
 
 
 @task(name="train-gfss-novel", cache_policy=NO_CACHE)
 def train_gfss_novel_task(config: GfssConfig) -> dict:
     """Prefect task: train_gfss_novel (every run seed and step), holding the GPU slot."""
-    with _slot(config):
+    with gpu_slot(config.run.device):
         return train_gfss_novel(config, log=get_run_logger().info)
 
 
 @task(name="eval-gfss", cache_policy=NO_CACHE)
 def eval_gfss_task(config: GfssConfig) -> dict:
     """Prefect task: eval_gfss (every run and step checkpoint on the val split), holding the GPU slot."""
-    with _slot(config):
+    with gpu_slot(config.run.device):
         return eval_gfss(config, log=get_run_logger().info)
 
 

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from maskforge.eval.episode_data import EpisodeImages, binary_target
-from maskforge.eval.metrics import IoUAccumulator
+from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.hsnet.checkpoint import CheckpointError, load_checkpoint
 from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
 from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.episode_results import Baselines, choose_synthetic, episode_rows, episode_trend, open_episodes
+from maskforge.tasks.episode_results import (
+    choose_synthetic,
+    episode_rows,
+    episode_trend,
+    open_episodes,
+    score_episodes,
+)
 from maskforge.tasks.hsnet.config import HsnetConfig
 
 
@@ -70,25 +74,17 @@ def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
             synthetic[cid] = segmenter.condition(pairs)  # once per class, reused by every episode of the class
     real_name = f"{e.shots}R"
     syn_name = f"{e.shots}R+{e.synthetic_per_class}S"
-    acc = {real_name: IoUAccumulator(fold.novel)}
-    if run is not None:
-        acc[syn_name] = IoUAccumulator(fold.novel)
-    base = Baselines(fold.novel)
-    start = time.perf_counter()
-    for n, ep in enumerate(episodes, 1):
-        q_image, q_label = images.get(ep.query_id)
-        target = binary_target(q_label, ep.class_id)
-        supports = [images.get(s) for s in ep.support_ids]
-        pairs = [(img, lab == ep.class_id) for img, lab in supports]
+
+    def predict(ep, q_image, size, pairs) -> dict:
         real_shots = segmenter.shot_masks(segmenter.condition(pairs), [q_image])  # (K, 1, H, W)
-        acc[real_name].add(ep.class_id, vote_masks(real_shots)[0].cpu().numpy(), target)
+        out = {real_name: vote_masks(real_shots)[0].cpu().numpy()}
         if run is not None:  # the same vote over K real + N synthetic 1-shot masks; the real ones are reused
             syn_shots = segmenter.shot_masks(synthetic[ep.class_id], [q_image])
-            acc[syn_name].add(ep.class_id, vote_masks(torch.cat([real_shots, syn_shots]))[0].cpu().numpy(), target)
-        base.add(ep.class_id, [m for _, m in pairs], target)
-        if n % 200 == 0 or n == len(episodes):
-            elapsed = time.perf_counter() - start
-            log(f"episode {n}/{len(episodes)}: {real_name} mIoU {acc[real_name].miou():.4f} ({elapsed:.1f} s)")
+            out[syn_name] = vote_masks(torch.cat([real_shots, syn_shots]))[0].cpu().numpy()
+        return out
+
+    names = [real_name, syn_name] if run is not None else [real_name]
+    scores = score_episodes(episodes, images, fold.novel, names, predict, log)
     return {
         "checkpoint": ckpt,
         "backbone": segmenter.net.spec.backbone,
@@ -101,9 +97,7 @@ def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
         "seed": e.seed,
         "synthetic_source": e.synthetic_run or "none",
         "synthetic_per_class": e.synthetic_per_class if run is not None else 0,
-        "settings": {name: a.summary() for name, a in acc.items()},
-        "baselines": base.summary(),
-        "seconds": round(time.perf_counter() - start, 2),
+        **scores,
     }
 
 

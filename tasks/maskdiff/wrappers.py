@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -15,29 +13,24 @@ from maskforge.tasks.maskdiff.train import train_maskdiff_base, train_maskdiff_f
 from maskforge.tasks.wrappers import gpu_slot
 
 
-def _slot(config: MaskdiffConfig) -> contextlib.AbstractContextManager:
-    """The GPU slot for runs that may use the GPU (cuda or auto); CPU runs never wait for it."""
-    return gpu_slot() if config.run.device != "cpu" else contextlib.nullcontext()
-
-
 @task(name="train-maskdiff-base", cache_policy=NO_CACHE)
 def train_maskdiff_base_task(config: MaskdiffConfig) -> dict:
     """Prefect task: the base stage (detector on base classes, then the mask head), holding the GPU slot."""
-    with _slot(config):
+    with gpu_slot(config.run.device):
         return train_maskdiff_base(config, log=get_run_logger().info)
 
 
 @task(name="train-maskdiff-finetune", cache_policy=NO_CACHE)
 def train_maskdiff_finetune_task(config: MaskdiffConfig) -> dict:
     """Prefect task: the K-shot stage (surgery, last-layer fine-tuning, mask head), holding the GPU slot."""
-    with _slot(config):
+    with gpu_slot(config.run.device):
         return train_maskdiff_finetune(config, log=get_run_logger().info)
 
 
 @task(name="eval-maskdiff", cache_policy=NO_CACHE)
 def eval_maskdiff_task(config: MaskdiffConfig) -> dict:
     """Prefect task: COCO AP of the K-shot stage over every sampling seed, holding the GPU slot."""
-    with _slot(config):
+    with gpu_slot(config.run.device):
         return eval_maskdiff(config, log=get_run_logger().info)
 
 
