@@ -47,7 +47,6 @@ from maskforge.tasks.maskdiff.train import (
     open_fold,
     train_maskdiff_base,
     train_maskdiff_finetune,
-    xyxy,
 )
 
 #: Text-prompted samples per novel class of the generated synthetic run (bench/toy_diffews.py's).
@@ -70,7 +69,7 @@ def crops_of(dataset, refs: list[tuple[str, int]], size: int) -> tuple[torch.Ten
     for image_id, index in refs:
         record = dataset.load(image_id)
         inst = record.instances[index]
-        box = torch.tensor([xyxy(inst)])
+        box = torch.tensor([inst.xyxy])
         regions.append(region_crops(record.image, box, size))
         targets.append(mask_targets([inst.mask], box, size) > 0)
     return torch.cat(regions), torch.cat(targets).float()

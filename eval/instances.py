@@ -35,6 +35,12 @@ class Instance:
         """COCO box [x, y, width, height] of the visible pixels (pycocotools' toBbox; zeros for an empty mask)."""
         return [float(v) for v in mask_utils.toBbox(encode_rle(self.mask))]
 
+    @property
+    def xyxy(self) -> list[float]:
+        """The same box as [x1, y1, x2, y2] (pixel edges), as torchvision's detectors and roi_align take it."""
+        x, y, w, h = self.bbox
+        return [x, y, x + w, y + h]
+
 
 def encode_rle(mask: np.ndarray) -> dict:
     """Return pycocotools' compressed RLE of a boolean HxW mask as JSON-ready {"size": [h, w], "counts": str}."""

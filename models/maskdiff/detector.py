@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -458,6 +459,11 @@ def labels_for(class_ids: list[int]) -> dict[int, int]:
     return {int(c): i + 1 for i, c in enumerate(class_ids)}
 
 
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """Return a uint8 HxWx3 image as the detector's CHW float tensor in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
+
+
 def instances_to_target(
     instances: list[Instance], class_to_label: dict[int, int], skip_crowd: bool = True
 ) -> dict[str, torch.Tensor]:
@@ -480,8 +486,7 @@ def instances_to_target(
             raise DetectorError(f"class_to_label[{inst.class_id}]: {label!r}; expected a label >= 1")
         if not inst.mask.any():
             raise DetectorError(f"instances[{i}]: class {inst.class_id} has no visible pixel; expected a box")
-        x, y, w, h = inst.bbox
-        boxes.append([x, y, x + w, y + h])
+        boxes.append(inst.xyxy)
         labels.append(label)
     return {
         "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),

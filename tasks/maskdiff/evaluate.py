@@ -17,13 +17,13 @@ from pycocotools.cocoeval import COCOeval
 
 from maskforge.eval.coco_export import coco_json
 from maskforge.eval.datasets import open_dataset
-from maskforge.eval.datasets.base import ImageRecord, SegDataset
+from maskforge.eval.datasets.base import SegDataset
 from maskforge.eval.folds import get_fold
 from maskforge.eval.fsis_protocol import ShotInstance
 from maskforge.eval.instances import encode_rle
 from maskforge.eval.seeds import derive_seed
 from maskforge.models.device import resolve_device, torch_threads
-from maskforge.models.maskdiff.detector import detect, load_detector
+from maskforge.models.maskdiff.detector import detect, image_tensor, load_detector
 from maskforge.models.maskdiff.mask_head import (
     condition,
     load_mask_head,
@@ -137,10 +137,9 @@ def class_supports(
                     f"({len(record.instances)} instances); the dataset differs from the one trained on"
                 )
             inst = record.instances[shot.index]
-            x, y, w, h = inst.bbox
             images.append(record.image)
             masks.append(inst.mask)
-            boxes.append([x, y, x + w, y + h])
+            boxes.append(inst.xyxy)
         out[int(cid)] = support_crops(images, masks, np.asarray(boxes, dtype=np.float32), size)
     return out
 
@@ -240,11 +239,6 @@ def eval_maskdiff(config: MaskdiffConfig, log: Callable[[str], None] = print, ma
         return _evaluate(config, log, masker)
 
 
-def _image_tensor(record: ImageRecord, device: torch.device) -> torch.Tensor:
-    """Return a record's uint8 HxWx3 image as the detector's float CHW tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(record.image)).permute(2, 0, 1).float().div(255.0).to(device)
-
-
 def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker | None) -> dict:
     """The body of eval_maskdiff."""
     start = time.perf_counter()
@@ -291,7 +285,7 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
     detections = 0
     for b, batch_ids in enumerate(batches):
         records = [dataset.load(i) for i in batch_ids]
-        found = detect(detector, [_image_tensor(r, device) for r in records], e.score_threshold)
+        found = detect(detector, [image_tensor(r.image).to(device) for r in records], e.score_threshold)
         per_image = []
         for record, out in zip(records, found):
             boxes, scores = out["boxes"].cpu().float(), out["scores"].cpu().float()

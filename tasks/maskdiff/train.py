@@ -27,6 +27,7 @@ from maskforge.models.maskdiff.detector import (
     build_detector,
     detector_loss,
     freeze_for_finetune,
+    image_tensor,
     instances_to_target,
     labels_for,
     load_detector,
@@ -108,12 +109,6 @@ def detector_lr_factor(steps: int) -> Callable[[int], float]:
     return factor
 
 
-def xyxy(instance: Instance) -> list[float]:
-    """Return an instance's box [x1, y1, x2, y2] (pixel edges) from its COCO [x, y, w, h] bbox."""
-    x, y, w, h = instance.bbox
-    return [x, y, x + w, y + h]
-
-
 def pick_supports(n: int, position: int, shots: int, rng: np.random.Generator) -> list[int]:
     """Return the pool positions of `shots` supports for the instance at `position` of a class pool of n.
 
@@ -165,11 +160,6 @@ class InstanceSource:
         if ref.run >= 0:
             return self.synthetic[(ref.run, ref.image, ref.index)]
         return self._record(ref.image).instances[ref.index]
-
-
-def image_tensor(image: np.ndarray) -> torch.Tensor:
-    """Return a uint8 HxWx3 image as the detector's CHW float tensor in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div(255.0)
 
 
 def run_steps(
@@ -243,12 +233,12 @@ def head_inputs(
     for cid, position in refs:
         ref = pool[cid][position]
         image, inst = source.image(ref), source.instance(ref)
-        box = torch.tensor([xyxy(inst)])
+        box = torch.tensor([inst.xyxy])
         supports = [pool[cid][i] for i in pick_supports(len(pool[cid]), position, spec.shots, rng)]
         crops = support_crops(
             [source.image(s) for s in supports],
             [source.instance(s).mask for s in supports],
-            torch.tensor([xyxy(source.instance(s)) for s in supports]),
+            torch.tensor([source.instance(s).xyxy for s in supports]),
             spec.size,
         )
         x0.append(mask_targets([inst.mask], box, spec.size))
