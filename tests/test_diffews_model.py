@@ -604,3 +604,18 @@ def test_folder_without_marker_is_incomplete(tmp_path, parts, embedding):
     (out / "COMPLETE.json").unlink()
     with pytest.raises(DiffewsCheckpointError, match=r"no COMPLETE\.json; the folder was never completed"):
         load_diffews(out)
+
+
+def test_stored_and_merged_banks_predict_like_a_support_pass(clean_net):
+    """A bank stored from a support pass predicts what the pass itself does; merged banks as the two passes."""
+    from maskforge.models.diffews.segmenter import DiffewsSegmenter, merge_banks
+
+    seg = DiffewsSegmenter(clean_net, 64, torch.device("cpu"), relative=0.5, floor=0.4)
+    query, real, extra = latents(1, 80), (latents(2, 81), latents(2, 82)), (latents(3, 83), latents(3, 84))
+    assert (seg.predict(query, (64, 64), real) == seg.predict(query, (64, 64), extra=seg.bank_state(*real))).all()
+    stored = seg.bank_state(*extra)
+    both = merge_banks(stored, seg.bank_state(*real))
+    assert all(len(both[0][name]) == 2 for name in clean_net.fused_layers)
+    direct = seg.predict(query, (64, 64), real, stored)  # the stored bank restored, then the real support pass
+    assert (seg.predict(query, (64, 64), extra=both) == direct).all()
+    assert clean_net.bank.key_tokens and clean_net.bank.mode == "off"

@@ -25,6 +25,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def merge_banks(*states: BankState) -> BankState:
+    """Return one bank holding every given bank's supports, in order (e.g. a class's synthetic supports and an
+    episode's real ones): per layer, the stored K/V lists concatenated."""
+    keys: dict[str, list[torch.Tensor]] = {}
+    values: dict[str, list[torch.Tensor]] = {}
+    for state_keys, state_values in states:
+        for name, tensors in state_keys.items():
+            keys.setdefault(name, []).extend(tensors)
+        for name, tensors in state_values.items():
+            values.setdefault(name, []).extend(tensors)
+    return keys, values
+
+
 class DiffewsSegmenter:
     """Segments query images from (image, mask) supports with a DiffewsNet, one episode at a time."""
 

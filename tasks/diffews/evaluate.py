@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import torch_threads
-from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter
+from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter, merge_banks
 from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import DiffewsConfig
@@ -73,9 +73,10 @@ def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     def predict(ep, q_image, size, pairs) -> dict:
         query = segmenter.query_latents([q_image])
         supports = segmenter.support_latents([img for img, _ in pairs], [m for _, m in pairs], list(ep.support_ids))
-        out = {real_name: segmenter.predict(query, size, supports)}
+        real = segmenter.bank_state(*supports)  # one support pass, reused by both settings
+        out = {real_name: segmenter.predict(query, size, extra=real)}
         if run is not None:
-            out[syn_name] = segmenter.predict(query, size, supports, synthetic[ep.class_id])
+            out[syn_name] = segmenter.predict(query, size, extra=merge_banks(synthetic[ep.class_id], real))
         return out
 
     names = [real_name, syn_name] if run is not None else [real_name]
