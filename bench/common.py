@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from maskforge.eval.datasets import build_dataset
 from maskforge.eval.datasets.config import ToyConfig
 from maskforge.models.clip_tokenizer import build_clip_tokenizer
 from maskforge.models.controls import resize_image, resize_mask
+from maskforge.models.speedups import SpeedupPlan, Speedups, apply_speedups
 from maskforge.models.tiny import SD_DIR, build_tiny_models, sd1_scheduler
 from maskforge.storage.labels import binary_mask
 
@@ -125,3 +127,31 @@ def run_header(device: torch.device, full_size: bool, dtype: torch.dtype, size: 
         "steps": steps,
         "factors": list(factors),
     }
+
+
+def add_compile_flag(parser: argparse.ArgumentParser, default: str = "auto") -> None:
+    """Add --compile {auto,on,off}: auto = on with CUDA. On means the whole speed set (diffusion.compile, channels-last,
+    fused self-attention projections), so compiled rows are what a configured run gets."""
+    parser.add_argument(
+        "--compile",
+        choices=["auto", "on", "off"],
+        default=default,
+        help=f"torch.compile + channels-last + fused self-attention qkv (auto = on with CUDA; default {default})",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode (diffusion.compile_mode)",
+    )
+
+
+def speed_plan(args: argparse.Namespace, device: torch.device) -> SpeedupPlan:
+    """Return the speed set of --compile / --compile-mode on `device`: everything on, or everything off."""
+    on = device.type == "cuda" if args.compile == "auto" else args.compile == "on"
+    return SpeedupPlan(on, args.compile_mode, channels_last=on, fuse_qkv=on)
+
+
+def apply_speed_plan(pipe, plan: SpeedupPlan) -> Speedups | None:
+    """Apply a plan to a bench pipeline (None when it is all off: the stock pipeline as loaded)."""
+    return apply_speedups(pipe, plan) if plan.compile or plan.channels_last or plan.fuse_qkv else None

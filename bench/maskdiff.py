@@ -10,23 +10,27 @@ head (load_mask_head; its spec is used). Guidance w = 5 (paper Alg. 2) throughou
             their masks per detection (agreement between samplers, not accuracy; two empty masks count 1). The
             ancestral run is long, so it is timed --ddpm-repeats times (default 1) after a warm-up call of 10 steps;
             with --ddpm-n M < N it runs on the first M detections only and DDIM is timed on those M as well, so the
-            ratio compares equal batches. The AP difference between the samplers needs a trained toy model
-            (bench/toy_fsis.py, not yet written): not measured here.
+            ratio compares equal batches. With --ap-config (a MaskDiff config whose K-shot stage is trained, e.g.
+            configs/maskdiff-toy.yaml after bench/toy_fsis.py, stage folders under --ap-out-dir) both samplers
+            also score that stage through eval_maskdiff on the first --ap-images images of its eval split (one
+            sampling seed each; guidance --w): novel segm AP of each and their difference, printed beside the
+            ratio. Without it the AP difference is not measured.
   batching  DDIM with --batch-steps (default min(20, --ddim-steps)): all N detections in one sample_masks call
             against N calls of one detection each; the batched call and the chain of N calls each start from a
             generator seeded --seed, which gives the same x_T row for row (checked and recorded), so the mean IoU
             of the two sides' masks shows that batching changes nothing but numerics. Timed interleaved.
 Each side: --warmup untimed calls, then the median of --repeats timed calls. Prints masks/s per side and, last,
-`maskdiff_sampling: ddim/ancestral masks/s = R (target >= 15)` (after the `AP difference: not measured here` line)
+`maskdiff_sampling: ddim/ancestral masks/s = R (target >= 15)` (with the novel AP difference when measured)
 and `maskdiff_batching: batched/per-detection = R (target >= 3)`; writes JSON with every figure, device, dtype, spec.
 
-CPU default: N = 8 detections, K = 1, tiny head at 32 px, fp32, 2 threads -- about 1.5 minutes on 2 cores, most of
-it the one ancestral run (1000 UNet forwards of batch 2N = 16).
+CPU default: N = 56 detections (one toy evaluation batch: eval.batch_images 16 x the 3.5 detections per image of
+bench/toy_fsis.py's K-shot detector), the ancestral run on the first 8, K = 1, tiny head at 32 px, fp32, 2 threads.
 `--full-size` (meant for a GPU): `paper_spec(num_classes=80, shots=K)` at 128 px, random weights, N = 64 by default
 with the ancestral sampler on the first 16 (--ddpm-n), the UNet and conditions cast to bf16 on CUDA (sample_masks
 keeps its state in fp32); peak GPU memory (torch.cuda.max_memory_allocated) of each side is printed on CUDA.
 
-    python bench/maskdiff.py                                    # CPU: tiny head, N = 8, DDIM 50 vs DDPM 1000
+    python bench/maskdiff.py                                    # CPU: tiny head, N = 56, DDIM 50 vs DDPM 1000 on 8
+    python bench/maskdiff.py --ap-config configs/maskdiff-toy.yaml   # + both samplers' AP on the trained toy stage
     python bench/maskdiff.py --full-size                        # GPU: paper head, 128 px, bf16, N = 64
     python bench/maskdiff.py --full-size --n 2 --ddim-steps 2 --ddpm-steps 3 --repeats 1 --warmup 0   # CPU smoke
 """
@@ -59,6 +63,8 @@ from maskforge.models.maskdiff.mask_head import (
     support_crops,
     tiny_spec,
 )
+from maskforge.tasks.maskdiff.config import MaskdiffConfig, load_maskdiff_config
+from maskforge.tasks.maskdiff.evaluate import eval_maskdiff
 
 GIB = 1024**3
 #: Real classes of the random heads: the tiny one (toy world) and the paper's (COCO).
@@ -66,6 +72,9 @@ TINY_CLASSES, PAPER_CLASSES = 16, 80
 #: Steps of the untimed ancestral warm-up call: same code path and shapes as the full run, a fraction of its time.
 DDPM_WARMUP_STEPS = 10
 SAMPLING_TARGET, BATCHING_TARGET = 15.0, 3.0
+#: Detections of one toy evaluation batch: eval.batch_images = 16 images of configs/maskdiff-toy.yaml at the 3.5
+#: detections per image that bench/toy_fsis.py's K-shot detector gives on the val split (352 on 100 images).
+TOY_BATCH_DETECTIONS = 56
 
 
 def quiet() -> None:
@@ -167,7 +176,9 @@ def bench_sampling(unet, spec, cond, class_ids, args, meter: Meter) -> dict:
 
     def sample(kind: str, steps: int, count: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(args.seed)
-        return sample_masks(unet, cond[:count], class_ids[:count], spec.null_class, args.w, kind, steps, g)
+        return sample_masks(
+            unet, cond[:count], class_ids[:count], spec.null_class, args.w, kind, steps, g, spec.prediction_type
+        )
 
     n, m = cond.shape[0], args.ddpm_n
     sides = {"ddim": ("ddim", args.ddim_steps, n, args.repeats, args.ddim_steps)}
@@ -187,7 +198,6 @@ def bench_sampling(unet, spec, cond, class_ids, args, meter: Meter) -> dict:
     result["ratio"] = result[ddim_m]["masks_per_s"] / result["ancestral"]["masks_per_s"]
     result["ratio_at_n"] = m
     result["mean_iou"] = mean_iou(masks[ddim_m][:m], masks["ancestral"])
-    result["ap_difference"] = None  # needs a trained toy model (bench/toy_fsis.py, not yet written)
     return result
 
 
@@ -197,12 +207,22 @@ def bench_batching(unet, spec, cond, class_ids, args, meter: Meter) -> dict:
 
     def batched() -> torch.Tensor:
         g = torch.Generator().manual_seed(args.seed)
-        return sample_masks(unet, cond, class_ids, spec.null_class, args.w, "ddim", steps, g)
+        return sample_masks(unet, cond, class_ids, spec.null_class, args.w, "ddim", steps, g, spec.prediction_type)
 
     def per_detection() -> torch.Tensor:
         g = torch.Generator().manual_seed(args.seed)  # one chain of draws: row i of the batched x_T, in turn
         calls = [
-            sample_masks(unet, cond[i : i + 1], class_ids[i : i + 1], spec.null_class, args.w, "ddim", steps, g)
+            sample_masks(
+                unet,
+                cond[i : i + 1],
+                class_ids[i : i + 1],
+                spec.null_class,
+                args.w,
+                "ddim",
+                steps,
+                g,
+                spec.prediction_type,
+            )
             for i in range(n)
         ]
         return torch.cat(calls)
@@ -234,12 +254,50 @@ def bench_batching(unet, spec, cond, class_ids, args, meter: Meter) -> dict:
     return result
 
 
+def sampler_ap(config: MaskdiffConfig, args) -> dict:
+    """Evaluate a trained K-shot stage twice on the first --ap-images images of its eval split, one sampling seed
+    each: DDIM with --ddim-steps and the ancestral sampler with --ddpm-steps (guidance --w); return both rows'
+    segm AP (novel, base, all, in %) and the novel difference ddim - ancestral in points."""
+    rows = {}
+    for name, sampler, steps in (("ddim", "ddim", args.ddim_steps), ("ancestral", "ddpm", args.ddpm_steps)):
+        head = {"guidance": args.w, "sampler": sampler}
+        if sampler == "ddim":
+            head["ddim_steps"] = steps
+        cfg = config.model_copy(
+            update={
+                "head": config.head.model_copy(update=head),
+                "eval": config.eval.model_copy(update={"max_images": args.ap_images, "sampling_seeds": 1}),
+            }
+        )
+        start = time.perf_counter()
+        result = eval_maskdiff(cfg, log=lambda _: None)
+        rows[name] = {
+            "steps": steps,
+            "segm_ap_novel": 100 * result["segm"]["novel"]["ap"],
+            "segm_ap_base": 100 * result["segm"]["base"]["ap"],
+            "segm_ap_all": 100 * result["segm"]["all"]["ap"],
+            "detections": result["detections"],
+            "seconds": time.perf_counter() - start,
+        }
+    rows["images"] = args.ap_images
+    rows["novel_difference"] = rows["ddim"]["segm_ap_novel"] - rows["ancestral"]["segm_ap_novel"]
+    return rows
+
+
+def ap_config(args) -> MaskdiffConfig | None:
+    """Return the --ap-config MaskDiff config with run.out_dir = --ap-out-dir (None without --ap-config); its
+    K-shot stage must be trained (eval_maskdiff names the missing folder otherwise)."""
+    if not args.ap_config:
+        return None
+    return load_maskdiff_config(args.ap_config, {"run.out_dir": args.ap_out_dir})
+
+
 def parse_args() -> argparse.Namespace:
     """Parse and check the command line; defaults depend on --full-size."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full-size", action="store_true", help="paper head (80 classes), 128 px, N = 64 (GPU)")
-    parser.add_argument("--n", type=int, help="detections N (default 8; 64 with --full-size)")
-    parser.add_argument("--ddpm-n", type=int, help="detections of the ancestral run, first of the N (default N; 16)")
+    parser.add_argument("--n", type=int, help=f"detections N (default {TOY_BATCH_DETECTIONS}; 64 with --full-size)")
+    parser.add_argument("--ddpm-n", type=int, help="detections of the ancestral run, first of the N (default 8; 16)")
     parser.add_argument("--shots", type=int, help="support crops K of the random head (default 1)")
     parser.add_argument("--ddim-steps", type=int, default=50, help="DDIM steps of the sampling comparison")
     parser.add_argument("--ddpm-steps", type=int, default=1000, help="ancestral steps (1000; fewer: smoke tests)")
@@ -256,9 +314,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights, inputs and sampler noise")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--out", default="bench/out/maskdiff.json", help="where to write the figures")
+    parser.add_argument("--ap-config", help="a MaskDiff config whose trained K-shot stage scores both samplers' AP")
+    parser.add_argument("--ap-out-dir", default="runs", help="run.out_dir of --ap-config (its stage folders)")
+    parser.add_argument("--ap-images", type=int, default=24, help="eval images of the AP comparison (1..10000)")
     args = parser.parse_args()
-    args.n = args.n if args.n is not None else (64 if args.full_size else 8)
-    args.ddpm_n = args.ddpm_n if args.ddpm_n is not None else (min(16, args.n) if args.full_size else args.n)
+    if not 1 <= args.ap_images <= 10_000:
+        parser.error(f"--ap-images must be in 1..10000, got {args.ap_images}")
+    args.n = args.n if args.n is not None else (64 if args.full_size else TOY_BATCH_DETECTIONS)
+    args.ddpm_n = args.ddpm_n if args.ddpm_n is not None else min(16 if args.full_size else 8, args.n)
     args.batch_steps = args.batch_steps if args.batch_steps is not None else min(20, args.ddim_steps)
     if args.n < 1 or not 1 <= args.ddpm_n <= args.n:
         parser.error(f"--n must be >= 1 and --ddpm-n in 1..N, got n={args.n}, ddpm-n={args.ddpm_n}")
@@ -279,6 +342,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     quiet()
+    toy = ap_config(args)  # a bad config fails before any timing
     started = time.perf_counter()
     device = resolve_device(args.device, "--device")
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -315,11 +379,18 @@ def main() -> None:
         f"batching: same x_T row for row = {batching['same_initial_noise']}, mean IoU batched vs per-detection "
         f"= {batching['mean_iou']:.3f}"
     )
+    accuracy = sampler_ap(toy, args) if toy is not None else None
+    if accuracy is not None:
+        for name in ("ddim", "ancestral"):
+            r = accuracy[name]
+            print(
+                f"AP {name}: {r['steps']} steps, novel segm AP {r['segm_ap_novel']:.2f}, base {r['segm_ap_base']:.2f} "
+                f"({r['detections']} detections on {accuracy['images']} images, {r['seconds']:.0f} s)"
+            )
     for part in (sampling, batching):
         for name, r in part.items():
             if isinstance(r, dict) and name in meter.peak_gib:
                 r["peak_gib"] = meter.peak_gib[name]
-    elapsed = time.perf_counter() - started
     write_json(
         args.out,
         {
@@ -346,11 +417,19 @@ def main() -> None:
             "sampling_target": SAMPLING_TARGET,
             "batching": batching,
             "batching_target": BATCHING_TARGET,
-            "elapsed_s": elapsed,
+            "ap": accuracy,
+            "ap_config": args.ap_config,
+            "elapsed_s": time.perf_counter() - started,
         },
     )
-    print("AP difference: not measured here (needs a trained toy model: bench/toy_fsis.py, not yet written)")
-    print(f"maskdiff_sampling: ddim/ancestral masks/s = {sampling['ratio']:.2f} (target >= {SAMPLING_TARGET:g})")
+    if accuracy is None:
+        print("AP difference: not measured (give --ap-config with a trained K-shot stage, e.g. bench/toy_fsis.py's)")
+        ap_note = ""
+    else:
+        ap_note = f", novel segm AP ddim - ancestral = {accuracy['novel_difference']:+.2f} points (target within 1)"
+    print(
+        f"maskdiff_sampling: ddim/ancestral masks/s = {sampling['ratio']:.2f} (target >= {SAMPLING_TARGET:g}){ap_note}"
+    )
     print(f"maskdiff_batching: batched/per-detection = {batching['ratio']:.2f} (target >= {BATCHING_TARGET:g})")
 
 

@@ -23,7 +23,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench_pipeline, run_header, setup_device, toy_shots, write_json  # noqa: E402
+from common import (  # noqa: E402
+    add_compile_flag,
+    apply_speed_plan,
+    bench_pipeline,
+    run_header,
+    setup_device,
+    speed_plan,
+    toy_shots,
+    write_json,
+)
 
 from maskforge.models.diffusion_config import DiffusionConfig
 from maskforge.models.hsnet.backbone import TinySpec
@@ -71,11 +80,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed calls of each kind")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 = steadier on a busy machine)")
     parser.add_argument("--json", default="bench/out/refinement.json", help="where to write the figures")
+    # off by default: the ratio is against eager generation, as in the table; `--compile on` makes it stricter
+    add_compile_flag(parser, default="off")
     args = parser.parse_args()
 
     device, dtype = setup_device(args.threads, None)
     pipe, size, factors = bench_pipeline(args.full_size, args.model, args.size, device, dtype)
     pipe.set_progress_bar_config(disable=True)
+    plan = speed_plan(args, device)
+    apply_speed_plan(pipe, plan)
     batch, steps = args.batch, args.steps or DiffusionConfig.model_fields["steps"].default
     cfg = DiffusionConfig(model="bench", steps=steps, image_size=size, batch_size=batch, xattn={"factors": factors})
     segmenter, seg_desc = build_segmenter(args.full_size, args.checkpoint, device, args.hsnet_batch)
@@ -128,6 +141,7 @@ def main() -> None:
         "seconds_per_image": per_image,
         "branches": branches,
         "refinement_generation_ratio": ratio,
+        "speedups": plan.describe(),
     }
     print(
         f"device {result['device']}, {result['model']} SD {result['dtype']}, {size} px, batch {batch}, {steps} steps; "

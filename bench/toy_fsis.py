@@ -152,7 +152,8 @@ def main() -> None:
     h, e = config.head, config.eval
     print(
         f"toy fold {config.dataset.fold}, {config.finetune.shots}-shot, data seed {config.finetune.data_seed}; masks "
-        f"sampled with DDIM, {h.ddim_steps} steps (eta 0), not the paper's 1000-step ancestral sampler",
+        f"sampled with DDIM, {h.ddim_steps} steps (eta 0), not the paper's 1000-step ancestral sampler; the head "
+        f"predicts {h.prediction_type}",
         flush=True,
     )
     timings = {}

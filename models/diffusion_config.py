@@ -170,7 +170,36 @@ class DiffusionConfig(StrictConfig):
         512, ge=16, le=4096, description="Image side (text prompts) or short side (ControlNet, aspect kept)."
     )
     batch_size: int = Field(4, ge=1, le=256, description="Images per pipeline call.")
+    compile: bool | Literal["auto"] = Field(
+        "auto",
+        description="torch.compile the UNet and ControlNet forward passes (compiled once per process, the first call "
+        "pays minutes): auto = on with CUDA, off on CPU. Changes results only by float rounding; not part of the "
+        "run identity.",
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default",
+        description="torch.compile mode: default (fastest to compile), reduce-overhead (CUDA graphs), max-autotune "
+        "(kernel search and CUDA graphs: longest compile), max-autotune-no-cudagraphs.",
+    )
+    channels_last: bool | Literal["auto"] = Field(
+        "auto", description="Channels-last memory format for UNet, ControlNet and VAE: auto = on with CUDA."
+    )
+    fuse_qkv: bool | Literal["auto"] = Field(
+        "auto",
+        description="Fuse each self-attention layer's q, k and v projections into one matmul (cross-attention layers "
+        "keep theirs: the capture reads their q and k): auto = on with CUDA.",
+    )
     text: TextModeConfig = TextModeConfig()
     embedding: EmbeddingModeConfig = EmbeddingModeConfig()
     controlnet: ControlNetModeConfig = ControlNetModeConfig()
     xattn: XattnConfig = XattnConfig()
+
+    @model_validator(mode="after")
+    def _compile_mode(self) -> "DiffusionConfig":
+        if self.compile is False and self.compile_mode != "default":
+            raise ValueError(f"compile_mode {self.compile_mode!r} needs compile true or 'auto' (compile is false)")
+        return self
+
+
+#: DiffusionConfig fields that change how fast images are made, not which images: left out of the run identity.
+SPEED_FIELDS = ("compile", "compile_mode", "channels_last", "fuse_qkv")

@@ -15,7 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from maskforge.models.device import resolve_device, resolve_dtype
-from maskforge.models.diffusion_config import DiffusionConfig
+from maskforge.models.diffusion_config import SPEED_FIELDS, DiffusionConfig
+from maskforge.models.speedups import Speedups, apply_speedups, resolve_speedups
 
 #: Weight file names diffusers reads for one model folder, safetensors first.
 _WEIGHT_FILES = (
@@ -151,6 +152,17 @@ class Pipelines:
     refs: dict[str, ModelRef]
     controlnet: dict[str, object] = field(default_factory=dict)
     hed: object | None = None
+    speedups: Speedups | None = None  # channels-last, fused projections, compile (and its time), as applied
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling graphs on first calls so far (0 when nothing is compiled)."""
+        return self.speedups.stats.seconds if self.speedups else 0.0
+
+    def compile_report(self) -> str | None:
+        """Return a log line when graphs were compiled since the last report (a stage prints it once), else None."""
+        line = self.speedups.stats.unreported() if self.speedups else None
+        return f"{line}; {self.speedups.plan.describe()}" if line else None
 
     def model_ids(self, *names: str) -> dict[str, dict]:
         """Return provenance {name: {id, revision}} for the named models."""
@@ -227,13 +239,15 @@ def load_pipelines(cfg: DiffusionConfig) -> Pipelines:
     sd.scheduler = _scheduler(sd, cfg.scheduler)
     sd.set_progress_bar_config(disable=True)
     sd.to(device)
-    pipes = Pipelines(sd=sd, device=device, dtype=dtype, refs=refs)
+    speedups = apply_speedups(sd, resolve_speedups(cfg, device))
+    pipes = Pipelines(sd=sd, device=device, dtype=dtype, refs=refs, speedups=speedups)
     for kind in cfg.controlnet.conditions:
         cn_folder = Path(refs[f"controlnet-{kind}"].folder)
         with _loading(cn_folder, f"diffusion.controlnet.models.{kind}"):
             net = ControlNetModel.from_pretrained(cn_folder, torch_dtype=dtype, local_files_only=True).to(device)
         pipe = StableDiffusionControlNetPipeline.from_pipe(sd, controlnet=net)
         pipe.set_progress_bar_config(disable=True)
+        apply_speedups(pipe, speedups.plan, speedups)  # the shared UNet is done already: only the ControlNet
         pipes.controlnet[kind] = pipe
     if "hed" in refs:
         with _loading(Path(refs["hed"].folder), "diffusion.controlnet.hed_annotator"):
@@ -258,9 +272,12 @@ _CACHE: dict[str, Pipelines] = {}
 
 
 def cached_pipelines(cfg: DiffusionConfig) -> Pipelines:
-    """Return load_pipelines(cfg), reusing the models already loaded in this process for the same config."""
+    """Return load_pipelines(cfg), reusing the models already loaded in this process for the same config.
+
+    Compiled forwards live on the cached models, so class tasks of one process compile once, on the first call.
+    """
     key = cfg.model_dump_json(
-        include={"model", "revision", "device", "dtype", "scheduler"}
+        include={"model", "revision", "device", "dtype", "scheduler", *SPEED_FIELDS}
     ) + cfg.controlnet.model_dump_json(include={"conditions", "models", "hed_annotator"})
     if key not in _CACHE:
         _CACHE.clear()  # one model set at a time: GPU memory holds one SD, not one per config seen

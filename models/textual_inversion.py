@@ -74,6 +74,51 @@ def token_position(tokenizer, template: str, word: str, initializer: str) -> tup
     return ids, position
 
 
+@dataclass
+class Draw:
+    """One optimisation step's random draws: latent view per sample, latent sample noise, added noise, timesteps."""
+
+    view: torch.Tensor  # (B,) int64
+    eps: torch.Tensor  # (B, 4, h, w) float32
+    noise: torch.Tensor  # (B, 4, h, w) float32
+    t: torch.Tensor  # (B,) int64
+
+    def parts(self) -> tuple[torch.Tensor, ...]:
+        """Return (view, eps, noise, t)."""
+        return self.view, self.eps, self.noise, self.t
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Draw:
+        """Return the draws on `device`."""
+        return Draw(*(x.to(device, non_blocking=non_blocking) for x in self.parts()))
+
+
+class Draws:
+    """Each step's draws from one CPU generator, made `chunk` steps at a time on a GPU.
+
+    The values are those of drawing step by step (same generator, same order), so CPU and GPU runs see the same
+    noise; on a GPU one pinned, non-blocking copy per chunk replaces four blocking copies per step.
+    """
+
+    def __init__(self, problem: InversionProblem, generator: torch.Generator, batch: int, chunk: int | None = None):
+        self.problem, self.generator, self.batch = problem, generator, batch
+        self.cuda = problem.device.type == "cuda"
+        self.chunk = chunk or (50 if self.cuda else 1)
+        self.ready: list[Draw] = []
+
+    def next(self) -> Draw:
+        """Return the next step's draws on the problem's device."""
+        if self.chunk == 1:
+            return self.problem.draw(self.generator, self.batch).to(self.problem.device)
+        if not self.ready:
+            draws = [self.problem.draw(self.generator, self.batch) for _ in range(self.chunk)]
+            stacked = [torch.stack(parts) for parts in zip(*(d.parts() for d in draws))]
+            if self.cuda:  # pinned host memory: the copy runs without stopping the host
+                stacked = [x.pin_memory() for x in stacked]
+            on_device = Draw(*stacked).to(self.problem.device, non_blocking=self.cuda)
+            self.ready = [Draw(*(x[i] for x in on_device.parts())) for i in range(self.chunk)]
+        return self.ready.pop(0)
+
+
 def _pixels(image: np.ndarray, device, dtype) -> torch.Tensor:
     return (torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1.0)[None].to(device=device, dtype=dtype)
 
@@ -113,18 +158,29 @@ class InversionProblem:
         self.masks = torch.stack([latent_mask(m, hw, cfg.mask_rule, cfg.mask_cut) for m in views]).to(self.device)
         self.input_ids = torch.tensor([ids], device=self.device)
 
-    def loss(self, v: torch.Tensor, generator: torch.Generator, batch: int, reencode: bool = False) -> torch.Tensor:
-        """Return the mean Eq. 3 loss of v* over `batch` random (view, latent sample, noise, timestep) draws."""
-        pipe, scheduler = self.pipe, self.pipe.scheduler
+    def draw(self, generator: torch.Generator, batch: int) -> Draw:
+        """Return one step's random draws from the CPU generator, in the order the loss has always consumed them."""
         view = torch.randint(0, self.views, (batch,), generator=generator)
+        eps = torch.randn((batch, *self.mean.shape[1:]), generator=generator)
+        noise = torch.randn(eps.shape, generator=generator)
+        t = torch.randint(0, self.pipe.scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        return Draw(view, eps, noise, t)
+
+    def loss(self, v: torch.Tensor, source: torch.Generator | Draw, batch: int, reencode: bool = False) -> torch.Tensor:
+        """Return the mean Eq. 3 loss of v* over `batch` random (view, latent sample, noise, timestep) draws.
+
+        `source` is the CPU generator to draw from, or a Draw already made (and moved to the device) by Draws.
+        """
+        pipe, scheduler = self.pipe, self.pipe.scheduler
+        draw = source if isinstance(source, Draw) else self.draw(source, batch).to(self.device)
+        view = draw.view
         mean, std = encode_shot(pipe.vae, self.image, self.cfg.flip) if reencode else (self.mean, self.std)
-        eps = torch.randn(mean[view].shape, generator=generator).to(self.device)
-        latents = (mean[view] + std[view] * eps) * pipe.vae.config.scaling_factor
-        noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(self.device)
-        noisy = scheduler.add_noise(latents, noise, t)
+        latents = (mean[view] + std[view] * draw.eps) * pipe.vae.config.scaling_factor
+        noisy = scheduler.add_noise(latents, draw.noise, draw.t)
         target = (
-            scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+            scheduler.get_velocity(latents, draw.noise, draw.t)
+            if scheduler.config.prediction_type == "v_prediction"
+            else draw.noise
         )
 
         def put_v(module, args, output):
@@ -137,10 +193,10 @@ class InversionProblem:
         try:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=use_amp):
                 states = pipe.text_encoder(self.input_ids.expand(batch, -1))[0]
-                pred = pipe.unet(noisy.to(self.dtype), t, states.to(self.dtype)).sample
+                pred = pipe.unet(noisy.to(self.dtype), draw.t, states.to(self.dtype)).sample
         finally:
             handle.remove()
-        return masked_noise_loss(pred, target, self.masks[view.to(self.device)], self.cfg.bg_lambda).mean()
+        return masked_noise_loss(pred, target, self.masks[view], self.cfg.bg_lambda).mean()
 
     @torch.no_grad()
     def evaluate(self, v: torch.Tensor, seed: int, draws: int = 32, batch: int = 8) -> float:
@@ -160,39 +216,47 @@ def learn_embedding(
     seed: int,
     reencode_every_step: bool = False,
     on_step: Callable[[int, float], None] | None = None,
+    log_every: int = 50,
 ) -> LearnedEmbedding:
     """Learn v* for one shot (image, bool mask) already at training size with AdamW; only v* receives gradients.
 
     `reencode_every_step` re-runs the VAE each step instead of using the cached latents (for the benchmark);
-    `on_step(step, loss)` is called after every step (progress reporting).
+    `on_step(step, loss)` is called every `log_every` steps and after the last (progress reporting). Losses stay on
+    the device between those calls, so a GPU step never waits for the host; early stopping reads each step's loss
+    and so syncs every step.
     """
     start = time.perf_counter()
     problem = InversionProblem(pipe, image, mask, word, cfg)
     v = problem.initial.clone().requires_grad_(True)
-    optimizer = torch.optim.AdamW([v], lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    generator = torch.Generator("cpu").manual_seed(seed)
-    result = LearnedEmbedding(vector=v.detach())
+    optimizer = torch.optim.AdamW(
+        [v], lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=True if v.is_cuda else None
+    )
+    draws = Draws(problem, torch.Generator("cpu").manual_seed(seed), cfg.batch_size)
+    losses = torch.zeros(cfg.steps, device=v.device)
     best, since_best, smoothed = float("inf"), 0, None
-    for _ in range(cfg.steps):
-        loss = problem.loss(v, generator, cfg.batch_size, reencode_every_step)
+    done = reported = 0
+    while done < cfg.steps:
+        loss = problem.loss(v, draws.next(), cfg.batch_size, reencode_every_step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        value = float(loss.detach())
-        result.losses.append(value)
-        if on_step is not None:
-            on_step(len(result.losses), value)
+        losses[done] = loss.detach()
+        done += 1
+        stop = False
         if cfg.early_stop_patience:  # plateau of an exponential moving average of the loss
+            value = float(losses[done - 1])
             smoothed = value if smoothed is None else 0.9 * smoothed + 0.1 * value
             if smoothed < best * 0.999:
                 best, since_best = smoothed, 0
             else:
                 since_best += 1
-                if since_best >= cfg.early_stop_patience:
-                    break
-    result.vector = v.detach().float().cpu()
-    result.seconds = time.perf_counter() - start
-    return result
+                stop = since_best >= cfg.early_stop_patience
+        if on_step is not None and (done - reported >= log_every or done == cfg.steps or stop):
+            on_step(done, float(losses[done - 1]))
+            reported = done
+        if stop:
+            break
+    return LearnedEmbedding(v.detach().float().cpu(), losses[:done].tolist(), time.perf_counter() - start)
 
 
 def shot_for_training(

@@ -7,17 +7,18 @@ import json
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import webdataset as wds
 import yaml
-from webdataset.tariterators import base_plus_ext, group_by_keys, tar_file_expander
 
 from maskforge.storage.codec import ShardSample, decode_sample
 from maskforge.storage.fs import exists, is_local, join, read_bytes, resolve
 from maskforge.storage.manifest import ManifestError, read_manifest, table_from_bytes
 from maskforge.storage.shards import CONFIG_NAME, MANIFEST_NAME, MARKER_NAME, RUN_FORMAT, SHARDS_DIR, SUMMARY_NAME
+
+if TYPE_CHECKING:
+    import webdataset as wds
 
 _MARKER_FIELDS = ("format", "manifest_sha256", "config_sha256", "n_samples", "shards", "summary")
 
@@ -240,6 +241,9 @@ class RunReader:
     def _shard_members(self, name: str) -> dict[str, dict[str, tuple[int, int]]]:
         """Return {key: {field: (data offset, size)}} for one shard, read from its tar headers once and cached."""
         if name not in self._members:
+            # webdataset only where shards are read: the benches and stage code import this module without it
+            from webdataset.tariterators import base_plus_ext
+
             members: dict[str, dict[str, tuple[int, int]]] = {}
             fs, path = resolve(join(self.run_url, SHARDS_DIR, name))
             with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
@@ -284,6 +288,9 @@ class RunReader:
         urls = self.shard_urls()
         if not urls:
             return iter(())  # SimpleShardList rejects an empty list; a run with no samples simply yields nothing
+        import webdataset as wds
+        from webdataset.tariterators import group_by_keys, tar_file_expander
+
         pipeline = wds.DataPipeline(
             wds.SimpleShardList(urls),
             partial(
@@ -375,6 +382,8 @@ class RunReader:
         `seed`), and every rank and worker reads from all shards, so a run with fewer shards than workers still feeds
         each of them. `keys` keeps only those samples, selected on the raw key before any decoding.
         """
+        import webdataset as wds
+
         if not is_local(self._fs):
             raise ValueError(
                 f"RunReader.webdataset needs a local run; {self.run_url} is not on the local disk "

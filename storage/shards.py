@@ -9,15 +9,17 @@ import re
 import shutil
 import tempfile
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import webdataset as wds
 import yaml
 
 from maskforge.storage.codec import ShardSample, canonical_json, encode_sample, validate_key
 from maskforge.storage.fs import atomic_write_bytes, exists, is_local, join, publish_file, read_bytes, resolve
 from maskforge.storage.manifest import manifest_row, rows_to_table, table_to_bytes, validate_meta
+
+if TYPE_CHECKING:
+    import webdataset as wds
 
 #: File and folder names inside a run folder.
 CONFIG_NAME = "config.yaml"
@@ -219,6 +221,8 @@ class RunWriter:
 
     def _open_writer(self) -> wds.ShardWriter:
         """Start the ShardWriter lazily: it creates its first file at construction, and a run may have no samples."""
+        import webdataset as wds  # only where shards are written: stage code and benches import this module without it
+
         pattern = os.path.join(self._staging, f"{self.shard_prefix}-%06d.tar{_PART_SUFFIX}")
         return wds.ShardWriter(
             pattern,

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
-from maskforge.models.diffusion_config import DiffusionConfig
+from maskforge.models.diffusion_config import SPEED_FIELDS, DiffusionConfig
 from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
 
 
@@ -134,10 +134,13 @@ class MaskforgeConfig(StrictConfig):
         return self
 
     def hash(self) -> str:
-        """Return the resolved config's sha256, leaving out output location and retries (they don't change the data)."""
+        """Return the resolved config's sha256, leaving out output location, retries and the diffusion speed settings
+        (compile, channels-last, fused projections): they don't change the data beyond float rounding."""
         data = self.resolved()
         for name in OPERATIONAL_FIELDS:
             data["run"].pop(name)
+        for name in SPEED_FIELDS if data["diffusion"] is not None else ():
+            data["diffusion"].pop(name)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

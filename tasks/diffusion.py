@@ -359,5 +359,8 @@ def diffusion_samples(
         generated = generate_items(pipes, items, word, cfg, shots)
     finally:
         unload_embeddings(pipes.sd, list(tokens))  # the next class loads its own shots' embeddings
+    report = pipes.compile_report()
+    if report:  # the first class of a process (or a new image shape) paid the compile: say so once
+        print(f"{class_plan.class_name}: diffusion: {report}")
     ids = {shot: path.name for shot, path in files.items()}
     return [to_sample(g, cfg, pipes, plan, class_plan, config_hash, ids) for g in generated]

@@ -85,9 +85,17 @@ def shot_embedding(
             "writes it; the embedding-prompt mode never falls back to plain text)"
         )
     progress = Progress(f"{class_plan.class_name}: embedding of shot {shot_id}", cfg.steps, "steps")
+
+    def on_step(step: int, loss: float) -> None:
+        progress.advance(step - progress.done, note=f"loss {loss:.4f}")
+
+    # the loss is read every tenth of the steps (Progress prints as often): no host sync in between on a GPU
     learned = learn_embedding(
-        pipes.sd, image, mask, word, cfg, seed, on_step=lambda _, loss: progress.advance(note=f"loss {loss:.4f}")
+        pipes.sd, image, mask, word, cfg, seed, on_step=on_step, log_every=max(1, cfg.steps // 10)
     )
+    report = pipes.compile_report()
+    if report:
+        print(f"{class_plan.class_name}: embedding: {report}")
     metadata = {
         "cache_key": key,
         "dataset": plan.dataset,

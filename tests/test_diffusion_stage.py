@@ -1,11 +1,16 @@
 """The diffusion stage on the tiny models: every mode writes valid samples with provenance, seeds are per item."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 from tiny import diffusion_section
 
+import maskforge.models.loading as loading
 from maskforge.eval.datasets import build_dataset
 from maskforge.models.loading import load_pipelines
+from maskforge.models.speedups import is_compiled
 from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import parse_config
@@ -135,7 +140,6 @@ def test_config_errors_name_the_field(tiny_models):
 
 
 def test_out_of_memory_retries_the_batch_at_half_size(setup, monkeypatch):
-    import torch
 
     import maskforge.tasks.diffusion as diffusion
 
@@ -166,3 +170,39 @@ def test_out_of_memory_retries_the_batch_at_half_size(setup, monkeypatch):
     whole = generate_items(pipes, items, "red disc", cfg, {})
     for a, b in zip(out, whole):
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2 and a.item == b.item
+
+
+def test_the_stage_compiles_once_per_process(tiny_models, tmp_path, monkeypatch, capsys):
+    """cached_pipelines keeps the compiled models: a second class task compiles nothing and logs no compile line."""
+    real = loading.resolve_speedups
+    monkeypatch.setattr(
+        loading, "resolve_speedups", lambda cfg, device: dataclasses.replace(real(cfg, device), backend="aot_eager")
+    )
+    monkeypatch.setattr(loading, "_CACHE", {})
+    section = diffusion_section(tiny_models, compile=True, controlnet={"conditions": []}, text={"samples": 2})
+    config = parse_config(
+        {
+            "run": {"out_dir": str(tmp_path)},
+            "dataset": {"toy": {"image_size": 64, "n_train": 60, "n_val": 8}},
+            "generation": {"classes": ["red disc"]},
+            "diffusion": section,
+        }
+    )
+    dataset = build_dataset("toy", None, config.dataset.toy)
+    plan = plan_fold(dataset, config)
+    pipes = loading.cached_pipelines(config.diffusion)
+    assert pipes.speedups.plan.compile and pipes.compile_seconds == 0.0
+    first = diffusion_samples(pipes, dataset, config, plan, plan.novel[0])
+    printed = [line for line in capsys.readouterr().out.splitlines() if "compiled" in line]
+    assert len(printed) == 1 and printed[0].startswith("red disc: diffusion: compiled 1 graph(s) in ")
+    assert printed[0].endswith("(paid once per process); compile default")
+    seconds = pipes.compile_seconds
+    assert seconds > 0
+    assert loading.cached_pipelines(config.diffusion) is pipes  # the next class task of the process
+    second = diffusion_samples(pipes, dataset, config, plan, plan.novel[0])
+    assert pipes.compile_seconds == seconds and "compiled" not in capsys.readouterr().out
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a.image, b.image)
+    # the speed settings are part of the cache key: turning compile off loads eager models
+    eager = loading.cached_pipelines(config.diffusion.model_copy(update={"compile": False}))
+    assert eager is not pipes and not is_compiled(eager.sd.unet)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from maskforge.models.maskdiff import mask_head
 from maskforge.models.maskdiff.mask_head import (
     MaskHeadCheckpointError,
     MaskHeadError,
@@ -117,6 +119,7 @@ def test_tiny_architecture_attention_second_to_last(tiny):
         ({"attention_level": 3}, "attention_level"),
         ({"num_classes": 0}, "num_classes"),
         ({"norm_num_groups": 5}, "block_out_channels"),
+        ({"prediction_type": "sample"}, "prediction_type"),
     ],
 )
 def test_spec_bounds_name_the_field(kwargs, field):
@@ -222,6 +225,48 @@ def test_loss_with_exact_model_is_zero():
     stub = Stub(lambda x, t, c: eps)
     loss = diffusion_loss(stub, make_scheduler("ddpm"), x0, cond, ids, 3, 0.0, torch.Generator().manual_seed(7))
     assert loss.item() == 0.0
+
+
+def test_v_prediction_loss_target_is_the_velocity():
+    x0, cond, ids, t, eps = _loss_case()
+    scheduler = make_scheduler("ddpm", "v_prediction")
+    abar = scheduler.alphas_cumprod[t][:, None, None, None]
+    v = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    zero = Stub(lambda x, t, c: torch.zeros(x.shape[0], 1, *x.shape[-2:]))
+    loss = diffusion_loss(zero, scheduler, x0, cond, ids, 3, 0.0, torch.Generator().manual_seed(7))
+    assert torch.allclose(loss, v.pow(2).mean())
+    exact = Stub(lambda x, t, c: v)
+    assert diffusion_loss(exact, scheduler, x0, cond, ids, 3, 0.0, torch.Generator().manual_seed(7)).item() < 1e-12
+    with pytest.raises(MaskHeadError, match="prediction_type"):
+        make_scheduler("ddim", "sample")
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_v_prediction_sampler_with_an_oracle_recovers_the_mask(kind, monkeypatch):
+    # an oracle that knows x0 predicts v = sqrt(a) eps - sqrt(1 - a) x0 with eps read off x_t: both samplers must
+    # land on x0 whatever the noise, with a scheduler built for v
+    x0 = torch.where(torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(4)) > 0.5, 1.0, -1.0)
+    abar_all = make_scheduler("ddpm").alphas_cumprod
+
+    def oracle(x, t, c):
+        a = abar_all[t.long()][:, None, None, None]
+        xt = x[:, :1]
+        eps = (xt - a.sqrt() * x0.repeat(2, 1, 1, 1)) / (1 - a).sqrt()
+        return a.sqrt() * eps - (1 - a).sqrt() * x0.repeat(2, 1, 1, 1)
+
+    built = []
+
+    def spy(kind, prediction_type="epsilon"):
+        built.append(make_scheduler(kind, prediction_type))
+        return built[-1]
+
+    monkeypatch.setattr(mask_head, "make_scheduler", spy)
+    cond = torch.zeros(3, 9, 16, 16)
+    masks = sample_masks(
+        Stub(oracle), cond, [0, 1, 2], 3, 5.0, kind, 20, torch.Generator().manual_seed(0), "v_prediction"
+    )
+    assert [b.config.prediction_type for b in built] == ["v_prediction"]
+    assert torch.equal(masks, x0 > 0)
 
 
 def test_class_dropout():
@@ -395,6 +440,16 @@ def test_save_load_round_trip(tiny, tmp_path):
     state, state2 = unet.state_dict(), loaded.state_dict()
     assert state.keys() == state2.keys() and all(torch.equal(state[k], state2[k]) for k in state)
     assert [p.name for p in tmp_path.iterdir()] == ["head.safetensors"]
+
+
+def test_prediction_type_travels_with_the_checkpoint(tiny, tmp_path):
+    unet, spec = tiny
+    v_spec = dataclasses.replace(spec, prediction_type="v_prediction")
+    _, loaded, _ = load_mask_head(save_mask_head(tmp_path / "v.safetensors", unet, v_spec, {}))
+    assert loaded.prediction_type == "v_prediction"
+    # a checkpoint written before the field existed reads as the paper's epsilon head
+    old = {k: v for k, v in dataclasses.asdict(spec).items() if k != "prediction_type"}
+    assert MaskHeadSpec(**old).prediction_type == "epsilon"
 
 
 def test_load_mismatch_names_the_file(tiny, tmp_path):

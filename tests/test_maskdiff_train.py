@@ -27,6 +27,7 @@ from maskforge.tasks.maskdiff.train import (
     HEAD_FILE,
     KSHOT_FILE,
     detector_lr_factor,
+    head_spec,
     pick_supports,
     train_maskdiff_base,
     train_maskdiff_finetune,
@@ -120,6 +121,17 @@ def test_base_stage_writes_its_folder_and_is_reused(trained):
     assert class_ids == sorted(FOLD.base) and spec.num_classes == 12 and meta["stage"] == "base"
     _, hspec, _ = load_mask_head(folder / HEAD_FILE)
     assert (hspec.num_classes, hspec.shots, hspec.size) == (16, SHOTS, 32)
+
+
+def test_prediction_type_is_trained_and_hashed_sampling_is_not(tmp_path):
+    plain = parse_maskdiff_config(config(tmp_path))
+    v = parse_maskdiff_config(config(tmp_path, head={"prediction_type": "v_prediction"}))
+    sampled = parse_maskdiff_config(config(tmp_path, head={"guidance": 1.0, "sampler": "ddim", "ddim_steps": 7}))
+    assert v.base_dir() != plain.base_dir() and v.finetune_dir() != plain.finetune_dir()
+    assert sampled.base_dir() == plain.base_dir() and sampled.finetune_dir() == plain.finetune_dir()
+    assert head_spec(v, 16).prediction_type == "v_prediction" and head_spec(plain, 16).prediction_type == "epsilon"
+    with pytest.raises(ConfigError, match="prediction_type"):
+        parse_maskdiff_config(config(tmp_path, head={"prediction_type": "sample"}))
 
 
 def test_finetune_stage_surgery_kshot_set_and_heads(trained):

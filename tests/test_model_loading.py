@@ -16,6 +16,7 @@ from maskforge.models.loading import (
     resolve_device_dtype,
     resolve_model_path,
 )
+from maskforge.models.speedups import CompiledForward, is_compiled
 
 
 def test_loads_tiny_models_with_provenance(tiny_models):
@@ -31,6 +32,28 @@ def test_loads_tiny_models_with_provenance(tiny_models):
     assert type(load_pipelines(cfg.model_copy(update={"scheduler": "dpm-solver"})).sd.scheduler).__name__ == (
         "DPMSolverMultistepScheduler"
     )
+
+
+def test_speed_settings_apply_to_every_model_once(tiny_models):
+    """compile / channels_last / fuse_qkv forced on (CPU): the shared UNet once, each ControlNet, the VAE's layout.
+    Nothing compiles until the first call, so loading stays as fast as before."""
+    section = diffusion_section(tiny_models, compile=True, channels_last=True, fuse_qkv=True)
+    pipes = load_pipelines(DiffusionConfig(**section))
+    plan = pipes.speedups.plan
+    assert (plan.compile, plan.channels_last, plan.fuse_qkv) == (True, True, True)
+    assert pipes.speedups.compiled == ["unet", "controlnet", "controlnet", "controlnet"]
+    assert pipes.compile_seconds == 0.0 and pipes.compile_report() is None
+    unet = pipes.sd.unet
+    assert is_compiled(unet) and not isinstance(unet.forward.eager, CompiledForward)  # not compiled twice
+    assert all(is_compiled(p.controlnet) and p.unet is unet for p in pipes.controlnet.values())
+    conv = unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert pipes.sd.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    kinds = {type(p).__name__ for name, p in unet.attn_processors.items() if ".attn1." in name}
+    assert kinds == {"FusedAttnProcessor2_0"}
+    eager = load_pipelines(DiffusionConfig(**diffusion_section(tiny_models)))  # auto on CPU: all off
+    assert not is_compiled(eager.sd.unet) and eager.speedups.plan.describe() == "eager"
+    assert eager.sd.unet.conv_in.weight.is_contiguous()
 
 
 def test_content_id_changes_with_the_weights(tiny_models, tmp_path):

@@ -9,7 +9,9 @@ from maskforge.eval.datasets import build_dataset
 from maskforge.eval.datasets.config import ToyConfig
 from maskforge.models.diffusion_config import EmbeddingModeConfig
 from maskforge.models.loading import load_pipelines
+from maskforge.models.speedups import SpeedupPlan, apply_speedups
 from maskforge.models.textual_inversion import (
+    Draws,
     InversionProblem,
     latent_mask,
     learn_embedding,
@@ -121,6 +123,47 @@ def test_early_stop_and_reproducibility(pipe, shot):
     assert torch.equal(a.vector, b.vector) and a.losses == b.losses
     stopped = learn_embedding(pipe, image, mask, "red disc", cfg.model_copy(update={"early_stop_patience": 3}), seed=7)
     assert 3 <= len(stopped.losses) < 20
+
+
+def test_draws_in_chunks_equal_step_by_step_draws(pipe, shot):
+    """A GPU draws 50 steps at a time (one copy per chunk): the values are those of drawing step by step."""
+    image, mask = shot
+    problem = InversionProblem(pipe, image, mask, "red disc", EmbeddingModeConfig())
+    one = Draws(problem, torch.Generator().manual_seed(3), 4)
+    chunked = Draws(problem, torch.Generator().manual_seed(3), 4, chunk=7)
+    assert one.chunk == 1  # on CPU: no prefetch
+    for _ in range(10):
+        a, b = one.next(), chunked.next()
+        assert all(torch.equal(x, y) for x, y in zip(a.parts(), b.parts()))
+    assert a.view.shape == (4,) and a.eps.shape == (4, 4, 16, 16) and a.t.max() < 1000
+
+
+def test_loss_is_read_only_every_log_every_steps(pipe, shot):
+    image, mask = shot
+    cfg = EmbeddingModeConfig(steps=11, learning_rate=1e-2)
+    seen = []
+    learned = learn_embedding(
+        pipe, image, mask, "red disc", cfg, seed=2, on_step=lambda *a: seen.append(a), log_every=4
+    )
+    assert [step for step, _ in seen] == [4, 8, 11]
+    assert [loss for _, loss in seen] == [learned.losses[i - 1] for i in (4, 8, 11)]
+    assert len(learned.losses) == 11
+
+
+def test_compiled_unet_learns_the_same_embedding(tiny_models, shot):
+    """With the UNet forward (and its backward) compiled, v* follows the eager run up to float rounding."""
+    from diffusers import StableDiffusionPipeline
+
+    image, mask = shot
+    cfg = EmbeddingModeConfig(steps=6, learning_rate=1e-2)
+    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None)
+    eager = learn_embedding(sd, image, mask, "red disc", cfg, seed=4)
+    torch._dynamo.reset()
+    speedups = apply_speedups(sd, SpeedupPlan(True, backend="aot_eager"))
+    compiled = learn_embedding(sd, image, mask, "red disc", cfg, seed=4)
+    assert speedups.stats.graphs == 1  # forward and backward of one training graph
+    torch.testing.assert_close(compiled.vector, eager.vector, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(compiled.losses, eager.losses, rtol=1e-4)
 
 
 def test_saved_embedding_loads_through_stock_diffusers(pipe, tmp_path):

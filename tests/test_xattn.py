@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from maskforge.models.diffusion_config import DiffusionConfig
+from maskforge.models.speedups import fuse_self_attention
 from maskforge.models.xattn import (
     AttentionStore,
     CaptureBatch,
@@ -174,11 +175,14 @@ def test_capture_processor_keeps_outputs_of_the_wrapped_processor():
     attn = Attention(query_dim=16, cross_attention_dim=8, heads=2, dim_head=8)
     store = AttentionStore([1])
     store.begin(CaptureBatch(token_weights([[1], [2]], 5), (4, 4), frozenset({0})))
-    store.step = 0
+    store.next_step()  # what the UNet's pre-hook does: step 0, which is selected
+    assert store.step == 0 and store.armed
     hidden, text = torch.randn(4, 16, 16), torch.randn(4, 5, 8)  # CFG batch: 2 unconditional + 2 conditional
     wrapped = CaptureProcessor(AttnProcessor2_0(), store, 1, "layer")
     attn.set_processor(wrapped)
     out = attn(hidden, encoder_hidden_states=text)
+    assert len(store.pending) == 1 and not store.sums  # the layer leaves its maps; the UNet's post-hook folds them
+    store.collect()
     attn.set_processor(AttnProcessor2_0())
     assert torch.equal(out, attn(hidden, encoder_hidden_states=text))
     # the conditional rows (2, 3) were captured: compare with a direct softmax
@@ -207,6 +211,27 @@ def test_capture_reuses_the_layer_projections(pipe, tiny_models):
         assert stock == 3 and calls["n"] - stock == stock  # one to_q call per step, with or without capture
     finally:
         handle.remove()
+
+
+def test_capture_processors_are_reused_until_the_unet_changes(tiny_models):
+    """The same processor objects every call (a compiled UNet sees nothing new), rebuilt when the UNet's own change."""
+    from diffusers import StableDiffusionPipeline
+
+    unet = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None).unet
+    stock = unet.attn_processors
+    with capture_cross_attention(unet, [2, 4]) as first:
+        installed = unet.attn_processors
+    with capture_cross_attention(unet, [2, 4]) as second:
+        assert second is first and all(unet.attn_processors[n] is p for n, p in installed.items())
+        assert second.batch is None and second.step == -1 and not second.armed  # reset on entry
+    assert all(unet.attn_processors[n] is p for n, p in stock.items())  # restored on exit
+    with capture_cross_attention(unet, [2]) as other:
+        assert other is not first and other.factors == (2,)
+    fuse_self_attention(unet)  # new attn1 processors: the capture wraps the UNet as it is now
+    with capture_cross_attention(unet, [2, 4]) as rebuilt:
+        assert rebuilt is not first
+        kinds = {type(p).__name__ for n, p in unet.attn_processors.items() if ".attn1." in n}
+        assert kinds == {"FusedAttnProcessor2_0"}
 
 
 @pytest.mark.gpu

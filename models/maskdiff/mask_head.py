@@ -30,6 +30,9 @@ SCHEDULER_CONFIG = {
     "prediction_type": "epsilon",
     "clip_sample": True,
 }
+#: What the UNet predicts: epsilon (the paper's Alg. 1) or v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022),
+#: whose loss keeps weight on the mask at low signal-to-noise, where only the region crop can tell its shape.
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 #: Samplers sample_masks offers and their default step counts (DDPM: the paper's 1000 ancestral steps).
 SCHEDULER_KINDS = {"ddpm": 1000, "ddim": 50}
 MAX_SHOTS = 30
@@ -64,9 +67,12 @@ class MaskHeadSpec:
     layers_per_block: int = 2
     norm_num_groups: int = 32
     attention_head_dim: int = 64
+    prediction_type: str = "epsilon"
 
     def __post_init__(self) -> None:
         """Check every field; a bad one is a MaskHeadError naming it."""
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise MaskHeadError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         object.__setattr__(self, "block_out_channels", tuple(int(c) for c in self.block_out_channels))
         if not (isinstance(self.num_classes, int) and self.num_classes >= 1):
             raise MaskHeadError(f"num_classes: expected an int >= 1, got {self.num_classes!r}")
@@ -158,15 +164,18 @@ def build_mask_head(spec: MaskHeadSpec):
     )
 
 
-def make_scheduler(kind: str = "ddpm"):
+def make_scheduler(kind: str = "ddpm", prediction_type: str = "epsilon"):
     """Return a fresh DDPMScheduler ("ddpm", also the training schedule) or DDIMScheduler ("ddim") built from
-    SCHEDULER_CONFIG."""
+    SCHEDULER_CONFIG, for a head that predicts `prediction_type` (PREDICTION_TYPES)."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
+    if prediction_type not in PREDICTION_TYPES:
+        raise MaskHeadError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    config = {**SCHEDULER_CONFIG, "prediction_type": prediction_type}
     if kind == "ddpm":
-        return DDPMScheduler(**SCHEDULER_CONFIG)
+        return DDPMScheduler(**config)
     if kind == "ddim":
-        return DDIMScheduler(**SCHEDULER_CONFIG)
+        return DDIMScheduler(**config)
     raise MaskHeadError(f"scheduler_kind: expected one of {sorted(SCHEDULER_KINDS)}, got {kind!r}")
 
 
@@ -339,7 +348,8 @@ def diffusion_loss(
     """Paper Alg. 1: MSE between the UNet's epsilon and the drawn noise, for masks x0 (N, 1, S, S) in {-1, +1}.
 
     Draws, in this order from `generator`: t ~ U{0..T-1} (N,), eps ~ N(0, 1) like x0, u ~ U[0, 1) (N,); a class is
-    replaced by the null class where u < p_uncond. x_t = scheduler.add_noise(x0, eps, t).
+    replaced by the null class where u < p_uncond. x_t = scheduler.add_noise(x0, eps, t). A scheduler built for
+    "v_prediction" makes the target v = scheduler.get_velocity(x0, eps, t) instead of eps.
     """
     if not 0.0 <= p_uncond <= 1.0:
         raise MaskHeadError(f"p_uncond: expected a probability in [0, 1], got {p_uncond!r}")
@@ -357,12 +367,20 @@ def diffusion_loss(
     labels = torch.where(drop, torch.full_like(labels, null_class), labels)
     x_t = scheduler.add_noise(x0, eps, t)
     pred = unet(torch.cat([x_t, cond.to(x_t)], dim=1), t, class_labels=labels).sample
-    return F.mse_loss(pred.float(), eps.float())
+    kind = scheduler.config.prediction_type
+    if kind not in PREDICTION_TYPES:
+        raise MaskHeadError(f"scheduler: prediction_type {kind!r}; expected one of {PREDICTION_TYPES}")
+    target = eps if kind == "epsilon" else scheduler.get_velocity(x0, eps, t)
+    return F.mse_loss(pred.float(), target.float())
 
 
 def guided_eps(unet, x_t: torch.Tensor, t, cond: torch.Tensor, class_ids, null_class: int, w: float) -> torch.Tensor:
     """Classifier-free guidance (paper Alg. 2): w * eps(c) + (1 - w) * eps(null), both halves in ONE forward of
-    batch 2N (w = 1: the conditional model alone, w = 0: the unconditional one)."""
+    batch 2N (w = 1: the conditional model alone, w = 0: the unconditional one).
+
+    For a v-predicting head the same combination of its outputs is the guided v; it equals guiding eps, since
+    eps = sqrt(a) v + sqrt(1 - a) x_t is affine in v at fixed x_t and the weights sum to 1.
+    """
     w = _check_guidance(w)
     n = x_t.shape[0]
     labels = _class_labels(class_ids, n, null_class, x_t.device)
@@ -387,12 +405,14 @@ def sample_masks(
     scheduler_kind: str = "ddpm",
     steps: int | None = None,
     generator: torch.Generator | None = None,
+    prediction_type: str = "epsilon",
 ) -> torch.Tensor:
     """Paper Alg. 2: sample N binary masks (N, 1, S, S) for conditioning cond (N, 3 + 3K, S, S).
 
     x_T ~ N(0, 1) (drawn from `generator`), then `steps` denoising steps (DDPM ancestral, default 1000; or DDIM with
     eta 0, default 50) with guided_eps -- one UNet forward of batch 2N per step for all N detections -- and the final
-    x_0 is cut at 0. The state is kept in float32; the UNet runs in cond's dtype. The caller sets unet.eval().
+    x_0 is cut at 0. The state is kept in float32; the UNet runs in cond's dtype. `prediction_type` is the head's
+    (MaskHeadSpec.prediction_type). The caller sets unet.eval().
     """
     if scheduler_kind not in SCHEDULER_KINDS:
         raise MaskHeadError(f"scheduler_kind: expected one of {sorted(SCHEDULER_KINDS)}, got {scheduler_kind!r}")
@@ -405,7 +425,7 @@ def sample_masks(
     labels = _class_labels(class_ids, n, null_class, cond.device)
     if n == 0:
         return torch.zeros(0, 1, size, size, dtype=torch.bool, device=cond.device)
-    scheduler = make_scheduler(scheduler_kind)
+    scheduler = make_scheduler(scheduler_kind, prediction_type)
     scheduler.set_timesteps(steps, device=cond.device)
     x = _draw("randn", (n, 1, size, size), generator, cond.device)
     extra = {"eta": 0.0} if scheduler_kind == "ddim" else {"generator": generator}

@@ -55,6 +55,11 @@ class MaskdiffHeadConfig(StrictConfig):
     arch: Literal["paper", "tiny"] = Field("paper", description="paper: 128/128/256/384/512; tiny: the toy world's.")
     size: int = Field(128, ge=16, le=256, description="Mask and crop side (paper: 128).")
     p_uncond: float = Field(0.1, ge=0, le=1, description="Probability the class is replaced by the null class.")
+    prediction_type: Literal["epsilon", "v_prediction"] = Field(
+        "epsilon",
+        description="What the UNet predicts: epsilon (paper Alg. 1) or v (keeps loss weight on the mask at low "
+        "signal-to-noise, where only the region crop tells its shape). Stored in the head's spec.",
+    )
     guidance: float = Field(5.0, ge=0, le=20, description="w in eps = w eps(c) + (1 - w) eps(null) (paper: 5).")
     sampler: Literal["ddpm", "ddim"] = Field("ddpm", description="ddpm: the 1000-step ancestral sampler (paper).")
     ddim_steps: int = Field(50, ge=1, le=1000, description="Steps of the DDIM sampler.")

@@ -314,6 +314,7 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
                     scheduler_kind=h.sampler,
                     steps=steps,
                     generator=generator,
+                    prediction_type=spec.prediction_type,
                 ).cpu()
                 segm_results[s] += _paste(per_image, masks, coco_id)
         if (b + 1) % 10 == 0 or b + 1 == len(batches):

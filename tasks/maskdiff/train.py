@@ -90,9 +90,11 @@ def detector_spec(config: MaskdiffConfig, num_classes: int) -> DetectorSpec:
 
 
 def head_spec(config: MaskdiffConfig, num_classes: int) -> MaskHeadSpec:
-    """Return the mask-head spec of a config: head.arch's levels, finetune.shots supports, head.size masks."""
+    """Return the mask-head spec of a config: head.arch's levels, finetune.shots supports, head.size masks,
+    head.prediction_type."""
     make = tiny_head_spec if config.head.arch == "tiny" else paper_spec
-    return dataclasses.replace(make(num_classes, config.finetune.shots), size=config.head.size)
+    spec = make(num_classes, config.finetune.shots)
+    return dataclasses.replace(spec, size=config.head.size, prediction_type=config.head.prediction_type)
 
 
 def detector_lr_factor(steps: int) -> Callable[[int], float]:
@@ -265,7 +267,7 @@ def train_head(
     items = [(cid, i) for cid in sorted(pool) for i in range(len(pool[cid]))]
     rng = rng_for(what, "instances", seed)
     generator = torch.Generator().manual_seed(derive_seed(what, "diffusion", seed))
-    scheduler = make_scheduler("ddpm")
+    scheduler = make_scheduler("ddpm", spec.prediction_type)
     unet.train()
 
     def step(_: int) -> float:
