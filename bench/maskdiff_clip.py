@@ -2,7 +2,8 @@
 
 One run on a trained K-shot stage (default: configs/maskdiff-toy.yaml under runs/, as bench/toy_fsis.py trains it):
 eval_maskdiff on the first --images val images, one sampling seed, DDIM with --steps steps at each guidance weight
-of --w, once with the schedulers' clip_sample (SCHEDULER_CONFIG, the default) and once without. Prints novel and base
+of --w, once with x0 clipping (diffusers' default, which the ancestral sampler keeps) and once without (what
+make_scheduler gives DDIM). Prints novel and base
 segm AP of each and, last, `maskdiff_ddim_clip: clipped/unclipped novel segm AP at w = W = R`; writes JSON.
 
     python bench/maskdiff_clip.py --threads 2
@@ -50,11 +51,12 @@ def main() -> None:
             "head.ddim_steps": args.steps,
         },
     )
-    clip_default = mask_head.SCHEDULER_CONFIG["clip_sample"]
+    stock = mask_head.make_scheduler
     rows = []
     try:
         for clip in (True, False):
-            mask_head.SCHEDULER_CONFIG["clip_sample"] = clip  # read by make_scheduler at every sample_masks call
+            # sample_masks looks make_scheduler up in its module at every call
+            mask_head.make_scheduler = lambda kind, pt="epsilon", _c=clip: stock(kind, pt, clip_sample=_c)
             for w in args.w:
                 cfg = config.model_copy(update={"head": config.head.model_copy(update={"guidance": w})})
                 result = eval_maskdiff(cfg, log=lambda _: None)
@@ -66,7 +68,7 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        mask_head.SCHEDULER_CONFIG["clip_sample"] = clip_default
+        mask_head.make_scheduler = stock
     last = args.w[-1]
     clipped = next(r["novel"] for r in rows if r["clip_sample"] and r["w"] == last)
     unclipped = next(r["novel"] for r in rows if not r["clip_sample"] and r["w"] == last)
