@@ -21,15 +21,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torchvision.ops import roi_align
 
-#: Training noise schedule of the paper (Alg. 1): DDPM, T = 1000, linear betas, epsilon prediction.
-SCHEDULER_CONFIG = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "linear",
-    "beta_start": 1e-4,
-    "beta_end": 0.02,
-    "prediction_type": "epsilon",
-    "clip_sample": True,
-}
+#: Training noise schedule of the paper (Alg. 1): DDPM, T = 1000, linear betas; make_scheduler adds the prediction
+#: type and the sampler's x0 clipping.
+SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
 #: What the UNet predicts: epsilon (the paper's Alg. 1) or v = sqrt(a) eps - sqrt(1 - a) x0 (Salimans & Ho 2022),
 #: whose loss keeps weight on the mask at low signal-to-noise, where only the region crop can tell its shape.
 PREDICTION_TYPES = ("epsilon", "v_prediction")
