@@ -1,7 +1,9 @@
 """Browser check of the Prefect UI (`make ui-check`, not part of `make test`): serve, run the toy deployment and a toy
 HSNet evaluation through the worker, open their artifact pages in headless Chromium, assert that the table, the
 contact-sheet grid, the rejected samples, the score histograms and the trend chart render; then the GFSS base and
-novel deployments (the novel stage fed the generate run's folder) and their table and trend artifacts; screenshots.
+novel deployments (the novel stage fed the generate run's folder), the DiffewS evaluation deployment (the shipped
+checkpoint, KR+NS from the generate run) and the MaskDiff train deployment (both stages and the evaluation, synthetic
+instances from the generate run), each with its table and trend artifacts; screenshots.
 
 Needs Debian's chromium (`apt-get install chromium`). Takes a few minutes on 2 cores (server start, the demo run).
 """
@@ -99,6 +101,38 @@ def small_gfss_config(folder: Path) -> dict:
     }
 
 
+def small_diffews_config(folder: Path) -> dict:
+    """The shipped toy DiffewS config with few episodes and its results in `folder` (the evaluation is the check)."""
+    import yaml
+
+    data = yaml.safe_load((ROOT / "configs" / "diffews-toy.yaml").read_text())
+    data["run"].update({"out_dir": str(folder / "runs"), "threads": 1})
+    data["eval"].update(
+        {
+            "checkpoint": str(ROOT / "models" / "checkpoints" / "diffews-toy-f0"),
+            "episodes": 8,
+            "synthetic_per_class": 2,
+            "results_dir": str(folder / "results"),
+        }
+    )
+    data["model"]["sd"] = str(ROOT / data["model"]["sd"])
+    return data
+
+
+def small_maskdiff_config(folder: Path) -> dict:
+    """A MaskDiff config for the check: the demo's toy world, tiny detector and head, a few steps of each stage."""
+    toy = {"seed": 0, "image_size": 64, "n_train": 120, "n_val": 8}
+    return {
+        "run": {"name": "ui", "out_dir": str(folder / "runs"), "device": "cpu", "threads": 1},
+        "dataset": {"name": "toy", "fold": 0, "toy": toy},
+        "detector": {"backbone": "tiny", "min_size": 64, "max_size": 64},
+        "head": {"arch": "tiny", "size": 32, "sampler": "ddim", "ddim_steps": 2},
+        "base": {"detector_steps": 3, "head_steps": 2, "batch_size": 4},
+        "finetune": {"shots": 1, "detector_steps": 2, "head_steps": 2, "batch_size": 4},
+        "eval": {"max_images": 4, "sampling_seeds": 2, "score_threshold": 0.0, "results_dir": str(folder / "results")},
+    }
+
+
 def main() -> None:
     """Serve, run toy-f0, check the artifact pages; exit non-zero with a message on any failure."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -136,11 +170,14 @@ def main() -> None:
         params = {**deployment["parameters"], "out_dir": generated_out}
         run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params}).json()
         wait_for(base, run, args.timeout)
-        # the generate subflow publishes the artifacts; find them by key prefix
-        artifacts = api(base, "POST", "/artifacts/filter", json={}).json()
 
         def latest(prefix: str) -> dict:
-            return next(a for a in artifacts if a["key"] and a["key"].startswith(prefix))
+            """The newest artifact whose key starts with `prefix` (asked of the API: listings are paged)."""
+            query = {"artifacts": {"key": {"like_": f"{prefix}%"}}, "sort": "CREATED_DESC", "limit": 1}
+            found = api(base, "POST", "/artifacts/filter", json=query).json()
+            if not found:
+                sys.exit(f"ui-check: no artifact with a key starting {prefix!r}")
+            return found[0]
 
         # a toy HSNet evaluation with the shipped checkpoint: its trend artifact carries the mIoU chart
         evaluation = next(d for d in deployments(base) if d["name"] == "hsnet-eval-toy-f0")
@@ -163,7 +200,19 @@ def main() -> None:
             params = {**dep["parameters"], "config_path": str(gfss_config), **more}
             run = api(base, "POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params}).json()
             wait_for(base, run, args.timeout)
-        artifacts = api(base, "POST", "/artifacts/filter", json={}).json()
+        # DiffewS: the evaluation deployment with the shipped checkpoint, KR+NS from the generate run; MaskDiff: the
+        # train deployment (base and K-shot stages, then the evaluation), synthetic instances from the generate run
+        generated_run = str(next(Path(generated_out).iterdir()))
+        for name, build, more in (
+            ("diffews-eval-toy-f0", small_diffews_config, {"synthetic_run": generated_run}),
+            ("maskdiff-train-toy-f0", small_maskdiff_config, {"shots": 1, "synthetic_runs": [generated_run]}),
+        ):
+            learner_config = Path(tempfile.mkdtemp(prefix=f"maskforge-ui-{name}-")) / "config.yaml"
+            learner_config.write_text(json.dumps(build(learner_config.parent)))
+            dep = next(d for d in deployments(base) if d["name"] == name)
+            params = {**dep["parameters"], "config_path": str(learner_config), **more}
+            run = api(base, "POST", f"/deployments/{dep['id']}/create_flow_run", json={"parameters": params}).json()
+            wait_for(base, run, args.timeout)
         checks = {
             "table": (latest("samples-"), ["red disc", "source real"]),
             "contact-sheet": (latest("contact-sheet-"), ["data:image/jpeg;base64", "red disc", "manifest.parquet"]),
@@ -175,6 +224,13 @@ def main() -> None:
             "trend": (latest("hsnet-trend-toy-f0"), ["HSNet trend: toy fold 0", "data:image/png;base64", "1R"]),
             "gfss-table": (latest("gfss-toy-f0-1shot-gaps-synthetic"), ["PIFS average over steps", "novel mIoU"]),
             "gfss-trend": (latest("gfss-toy-f0-1shot-trend"), ["GFSS trend: toy fold 0", "data:image/png;base64"]),
+            "diffews-table": (latest("diffews-eval-toy-f0"), ["1R+2S", "miou", "baseline: support-prior"]),
+            "diffews-trend": (latest("diffews-trend-toy-f0"), ["DiffewS trend: toy fold 0", "data:image/png;base64"]),
+            "maskdiff-table": (latest("maskdiff-toy-f0-1shot-s0"), ["segm AP", "novel", "bbox AP75"]),
+            "maskdiff-trend": (
+                latest("maskdiff-toy-f0-1shot-trend"),
+                ["MaskDiff trend: toy fold 0, 1-shot", "data:image/png;base64", "novel segm AP"],
+            ),
         }
         for name, (artifact, needles) in checks.items():
             url = f"{base}/v2/artifacts/artifact/{artifact['id']}"
