@@ -12,8 +12,9 @@ One run on a trained K-shot stage (default: configs/maskdiff-toy.yaml under runs
                null class: does the class still tell the shape?), the region crop for zeros (a swap
                that changes the output little is an input the head does not read); and the mask IoU against the
                ground truth of each variant's one-step x0 estimate (the scheduler's pred_original_sample, cut at
-               0), the guided output at the largest --w among them (does the class term point to a better
-               mask?); over all, novel and crowded boxes (other classes' instances cover > 10 % of the box).
+               0), over all, novel and crowded boxes (other classes' instances cover > 10 % of the box); and
+               that IoU of the guided output w * out(c) + (1 - w) * out(null) at each --w, with the class's own
+               supports and with another class's (does the class term point to a better mask, and when?).
 Prints the sweep table, the sensitivity table and, last,
 `maskdiff_guidance: w=5/w=1 novel segm AP = R; class/crop output sensitivity = S`; writes JSON.
 
@@ -122,9 +123,10 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def sensitivity(config: MaskdiffConfig, images: int, timesteps: list[int], seed: int, w: float) -> dict:
-    """Return, per t, the mean relative output change of each swap and the mask IoU of the one-step x0 estimate of
-    each variant (conditional, each swap, guided at `w`), over the probe instances; plus their counts."""
+def sensitivity(config: MaskdiffConfig, images: int, timesteps: list[int], seed: int, weights: list[float]) -> dict:
+    """Return, per t, the mean relative output change of each swap, the mask IoU of the one-step x0 estimate of
+    each variant (conditional, each swap), and that IoU of the guided output at each weight with the class's own
+    supports and with another class's, over the probe instances; plus their counts."""
     unet, spec, x0, regions, supports, cids, novel, crowded = probe_inputs(config, images)
     ids = sorted(supports)
     g = torch.Generator().manual_seed(seed)
@@ -154,7 +156,7 @@ def sensitivity(config: MaskdiffConfig, images: int, timesteps: list[int], seed:
         "instances": len(cids),
         "novel_instances": int(is_novel.sum()),
         "crowded_instances": int(crowded.sum()),
-        "w": w,
+        "w": weights,
     }
     target = x0.flatten(1)
     for t in timesteps:
@@ -166,7 +168,6 @@ def sensitivity(config: MaskdiffConfig, images: int, timesteps: list[int], seed:
         for name, (c, labels) in swapped.items():
             outs[name] = head(x_t, t, c, labels)
             change[name] = float(((outs[name] - out).norm(dim=1) / norm).mean())
-        outs[f"guided w = {w:g}"] = w * out + (1.0 - w) * outs[SWAPS[0]]
         iou = {}
         for name, o in outs.items():
             # the scheduler's own x0 estimate for its prediction type (clipping to [-1, 1] keeps the sign)
@@ -176,7 +177,17 @@ def sensitivity(config: MaskdiffConfig, images: int, timesteps: list[int], seed:
                 "novel": mask_iou(est[is_novel], target[is_novel]) if is_novel.any() else None,
                 "crowded": mask_iou(est[crowded], target[crowded]) if crowded.any() else None,
             }
-        result[str(t)] = {"change": change, "x0_iou": iou}
+        guided = {}
+        for own, (cond_out, null_out) in {
+            "own supports": (out, outs[SWAPS[0]]),
+            "other class's supports": (outs[SWAPS[2]], outs[SWAPS[3]]),
+        }.items():
+            guided[own] = {}
+            for w in weights:
+                o = w * cond_out + (1.0 - w) * null_out  # guided_eps's combination, applied to the head's outputs
+                est = scheduler.step(o.view_as(x_t), t, x_t, generator=g).pred_original_sample.flatten(1)
+                guided[own][f"{w:g}"] = mask_iou(est, target)
+        result[str(t)] = {"change": change, "x0_iou": iou, "guided_x0_iou": guided}
     return result
 
 
@@ -205,7 +216,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     config = load_maskdiff_config(args.config, {"run.out_dir": args.out_dir, "eval.max_images": args.images})
     started = time.perf_counter()
-    probe = sensitivity(config, args.probe_images, args.t, args.seed, max(args.w))
+    probe = sensitivity(config, args.probe_images, args.t, args.seed, args.w)
     rows = sweep(config, args.w, args.seeds)
 
     h = config.head
@@ -234,8 +245,16 @@ def main() -> None:
             crowd = f" [{r['crowded']:.2f}]" if r["crowded"] is not None else ""
             cells.append(f"{r['all']:.2f}{novel}{crowd}")
         print(f"  {name:42s}" + "".join(f"{c:>20s}" for c in cells))
+    print(f"{'x0 mask IoU of the guided output, all':44s}{head_t}")
+    for own in probe[str(args.t[0])]["guided_x0_iou"]:
+        for w in args.w:
+            label = f"{own}, w = {w:g}"
+            print(f"  {label:42s}" + "".join(f"{probe[str(t)]['guided_x0_iou'][own][f'{w:g}']:20.3f}" for t in args.t))
     by_w = {r["w"]: r for r in rows}
-    ratio = by_w[5.0]["novel_ap"] / max(by_w[1.0]["novel_ap"], 1e-9)
+    # COCO's -1: no novel ground truth in the images scored (a small --images); no ratio then
+    unguided = by_w[1.0]["novel_ap"]
+    ratio = by_w[5.0]["novel_ap"] / unguided if unguided > 0 else None
+    shown = "n/a" if ratio is None else f"{ratio:.3f}"
     t_mid = str(args.t[len(args.t) // 2])
     share = probe[t_mid]["change"][SWAPS[0]] / max(probe[t_mid]["change"][SWAPS[4]], 1e-9)
     write_json(
@@ -254,7 +273,7 @@ def main() -> None:
         },
     )
     print(
-        f"maskdiff_guidance: w=5/w=1 novel segm AP = {ratio:.3f}; class/crop output sensitivity at t = {t_mid} = "
+        f"maskdiff_guidance: w=5/w=1 novel segm AP = {shown}; class/crop output sensitivity at t = {t_mid} = "
         f"{share:.3f}"
     )
 
