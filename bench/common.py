@@ -14,6 +14,7 @@ from maskforge.eval.datasets import build_dataset
 from maskforge.eval.datasets.config import ToyConfig
 from maskforge.models.clip_tokenizer import build_clip_tokenizer
 from maskforge.models.controls import resize_image, resize_mask
+from maskforge.models.diffusion_config import CUDA_GRAPH_MODES
 from maskforge.models.speedups import SpeedupPlan, Speedups, apply_speedups
 from maskforge.models.tiny import SD_DIR, build_tiny_models, sd1_scheduler
 from maskforge.storage.labels import binary_mask
@@ -144,12 +145,21 @@ def add_compile_flag(parser: argparse.ArgumentParser, default: str = "auto") -> 
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         help="torch.compile mode (diffusion.compile_mode)",
     )
+    parser.add_argument(
+        "--compile-scope",
+        default="model",
+        choices=["model", "blocks"],
+        help="what is compiled (diffusion.compile_scope): the whole UNet forward, or only its transformer blocks",
+    )
 
 
 def speed_plan(args: argparse.Namespace, device: torch.device) -> SpeedupPlan:
-    """Return the speed set of --compile / --compile-mode on `device`: everything on, or everything off."""
+    """Return the speed set of --compile / --compile-mode / --compile-scope on `device`: everything on, or
+    everything off."""
     on = device.type == "cuda" if args.compile == "auto" else args.compile == "on"
-    return SpeedupPlan(on, args.compile_mode, channels_last=on, fuse_qkv=on)
+    if on and args.compile_scope == "blocks" and args.compile_mode in CUDA_GRAPH_MODES:
+        raise SystemExit(f"--compile-scope blocks needs a --compile-mode without CUDA graphs, got {args.compile_mode}")
+    return SpeedupPlan(on, args.compile_mode, channels_last=on, fuse_qkv=on, scope=args.compile_scope)
 
 
 def apply_speed_plan(pipe, plan: SpeedupPlan) -> Speedups | None:

@@ -19,6 +19,8 @@
 #                          refinement, diffews, maskdiff, gfss); gpu-tests runs the gpu-marked tests of the compiled
 #                          capture (inductor, fp16: images with the capture on and off identical)
 #   GPU_SUITE_COMPILE_MODE torch.compile mode of the compiled benches (default "default": the shortest compile)
+#   GPU_SUITE_COMPILE_SCOPE model|blocks: compile the whole UNet forward (default) or only its transformer blocks
+#                          (diffusers' regional compilation: less to compile; the fallback if compiles overrun)
 #   GPU_SUITE_DRY=1        CPU dry run: every bench in its tiny CPU form, one repeat, eager (tests use it)
 #
 # maskforge is imported from this checkout without an install: the repository root is the package, so a link named
@@ -33,6 +35,7 @@ dry=${GPU_SUITE_DRY:-0}
 budget=${GPU_SUITE_BUDGET:-470}
 only=${GPU_SUITE_ONLY:-}
 mode=${GPU_SUITE_COMPILE_MODE:-default}
+scope=${GPU_SUITE_COMPILE_SCOPE:-model}
 if [[ -z ${PYTHON:-} ]]; then
   if [[ -x $root/.venv/bin/python ]]; then PYTHON=$root/.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -67,9 +70,9 @@ EOF
 
 # name | limit (s) | command (full size) | command (dry: tiny CPU form, one repeat)
 benches=(
-  "gen-b8-bf16|240|bench/generation.py --full-size --steps 50 --batch 8 --repeats 3 --dtype bfloat16 --compile on --compile-mode $mode --json $out/gen-b8-bf16.json|bench/generation.py --steps 2 --batch 2 --repeats 1 --compile off --threads 1 --json $out/gen-b8-bf16.json"
-  "ti|200|bench/textual_inversion.py --full-size --compile on --compile-mode $mode --json $out/ti.json|bench/textual_inversion.py --measure 2 --repeats 1 --compile off --threads 1 --json $out/ti.json"
-  "gen-b16-fp16|220|bench/generation.py --full-size --steps 50 --batch 16 --repeats 3 --dtype float16 --compile on --compile-mode $mode --json $out/gen-b16-fp16.json|bench/generation.py --steps 2 --batch 4 --repeats 1 --compile off --threads 1 --json $out/gen-b16-fp16.json"
+  "gen-b8-bf16|240|bench/generation.py --full-size --steps 50 --batch 8 --repeats 3 --dtype bfloat16 --compile on --compile-mode $mode --compile-scope $scope --json $out/gen-b8-bf16.json|bench/generation.py --steps 2 --batch 2 --repeats 1 --compile off --threads 1 --json $out/gen-b8-bf16.json"
+  "ti|200|bench/textual_inversion.py --full-size --compile on --compile-mode $mode --compile-scope $scope --json $out/ti.json|bench/textual_inversion.py --measure 2 --repeats 1 --compile off --threads 1 --json $out/ti.json"
+  "gen-b16-fp16|220|bench/generation.py --full-size --steps 50 --batch 16 --repeats 3 --dtype float16 --compile on --compile-mode $mode --compile-scope $scope --json $out/gen-b16-fp16.json|bench/generation.py --steps 2 --batch 4 --repeats 1 --compile off --threads 1 --json $out/gen-b16-fp16.json"
   "gpu-tests|100|-m pytest -q -p no:cacheprovider -m gpu tests/test_compile.py tests/test_xattn.py|-m pytest -q -p no:cacheprovider --collect-only -m gpu tests/test_compile.py tests/test_xattn.py"
   "refinement|80|bench/refinement.py --full-size --json $out/refinement.json|bench/refinement.py --steps 2 --batch 2 --repeats 1 --threads 1 --json $out/refinement.json"
   "diffews|120|bench/diffews.py --full-size --out $out/diffews.json|bench/diffews.py --shots 1 --warmup 0 --repeats 1 --no-train --threads 1 --out $out/diffews.json"

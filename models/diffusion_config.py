@@ -153,6 +153,10 @@ class ControlNetModeConfig(StrictConfig):
         return self
 
 
+#: torch.compile modes that capture CUDA graphs (whole denoising steps: apply_speedups marks the step boundaries).
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
 class DiffusionConfig(StrictConfig):
     """The diffusion stage: Stable Diffusion and ControlNet images with cross-attention coarse masks."""
 
@@ -181,6 +185,13 @@ class DiffusionConfig(StrictConfig):
         description="torch.compile mode: default (fastest to compile), reduce-overhead (CUDA graphs), max-autotune "
         "(kernel search and CUDA graphs: longest compile), max-autotune-no-cudagraphs.",
     )
+    compile_scope: Literal["model", "blocks"] = Field(
+        "model",
+        description="What torch.compile compiles: model = each UNet / ControlNet forward as one graph; blocks = only "
+        "their transformer blocks (diffusers' regional compilation: one graph per block shape, reused by every block "
+        "of that shape, so less to compile; the convolutions stay eager). blocks needs a compile_mode "
+        "without CUDA graphs.",
+    )
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="Channels-last memory format for UNet, ControlNet and VAE: auto = on with CUDA."
     )
@@ -198,8 +209,13 @@ class DiffusionConfig(StrictConfig):
     def _compile_mode(self) -> "DiffusionConfig":
         if self.compile is False and self.compile_mode != "default":
             raise ValueError(f"compile_mode {self.compile_mode!r} needs compile true or 'auto' (compile is false)")
+        if self.compile_scope == "blocks" and self.compile_mode in CUDA_GRAPH_MODES:
+            raise ValueError(
+                f"compile_scope 'blocks' needs compile_mode default or max-autotune-no-cudagraphs, got "
+                f"{self.compile_mode!r} (CUDA graphs capture whole steps, not one block)"
+            )
         return self
 
 
 #: DiffusionConfig fields that change how fast images are made, not which images: left out of the run identity.
-SPEED_FIELDS = ("compile", "compile_mode", "channels_last", "fuse_qkv")
+SPEED_FIELDS = ("compile", "compile_mode", "compile_scope", "channels_last", "fuse_qkv")

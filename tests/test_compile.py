@@ -9,10 +9,13 @@ import torch
 
 from maskforge.models.diffusion_config import DiffusionConfig
 from maskforge.models.speedups import (
+    REPEATED_BLOCKS,
     CompiledForward,
     SpeedupError,
     SpeedupPlan,
+    TimedForward,
     apply_speedups,
+    compile_blocks,
     fuse_self_attention,
     is_compiled,
     resolve_speedups,
@@ -147,6 +150,67 @@ def test_capture_under_compile_keeps_images_and_maps(tiny_models):
     assert isinstance(pipe.unet.forward, CompiledForward) and not isinstance(pipe.unet.forward.eager, CompiledForward)
     with pytest.raises(SpeedupError, match="differs from the record's"):
         apply_speedups(pipe, dataclasses.replace(TRACE, mode="max-autotune"), speedups)
+
+
+def test_compile_scope_blocks_is_checked_and_kept_out_of_the_run_identity():
+    blocks = DiffusionConfig(model="x", compile=True, compile_scope="blocks")
+    assert resolve_speedups(blocks, torch.device("cpu")) == SpeedupPlan(True, "default", False, False, scope="blocks")
+    assert resolve_speedups(blocks, torch.device("cpu")).describe() == "compile default (transformer blocks)"
+    with pytest.raises(ConfigError, match=r"compile_scope 'blocks' needs compile_mode default or"):
+        parse_config({"diffusion": {"model": "x", "compile_scope": "blocks", "compile_mode": "reduce-overhead"}})
+    with pytest.raises(ConfigError, match=r"diffusion.compile_scope"):
+        parse_config({"diffusion": {"model": "x", "compile_scope": "layers"}})
+    plain = parse_config({"diffusion": {"model": "x"}})
+    regional = parse_config({"diffusion": {"model": "x", "compile_scope": "blocks"}})
+    assert regional.resolved()["diffusion"]["compile_scope"] == "blocks" and regional.hash() == plain.hash()
+
+
+def test_capture_under_block_compile_keeps_images_and_maps(tiny_models):
+    """compile_scope blocks: every transformer block of the UNet and the ControlNet compiled in place, the forward
+    eager around them; blocks of one shape share graphs, so a call compiles a few graphs, not one per block; images
+    and maps as eager, the capture on and off."""
+    from diffusers import ControlNetModel
+    from diffusers.models.attention import BasicTransformerBlock
+
+    torch._dynamo.reset()
+    pipe = _pipe(tiny_models)
+    cfg, items = _cfg(), _items([11, 12])
+    eager_images, eager_maps, _ = generate_batch(pipe, items, "red disc", cfg, (64, 64))
+    plan = dataclasses.replace(TRACE, scope="blocks")
+    speedups = apply_speedups(pipe, plan)
+    blocks = [m for m in pipe.unet.modules() if isinstance(m, BasicTransformerBlock)]
+    assert len(blocks) == 7 and all(b._compiled_call_impl is not None for b in blocks)
+    assert is_compiled(pipe.unet) and speedups.compiled == ["unet"] and speedups.stats.graphs == 0
+    images, maps, _ = generate_batch(pipe, items, "red disc", cfg, (64, 64), capture=True)
+    stock, _, _ = generate_batch(pipe, items, "red disc", cfg, (64, 64), capture=False)
+    compiled = speedups.stats.graphs
+    assert 0 < compiled < 2 * len(blocks) and speedups.stats.seconds > 0  # shared graphs, not two per block
+    np.testing.assert_array_equal(images, stock)
+    assert np.abs(images.astype(int) - eager_images.astype(int)).max() <= 1  # fused projections: float rounding
+    for f in (2, 4):
+        torch.testing.assert_close(maps[f], eager_maps[f], rtol=1e-4, atol=1e-7)
+    generate_batch(pipe, _items([5, 6], "a photo of a blue square"), "blue square", cfg, (64, 64))
+    assert speedups.stats.graphs == compiled  # other prompts and seeds: nothing new to compile
+    # a ControlNet pipeline sharing the UNet: only the ControlNet's blocks are added
+    from diffusers import StableDiffusionControlNetPipeline
+
+    net = ControlNetModel.from_pretrained(tiny_models["controlnet-mask"], local_files_only=True)
+    sample, t, text = _unet_inputs()
+    hint = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager_mid = net(sample, t, text, controlnet_cond=hint).mid_block_res_sample
+    cn = StableDiffusionControlNetPipeline(**pipe.components, controlnet=net)
+    apply_speedups(cn, plan, speedups)
+    assert speedups.compiled == ["unet", "controlnet"] and isinstance(net.forward, TimedForward)
+    assert all(m._compiled_call_impl is not None for m in net.modules() if isinstance(m, BasicTransformerBlock))
+    with torch.no_grad():
+        mid = net(sample, t, text, controlnet_cond=hint.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(mid.mid_block_res_sample, eager_mid, rtol=1e-4, atol=1e-5)
+    assert speedups.stats.graphs > compiled  # the ControlNet's blocks compiled on its first call
+    with pytest.raises(SpeedupError, match="mode 'reduce-overhead' captures CUDA graphs"):
+        compile_blocks(_pipe(tiny_models).unet, dataclasses.replace(plan, mode="reduce-overhead"), REPEATED_BLOCKS)
+    with pytest.raises(SpeedupError, match="has no Nothing to compile"):
+        compile_blocks(_pipe(tiny_models).unet, plan, ("Nothing",))
 
 
 def test_fused_self_attention_leaves_the_captured_maps(tiny_models):
