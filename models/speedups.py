@@ -31,6 +31,11 @@ class SpeedupPlan:
     backend: str = "inductor"  # tests trace with "aot_eager": same graphs, no code generation
     scope: str = "model"  # "blocks": diffusers' regional compilation of the repeated transformer blocks
 
+    def __post_init__(self) -> None:
+        """Refuse a scope other than model or blocks (never a silent whole-model compile)."""
+        if self.scope not in ("model", "blocks"):
+            raise SpeedupError(f"compile_scope: expected 'model' or 'blocks', got {self.scope!r}")
+
     def describe(self) -> str:
         """Return a one-line summary for logs and bench output."""
         blocks = " (transformer blocks)" if self.scope == "blocks" else ""

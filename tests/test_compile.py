@@ -209,6 +209,8 @@ def test_capture_under_block_compile_keeps_images_and_maps(tiny_models):
     assert speedups.stats.graphs > compiled  # the ControlNet's blocks compiled on its first call
     with pytest.raises(SpeedupError, match="mode 'reduce-overhead' captures CUDA graphs"):
         compile_blocks(_pipe(tiny_models).unet, dataclasses.replace(plan, mode="reduce-overhead"), REPEATED_BLOCKS)
+    with pytest.raises(SpeedupError, match="compile_scope: expected 'model' or 'blocks', got 'layers'"):
+        SpeedupPlan(True, scope="layers")
     with pytest.raises(SpeedupError, match="has no Nothing to compile"):
         compile_blocks(_pipe(tiny_models).unet, plan, ("Nothing",))
 
