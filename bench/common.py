@@ -14,8 +14,7 @@ from maskforge.eval.datasets import build_dataset
 from maskforge.eval.datasets.config import ToyConfig
 from maskforge.models.clip_tokenizer import build_clip_tokenizer
 from maskforge.models.controls import resize_image, resize_mask
-from maskforge.models.diffusion_config import CUDA_GRAPH_MODES
-from maskforge.models.speedups import SpeedupPlan, Speedups, apply_speedups
+from maskforge.models.speedups import SpeedupError, SpeedupPlan, Speedups, apply_speedups
 from maskforge.models.tiny import SD_DIR, build_tiny_models, sd1_scheduler
 from maskforge.storage.labels import binary_mask
 
@@ -157,9 +156,10 @@ def speed_plan(args: argparse.Namespace, device: torch.device) -> SpeedupPlan:
     """Return the speed set of --compile / --compile-mode / --compile-scope on `device`: everything on, or
     everything off."""
     on = device.type == "cuda" if args.compile == "auto" else args.compile == "on"
-    if on and args.compile_scope == "blocks" and args.compile_mode in CUDA_GRAPH_MODES:
-        raise SystemExit(f"--compile-scope blocks needs a --compile-mode without CUDA graphs, got {args.compile_mode}")
-    return SpeedupPlan(on, args.compile_mode, channels_last=on, fuse_qkv=on, scope=args.compile_scope)
+    try:
+        return SpeedupPlan(on, args.compile_mode, channels_last=on, fuse_qkv=on, scope=args.compile_scope)
+    except SpeedupError as err:  # one line naming the flags, before any model is loaded
+        raise SystemExit(f"--compile-scope / --compile-mode: {err}") from None
 
 
 def apply_speed_plan(pipe, plan: SpeedupPlan) -> Speedups | None:

@@ -35,6 +35,14 @@ class SpeedupPlan:
         """Refuse a scope other than model or blocks (never a silent whole-model compile)."""
         if self.scope not in ("model", "blocks"):
             raise SpeedupError(f"compile_scope: expected 'model' or 'blocks', got {self.scope!r}")
+        if self.compile and self.scope == "blocks" and self.mode in CUDA_GRAPH_MODES:
+            raise SpeedupError(f"compile_scope blocks: mode {self.mode!r} captures CUDA graphs; use default")
+
+    def compile_kwargs(self) -> dict:
+        """torch.compile's backend, mode and fullgraph for this plan (a graph break is an error at the first call,
+        never a silently half-eager model)."""
+        mode = self.mode if self.backend == "inductor" and self.mode != "default" else None
+        return {"backend": self.backend, "mode": mode, "fullgraph": True}
 
     def describe(self) -> str:
         """Return a one-line summary for logs and bench output."""
@@ -60,6 +68,16 @@ class CompileStats:
             return None
         self.reported = self.graphs
         return f"compiled {self.graphs} graph(s) in {self.seconds:.1f} s (paid once per process)"
+
+    def timed(self, fn, *args, **kwargs):
+        """Call fn; if a graph compiled during the call, add its wall time and the new graphs."""
+        before = _graphs_compiled()
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        if _graphs_compiled() != before:
+            self.seconds += time.perf_counter() - start
+            self.graphs += _graphs_compiled() - before
+        return out
 
 
 @dataclass
@@ -101,22 +119,14 @@ class CompiledForward:
     def __init__(self, module: torch.nn.Module, plan: SpeedupPlan, stats: CompileStats, role: str = "unet"):
         self.eager = module.forward
         self.stats, self.role = stats, role
-        self.cudagraphs = plan.backend == "inductor" and plan.mode in ("reduce-overhead", "max-autotune")
-        # fullgraph: a graph break is an error at the first call, never a silent half-eager UNet
-        mode = plan.mode if plan.backend == "inductor" and plan.mode != "default" else None
-        self.compiled = torch.compile(self.eager, mode=mode, backend=plan.backend, fullgraph=True)
+        self.cudagraphs = plan.backend == "inductor" and plan.mode in CUDA_GRAPH_MODES
+        self.compiled = torch.compile(self.eager, **plan.compile_kwargs())
 
     def __call__(self, *args, **kwargs):
         """Run the compiled forward; time the call if it compiled a new graph."""
         if self.cudagraphs:
             self._mark_step()
-        before = _graphs_compiled()
-        start = time.perf_counter()
-        out = self.compiled(*args, **kwargs)
-        if _graphs_compiled() != before:
-            self.stats.seconds += time.perf_counter() - start
-            self.stats.graphs += _graphs_compiled() - before
-        return out
+        return self.stats.timed(self.compiled, *args, **kwargs)
 
     def _mark_step(self) -> None:
         """Start a new CUDA-graph step before each denoising step's first compiled call (the ControlNet's when there
@@ -139,25 +149,16 @@ class TimedForward:
 
     def __call__(self, *args, **kwargs):
         """Run the forward; time the call if a block graph compiled during it."""
-        before = _graphs_compiled()
-        start = time.perf_counter()
-        out = self.eager(*args, **kwargs)
-        if _graphs_compiled() != before:
-            self.stats.seconds += time.perf_counter() - start
-            self.stats.graphs += _graphs_compiled() - before
-        return out
+        return self.stats.timed(self.eager, *args, **kwargs)
 
 
 def compile_blocks(model: torch.nn.Module, plan: SpeedupPlan, block_types: Sequence[str]) -> int:
     """Compile every submodule whose class is named in block_types in place (nn.Module.compile, fullgraph); return
     how many. Blocks of one shape share one graph, so the compile time is that of a few blocks, not of the model."""
-    if plan.mode in CUDA_GRAPH_MODES:
-        raise SpeedupError(f"compile_scope blocks: mode {plan.mode!r} captures CUDA graphs; use default")
-    mode = plan.mode if plan.backend == "inductor" and plan.mode != "default" else None
     done = 0
     for module in model.modules():
         if type(module).__name__ in block_types:
-            module.compile(fullgraph=True, backend=plan.backend, mode=mode)
+            module.compile(**plan.compile_kwargs())
             done += 1
     if not done:
         raise SpeedupError(f"compile_scope blocks: {type(model).__name__} has no {', '.join(block_types)} to compile")
