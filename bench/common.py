@@ -165,3 +165,9 @@ def speed_plan(args: argparse.Namespace, device: torch.device) -> SpeedupPlan:
 def apply_speed_plan(pipe, plan: SpeedupPlan) -> Speedups | None:
     """Apply a plan to a bench pipeline (None when it is all off: the stock pipeline as loaded)."""
     return apply_speedups(pipe, plan) if plan.compile or plan.channels_last or plan.fuse_qkv else None
+
+
+def with_fields(config, **sections: dict):
+    """Return a copy of a pydantic config with fields of some sections replaced, e.g. head={"guidance": 1.0}."""
+    update = {name: getattr(config, name).model_copy(update=fields) for name, fields in sections.items()}
+    return config.model_copy(update=update)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json  # noqa: E402
+from common import with_fields, write_json  # noqa: E402
 
 from maskforge.eval.datasets import open_dataset
 from maskforge.eval.folds import get_fold
@@ -61,12 +61,7 @@ def sweep(config: MaskdiffConfig, weights: list[float], seeds: int) -> list[dict
     """Return one row per guidance weight: novel and base segm AP (%, mean and std over `seeds` sampling seeds)."""
     rows = []
     for w in weights:
-        cfg = config.model_copy(
-            update={
-                "head": config.head.model_copy(update={"guidance": w}),
-                "eval": config.eval.model_copy(update={"sampling_seeds": seeds}),
-            }
-        )
+        cfg = with_fields(config, head={"guidance": w}, eval={"sampling_seeds": seeds})
         start = time.perf_counter()
         segm = eval_maskdiff(cfg, log=lambda _: None)["segm"]
         rows.append(
@@ -168,10 +163,14 @@ def sensitivity(config: MaskdiffConfig, images: int, timesteps: list[int], seed:
         for name, (c, labels) in swapped.items():
             outs[name] = head(x_t, t, c, labels)
             change[name] = float(((outs[name] - out).norm(dim=1) / norm).mean())
+
+        def estimate(o: torch.Tensor) -> torch.Tensor:
+            """The scheduler's own x0 estimate for its prediction type (clipping to [-1, 1] keeps the sign)."""
+            return scheduler.step(o.view_as(x_t), t, x_t, generator=g).pred_original_sample.flatten(1)
+
         iou = {}
         for name, o in outs.items():
-            # the scheduler's own x0 estimate for its prediction type (clipping to [-1, 1] keeps the sign)
-            est = scheduler.step(o.view_as(x_t), t, x_t, generator=g).pred_original_sample.flatten(1)
+            est = estimate(o)
             iou[name] = {
                 "all": mask_iou(est, target),
                 "novel": mask_iou(est[is_novel], target[is_novel]) if is_novel.any() else None,
@@ -184,9 +183,8 @@ def sensitivity(config: MaskdiffConfig, images: int, timesteps: list[int], seed:
         }.items():
             guided[own] = {}
             for w in weights:
-                o = w * cond_out + (1.0 - w) * null_out  # guided_eps's combination, applied to the head's outputs
-                est = scheduler.step(o.view_as(x_t), t, x_t, generator=g).pred_original_sample.flatten(1)
-                guided[own][f"{w:g}"] = mask_iou(est, target)
+                # guided_eps's combination, applied to the head's outputs
+                guided[own][f"{w:g}"] = mask_iou(estimate(w * cond_out + (1.0 - w) * null_out), target)
         result[str(t)] = {"change": change, "x0_iou": iou, "guided_x0_iou": guided}
     return result
 

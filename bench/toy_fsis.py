@@ -31,7 +31,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json  # noqa: E402
+from common import with_fields, write_json  # noqa: E402
 from toy_table2 import generate_run  # noqa: E402
 
 from maskforge.eval.fsis_protocol import kshot_instances
@@ -54,12 +54,6 @@ GENERATE = 32
 #: The guidance weight of the guided rows (paper: 5).
 GUIDED = 5.0
 ROWS = ("(a) FCN head", "(b) MaskDiff w = 1", "(c) MaskDiff w = 5", "(d) (c) + synthetic")
-
-
-def with_fields(config: MaskdiffConfig, **sections: dict) -> MaskdiffConfig:
-    """Return a copy of a config with fields of some sections replaced, e.g. head={"guidance": 1.0}."""
-    update = {name: getattr(config, name).model_copy(update=fields) for name, fields in sections.items()}
-    return config.model_copy(update=update)
 
 
 def crops_of(dataset, refs: list[tuple[str, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
