@@ -49,11 +49,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json  # noqa: E402
+from common import with_fields, write_json  # noqa: E402
 
 from maskforge.models.device import resolve_device
 from maskforge.models.maskdiff.mask_head import (
     MAX_STEPS,
+    SCHEDULER_KINDS,
     build_mask_head,
     condition,
     load_mask_head,
@@ -256,19 +257,16 @@ def bench_batching(unet, spec, cond, class_ids, args, meter: Meter) -> dict:
 
 def sampler_ap(config: MaskdiffConfig, args) -> dict:
     """Evaluate a trained K-shot stage twice on the first --ap-images images of its eval split, one sampling seed
-    each: DDIM with --ddim-steps and the ancestral sampler with --ddpm-steps (guidance --w); return both rows'
-    segm AP (novel, base, all, in %) and the novel difference ddim - ancestral in points."""
+    each: DDIM with --ddim-steps and the ancestral sampler with its 1000 steps (eval_maskdiff has no other
+    ancestral step count; --ddpm-steps times the sampler only), guidance --w; return both rows' segm AP (novel,
+    base, all, in %) and the novel difference ddim - ancestral in points."""
     rows = {}
-    for name, sampler, steps in (("ddim", "ddim", args.ddim_steps), ("ancestral", "ddpm", args.ddpm_steps)):
+    ancestral_steps = SCHEDULER_KINDS["ddpm"]
+    for name, sampler, steps in (("ddim", "ddim", args.ddim_steps), ("ancestral", "ddpm", ancestral_steps)):
         head = {"guidance": args.w, "sampler": sampler}
         if sampler == "ddim":
             head["ddim_steps"] = steps
-        cfg = config.model_copy(
-            update={
-                "head": config.head.model_copy(update=head),
-                "eval": config.eval.model_copy(update={"max_images": args.ap_images, "sampling_seeds": 1}),
-            }
-        )
+        cfg = with_fields(config, head=head, eval={"max_images": args.ap_images, "sampling_seeds": 1})
         start = time.perf_counter()
         result = eval_maskdiff(cfg, log=lambda _: None)
         rows[name] = {
