@@ -23,12 +23,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/maskforge generate configs/demo.yaml --out runs
 
-# Style and layers first (seconds), then the suite.
+# Style and layers first (seconds), then the suite: TEST_WORKERS pytest-xdist processes, whole files to each (a file's
+# session fixtures and per-process compile caches stay together), one torch thread per worker (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Rewrite the tree in the project's style (ruff format, import order and fixable lint).
 format: $(STAMP)
