@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from maskforge.tasks.hsnet.config import HsnetConfig
-from maskforge.tasks.hsnet.wrappers import eval_hsnet_task, record_results_task, train_hsnet_task
+from maskforge.tasks.hsnet.wrappers import eval_hsnet_task, record_hsnet_results_task, train_hsnet_task
 
 
 @flow(name="train_hsnet", log_prints=True)
@@ -20,7 +20,7 @@ def train_hsnet(config: HsnetConfig) -> dict:
 def eval_hsnet(config: HsnetConfig) -> dict:
     """Evaluate an HSNet checkpoint; appends one benchmark row per setting and publishes a table artifact."""
     result = eval_hsnet_task(config)
-    recorded = record_results_task(config, result)
+    recorded = record_hsnet_results_task(config, result)
     for name, summary in result["settings"].items():
         print(f"{name}: mIoU {100 * summary['miou']:.2f}  FB-IoU {100 * summary['fb_iou']:.2f}")
     print(f"benchmark rows: {recorded['table_file']}")

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import torch
-from prefect import Task, task
+from prefect import Task, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import TaskRun
@@ -23,6 +24,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import State
 
 from maskforge.storage.reader import RunReader
+from maskforge.storage.results import append_results, read_results
 from maskforge.tasks.artifacts import (
     ARTIFACT_KINDS,
     artifact_key,
@@ -44,6 +46,8 @@ from maskforge.tasks.write_run import (
     write_generated_part,
     write_refined_part,
 )
+
+T = TypeVar("T")
 
 #: Environment variable naming the global concurrency limit GPU tasks occupy (`maskforge serve` sets it to "gpu").
 GPU_LIMIT_ENV = "MASKFORGE_GPU_LIMIT"
@@ -79,6 +83,37 @@ def gpu_slot(device: str = "auto") -> Iterator[None]:
         yield
 
 
+def run_learner_stage(stage: Callable[..., T], config: Any) -> T:
+    """Run a learner stage, stage(config, log=...), logging to the task run's log and holding the GPU slot of
+    config.run.device for the whole stage (one coarse task: a training loop or an evaluation)."""
+    with gpu_slot(config.run.device):
+        return stage(config, log=get_run_logger().info)
+
+
+def record_learner_results(
+    results_dir: str,
+    rows: list[dict],
+    result: dict,
+    *,
+    learner: str,
+    table_key: str,
+    table: list[dict],
+    about: str,
+    trend_key: str,
+    trend: Callable[..., str],
+) -> dict:
+    """Append an evaluation's rows to the benchmark table, publish them as the table artifact table_key (described by
+    `about` and where the rows went) and the markdown trend(table, dataset, fold, shots) as artifact trend_key."""
+    url = append_results(results_dir, rows)
+    create_table_artifact(key=table_key, table=table, description=f"{about}; rows appended to {url}")
+    create_markdown_artifact(
+        key=trend_key,
+        markdown=trend(read_results(results_dir), result["dataset"], result["fold"], result["shots"]),
+        description=f"This {learner} evaluation against earlier ones of the same dataset, fold and shots",
+    )
+    return {"table_file": url, "rows": rows}
+
+
 @task(name="preflight", cache_policy=NO_CACHE)
 def preflight_task(config: MaskforgeConfig) -> FoldPlan:
     """Prefect task: check everything the run needs before any run folder exists; return the fold plan."""
@@ -100,21 +135,21 @@ def write_class_part_task(config: MaskforgeConfig, plan: FoldPlan, class_id: int
 @task(name="learn-embedding", cache_policy=NO_CACHE)
 def learn_embedding_task(config: MaskforgeConfig, plan: FoldPlan, class_id: int, shot_id: str) -> str:
     """Prefect task: one shot's embedding; the bank file named by its cache key makes reruns skip the training."""
-    with gpu_slot():
+    with gpu_slot(config.diffusion.device):
         return learn_shot_embedding(config, plan, class_id, shot_id)
 
 
 @task(name="generate-class", cache_policy=NO_CACHE)
 def write_generated_part_task(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
     """Prefect task: generate and write one novel class's diffusion images (one task per class: models load once)."""
-    with gpu_slot():
+    with gpu_slot(config.diffusion.device):
         return write_generated_part(config, plan, class_id, run)
 
 
 @task(name="refine-class", cache_policy=NO_CACHE)
 def write_refined_part_task(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
     """Prefect task: refine and filter one novel class's diffusion samples (after generate-class)."""
-    with gpu_slot():
+    with gpu_slot(config.refinement.device):
         return write_refined_part(config, plan, class_id, run)
 
 

@@ -2,6 +2,7 @@
 
 import importlib
 import inspect
+import logging
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from maskforge.storage.reader import RunReader
 from maskforge.tasks.config import load_config
 from maskforge.tasks.diffews.config import load_diffews_config
 from maskforge.tasks.gfss.config import load_gfss_config
+from maskforge.tasks.hsnet.config import load_hsnet_config
 from maskforge.tasks.maskdiff.config import load_maskdiff_config
 from maskforge.tasks.wrappers import GPU_LIMIT_ENV, gpu_slot
 
@@ -135,3 +137,64 @@ def test_gpu_slot_is_strict(monkeypatch, prefect_harness):
             pass
     with gpu_slot("cpu"):  # CPU work never waits for (or needs) the GPU limit
         pass
+
+
+LEARNER_STAGES = [
+    ("hsnet", "train_hsnet_task", "train_hsnet", load_hsnet_config, "hsnet-toy.yaml"),
+    ("hsnet", "eval_hsnet_task", "eval_hsnet", load_hsnet_config, "hsnet-toy.yaml"),
+    ("gfss", "train_gfss_base_task", "train_gfss_base", load_gfss_config, "gfss-toy.yaml"),
+    ("gfss", "train_gfss_novel_task", "train_gfss_novel", load_gfss_config, "gfss-toy.yaml"),
+    ("gfss", "eval_gfss_task", "eval_gfss", load_gfss_config, "gfss-toy.yaml"),
+    ("diffews", "train_diffews_task", "train_diffews", load_diffews_config, "diffews-toy.yaml"),
+    ("diffews", "eval_diffews_task", "eval_diffews", load_diffews_config, "diffews-toy.yaml"),
+    ("maskdiff", "train_maskdiff_base_task", "train_maskdiff_base", load_maskdiff_config, "maskdiff-toy.yaml"),
+    ("maskdiff", "train_maskdiff_finetune_task", "train_maskdiff_finetune", load_maskdiff_config, "maskdiff-toy.yaml"),
+    ("maskdiff", "eval_maskdiff_task", "eval_maskdiff", load_maskdiff_config, "maskdiff-toy.yaml"),
+]
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("learner, task_name, stage_name, load, config_file", LEARNER_STAGES)
+def test_every_learner_stage_waits_for_the_gpu_slot(
+    monkeypatch, prefect_harness, learner, task_name, stage_name, load, config_file
+):
+    wrappers = importlib.import_module(f"maskforge.tasks.{learner}.wrappers")
+
+    def stage(config, log):
+        raise AssertionError(f"{stage_name} ran before it held the GPU slot")
+
+    monkeypatch.setattr(wrappers, stage_name, stage)
+    monkeypatch.setenv(GPU_LIMIT_ENV, "no-such-limit")
+    config = load(ROOT / "configs" / config_file, {"run.device": "auto"})
+    with pytest.raises(Exception, match="no-such-limit"):
+        getattr(wrappers, task_name).fn(config)
+    # Work configured for the CPU does not wait for the GPU: the stage runs (here: the stand-in's error).
+    monkeypatch.setattr("maskforge.tasks.wrappers.get_run_logger", lambda: logging.getLogger("test"))
+    config = load(ROOT / "configs" / config_file, {"run.device": "cpu"})
+    with pytest.raises(AssertionError, match="ran before"):
+        getattr(wrappers, task_name).fn(config)
+
+
+GENERATION_STAGES = [
+    ("learn_embedding_task", "learn_shot_embedding", "diffusion.device", ("plan", 1, "shot")),
+    ("write_generated_part_task", "write_generated_part", "diffusion.device", ("plan", 1, "run")),
+    ("write_refined_part_task", "write_refined_part", "refinement.device", ("plan", 1, "run")),
+]
+
+
+@pytest.mark.prefect
+@pytest.mark.parametrize("task_name, stage_name, device_field, args", GENERATION_STAGES)
+def test_generation_stages_wait_for_the_gpu_slot_of_their_device(
+    monkeypatch, prefect_harness, task_name, stage_name, device_field, args
+):
+    wrappers = importlib.import_module("maskforge.tasks.wrappers")
+
+    def stage(*_):
+        raise AssertionError(f"{stage_name} ran before it held the GPU slot")
+
+    monkeypatch.setattr(wrappers, stage_name, stage)
+    monkeypatch.setenv(GPU_LIMIT_ENV, "no-such-limit")
+    with pytest.raises(Exception, match="no-such-limit"):
+        getattr(wrappers, task_name).fn(load_config(ROOT / "configs" / "demo.yaml", {device_field: "auto"}), *args)
+    with pytest.raises(AssertionError, match="ran before"):  # configured for the CPU: no wait for the GPU
+        getattr(wrappers, task_name).fn(load_config(ROOT / "configs" / "demo.yaml", {device_field: "cpu"}), *args)
