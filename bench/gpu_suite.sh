@@ -73,7 +73,7 @@ benches=(
   "gen-b8-bf16|240|bench/generation.py --full-size --steps 50 --batch 8 --repeats 3 --dtype bfloat16 --compile on --compile-mode $mode --compile-scope $scope --json $out/gen-b8-bf16.json|bench/generation.py --steps 2 --batch 2 --repeats 1 --compile off --threads 1 --json $out/gen-b8-bf16.json"
   "ti|200|bench/textual_inversion.py --full-size --compile on --compile-mode $mode --compile-scope $scope --json $out/ti.json|bench/textual_inversion.py --measure 2 --repeats 1 --compile off --threads 1 --json $out/ti.json"
   "gen-b16-fp16|220|bench/generation.py --full-size --steps 50 --batch 16 --repeats 3 --dtype float16 --compile on --compile-mode $mode --compile-scope $scope --json $out/gen-b16-fp16.json|bench/generation.py --steps 2 --batch 4 --repeats 1 --compile off --threads 1 --json $out/gen-b16-fp16.json"
-  "gpu-tests|100|-m pytest -q -p no:cacheprovider -m gpu tests/test_compile.py tests/test_xattn.py|-m pytest -q -p no:cacheprovider --collect-only -m gpu tests/test_compile.py tests/test_xattn.py"
+  "gpu-tests|150|-m pytest -q -p no:cacheprovider -m gpu tests/test_compile.py tests/test_xattn.py|-m pytest -q -p no:cacheprovider --collect-only -m gpu tests/test_compile.py tests/test_xattn.py"
   "refinement|80|bench/refinement.py --full-size --json $out/refinement.json|bench/refinement.py --steps 2 --batch 2 --repeats 1 --threads 1 --json $out/refinement.json"
   "diffews|120|bench/diffews.py --full-size --out $out/diffews.json|bench/diffews.py --shots 1 --warmup 0 --repeats 1 --no-train --threads 1 --out $out/diffews.json"
   "maskdiff|90|bench/maskdiff.py --full-size --out $out/maskdiff.json|bench/maskdiff.py --n 2 --ddim-steps 2 --ddpm-steps 3 --repeats 1 --warmup 0 --threads 1 --out $out/maskdiff.json"

@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from tiny import sd_pipeline
 
 from maskforge.models.diffusion_config import DiffusionConfig
 from maskforge.models.speedups import (
@@ -31,11 +32,7 @@ TRACE = SpeedupPlan(True, channels_last=True, fuse_qkv=True, backend="aot_eager"
 
 
 def _pipe(tiny_models):
-    from diffusers import StableDiffusionPipeline
-
-    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None)
-    sd.set_progress_bar_config(disable=True)
-    return sd
+    return sd_pipeline(tiny_models["sd"])
 
 
 def _cfg(steps=3, step_range=(0.0, 1.0)):
@@ -246,19 +243,22 @@ def test_fused_self_attention_leaves_the_captured_maps(tiny_models):
 
 
 @pytest.mark.gpu
-def test_inductor_capture_on_gpu_keeps_images(tiny_models):
-    """The real compiler on CUDA, fp16: capture on and off give identical images; fp32 maps stay finite."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(
-        tiny_models["sd"], local_files_only=True, safety_checker=None, torch_dtype=torch.float16
-    ).to("cuda")
-    pipe.set_progress_bar_config(disable=True)
-    speedups = apply_speedups(pipe, SpeedupPlan(True, channels_last=True, fuse_qkv=True))
+@pytest.mark.parametrize("scope", ["model", "blocks"])
+def test_inductor_capture_on_gpu_keeps_images(tiny_models, scope):
+    """The real compiler on CUDA, fp16, whole UNet or its transformer blocks: capture on and off give identical
+    images; fp32 maps stay finite; new seeds compile nothing new."""
+    torch._dynamo.reset()
+    pipe = sd_pipeline(tiny_models["sd"], torch.float16, "cuda")
+    speedups = apply_speedups(pipe, SpeedupPlan(True, channels_last=True, fuse_qkv=True, scope=scope))
     cfg, items = _cfg(), _items([1, 2])
     images, maps, _ = generate_batch(pipe, items, "red disc", cfg, (64, 64), capture=True)
     stock, _, _ = generate_batch(pipe, items, "red disc", cfg, (64, 64), capture=False)
     np.testing.assert_array_equal(images, stock)
     assert all(m.dtype == torch.float32 and torch.isfinite(m).all() for m in maps.values())
+    compiled = speedups.stats.graphs
     generate_batch(pipe, _items([3, 4]), "red disc", cfg, (64, 64))
-    assert speedups.stats.graphs == 2
+    assert speedups.stats.graphs == compiled
+    if scope == "model":
+        assert compiled == 2  # one graph with the capture, one without
+    else:
+        assert 0 < compiled < 14  # the 7 blocks share graphs

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from tiny import diffusion_section
+from tiny import diffusion_section, sd_pipeline
 
 from maskforge.eval.datasets import build_dataset
 from maskforge.eval.datasets.config import ToyConfig
@@ -31,11 +31,7 @@ from maskforge.tasks.textual_inversion import shot_embedding
 
 @pytest.fixture(scope="module")
 def pipe(tiny_models):
-    from diffusers import StableDiffusionPipeline
-
-    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None)
-    sd.set_progress_bar_config(disable=True)
-    return sd
+    return sd_pipeline(tiny_models["sd"])
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +148,9 @@ def test_loss_is_read_only_every_log_every_steps(pipe, shot):
 
 def test_compiled_unet_learns_the_same_embedding(tiny_models, shot):
     """With the UNet forward (and its backward) compiled, v* follows the eager run up to float rounding."""
-    from diffusers import StableDiffusionPipeline
-
     image, mask = shot
     cfg = EmbeddingModeConfig(steps=6, learning_rate=1e-2)
-    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None)
+    sd = sd_pipeline(tiny_models["sd"])
     eager = learn_embedding(sd, image, mask, "red disc", cfg, seed=4)
     torch._dynamo.reset()
     speedups = apply_speedups(sd, SpeedupPlan(True, backend="aot_eager"))

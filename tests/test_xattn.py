@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from tiny import sd_pipeline
 
 from maskforge.models.diffusion_config import DiffusionConfig
 from maskforge.models.speedups import fuse_self_attention
@@ -20,11 +21,7 @@ from maskforge.tasks.diffusion import GenItem, generate_batch, selected_steps
 
 @pytest.fixture(scope="module")
 def pipe(tiny_models):
-    from diffusers import StableDiffusionPipeline
-
-    sd = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None)
-    sd.set_progress_bar_config(disable=True)
-    return sd
+    return sd_pipeline(tiny_models["sd"])
 
 
 def _cfg(tiny_models, **kw):
@@ -215,9 +212,8 @@ def test_capture_reuses_the_layer_projections(pipe, tiny_models):
 
 def test_capture_processors_are_reused_until_the_unet_changes(tiny_models):
     """The same processor objects every call (a compiled UNet sees nothing new), rebuilt when the UNet's own change."""
-    from diffusers import StableDiffusionPipeline
 
-    unet = StableDiffusionPipeline.from_pretrained(tiny_models["sd"], local_files_only=True, safety_checker=None).unet
+    unet = sd_pipeline(tiny_models["sd"]).unet
     stock = unet.attn_processors
     with capture_cross_attention(unet, [2, 4]) as first:
         installed = unet.attn_processors
@@ -237,12 +233,7 @@ def test_capture_processors_are_reused_until_the_unet_changes(tiny_models):
 @pytest.mark.gpu
 def test_half_precision_capture_on_gpu(tiny_models):
     """On a GPU in float16: capture leaves pixels unchanged and its fp32 sums stay finite."""
-    from diffusers import StableDiffusionPipeline
-
-    sd = StableDiffusionPipeline.from_pretrained(
-        tiny_models["sd"], local_files_only=True, safety_checker=None, torch_dtype=torch.float16
-    ).to("cuda")
-    sd.set_progress_bar_config(disable=True)
+    sd = sd_pipeline(tiny_models["sd"], torch.float16, "cuda")
     cfg = _cfg(tiny_models)
     items = _items(["a photo of a red disc", "a photo of a red disc"], [1, 2])
     with_capture, maps, _ = generate_batch(sd, items, "red disc", cfg, (64, 64), capture=True)

@@ -1,4 +1,4 @@
-"""Test helper: a small diffusion config section on the session's tiny models."""
+"""Test helpers on the session's tiny models: a small diffusion config section, a loaded Stable Diffusion pipeline."""
 
 
 def diffusion_section(tiny: dict, **overrides) -> dict:
@@ -24,3 +24,15 @@ def diffusion_section(tiny: dict, **overrides) -> dict:
         else:
             section[key] = value
     return section
+
+
+def sd_pipeline(folder: str, dtype=None, device: str = "cpu"):
+    """The Stable Diffusion pipeline of a local diffusers folder (no hub, no safety checker, no progress bars),
+    in `dtype` (default: as saved) on `device`."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, local_files_only=True, safety_checker=None, torch_dtype=dtype
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
