@@ -350,10 +350,16 @@ hsnet_app = typer.Typer(help="HSNet few-shot segmenter: load checkpoints, train,
 app.add_typer(hsnet_app, name="hsnet")
 
 
+def _given(options: dict) -> dict:
+    """Dotted-key overrides of the options given on the command line. Only None means "not given" (a repeatable
+    option given no times is None too): 0 and "" are values the config validates, so `--shots 0` is an error."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
 def _learner_config(loader, config: Path, out: Optional[str], overrides: dict | None = None):
     """Load a learner's YAML config with `loader` (--out overriding run.out_dir, plus option overrides), or exit 1
     with the error."""
-    more = {**({"run.out_dir": out} if out else {}), **(overrides or {})}
+    more = _given({"run.out_dir": out, **(overrides or {})})
     try:
         return loader(config, more or None)
     except ConfigError as err:
@@ -502,10 +508,7 @@ def gfss_train_novel(
     ),
 ) -> None:
     """Run the Prefect flow train_gfss_novel: imprint and fine-tune per run seed and step."""
-    overrides = {
-        **({"novel.method": method} if method else {}),
-        **({"novel.synthetic_runs": synthetic} if synthetic else {}),
-    }
+    overrides = _given({"novel.method": method, "novel.synthetic_runs": synthetic})
     report = _gfss_run(gfss_flows.train_gfss_novel, _gfss_config(config, out, overrides), "gfss-train-novel")
     console.print(f"{report['setting']}: {len(report['runs'])} runs x {len(report['task_stream'])} steps")
     console.print(f"novel stage: {report['novel_dir']}", soft_wrap=True)
@@ -521,10 +524,7 @@ def gfss_eval(
     ),
 ) -> None:
     """Run the Prefect flow eval_gfss: PIFS evaluation, benchmark row appended, table printed."""
-    overrides = {
-        **({"novel.method": method} if method else {}),
-        **({"novel.synthetic_runs": synthetic} if synthetic else {}),
-    }
+    overrides = _given({"novel.method": method, "novel.synthetic_runs": synthetic})
     result = _gfss_run(gfss_flows.eval_gfss, _gfss_config(config, out, overrides), "gfss-eval")
     title = (
         f"GFSS {result['setting']} on {result['dataset']} fold {result['fold']}, {result['shots']}-shot: "
@@ -605,11 +605,7 @@ def diffews_eval(
     ),
 ) -> None:
     """Run the Prefect flow eval_diffews: HSNet-protocol episodes, benchmark rows appended, table printed."""
-    overrides = {
-        **({"eval.shots": shots} if shots else {}),
-        **({"eval.synthetic_run": synthetic} if synthetic else {}),
-        **({"eval.checkpoint": checkpoint} if checkpoint else {}),
-    }
+    overrides = _given({"eval.shots": shots, "eval.synthetic_run": synthetic, "eval.checkpoint": checkpoint})
     result = _diffews_run(diffews_flows.eval_diffews, config, out, "diffews-eval", overrides)
     _print_episodes("DiffewS", result)
 
@@ -632,11 +628,7 @@ def _maskdiff_run(flow, config: Path, out: Optional[str], command: str, override
 
 def _maskdiff_overrides(shots: Optional[int], seed: Optional[int], synthetic: Optional[list[str]] = None) -> dict:
     """Dotted-key overrides of the K-shot options."""
-    return {
-        **({"finetune.shots": shots} if shots else {}),
-        **({"finetune.data_seed": seed} if seed is not None else {}),
-        **({"finetune.synthetic_runs": synthetic} if synthetic else {}),
-    }
+    return _given({"finetune.shots": shots, "finetune.data_seed": seed, "finetune.synthetic_runs": synthetic})
 
 
 @maskdiff_app.command("train")

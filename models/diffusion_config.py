@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from maskforge.storage.yaml_config import StrictConfig
+from maskforge.storage.yaml_config import PathText, StrictConfig
 
 #: DifFSS's prompt and negative prompt for ControlNet generation (ControlNet4FSS/FSSpregenerate.py).
 DIFFSS_PROMPT = "a real shot photo of {class}, best quality, extremely detailed"
@@ -86,7 +86,9 @@ class EmbeddingModeConfig(StrictConfig):
         description="Embedding-prompted images per class, shots in turn (default: as many as text prompts).",
     )
     template: str = Field("a photo of a {token} {class}", description="Template; {token} is the learned token.")
-    bank: str | None = Field(None, description="Embedding bank folder; default OUT_DIR/embeddings (shared by runs).")
+    bank: PathText | None = Field(
+        None, description="Embedding bank folder; default OUT_DIR/embeddings (shared by runs)."
+    )
     initializer: str = Field("good", description="Word whose embedding starts v* (AlignDiff: 'good'); one token.")
     steps: int = Field(500, ge=1, le=100_000, description="Optimisation steps per embedding (AlignDiff: 500).")
     batch_size: int = Field(4, ge=1, le=256, description="Noised copies of the shot per step (AlignDiff: 4).")
@@ -123,7 +125,7 @@ class ControlNetModeConfig(StrictConfig):
     models: dict[Literal["mask", "hed", "scribble"], str] = Field(
         default_factory=dict, description="ControlNet per condition: a local diffusers folder or a cached hub id."
     )
-    hed_annotator: str | None = Field(
+    hed_annotator: PathText | None = Field(
         None, description="Folder holding ControlNetHED.pth (controlnet-aux's HED); needed for hed and scribble."
     )
     prompt: str = Field(DIFFSS_PROMPT, description="Prompt template; {class} is the class name.")
@@ -160,10 +162,10 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 class DiffusionConfig(StrictConfig):
     """The diffusion stage: Stable Diffusion and ControlNet images with cross-attention coarse masks."""
 
-    model: str = Field(
+    model: PathText = Field(
         ..., description="Stable Diffusion: a local diffusers-format folder, or a hub id already cached."
     )
-    revision: str | None = Field(None, description="Hub revision (cached ids only); recorded in provenance.")
+    revision: PathText | None = Field(None, description="Hub revision (cached ids only); recorded in provenance.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto = float16 on GPU, float32 on CPU."

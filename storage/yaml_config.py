@@ -5,9 +5,14 @@ from __future__ import annotations
 import types
 import typing
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, ValidationInfo, field_validator
+
+#: A path, URL or model id in a config: at least one character. An empty one would quietly mean "here" (out_dir)
+#: or "the default" (checkpoint), e.g. from `--out ""` or a blank YAML value written as "".
+PathText = Annotated[str, StringConstraints(min_length=1)]
 
 
 class ConfigError(ValueError):

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.models.diffusion_config import SPEED_FIELDS, DiffusionConfig
-from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
 
 
 class ShotsConfig(StrictConfig):
@@ -74,7 +74,7 @@ class ShardsConfig(StrictConfig):
 class RefinementConfig(StrictConfig):
     """Semi-supervised refinement of generated masks (AlignDiff Alg. 1) and the out-of-distribution filter (D.4)."""
 
-    checkpoint: str = Field(
+    checkpoint: PathText = Field(
         ..., description="HSNet checkpoint: ours (.safetensors from train_hsnet) or the authors' .pt."
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -99,7 +99,7 @@ class RunConfig(StrictConfig):
 
     name: str = Field("run", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
     seed: int = Field(0, description="Run seed; each sample's seed derives from (run seed, class, index).")
-    out_dir: str = Field("runs", min_length=1, description="Parent folder (path or fsspec URL) of run folders.")
+    out_dir: PathText = Field("runs", description="Parent folder (path or fsspec URL) of run folders.")
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed per-class task (transient failures).")
     retry_delay_s: float = Field(10.0, ge=0, le=3600, description="Seconds between retries.")
 

@@ -77,3 +77,40 @@ def test_fss_trainval_is_recorded_and_hashed():
     assert "fss_trainval" not in plain.resolved()["dataset"]
     assert derived.resolved()["dataset"]["fss_trainval"] == "derived"
     assert derived.hash() != plain.hash()
+
+
+@pytest.mark.parametrize(
+    "config_file, field",
+    [
+        ("demo.yaml", "run.out_dir"),
+        ("demo.yaml", "dataset.root"),
+        ("demo.yaml", "diffusion.model"),
+        ("demo.yaml", "diffusion.embedding.bank"),
+        ("demo.yaml", "refinement.checkpoint"),
+        ("hsnet-toy.yaml", "run.out_dir"),
+        ("hsnet-toy.yaml", "eval.checkpoint"),
+        ("hsnet-toy.yaml", "eval.results_dir"),
+        ("gfss-toy.yaml", "base.checkpoint"),
+        ("diffews-toy.yaml", "eval.synthetic_run"),
+        ("diffews-toy.yaml", "model.sd"),
+        ("maskdiff-toy.yaml", "run.out_dir"),
+        ("maskdiff-toy.yaml", "eval.results_dir"),
+    ],
+)
+def test_an_empty_path_is_an_error_not_a_default(config_file, field):
+    """An empty path would quietly mean the current folder or the default (e.g. `--out ""`); it is refused."""
+    from maskforge.tasks.diffews.config import load_diffews_config
+    from maskforge.tasks.gfss.config import load_gfss_config
+    from maskforge.tasks.hsnet.config import load_hsnet_config
+    from maskforge.tasks.maskdiff.config import load_maskdiff_config
+
+    loaders = {
+        "demo": load_config,
+        "hsnet": load_hsnet_config,
+        "gfss": load_gfss_config,
+        "diffews": load_diffews_config,
+        "maskdiff": load_maskdiff_config,
+    }
+    loader = loaders[config_file.removesuffix(".yaml").split("-")[0]]
+    with pytest.raises(ConfigError, match=rf"field '{field}': String should have at least 1 character \(got ''\)"):
+        loader(DEMO.parent / config_file, {field: ""})

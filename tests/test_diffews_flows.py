@@ -113,6 +113,7 @@ def test_cli_reports_bad_configs_on_one_line(trained, tmp_path):
     tmp, data, _ = trained
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**data, "train": {**data["train"], "max_shots": 0}}))
+    (tmp_path / "cli.yaml").write_text(yaml.safe_dump(data))
     out = runner.invoke(app, ["diffews", "train", str(bad)])
     assert out.exit_code == 1 and out.output.startswith(f"error: {bad}: invalid configuration (1 error(s))")
     assert "field 'train.max_shots'" in out.output and "Traceback" not in out.output
@@ -122,6 +123,9 @@ def test_cli_reports_bad_configs_on_one_line(trained, tmp_path):
     assert out.exit_code == 1 and "Traceback" not in out.output
     (line,) = out.stdout.strip().splitlines()  # stderr holds only transformers' weight-loading progress bar
     assert line.startswith("error: run.precision: bf16 needs a GPU") and "(traceback in " in line
+    for option, value, field in (("--shots", "0", "eval.shots"), ("--checkpoint", "", "eval.checkpoint")):
+        out = runner.invoke(app, ["diffews", "eval", str(bad.with_name("cli.yaml")), option, value])
+        assert out.exit_code == 1 and f"field '{field}'" in out.output, out.output  # given values are checked
     out = runner.invoke(app, ["diffews", "eval", str(tmp_path / "nope.yaml")])
     assert out.exit_code == 1 and out.output.strip() == f"error: {tmp_path / 'nope.yaml'}: config file not found"
 

@@ -63,7 +63,13 @@ def test_cli_train_and_eval(trained):
     assert result.exit_code == 0, result.output
     assert "MaskDiff on toy fold 0, 2-shot" in result.output and "novel" in result.output
     bad = runner.invoke(app, ["maskdiff", "train", str(path), "--shots", "4"])
-    assert bad.exit_code == 1 and "finetune.shots must be one of (1, 2, 3, 5, 10, 30)" in bad.output
+    assert bad.exit_code == 1 and "finetune.shots must be one of (1, 2, 3, 5, 10, 30) (TFA's settings) (got 4)" in (
+        bad.output
+    )
+    zero = runner.invoke(app, ["maskdiff", "train", str(path), "--shots", "0"])  # 0 is a value, not "not given"
+    assert zero.exit_code == 1 and "field 'finetune.shots'" in zero.output and "(got 0)" in zero.output
+    empty = runner.invoke(app, ["maskdiff", "eval", str(path), "--out", ""])  # not "here", not the file's folder
+    assert empty.exit_code == 1 and "field 'run.out_dir': String should have at least 1 character" in empty.output
     missing = runner.invoke(app, ["maskdiff", "eval", str(path), "--seed", "7"])
     assert missing.exit_code == 1 and "train" in missing.output
 

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from maskforge.storage.yaml_config import StrictConfig
+from maskforge.storage.yaml_config import PathText, StrictConfig
 
 
 class ToyConfig(StrictConfig):
@@ -22,7 +22,7 @@ class DatasetConfig(StrictConfig):
     """Which dataset and fold to read."""
 
     name: Literal["toy", "pascal", "coco", "fss"] = "toy"
-    root: str | None = Field(None, description="Dataset root on disk; required for pascal, coco and fss.")
+    root: PathText | None = Field(None, description="Dataset root on disk; required for pascal, coco and fss.")
     fold: int = Field(0, ge=0, le=3, description="Fold index: PASCAL-5i, COCO-20i and toy have 0-3; FSS-1000 has 0.")
     coco_fold_mode: Literal["interleaved", "contiguous"] = Field(
         "interleaved", description="COCO-20i fold tables: interleaved (HSNet, default) or contiguous (PANet-style)."

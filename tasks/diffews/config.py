@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
 
 #: Checkpoint folder name inside a training run folder.
 CHECKPOINT_DIR = "diffews"
@@ -23,7 +23,7 @@ class DiffewsRunConfig(StrictConfig):
     name: str = Field(
         "diffews", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'."
     )
-    out_dir: str = Field("runs", description="Parent folder of training run folders (NAME-HASH12).")
+    out_dir: PathText = Field("runs", description="Parent folder of training run folders (NAME-HASH12).")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="cpu, cuda, or auto (cuda if present).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Autocast type on GPU (auto: bf16); the CPU always runs fp32."
@@ -34,12 +34,12 @@ class DiffewsRunConfig(StrictConfig):
 class DiffewsModelConfig(StrictConfig):
     """Where the diffusion parts come from and the square input size."""
 
-    sd: str = Field(
+    sd: PathText = Field(
         "models/toy/sd",
         description="Local SD pipeline folder (SD 2.1 for real use): VAE, tokenizer, text encoder, and the UNet "
         "training starts from. Never downloaded.",
     )
-    unet: str | None = Field(
+    unet: PathText | None = Field(
         None,
         description="A DiffewS UNet folder (the authors' release: config.json + weights with conv_in_ref.*) to "
         "start training from instead of SD's UNet.",
@@ -59,7 +59,7 @@ class DiffewsTrainConfig(StrictConfig):
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
     seed: int = Field(0, description="Seed of the episode stream and the VAE posterior samples.")
     split: str = Field("train", description="Split the training episodes come from.")
-    synthetic_runs: list[str] = Field(
+    synthetic_runs: list[PathText] = Field(
         default_factory=list,
         description="maskforge run folders whose samples of base classes join training as queries and supports.",
     )
@@ -69,14 +69,16 @@ class DiffewsTrainConfig(StrictConfig):
 class DiffewsEvalConfig(StrictConfig):
     """Episodic evaluation on the fold's novel classes (HSNet's protocol)."""
 
-    checkpoint: str | None = Field(
+    checkpoint: PathText | None = Field(
         None, description="DiffewS checkpoint folder (maskforge's) or an authors' UNet folder; default: training's."
     )
     split: str = Field("val", description="Split the evaluation episodes come from.")
     episodes: int = Field(1000, ge=1, le=100_000, description="Episodes (HSNet protocol: 1000).")
     seed: int = Field(0, description="Episode seed (HSNet: 0).")
     shots: int = Field(1, ge=1, le=16, description="Real support shots per episode (K).")
-    synthetic_run: str | None = Field(None, description="Run folder of synthetic novel-class samples: adds 'KR+NS'.")
+    synthetic_run: PathText | None = Field(
+        None, description="Run folder of synthetic novel-class samples: adds 'KR+NS'."
+    )
     synthetic_per_class: int = Field(20, ge=1, le=64, description="Synthetic supports added to each episode (N).")
     relative_threshold: float = Field(
         0.25, gt=0, lt=1, description="Foreground where the decoded mask's channel mean > this x its maximum."
@@ -84,7 +86,7 @@ class DiffewsEvalConfig(StrictConfig):
     threshold_floor: float = Field(
         0.1, ge=0, lt=1, description="... and > this absolute value, so an all-black decode is an empty mask."
     )
-    results_dir: str = Field("results", description="Folder of the Parquet benchmark table.")
+    results_dir: PathText = Field("results", description="Folder of the Parquet benchmark table.")
 
 
 class DiffewsConfig(StrictConfig):

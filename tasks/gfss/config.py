@@ -11,14 +11,14 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
 
 
 class GfssRunConfig(StrictConfig):
     """Run identity, output location and device."""
 
     name: str = Field("gfss", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
-    out_dir: str = Field("runs", min_length=1, description="Parent folder of the base and novel stage folders.")
+    out_dir: PathText = Field("runs", description="Parent folder of the base and novel stage folders.")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where to run: cpu, cuda, or auto.")
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: torch's default).")
     amp: bool = Field(True, description="bf16 autocast on CUDA (GAPS trains with AMP); ignored on CPU.")
@@ -28,7 +28,7 @@ class GfssModelConfig(StrictConfig):
     """DeepLabV3 (ResNet-101, ASPP) with GAPS's cosine head, or the tiny backbone of the toy world."""
 
     backbone: Literal["resnet101", "tiny"] = "resnet101"
-    weights: str | None = Field(
+    weights: PathText | None = Field(
         None, description="Local torchvision ResNet-101 ImageNet state dict for the base stage; never downloaded."
     )
     output_stride: Literal[8, 16] = Field(16, description="DeepLabV3 output stride (GAPS: 16).")
@@ -53,7 +53,7 @@ class GfssModelConfig(StrictConfig):
 class GfssBaseConfig(StrictConfig):
     """The base stage: supervised training on the leakage-free base set (GAPS's recipe)."""
 
-    checkpoint: str | None = Field(
+    checkpoint: PathText | None = Field(
         None,
         description="Use this base checkpoint (ours .safetensors or the authors' *_final.pt) instead of training one.",
     )
@@ -75,7 +75,7 @@ class GfssNovelConfig(StrictConfig):
     """The incremental stage: per run seed and step, imprint, then fine-tune on the step's data."""
 
     method: Literal["finetune", "gaps"] = Field("gaps", description="finetune: real shots only; gaps: GAPS.")
-    synthetic_runs: tuple[str, ...] = Field(
+    synthetic_runs: tuple[PathText, ...] = Field(
         (), max_length=32, description="Completed maskforge runs whose samples of the step's classes join the data."
     )
     synthetic_share: float = Field(
@@ -109,7 +109,7 @@ class GfssEvalConfig(StrictConfig):
 
     split: str = Field("val", description="Split evaluated at full resolution.")
     max_images: int = Field(0, ge=0, le=10_000_000, description="Evaluate only the first N images (0: all).")
-    results_dir: str = Field("results", min_length=1, description="Folder of the Parquet benchmark table.")
+    results_dir: PathText = Field("results", description="Folder of the Parquet benchmark table.")
 
 
 class GfssConfig(StrictConfig):

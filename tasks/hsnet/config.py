@@ -11,14 +11,14 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
 
 
 class HsnetRunConfig(StrictConfig):
     """Run identity, output location and device."""
 
     name: str = Field("hsnet", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
-    out_dir: str = Field("runs", description="Parent folder of training run folders (NAME-HASH12).")
+    out_dir: PathText = Field("runs", description="Parent folder of training run folders (NAME-HASH12).")
     device: Literal["cpu", "cuda", "auto"] = Field(
         "cpu", description="Where to run: cpu, cuda, or auto (cuda if present)."
     )
@@ -31,7 +31,7 @@ class HsnetModelConfig(StrictConfig):
     """The network: backbone, its local weights file, input size, and the tiny backbone's shape."""
 
     backbone: Literal["resnet50", "resnet101", "vgg16", "tiny"] = "resnet101"
-    weights: str | None = Field(
+    weights: PathText | None = Field(
         None,
         description="Local torchvision state-dict file of the backbone; training needs it (except 'tiny'), "
         "evaluating a full HSNet checkpoint does not. Never downloaded.",
@@ -62,7 +62,7 @@ class HsnetTrainConfig(StrictConfig):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (HSNet: 1e-3, no schedule, no weight decay).")
     seed: int = Field(0, description="Seed of the learner's initialisation and of the episode stream.")
     split: str = Field("train", description="Split the training episodes come from.")
-    synthetic_run: str | None = Field(
+    synthetic_run: PathText | None = Field(
         None, description="Run folder whose shard samples join each base class's support pool (classes it holds)."
     )
     log_every: int = Field(25, ge=1, description="Print the mean loss every this many steps.")
@@ -71,19 +71,19 @@ class HsnetTrainConfig(StrictConfig):
 class HsnetEvalConfig(StrictConfig):
     """Episodic evaluation on the fold's novel classes."""
 
-    checkpoint: str | None = Field(
+    checkpoint: PathText | None = Field(
         None, description="HSNet checkpoint (.safetensors or the authors' .pt); default: the one `train` writes."
     )
     split: str = Field("val", description="Split the evaluation episodes (queries and supports) come from.")
     episodes: int = Field(1000, ge=1, description="Episodes (HSNet: 1000; FSS-1000 uses one per image instead).")
     seed: int = Field(0, description="Episode seed (HSNet: 0).")
     shots: int = Field(1, ge=1, le=50, description="Real support shots per episode (K).")
-    synthetic_run: str | None = Field(
+    synthetic_run: PathText | None = Field(
         None, description="Run folder with synthetic samples of the novel classes; adds an 'KR+NS' evaluation."
     )
     synthetic_per_class: int = Field(20, ge=1, description="Synthetic samples added to each episode's supports (N).")
     batch_size: int = Field(16, ge=1, description="Images per forward pass.")
-    results_dir: str = Field(
+    results_dir: PathText = Field(
         "results", description="Folder of the Parquet benchmark table (one file per appended run)."
     )
 

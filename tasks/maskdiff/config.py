@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
 
 #: head fields that only steer sampling (left out of the stage folders' hashes).
 SAMPLING_FIELDS = ("guidance", "sampler", "ddim_steps")
@@ -25,7 +25,9 @@ class MaskdiffRunConfig(StrictConfig):
     name: str = Field(
         "maskdiff", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'."
     )
-    out_dir: str = Field("runs", description="Parent folder of stage folders (NAME-base-HASH12, NAME-kK-sS-HASH12).")
+    out_dir: PathText = Field(
+        "runs", description="Parent folder of stage folders (NAME-base-HASH12, NAME-kK-sS-HASH12)."
+    )
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="cpu, cuda, or auto (cuda if present).")
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: torch's default).")
 
@@ -34,7 +36,7 @@ class MaskdiffDetectorConfig(StrictConfig):
     """The TFA detector: torchvision Faster R-CNN."""
 
     backbone: Literal["resnet50", "tiny"] = "resnet50"
-    weights: str | None = Field(
+    weights: PathText | None = Field(
         None, description="Local torchvision ResNet-50 ImageNet state dict for base training; never downloaded."
     )
     min_size: int = Field(800, ge=32, le=2048, description="torchvision transform min_size.")
@@ -87,7 +89,7 @@ class MaskdiffFinetuneConfig(StrictConfig):
     head_steps: int = Field(10000, ge=1, le=10_000_000, description="Mask-head steps on the K-shot set.")
     head_lr: float = Field(1e-4, gt=0, le=1)
     batch_size: int = Field(16, ge=1, le=256)
-    synthetic_runs: list[str] = Field(
+    synthetic_runs: list[PathText] = Field(
         default_factory=list,
         description="maskforge runs whose novel-class samples add K-shot instances (connected components of the "
         "class mask).",
@@ -97,7 +99,7 @@ class MaskdiffFinetuneConfig(StrictConfig):
     @classmethod
     def _shots(cls, v: int) -> int:
         if v not in TFA_SHOTS:
-            raise ValueError(f"finetune.shots must be one of {TFA_SHOTS} (TFA's settings), got {v}")
+            raise ValueError(f"finetune.shots must be one of {TFA_SHOTS} (TFA's settings)")
         return v
 
 
@@ -109,7 +111,7 @@ class MaskdiffEvalConfig(StrictConfig):
     sampling_seeds: int = Field(10, ge=1, le=100, description="Mask samplings, each its own seed (paper: 10).")
     score_threshold: float = Field(0.05, ge=0, lt=1, description="Detections kept above this score.")
     batch_images: int = Field(8, ge=1, le=256, description="Images whose detections are sampled in one call.")
-    results_dir: str = Field("results", description="Folder of the Parquet benchmark table.")
+    results_dir: PathText = Field("results", description="Folder of the Parquet benchmark table.")
 
 
 class MaskdiffConfig(StrictConfig):
