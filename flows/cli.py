@@ -158,10 +158,10 @@ def generate(
     try:
         cfg = load_config(config, {"run.out_dir": out} if out is not None else None)
         preflight(cfg)  # before the Prefect server starts: a deterministic fault costs seconds and leaves no run folder
+        flow = generate_flow(dask_workers, dask_address, dask_cluster_class)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
     log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", "generate", verbose)
-    flow = generate_flow(dask_workers, dask_address, dask_cluster_class)
     try:
         result = survive_api_loss(lambda: flow(config=cfg), API_RESTARTS, log=console.print)
     except (DatasetError, ValueError, FileNotFoundError, OSError) as err:

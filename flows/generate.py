@@ -72,6 +72,6 @@ def generate_flow(
     dask_workers: int = 0, dask_address: str | None = None, dask_cluster_class: str | None = None
 ) -> Flow:
     """Return the generate flow, with a Dask task runner when any Dask option is given."""
-    if not (dask_workers or dask_address or dask_cluster_class):
+    if not dask_workers and dask_address is None and dask_cluster_class is None:
         return generate
     return generate.with_options(task_runner=dask_runner(dask_workers, dask_address, dask_cluster_class))

@@ -17,7 +17,15 @@ def dask_runner(workers: int = 0, address: str | None = None, cluster_class: str
     per GPU, pinned with CUDA_VISIBLE_DEVICES)."""
     from prefect_dask import DaskTaskRunner
 
-    if address:
+    for option, value in (("--dask-address", address), ("--dask-cluster-class", cluster_class)):
+        if value is not None and not value.strip():
+            raise ValueError(f"{option}: empty; expected e.g. tcp://host:8786 or dask_cuda.LocalCUDACluster")
+    if address is not None:
+        if workers or cluster_class:
+            raise ValueError(
+                f"--dask-address {address!r} connects to a running scheduler; --dask-workers ({workers}) and "
+                f"--dask-cluster-class ({cluster_class}) start a cluster: give one or the other"
+            )
         return DaskTaskRunner(address=address)
     if cluster_class:  # e.g. LocalCUDACluster: one worker per visible GPU unless workers says otherwise
         return DaskTaskRunner(cluster_class=cluster_class, cluster_kwargs={"n_workers": workers} if workers else {})

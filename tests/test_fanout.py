@@ -55,3 +55,34 @@ def test_runner_choice():
     assert generate_flow(dask_address="tcp://127.0.0.1:8786").task_runner.address == "tcp://127.0.0.1:8786"
     with pytest.raises(ValueError, match="--dask-workers must be >= 1"):
         dask_runner(workers=0)
+    with pytest.raises(
+        ValueError, match=r"--dask-address 'tcp://h:8786' connects to a running scheduler; --dask-workers"
+    ):
+        generate_flow(dask_workers=2, dask_address="tcp://h:8786")  # not silently one or the other
+    with pytest.raises(ValueError, match="give one or the other"):
+        generate_flow(dask_address="tcp://h:8786", dask_cluster_class="dask_cuda.LocalCUDACluster")
+    with pytest.raises(ValueError, match="--dask-address: empty"):
+        generate_flow(dask_address="")  # not the sequential runner
+
+
+def test_cli_refuses_conflicting_dask_options_before_any_work(tmp_path):
+    from typer.testing import CliRunner
+
+    from maskforge.flows.cli import app
+
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"),
+            "--out",
+            str(out),
+            "--dask-workers",
+            "2",
+            "--dask-address",
+            "tcp://h:8786",
+        ],
+    )
+    assert result.exit_code == 1 and "give one or the other" in result.output
+    assert not out.exists()  # refused before a run folder (and before the Prefect server)
