@@ -121,6 +121,31 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
+def _config_kinds() -> tuple:
+    """(kind, loader, command) of every config file kind, for the hint when a file is given to the wrong command."""
+    return (
+        ("generation", load_config, "maskforge generate"),
+        ("HSNet", load_hsnet_config, "maskforge hsnet train|eval"),
+        ("GFSS", load_gfss_config, "maskforge gfss train-base|train-novel|eval"),
+        ("DiffewS", load_diffews_config, "maskforge diffews train|eval"),
+        ("MaskDiff", load_maskdiff_config, "maskforge maskdiff train|eval"),
+        ("toy training", load_toy_train_config, "maskforge toy train-diffusion|ground|train-controlnet"),
+    )
+
+
+def _config_failure(err: Exception, config: Path, loader) -> None:
+    """Exit 1 with a config error; when the file validates as another kind of config, name the command it is for."""
+    for kind, other, command in _config_kinds():
+        if other is loader:
+            continue
+        try:
+            other(config)
+        except (ConfigError, OSError):
+            continue
+        _fail(f"{err}\n  {config} is a valid {kind} config: run it with `{command}`")
+    _fail(str(err))
+
+
 def summary_table(summary: dict) -> Table:
     """Return a rich table of samples per class and source (and rejected samples: OOD or empty) from a run summary."""
     sources = sorted({s for counts in summary["samples_per_class"].values() for s in counts})
@@ -157,6 +182,9 @@ def generate(
     """Run the generation flow on a config and print the run folder and its summary."""
     try:
         cfg = load_config(config, {"run.out_dir": out} if out is not None else None)
+    except (ValueError, FileNotFoundError) as err:
+        _config_failure(err, config, load_config)
+    try:
         preflight(cfg)  # before the Prefect server starts: a deterministic fault costs seconds and leaves no run folder
         flow = generate_flow(dask_workers, dask_address, dask_cluster_class)
     except (ValueError, FileNotFoundError) as err:
@@ -328,7 +356,7 @@ def models_check(
     try:
         cfg = load_config(config)
     except ConfigError as err:
-        _fail(str(err))
+        _config_failure(err, config, load_config)
     if cfg.diffusion is None:
         _fail(f"{config}: no 'diffusion' section; nothing to load")
     try:
@@ -363,7 +391,7 @@ def _learner_config(loader, config: Path, out: Optional[str], overrides: dict | 
     try:
         return loader(config, more or None)
     except ConfigError as err:
-        _fail(str(err))
+        _config_failure(err, config, loader)
 
 
 def _run_flow(flow, cfg, command: str, errors: tuple[type[BaseException], ...]):
@@ -687,7 +715,7 @@ def _toy_config(config: Path):
     try:
         return load_toy_train_config(config)
     except ConfigError as err:
-        _fail(str(err))
+        _config_failure(err, config, load_toy_train_config)
 
 
 @toy_app.command("train-diffusion")

@@ -74,6 +74,31 @@ def test_generate_reports_config_errors(tmp_path):
     assert "dataset.root is required" in result.output and "bad.yaml" in result.output
 
 
+@pytest.mark.parametrize(
+    "command, config_file, hint",
+    [
+        (["generate"], "hsnet-toy.yaml", "is a valid HSNet config: run it with `maskforge hsnet train|eval`"),
+        (["hsnet", "train"], "demo.yaml", "is a valid generation config: run it with `maskforge generate`"),
+        (["models", "check"], "maskdiff-toy.yaml", "is a valid MaskDiff config: run it with `maskforge maskdiff"),
+        (["maskdiff", "eval"], "gfss-toy.yaml", "is a valid GFSS config: run it with `maskforge gfss"),
+        (["gfss", "eval"], "diffews-toy.yaml", "is a valid DiffewS config: run it with `maskforge diffews"),
+        (["diffews", "train"], "toy-train.yaml", "is a valid toy training config: run it with `maskforge toy"),
+    ],
+)
+def test_a_config_given_to_the_wrong_command_names_the_right_one(command, config_file, hint):
+    path = Path(__file__).resolve().parents[1] / "configs" / config_file
+    result = runner.invoke(app, [*command, str(path)])
+    assert result.exit_code == 1 and "Extra inputs are not permitted" in result.output
+    assert result.output.splitlines()[-1].strip().startswith(f"{path} {hint}")  # the last line of the error
+
+
+def test_an_invalid_config_of_the_right_kind_gets_no_hint(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("dataset:\n  fold: 7\n")
+    result = runner.invoke(app, ["generate", str(bad)])
+    assert result.exit_code == 1 and "field 'dataset.fold'" in result.output and "is a valid" not in result.output
+
+
 def test_datasets_check_toy():
     result = runner.invoke(app, ["datasets", "check", "-", "--dataset", "toy"])
     assert result.exit_code == 0, result.output
