@@ -39,6 +39,17 @@ def read_bytes(url: str) -> bytes:
     return fs.cat_file(path)
 
 
+def file_problem(path: str | Path) -> str | None:
+    """Why a local path cannot be read as a file ("not found", "is a folder, not a file", "is not a regular file"),
+    or None when it can: error messages say which, instead of "not found" for a folder."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "is not a regular file" if path.exists() else "not found"
+
+
 def exists(url: str) -> bool:
     """Return True if a file or folder exists at url."""
     fs, path = resolve(url)

@@ -121,6 +121,10 @@ def test_wrong_checkpoints_give_clear_errors(r50_state, tmp_path):
         load_checkpoint(junk)
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match=r"'.*' is a folder, not a file; expected a \.safetensors"):
+        load_checkpoint(tmp_path)  # a folder is named as such, not "not found"
+    with pytest.raises(CheckpointError, match=r"'/dev/null' is not a regular file"):
+        load_checkpoint("/dev/null")
 
 
 def test_safetensors_round_trip_with_config(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from maskforge.models.gfss.network import GfssModelError, GfssNet, GfssSpec, build_gfss
-from maskforge.storage.fs import atomic_write_bytes
+from maskforge.storage.fs import atomic_write_bytes, file_problem
 
 #: Value of the "format" metadata entry of our safetensors files.
 GFSS_FORMAT = "maskforge-gfss/1"
@@ -49,8 +49,8 @@ def load_gfss(path: str, spec: GfssSpec | None = None) -> tuple[GfssNet, dict]:
     `spec` says otherwise), returned with config None and extra {"source": "authors"}.
     """
     file = Path(path)
-    if not file.is_file():
-        raise GfssCheckpointError(f"checkpoint {path!r} not found; expected a .safetensors, .pt or .pth file")
+    if problem := file_problem(file):
+        raise GfssCheckpointError(f"checkpoint {path!r} {problem}; expected a .safetensors, .pt or .pth file")
     if file.suffix in (".pt", ".pth"):
         net = load_authors(path, spec=spec)
         return net, {"spec": net.spec.to_dict(), "config": None, "extra": {"source": "authors"}}
@@ -142,8 +142,8 @@ def _read_ours(path: str) -> tuple[dict[str, torch.Tensor], dict]:
 
 def _read_authors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Read the authors' file: its "backbone" and "head" state dicts (torch.load with weights_only, never code)."""
-    if not Path(path).is_file():
-        raise GfssCheckpointError(f"checkpoint {path!r} not found; expected the authors' *_final.pt file")
+    if problem := file_problem(path):
+        raise GfssCheckpointError(f"checkpoint {path!r} {problem}; expected the authors' *_final.pt file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file; say which

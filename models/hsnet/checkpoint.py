@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from maskforge.models.hsnet.model import HSNet, HSNetCheckpointModule, HSNetSpec, build_hsnet
+from maskforge.storage.fs import file_problem
 
 #: safetensors metadata key holding our JSON header: model spec and the resolved training config.
 METADATA_KEY = "maskforge.hsnet"
@@ -52,8 +53,8 @@ class LoadReport:
 def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """Read a checkpoint file: (state dict, our metadata or None). `.safetensors` or a torch pickle of a state dict."""
     file = Path(path)
-    if not file.is_file():
-        raise CheckpointError(f"checkpoint {str(file)!r} not found; expected a .safetensors or .pt/.pth file")
+    if problem := file_problem(file):
+        raise CheckpointError(f"checkpoint {str(file)!r} {problem}; expected a .safetensors or .pt/.pth file")
     if file.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open

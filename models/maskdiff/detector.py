@@ -20,7 +20,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskforge.eval.instances import Instance
-from maskforge.storage.fs import atomic_write_bytes
+from maskforge.storage.fs import atomic_write_bytes, file_problem
 
 #: Backbone names a DetectorSpec accepts; "tiny" is a small random conv stack for tests and the toy world.
 DETECTOR_BACKBONES: tuple[str, ...] = ("resnet50", "tiny")
@@ -261,8 +261,8 @@ def _differences(expected: dict[str, torch.Tensor], state: dict[str, torch.Tenso
 def load_backbone_file(model: FasterRCNN, path: str) -> None:
     """Load a local torchvision ResNet-50 state dict into model.backbone.body strictly; only fc.* is dropped (and BN
     step counters, which FrozenBatchNorm2d does not keep). Any other key difference is an error naming the file."""
-    if not Path(path).is_file():
-        raise DetectorError(f"backbone weights file {path!r} not found; expected a local torchvision resnet50 file")
+    if problem := file_problem(path):
+        raise DetectorError(f"backbone weights file {path!r} {problem}; expected a local torchvision resnet50 file")
     body = model.backbone.body
     expected = body.state_dict()
     state = {
@@ -528,8 +528,8 @@ def load_detector(path: str) -> tuple[FasterRCNN, DetectorSpec, list[int], dict]
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
 
-    if not Path(path).is_file():
-        raise DetectorError(f"detector checkpoint {path!r} not found; expected a .safetensors file")
+    if problem := file_problem(path):
+        raise DetectorError(f"detector checkpoint {path!r} {problem}; expected a .safetensors file")
     try:
         with safe_open(path, framework="pt") as handle:
             raw = handle.metadata() or {}

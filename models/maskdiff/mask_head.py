@@ -21,6 +21,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torchvision.ops import roi_align
 
+from maskforge.storage.fs import file_problem
+
 #: Training noise schedule of the paper (Alg. 1): DDPM, T = 1000, linear betas; make_scheduler adds the prediction
 #: type and the sampler's x0 clipping.
 SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02}
@@ -492,8 +494,8 @@ def load_mask_head(path: str | Path):
     """Load a mask-head checkpoint strictly: returns (unet, spec, metadata); any unreadable file, missing spec or
     missing / unexpected / mis-shaped tensor is a MaskHeadCheckpointError naming the file."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise MaskHeadCheckpointError(f"mask head: {path} not found (expected a safetensors file from save_mask_head)")
+    if problem := file_problem(path):
+        raise MaskHeadCheckpointError(f"mask head: {path} {problem} (expected a safetensors file from save_mask_head)")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
