@@ -46,6 +46,7 @@ from maskforge.models.loading import ModelLoadError, load_pipelines
 from maskforge.models.tiny import build_tiny_models
 from maskforge.models.toy_train import ground_diffusion, load_toy_train_config, train_controlnets, train_diffusion
 from maskforge.storage.codec import ShardCodecError
+from maskforge.storage.fs import OutputLocationError, check_output_location
 from maskforge.storage.marked_folder import COMPLETE as DIFFEWS_COMPLETE
 from maskforge.storage.preview import render_preview
 from maskforge.storage.reader import RunIncompleteError, RunReader
@@ -119,6 +120,29 @@ API_RESTARTS = 3
 def _fail(message: str) -> None:
     console.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
     raise typer.Exit(code=1)
+
+
+def _check_out_file(out: Path, suffixes: tuple[str, ...]) -> None:
+    """Exit 1 before any work unless `out` can become a file of one of `suffixes`: not a folder, the right extension,
+    its folder creatable and writable."""
+    if out.is_dir():
+        _fail(f"--out {out}: is a folder; expected a file path ending in {' or '.join(suffixes)}")
+    if out.suffix.lower() not in suffixes:
+        _fail(f"--out {out}: expected a file name ending in {' or '.join(suffixes)}")
+    try:
+        check_output_location(str(out.parent), field="--out")
+    except OutputLocationError as err:
+        _fail(str(err))
+
+
+def _save_image(image: Image.Image, out: Path) -> None:
+    """Write an image to a checked --out path (its folder created); an OS error is one line."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out)
+    except OSError as err:
+        _fail(f"--out {out}: cannot write ({err.strerror or err})")
+    console.print(f"wrote {out}")
 
 
 def _config_kinds() -> tuple:
@@ -199,6 +223,9 @@ def generate(
     console.print(f"run folder: {result['url']}")
 
 
+#: File name endings of the PNG files `shards show` and `shards sheet` write.
+PNG = (".png",)
+
 #: `--no-verify`: the explicit opt-out of checking each shard read against the sha256 its run's marker recorded.
 NO_VERIFY_HELP = "Skip checking each shard read against the sha256 recorded in the run's completion marker."
 
@@ -241,13 +268,13 @@ def shards_show(
     no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Write one sample as a PNG: image, coloured mask overlay and a legend of its classes."""
+    _check_out_file(out, PNG)
     try:
         sample = _open_run(run, partial, not no_verify).get(key)
     except (RunIncompleteError, ShardCodecError, KeyError) as err:
         _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
     names = {int(c): n for c, n in sample.meta["class_names"].items()}
-    render_preview(sample, names).save(out)
-    console.print(f"wrote {out}")
+    _save_image(render_preview(sample, names), out)
 
 
 @shards_app.command("sheet")
@@ -267,12 +294,12 @@ def shards_sheet(
     no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
     """Write the run's contact sheet as one PNG: class names left, source names above, masks tinted and outlined."""
+    _check_out_file(out, PNG)
     try:
         sheet = contact_sheet_image(_open_run(run, partial, not no_verify), per_source, side)
     except (RunIncompleteError, ValueError) as err:
         _fail(str(err))
-    Image.fromarray(sheet).save(out)
-    console.print(f"wrote {out}")
+    _save_image(Image.fromarray(sheet), out)
 
 
 @datasets_app.command("check")
@@ -312,6 +339,7 @@ def datasets_coco_json(
     ),
 ) -> None:
     """Export a split's instances to a COCO-format JSON (pycocotools RLE), readable by pycocotools' COCO/COCOeval."""
+    _check_out_file(out, (".json",))
     try:
         ds = build_dataset(dataset, None if root == "-" else root)
         ids = ds.image_ids(split)[:limit] if limit else None
@@ -344,6 +372,10 @@ def models_tiny(
     seed: int = typer.Option(0, help="Initialisation seed (the same seed writes the same weights)."),
 ) -> None:
     """Build tiny random-initialised SD, ControlNets and HED in their real formats (offline tests and demo)."""
+    try:
+        check_output_location(str(out), field="--out")
+    except OutputLocationError as err:
+        _fail(str(err))
     for name, folder in build_tiny_models(out, seed).items():
         console.print(f"{name}: {folder}")
 

@@ -64,6 +64,17 @@ def test_shards_ls_and_show(demo_run, tmp_path):
     assert image.mode == "RGB" and min(image.size) >= 384
     missing = runner.invoke(app, ["shards", "show", str(run), "no-such-key", "--out", str(png)])
     assert missing.exit_code == 1 and "no-such-key" in missing.output
+    nested = tmp_path / "new" / "folder" / "show.png"  # the folder is created
+    assert runner.invoke(app, ["shards", "show", str(run), key, "--out", str(nested)]).exit_code == 0
+    assert Image.open(nested).size == image.size
+    for command in (["shards", "show", str(run), key], ["shards", "sheet", str(run)]):
+        for out, expected in (
+            (tmp_path, f"error: --out {tmp_path}: is a folder; expected a file path ending in .png"),
+            (tmp_path / "x.txt", f"error: --out {tmp_path / 'x.txt'}: expected a file name ending in .png"),
+            (Path("/proc/x.png"), "error: --out: cannot write in /proc"),
+        ):
+            bad = runner.invoke(app, [*command, "--out", str(out)])
+            assert bad.exit_code == 1 and bad.output.startswith(expected), bad.output  # one line, no traceback
 
 
 def test_generate_reports_config_errors(tmp_path):
@@ -97,6 +108,15 @@ def test_an_invalid_config_of_the_right_kind_gets_no_hint(tmp_path):
     bad.write_text("dataset:\n  fold: 7\n")
     result = runner.invoke(app, ["generate", str(bad)])
     assert result.exit_code == 1 and "field 'dataset.fold'" in result.output and "is a valid" not in result.output
+
+
+def test_file_writing_commands_check_out_before_any_work(tmp_path):
+    coco = runner.invoke(
+        app, ["datasets", "coco-json", "-", "--dataset", "toy", "--out", str(tmp_path), "--limit", "1"]
+    )
+    assert coco.exit_code == 1 and coco.output.startswith(f"error: --out {tmp_path}: is a folder; expected a file")
+    tiny = runner.invoke(app, ["models", "tiny", "--out", "/proc/tiny"])
+    assert tiny.exit_code == 1 and tiny.output.startswith("error: --out: cannot write in /proc")
 
 
 def test_datasets_check_toy():
