@@ -135,6 +135,14 @@ def _check_out_file(out: Path, suffixes: tuple[str, ...]) -> None:
         _fail(str(err))
 
 
+def _check_out_folder(out: Path) -> None:
+    """Exit 1 before any work unless the folder `out` can be created or written in."""
+    try:
+        check_output_location(str(out), field="--out")
+    except OutputLocationError as err:
+        _fail(str(err))
+
+
 def _save_image(image: Image.Image, out: Path) -> None:
     """Write an image to a checked --out path (its folder created); an OS error is one line."""
     try:
@@ -372,10 +380,7 @@ def models_tiny(
     seed: int = typer.Option(0, help="Initialisation seed (the same seed writes the same weights)."),
 ) -> None:
     """Build tiny random-initialised SD, ControlNets and HED in their real formats (offline tests and demo)."""
-    try:
-        check_output_location(str(out), field="--out")
-    except OutputLocationError as err:
-        _fail(str(err))
+    _check_out_folder(out)
     for name, folder in build_tiny_models(out, seed).items():
         console.print(f"{name}: {folder}")
 
@@ -756,6 +761,7 @@ def toy_train_diffusion(
     out: Path = typer.Option(Path("models/toy"), "--out", help="Folder receiving sd/ and training.json."),
 ) -> None:
     """Train the tiny text-to-image model (VAE, then UNet + text encoder) on the fold's base classes."""
+    _check_out_folder(out)  # before hours of training, not at the first write
     entry = train_diffusion(_toy_config(config), out, log=console.print)
     console.print(f"wrote {out / 'sd'} in {entry['seconds']} s: {entry['vae']} {entry['diffusion']}", soft_wrap=True)
 
@@ -766,6 +772,7 @@ def toy_ground(
     out: Path = typer.Option(Path("models/toy"), "--out", help="Folder holding the trained sd/ (rewritten)."),
 ) -> None:
     """Fine-tune the toy SD with the cross-attention grounding loss, so the class word's map covers the object."""
+    _check_out_folder(out)
     try:
         entry = ground_diffusion(_toy_config(config), out, log=console.print)
     except FileNotFoundError as err:
@@ -780,6 +787,7 @@ def toy_train_controlnet(
     kind: Optional[list[str]] = typer.Option(None, "--kind", help="Condition kind(s); default: controlnet.kinds."),
 ) -> None:
     """Train one ControlNet per condition kind on the trained toy SD in OUT/sd (UNet and text encoder frozen)."""
+    _check_out_folder(out)
     try:
         entries = train_controlnets(_toy_config(config), out, kind, log=console.print)
     except (FileNotFoundError, ValueError) as err:

@@ -131,7 +131,7 @@ def check_output_location(url: str, need_bytes: int = 0, field: str = "run.out_d
     and about `need_bytes` free on that disk.
     """
     if not isinstance(url, str) or not url.strip():
-        raise OutputLocationError(f"{field}: empty; expected a folder path or an fsspec URL for the run folders")
+        raise OutputLocationError(f"{field}: empty; expected a folder path or an fsspec URL")
     protocol, _ = fsspec.core.split_protocol(url)
     if protocol not in (None, "file", "local"):
         try:
@@ -147,7 +147,7 @@ def check_output_location(url: str, need_bytes: int = 0, field: str = "run.out_d
     existing = next(ancestor for ancestor in (folder, *folder.parents) if ancestor.exists())
     if not existing.is_dir():
         where = "" if existing == folder else f", so {folder} cannot be created"
-        raise OutputLocationError(f"{field}: {existing} is a file{where}; expected a folder for the run folders")
+        raise OutputLocationError(f"{field}: {existing} is a file{where}; expected a folder")
     try:  # a probe file where the first new folder would go: nothing is created that a failed run leaves behind
         probe = existing / f".maskforge-probe-{uuid.uuid4().hex}"
         probe.write_bytes(b"")

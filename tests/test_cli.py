@@ -117,6 +117,13 @@ def test_file_writing_commands_check_out_before_any_work(tmp_path):
     assert coco.exit_code == 1 and coco.output.startswith(f"error: --out {tmp_path}: is a folder; expected a file")
     tiny = runner.invoke(app, ["models", "tiny", "--out", "/proc/tiny"])
     assert tiny.exit_code == 1 and tiny.output.startswith("error: --out: cannot write in /proc")
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "toy-train.yaml")
+    (tmp_path / "file.txt").write_text("")
+    for command in ("train-diffusion", "ground", "train-controlnet"):  # before training, not at its first write
+        toy = runner.invoke(app, ["toy", command, config, "--out", str(tmp_path / "file.txt")])
+        assert toy.exit_code == 1 and toy.output.startswith(f"error: --out: {tmp_path / 'file.txt'} is a file"), (
+            toy.output
+        )
 
 
 def test_datasets_check_toy():
