@@ -377,7 +377,9 @@ def serve(
 @models_app.command("tiny")
 def models_tiny(
     out: Path = typer.Option(..., "--out", help="Folder to write: sd/, controlnet-{mask,hed,scribble}/, hed/."),
-    seed: int = typer.Option(0, help="Initialisation seed (the same seed writes the same weights)."),
+    seed: int = typer.Option(
+        0, min=0, max=2**32 - 1, help="Initialisation seed, 0 to 2^32-1 (the same seed writes the same weights)."
+    ),
 ) -> None:
     """Build tiny random-initialised SD, ControlNets and HED in their real formats (offline tests and demo)."""
     _check_out_folder(out)

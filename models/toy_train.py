@@ -23,7 +23,7 @@ from maskforge.models.device import resolve_device
 from maskforge.models.grounding import grounding
 from maskforge.models.tiny import SD_DIR, controlnet_dir, edge_hed, tiny_controlnet, tiny_sd_components
 from maskforge.models.xattn_mask import token_weights, word_token_indices
-from maskforge.storage.yaml_config import StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import Seed, StrictConfig, read_yaml, validate_model
 
 Log = Callable[[str], None]
 #: Written next to the trained models: config, seconds, final losses of each training command.
@@ -92,9 +92,9 @@ class ControlNetTrain(StrictConfig):
 class ToyTrainConfig(StrictConfig):
     """Everything `maskforge toy train-*` needs: data, seed, device and each model's schedule."""
 
-    seed: int = 0
+    seed: Seed = 0
     fold: int = Field(0, ge=0, le=3, description="Toy fold: models see only its base classes.")
-    world_seed: int = Field(0, description="Seed of the toy world the training images are rendered from.")
+    world_seed: Seed = Field(0, description="Seed of the toy world the training images are rendered from.")
     image_size: int = Field(64, ge=32)
     images_per_class: int = Field(400, ge=1)
     device: Literal["cpu", "cuda", "auto"] = "auto"

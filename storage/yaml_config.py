@@ -8,11 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
 #: A path, URL or model id in a config: at least one character. An empty one would quietly mean "here" (out_dir)
 #: or "the default" (checkpoint), e.g. from `--out ""` or a blank YAML value written as "".
 PathText = Annotated[str, StringConstraints(min_length=1)]
+#: A seed in a config: 0 to 2^32 - 1, what numpy's and torch's generators all take (a negative seed or one past 2^64
+#: failed deep inside a stage, after the server had started).
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class ConfigError(ValueError):

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.models.diffusion_config import SPEED_FIELDS, DiffusionConfig
-from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
 
 
 class ShotsConfig(StrictConfig):
@@ -19,7 +19,7 @@ class ShotsConfig(StrictConfig):
 
     k: int = Field(1, ge=1, le=50, description="Real shots (image, mask) per novel class.")
     split: str = Field("train", description="Dataset split the shots are drawn from.")
-    seed: int = Field(0, description="Shot-sampling seed; with (dataset, fold, class, k) it fixes the shots.")
+    seed: Seed = Field(0, description="Shot-sampling seed; with (dataset, fold, class, k) it fixes the shots.")
 
 
 class BaseSetConfig(StrictConfig):
@@ -98,7 +98,7 @@ class RunConfig(StrictConfig):
     """Run identity and output location."""
 
     name: str = Field("run", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
-    seed: int = Field(0, description="Run seed; each sample's seed derives from (run seed, class, index).")
+    seed: Seed = Field(0, description="Run seed; each sample's seed derives from (run seed, class, index).")
     out_dir: PathText = Field("runs", description="Parent folder (path or fsspec URL) of run folders.")
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed per-class task (transient failures).")
     retry_delay_s: float = Field(10.0, ge=0, le=3600, description="Seconds between retries.")

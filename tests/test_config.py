@@ -7,8 +7,24 @@ import pytest
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import load_config, parse_config
+from maskforge.tasks.diffews.config import load_diffews_config
+from maskforge.tasks.gfss.config import load_gfss_config
+from maskforge.tasks.hsnet.config import load_hsnet_config
+from maskforge.tasks.maskdiff.config import load_maskdiff_config
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+#: The loader of each config kind, by the first word of its file name in configs/.
+LOADERS = {
+    "demo": load_config,
+    "hsnet": load_hsnet_config,
+    "gfss": load_gfss_config,
+    "diffews": load_diffews_config,
+    "maskdiff": load_maskdiff_config,
+}
+
+
+def _loader(config_file: str):
+    return LOADERS[config_file.removesuffix(".yaml").split("-")[0]]
 
 
 def test_demo_config_loads_and_hash_ignores_out_dir():
@@ -99,18 +115,29 @@ def test_fss_trainval_is_recorded_and_hashed():
 )
 def test_an_empty_path_is_an_error_not_a_default(config_file, field):
     """An empty path would quietly mean the current folder or the default (e.g. `--out ""`); it is refused."""
-    from maskforge.tasks.diffews.config import load_diffews_config
-    from maskforge.tasks.gfss.config import load_gfss_config
-    from maskforge.tasks.hsnet.config import load_hsnet_config
-    from maskforge.tasks.maskdiff.config import load_maskdiff_config
-
-    loaders = {
-        "demo": load_config,
-        "hsnet": load_hsnet_config,
-        "gfss": load_gfss_config,
-        "diffews": load_diffews_config,
-        "maskdiff": load_maskdiff_config,
-    }
-    loader = loaders[config_file.removesuffix(".yaml").split("-")[0]]
+    loader = _loader(config_file)
     with pytest.raises(ConfigError, match=rf"field '{field}': String should have at least 1 character \(got ''\)"):
         loader(DEMO.parent / config_file, {field: ""})
+
+
+@pytest.mark.parametrize(
+    "config_file, field",
+    [
+        ("demo.yaml", "run.seed"),
+        ("demo.yaml", "shots.seed"),
+        ("demo.yaml", "dataset.toy.seed"),
+        ("hsnet-toy.yaml", "train.seed"),
+        ("gfss-toy.yaml", "novel.master_seed"),
+        ("diffews-toy.yaml", "eval.seed"),
+        ("maskdiff-toy.yaml", "base.seed"),
+    ],
+)
+def test_seeds_are_bounded_before_any_work(config_file, field):
+    """Seeds take 0 .. 2^32 - 1: a negative or huge one failed inside a stage (numpy, torch.manual_seed)."""
+    loader = _loader(config_file)
+    path = DEMO.parent / config_file
+    with pytest.raises(ConfigError, match=rf"field '{field}': Input should be greater than or equal to 0 \(got -1\)"):
+        loader(path, {field: -1})
+    with pytest.raises(ConfigError, match=rf"field '{field}': Input should be less than or equal to 4294967295"):
+        loader(path, {field: 2**64})
+    assert loader(path, {field: 2**32 - 1}) is not None

@@ -6,13 +6,13 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
-from maskforge.storage.yaml_config import PathText, StrictConfig
+from maskforge.storage.yaml_config import PathText, Seed, StrictConfig
 
 
 class ToyConfig(StrictConfig):
     """The procedural toy world (the embedded default dataset)."""
 
-    seed: int = Field(0, description="World seed: the same seed renders the same images.")
+    seed: Seed = Field(0, description="World seed: the same seed renders the same images.")
     image_size: int = Field(96, ge=32, le=1024, description="Square image side in pixels.")
     n_train: int = Field(400, ge=8, le=100_000, description="Images in the train split.")
     n_val: int = Field(100, ge=4, le=100_000, description="Images in the val split.")

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
 
 #: Checkpoint folder name inside a training run folder.
 CHECKPOINT_DIR = "diffews"
@@ -57,7 +57,7 @@ class DiffewsTrainConfig(StrictConfig):
     lr: float = Field(1e-5, gt=0, le=1.0, description="AdamW learning rate, decayed linearly to 0.")
     weight_decay: float = Field(1e-2, ge=0, le=1.0, description="AdamW weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
-    seed: int = Field(0, description="Seed of the episode stream and the VAE posterior samples.")
+    seed: Seed = Field(0, description="Seed of the episode stream and the VAE posterior samples.")
     split: str = Field("train", description="Split the training episodes come from.")
     synthetic_runs: list[PathText] = Field(
         default_factory=list,
@@ -74,7 +74,7 @@ class DiffewsEvalConfig(StrictConfig):
     )
     split: str = Field("val", description="Split the evaluation episodes come from.")
     episodes: int = Field(1000, ge=1, le=100_000, description="Episodes (HSNet protocol: 1000).")
-    seed: int = Field(0, description="Episode seed (HSNet: 0).")
+    seed: Seed = Field(0, description="Episode seed (HSNet: 0).")
     shots: int = Field(1, ge=1, le=16, description="Real support shots per episode (K).")
     synthetic_run: PathText | None = Field(
         None, description="Run folder of synthetic novel-class samples: adds 'KR+NS'."

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
 
 
 class GfssRunConfig(StrictConfig):
@@ -36,7 +36,7 @@ class GfssModelConfig(StrictConfig):
     aspp_rates: tuple[int, int, int] = Field((6, 12, 18), description="ASPP dilation rates.")
     tiny_layers: tuple[int, int, int, int] = Field((1, 1, 1, 1), description="Tiny ResNet: bottlenecks per layer.")
     tiny_width: int = Field(16, ge=4, le=64, description="Tiny ResNet: width per group.")
-    tiny_seed: int = Field(0, description="Seed of the tiny backbone's initial weights.")
+    tiny_seed: Seed = Field(0, description="Seed of the tiny backbone's initial weights.")
     tiny_maxpool: bool = Field(False, description="Tiny ResNet: keep the stem max-pool.")
 
     @model_validator(mode="after")
@@ -66,7 +66,7 @@ class GfssBaseConfig(StrictConfig):
     poly_power: float = Field(0.9, ge=0, le=10, description="Polynomial decay power of the learning rate.")
     crop_size: int = Field(512, ge=16, le=2048, description="Square training crop (GAPS: 512).")
     scale: tuple[float, float] = Field((0.5, 2.0), description="Random rescale range before cropping.")
-    seed: int = Field(1221, description="Seed of initialisation and data order (GAPS: 1221).")
+    seed: Seed = Field(1221, description="Seed of initialisation and data order (GAPS: 1221).")
     workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes.")
     log_every: int = Field(50, ge=1, le=1_000_000)
 
@@ -84,7 +84,7 @@ class GfssNovelConfig(StrictConfig):
     shots: int = Field(1, ge=1, le=50, description="Real shots per novel class.")
     split: str = Field("train", description="Split the real shots (and the replay buffer) come from.")
     runs: int = Field(10, ge=1, le=100, description="GAPS run seeds (PASCAL 10, COCO 5).")
-    master_seed: int = Field(4321, description="Seed of the run-seed list (GAPS: 4321).")
+    master_seed: Seed = Field(4321, description="Seed of the run-seed list (GAPS: 4321).")
     classes_per_step: int = Field(1, ge=1, le=80, description="Novel classes learned per step (PASCAL 1, COCO 5).")
     iterations: int = Field(200, ge=1, le=100_000, description="Fine-tuning iterations per step.")
     batch_size: int = Field(10, ge=1, le=1024, description="Fine-tuning batch (GAPS: 10 PASCAL, 16 COCO).")

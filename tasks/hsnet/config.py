@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
 
 
 class HsnetRunConfig(StrictConfig):
@@ -39,7 +39,7 @@ class HsnetModelConfig(StrictConfig):
     img_size: int = Field(400, ge=32, le=1024, description="Square input size; HSNet uses 400.")
     tiny_layers: tuple[int, int, int, int] = Field((1, 2, 2, 2), description="Tiny ResNet: bottlenecks in layer1..4.")
     tiny_width: int = Field(16, ge=4, le=64, description="Tiny ResNet: width per group (inner bottleneck widths).")
-    tiny_seed: int = Field(0, description="Seed of the tiny backbone's random (frozen) weights.")
+    tiny_seed: Seed = Field(0, description="Seed of the tiny backbone's random (frozen) weights.")
     tiny_maxpool: bool = Field(False, description="Tiny ResNet: keep the stem max-pool (output stride 32, not 16).")
     tiny_calibration_images: int = Field(
         128, ge=0, description="Tiny ResNet: train-split images its BatchNorm statistics are estimated on (0: none)."
@@ -60,7 +60,7 @@ class HsnetTrainConfig(StrictConfig):
     steps: int = Field(1000, ge=1, description="Optimiser steps (batches of 1-shot episodes).")
     batch_size: int = Field(20, ge=1, description="Episodes per step (HSNet: 20 PASCAL/FSS, 40 COCO).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (HSNet: 1e-3, no schedule, no weight decay).")
-    seed: int = Field(0, description="Seed of the learner's initialisation and of the episode stream.")
+    seed: Seed = Field(0, description="Seed of the learner's initialisation and of the episode stream.")
     split: str = Field("train", description="Split the training episodes come from.")
     synthetic_run: PathText | None = Field(
         None, description="Run folder whose shard samples join each base class's support pool (classes it holds)."
@@ -76,7 +76,7 @@ class HsnetEvalConfig(StrictConfig):
     )
     split: str = Field("val", description="Split the evaluation episodes (queries and supports) come from.")
     episodes: int = Field(1000, ge=1, description="Episodes (HSNet: 1000; FSS-1000 uses one per image instead).")
-    seed: int = Field(0, description="Episode seed (HSNet: 0).")
+    seed: Seed = Field(0, description="Episode seed (HSNet: 0).")
     shots: int = Field(1, ge=1, le=50, description="Real support shots per episode (K).")
     synthetic_run: PathText | None = Field(
         None, description="Run folder with synthetic samples of the novel classes; adds an 'KR+NS' evaluation."

@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import PathText, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
 
 #: head fields that only steer sampling (left out of the stage folders' hashes).
 SAMPLING_FIELDS = ("guidance", "sampler", "ddim_steps")
@@ -76,7 +76,7 @@ class MaskdiffBaseConfig(StrictConfig):
     head_steps: int = Field(100000, ge=1, le=10_000_000, description="Mask-head AdamW steps.")
     head_lr: float = Field(1e-4, gt=0, le=1, description="Mask-head AdamW learning rate (paper: 1e-4).")
     batch_size: int = Field(16, ge=1, le=256, description="Images (detector) or instances (head) per step.")
-    seed: int = Field(0, description="Seed of initialisation and sampling order.")
+    seed: Seed = Field(0, description="Seed of initialisation and sampling order.")
 
 
 class MaskdiffFinetuneConfig(StrictConfig):
