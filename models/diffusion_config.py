@@ -101,7 +101,7 @@ class EmbeddingModeConfig(StrictConfig):
     mask_cut: float = Field(0.5, gt=0, lt=1, description="Foreground cut of the area fraction (mask_rule 'area').")
     flip: bool = Field(True, description="Random horizontal flips of the shot (and its mask) per batch item.")
     early_stop_patience: int = Field(
-        0, ge=0, description="Stop when the smoothed loss has not improved for this many steps (0 = off)."
+        0, ge=0, le=1_000_000, description="Stop when the smoothed loss has not improved for this many steps (0 = off)."
     )
     image_size: int | None = Field(
         None, ge=16, le=4096, description="Short side the shot is trained at; default diffusion.image_size."

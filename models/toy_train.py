@@ -33,8 +33,8 @@ RECORD_FILE = "training.json"
 class VaeTrain(StrictConfig):
     """Autoencoder training: L2 + L1 reconstruction and a small KL term."""
 
-    steps: int = Field(3000, ge=1)
-    batch_size: int = Field(32, ge=1)
+    steps: int = Field(3000, ge=1, le=10_000_000)
+    batch_size: int = Field(32, ge=1, le=1024)
     lr: float = Field(2e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0, description="Weight of the per-image KL sum (SD's autoencoders: 1e-6).")
 
@@ -42,8 +42,8 @@ class VaeTrain(StrictConfig):
 class DiffusionTrain(StrictConfig):
     """Text-to-image training of the UNet and text encoder together (epsilon prediction, min-SNR weighting)."""
 
-    steps: int = Field(8000, ge=1)
-    batch_size: int = Field(32, ge=1)
+    steps: int = Field(8000, ge=1, le=10_000_000)
+    batch_size: int = Field(32, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0)
     template: str = Field("a photo of a {class}", description="Caption of a training image; {class} is its class name.")
     prompt_dropout: float = Field(0.1, ge=0, le=1, description="Share of empty captions (classifier-free guidance).")
@@ -67,12 +67,12 @@ class ControlNetTrain(StrictConfig):
     """ControlNet training on the frozen text-to-image model, one network per condition kind."""
 
     kinds: list[Literal["mask", "hed", "scribble"]] = ["mask", "hed", "scribble"]
-    steps: int = Field(3000, ge=1)
-    batch_size: int = Field(32, ge=1)
+    steps: int = Field(3000, ge=1, le=10_000_000)
+    batch_size: int = Field(32, ge=1, le=1024)
     lr: float = Field(1e-3, gt=0)
     prompt_dropout: float = Field(0.1, ge=0, le=1)
     mask_color: tuple[int, int, int] = (255, 255, 255)
-    hed_dilation: int = Field(14, ge=1)
+    hed_dilation: int = Field(14, ge=1, le=255)
     object_radius: tuple[float, float] = Field(
         (0.22, 0.38),
         description="Object radius range (share of the side) of the ControlNet's training images: "
@@ -95,11 +95,11 @@ class ToyTrainConfig(StrictConfig):
     seed: Seed = 0
     fold: int = Field(0, ge=0, le=3, description="Toy fold: models see only its base classes.")
     world_seed: Seed = Field(0, description="Seed of the toy world the training images are rendered from.")
-    image_size: int = Field(64, ge=32)
-    images_per_class: int = Field(400, ge=1)
+    image_size: int = Field(64, ge=32, le=1024)
+    images_per_class: int = Field(400, ge=1, le=100_000)
     device: Literal["cpu", "cuda", "auto"] = "auto"
-    threads: int = Field(2, ge=0, description="torch CPU threads (0: torch's default).")
-    log_every: int = Field(250, ge=1)
+    threads: int = Field(2, ge=0, le=1024, description="torch CPU threads (0: torch's default).")
+    log_every: int = Field(250, ge=1, le=10_000_000)
     vae: VaeTrain = VaeTrain()
     diffusion: DiffusionTrain = DiffusionTrain()
     ground: DiffusionTrain = Field(

@@ -84,7 +84,10 @@ class RefinementConfig(StrictConfig):
     )
     vote_threshold: float = Field(0.5, gt=0, le=1, description="k-shot vote cut of the pseudo-labels (AlignDiff: 0.5).")
     max_added: int = Field(
-        4, ge=0, description="Accepted samples (top by consensus IoU) joining the real shots when re-conditioning."
+        4,
+        ge=0,
+        le=1000,
+        description="Accepted samples (top by consensus IoU) joining the real shots when re-conditioning.",
     )
     ood_filter: bool = Field(
         True, description="Drop text/embedding samples whose mask fails to segment the real shots."

@@ -141,3 +141,39 @@ def test_seeds_are_bounded_before_any_work(config_file, field):
     with pytest.raises(ConfigError, match=rf"field '{field}': Input should be less than or equal to 4294967295"):
         loader(path, {field: 2**64})
     assert loader(path, {field: 2**32 - 1}) is not None
+
+
+def _int_fields(model, prefix=""):
+    """Yield (dotted name, has an upper bound) for every int field of a config model and its sections."""
+    import types
+    import typing
+
+    import annotated_types
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        union = typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+        for kind in typing.get_args(field.annotation) if union else (field.annotation,):
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                yield from _int_fields(kind, f"{prefix}{name}.")
+            elif kind is int:
+                yield (
+                    f"{prefix}{name}",
+                    any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in field.metadata),
+                )
+
+
+def test_every_count_and_size_a_user_can_type_is_bounded():
+    """Every int of every config kind has an upper bound (a count or size typed too large is a config error, not an
+    allocation or a week of training); MaskDiff's shots are checked against TFA's set instead."""
+    from maskforge.models.toy_train import ToyTrainConfig
+    from maskforge.tasks.config import MaskforgeConfig
+    from maskforge.tasks.diffews.config import DiffewsConfig
+    from maskforge.tasks.gfss.config import GfssConfig
+    from maskforge.tasks.hsnet.config import HsnetConfig
+    from maskforge.tasks.maskdiff.config import MaskdiffConfig
+
+    roots = (MaskforgeConfig, HsnetConfig, GfssConfig, DiffewsConfig, MaskdiffConfig, ToyTrainConfig)
+    fields = {f"{root.__name__}.{name}": bounded for root in roots for name, bounded in _int_fields(root)}
+    assert len(fields) > 60  # the walk reaches the sections
+    assert [name for name, bounded in fields.items() if not bounded] == ["MaskdiffConfig.finetune.shots"]

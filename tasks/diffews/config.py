@@ -63,7 +63,7 @@ class DiffewsTrainConfig(StrictConfig):
         default_factory=list,
         description="maskforge run folders whose samples of base classes join training as queries and supports.",
     )
-    log_every: int = Field(50, ge=1, description="Log the mean loss every this many steps.")
+    log_every: int = Field(50, ge=1, le=10_000_000, description="Log the mean loss every this many steps.")
 
 
 class DiffewsEvalConfig(StrictConfig):

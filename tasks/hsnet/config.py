@@ -23,7 +23,7 @@ class HsnetRunConfig(StrictConfig):
         "cpu", description="Where to run: cpu, cuda, or auto (cuda if present)."
     )
     threads: int = Field(
-        0, ge=0, description="torch CPU threads (0: torch's default; 1 is fastest on a busy 2-core box)."
+        0, ge=0, le=1024, description="torch CPU threads (0: torch's default; 1 is fastest on a busy 2-core box)."
     )
 
 
@@ -42,7 +42,10 @@ class HsnetModelConfig(StrictConfig):
     tiny_seed: Seed = Field(0, description="Seed of the tiny backbone's random (frozen) weights.")
     tiny_maxpool: bool = Field(False, description="Tiny ResNet: keep the stem max-pool (output stride 32, not 16).")
     tiny_calibration_images: int = Field(
-        128, ge=0, description="Tiny ResNet: train-split images its BatchNorm statistics are estimated on (0: none)."
+        128,
+        ge=0,
+        le=100_000,
+        description="Tiny ResNet: train-split images its BatchNorm statistics are estimated on (0: none).",
     )
 
     @model_validator(mode="after")
@@ -57,15 +60,15 @@ class HsnetModelConfig(StrictConfig):
 class HsnetTrainConfig(StrictConfig):
     """Episodic training on the fold's base classes."""
 
-    steps: int = Field(1000, ge=1, description="Optimiser steps (batches of 1-shot episodes).")
-    batch_size: int = Field(20, ge=1, description="Episodes per step (HSNet: 20 PASCAL/FSS, 40 COCO).")
+    steps: int = Field(1000, ge=1, le=10_000_000, description="Optimiser steps (batches of 1-shot episodes).")
+    batch_size: int = Field(20, ge=1, le=1024, description="Episodes per step (HSNet: 20 PASCAL/FSS, 40 COCO).")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate (HSNet: 1e-3, no schedule, no weight decay).")
     seed: Seed = Field(0, description="Seed of the learner's initialisation and of the episode stream.")
     split: str = Field("train", description="Split the training episodes come from.")
     synthetic_run: PathText | None = Field(
         None, description="Run folder whose shard samples join each base class's support pool (classes it holds)."
     )
-    log_every: int = Field(25, ge=1, description="Print the mean loss every this many steps.")
+    log_every: int = Field(25, ge=1, le=10_000_000, description="Print the mean loss every this many steps.")
 
 
 class HsnetEvalConfig(StrictConfig):
@@ -75,14 +78,18 @@ class HsnetEvalConfig(StrictConfig):
         None, description="HSNet checkpoint (.safetensors or the authors' .pt); default: the one `train` writes."
     )
     split: str = Field("val", description="Split the evaluation episodes (queries and supports) come from.")
-    episodes: int = Field(1000, ge=1, description="Episodes (HSNet: 1000; FSS-1000 uses one per image instead).")
+    episodes: int = Field(
+        1000, ge=1, le=10_000_000, description="Episodes (HSNet: 1000; FSS-1000 uses one per image instead)."
+    )
     seed: Seed = Field(0, description="Episode seed (HSNet: 0).")
     shots: int = Field(1, ge=1, le=50, description="Real support shots per episode (K).")
     synthetic_run: PathText | None = Field(
         None, description="Run folder with synthetic samples of the novel classes; adds an 'KR+NS' evaluation."
     )
-    synthetic_per_class: int = Field(20, ge=1, description="Synthetic samples added to each episode's supports (N).")
-    batch_size: int = Field(16, ge=1, description="Images per forward pass.")
+    synthetic_per_class: int = Field(
+        20, ge=1, le=1000, description="Synthetic samples added to each episode's supports (N)."
+    )
+    batch_size: int = Field(16, ge=1, le=1024, description="Images per forward pass.")
     results_dir: PathText = Field(
         "results", description="Folder of the Parquet benchmark table (one file per appended run)."
     )
