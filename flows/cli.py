@@ -129,10 +129,7 @@ def _check_out_file(out: Path, suffixes: tuple[str, ...]) -> None:
         _fail(f"--out {out}: is a folder; expected a file path ending in {' or '.join(suffixes)}")
     if out.suffix.lower() not in suffixes:
         _fail(f"--out {out}: expected a file name ending in {' or '.join(suffixes)}")
-    try:
-        check_output_location(str(out.parent), field="--out")
-    except OutputLocationError as err:
-        _fail(str(err))
+    _check_out_folder(out.parent)
 
 
 def _check_out_folder(out: Path) -> None:
