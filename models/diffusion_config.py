@@ -122,7 +122,7 @@ class ControlNetModeConfig(StrictConfig):
         (), description="Conditions to generate; each needs its ControlNet in `models`."
     )
     per_shot: int = Field(4, ge=1, le=1000, description="Images per (real shot, condition) (DifFSS: 4).")
-    models: dict[Literal["mask", "hed", "scribble"], str] = Field(
+    models: dict[Literal["mask", "hed", "scribble"], PathText] = Field(
         default_factory=dict, description="ControlNet per condition: a local diffusers folder or a cached hub id."
     )
     hed_annotator: PathText | None = Field(

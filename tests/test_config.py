@@ -102,6 +102,7 @@ def test_fss_trainval_is_recorded_and_hashed():
         ("demo.yaml", "dataset.root"),
         ("demo.yaml", "diffusion.model"),
         ("demo.yaml", "diffusion.embedding.bank"),
+        ("demo.yaml", "diffusion.controlnet.models.mask"),
         ("demo.yaml", "refinement.checkpoint"),
         ("hsnet-toy.yaml", "run.out_dir"),
         ("hsnet-toy.yaml", "eval.checkpoint"),
