@@ -352,7 +352,10 @@ class RunReader:
         self._verified.add(name)
 
     def verify_shards(self) -> None:
-        """Re-hash every listed shard against the marker (reads all bytes); raise RunIncompleteError on a mismatch."""
+        """Hash every listed shard against the marker (reads all bytes); raise RunIncompleteError on a mismatch.
+
+        Verified shards are not hashed again by later reads of this reader.
+        """
         if self._marker is None:
             raise RunIncompleteError(f"run {self.run_url} has no valid {MARKER_NAME} to verify shards against")
         bad = []
@@ -360,6 +363,8 @@ class RunReader:
             got = self._sha256(name)
             if got != expected:
                 bad.append(f"{SHARDS_DIR}/{name} sha256 {got} != {expected}")
+            else:
+                self._verified.add(name)
         if bad:
             raise RunIncompleteError(f"run {self.run_url} has corrupted shards: " + "; ".join(bad))
 

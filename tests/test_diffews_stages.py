@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from tiny import toy_run
 
-from maskforge.eval.datasets.toy import render_object
 from maskforge.eval.folds import toy_fold
 from maskforge.models.diffews.checkpoint import DiffewsCheckpointError, empty_prompt_embedding, load_frozen_parts
 from maskforge.models.diffews.network import DiffewsModelError
 from maskforge.models.diffews.segmenter import DiffewsSegmenter
-from maskforge.storage.codec import ShardSample
 from maskforge.storage.results import append_results, read_results, rows_as_dicts
-from maskforge.storage.shards import RunWriter, write_config
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import parse_diffews_config
 from maskforge.tasks.diffews.evaluate import benchmark_rows, eval_diffews, load_segmenter, trend_markdown
@@ -60,19 +58,7 @@ def config(tmp: Path, **sections) -> dict:
 
 def synthetic_run(url: str, classes, per_class: int, fold: int = 0, source: str = "text") -> str:
     """Write a complete maskforge-format run of object-centric toy samples (`per_class` per class) and return it."""
-    write_config(url, {"dataset": {"name": "toy", "fold": fold, "toy": TOY, "root": None}, "run": {"seed": 0}})
-    with RunWriter(url, max_count=8) as writer:
-        for cid in classes:
-            for i in range(per_class):
-                image, mask = render_object(0, cid, i, 32)
-                meta = {
-                    "dataset": "toy", "fold": fold, "class_id": cid, "class_name": f"c{cid}", "source": source,
-                    "mask_method": "semi-accepted", "seed": i, "shot_ids": [], "scores": {}, "config_hash": "h",
-                }  # fmt: skip
-                label = np.where(mask, cid, 0).astype(np.int32)
-                writer.write(ShardSample(f"toy-f{fold}-c{cid:04d}-{source}-{i:05d}", image, label, meta))
-        writer.finish({"n_samples": per_class * len(classes)})
-    return url
+    return toy_run(url, classes, per_class, "toy", fold, TOY, source, size=32, max_count=8)
 
 
 @pytest.fixture(scope="module")

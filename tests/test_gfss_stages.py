@@ -7,16 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import toy_run
 
 from maskforge.eval.datasets.base import DatasetError, ImageRecord
-from maskforge.eval.datasets.toy import render_object
 from maskforge.eval.folds import toy_fold
 from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
 from maskforge.models.gfss.network import GfssSpec, build_gfss, masked_average_pool
-from maskforge.storage.codec import ShardSample
 from maskforge.storage.results import append_results, read_results
-from maskforge.storage.shards import RunWriter, write_config
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.base import base_image_ids, open_fold, train_gfss_base
 from maskforge.tasks.gfss.config import parse_gfss_config
@@ -45,19 +43,7 @@ def config(tmp: Path, **sections) -> dict:
 
 def synthetic_run(url: str, classes=FOLD.novel, dataset="toy", fold=0, source="text", toy=TOY) -> str:
     """Write a complete maskforge-format run of object-centric toy samples (2 per class) with a dataset section."""
-    write_config(url, {"dataset": {"name": dataset, "fold": fold, "toy": toy, "root": None}, "run": {"seed": 0}})
-    with RunWriter(url, max_count=3) as writer:
-        for cid in classes:
-            for i in range(2):
-                image, mask = render_object(0, cid, i, 40)
-                meta = {
-                    "dataset": dataset, "fold": fold, "class_id": cid, "class_name": f"c{cid}", "source": source,
-                    "mask_method": "semi-accepted", "seed": i, "shot_ids": [], "scores": {}, "config_hash": "h",
-                }  # fmt: skip
-                label = np.where(mask, cid, 0).astype(np.int32)
-                writer.write(ShardSample(f"toy-f{fold}-c{cid:04d}-{source}-{i:05d}", image, label, meta))
-        writer.finish({"n_samples": 2 * len(classes)})
-    return url
+    return toy_run(url, classes, 2, dataset, fold, toy, source, size=40, max_count=3)
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +136,7 @@ def test_bad_inputs_are_named(trained, tmp_path):
     with pytest.raises(ConfigError, match="partial.*incomplete"):
         train_gfss_novel(parse_gfss_config(config(tmp, novel={"synthetic_runs": [str(tmp_path / "partial")]})))
     other_fold = synthetic_run(str(tmp_path / "f1"), fold=1)
-    with pytest.raises(ConfigError, match="f1 is a run of toy fold 1; this config trains toy fold 0"):
+    with pytest.raises(ConfigError, match="f1 is a run of toy fold 1; this config reads toy fold 0"):
         train_gfss_novel(parse_gfss_config(config(tmp, novel={"synthetic_runs": [other_fold]})))
     other_world = synthetic_run(str(tmp_path / "w1"), toy={**TOY, "seed": 1})
     with pytest.raises(ConfigError, match="w1 renders another toy world"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import toy_run
 
 from maskforge.eval.datasets import open_dataset
 from maskforge.eval.folds import toy_fold
@@ -17,6 +18,7 @@ from maskforge.eval.fsis_protocol import FsisError
 from maskforge.models.maskdiff.detector import load_detector, predictor_kind
 from maskforge.models.maskdiff.mask_head import load_mask_head
 from maskforge.storage.codec import ShardSample
+from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import RunWriter, write_config
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.maskdiff.config import parse_maskdiff_config
@@ -175,7 +177,7 @@ def test_finetune_stage_surgery_kshot_set_and_heads(trained):
 
 def test_synthetic_components_are_instances(tmp_path):
     url = blob_run(str(tmp_path / "blobs"))
-    found = synthetic_instances(url, [1, 6])
+    found = synthetic_instances(RunReader(url), url, [1, 6])
     assert set(found) == {1, 6} and found[6] == []
     assert [(key, j, inst.area, inst.class_id) for key, j, inst in found[1]] == [
         ("toy-f0-c0001-text-00000", 0, 36, 1),
@@ -183,9 +185,7 @@ def test_synthetic_components_are_instances(tmp_path):
     ]
     assert found[1][1][2].bbox == [28.0, 30.0, 10.0, 6.0]
     with pytest.raises(ConfigError, match=r"finetune\.synthetic_runs.*blobs.*\[6, 11\]"):
-        synthetic_instances(url, [6, 11])
-    with pytest.raises(ConfigError, match=r"finetune\.synthetic_runs.*nothing"):
-        synthetic_instances(str(tmp_path / "nothing"), [1])
+        synthetic_instances(RunReader(url), url, [6, 11])
 
 
 def test_finetune_counts_synthetic_instances(trained, tmp_path):
@@ -216,6 +216,9 @@ def test_named_errors(trained, tmp_path):
         ConfigError, match=r"finetune\.synthetic_runs.*pascal.*dataset 'pascal'; expected a run of 'toy'"
     ):
         train_maskdiff_finetune(parse_maskdiff_config(config(tmp, finetune={"synthetic_runs": [pascal]})), log=quiet)
+    other_fold = toy_run(str(tmp_path / "f3"), FOLD.novel, fold=3)
+    with pytest.raises(ConfigError, match=r"finetune\.synthetic_runs: .*f3 is a run of toy fold 3; this config reads"):
+        train_maskdiff_finetune(parse_maskdiff_config(config(tmp, finetune={"synthetic_runs": [other_fold]})))
 
 
 def test_support_draws_and_lr_schedule():

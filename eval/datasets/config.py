@@ -55,3 +55,25 @@ class DatasetConfig(StrictConfig):
         if self.name == "fss" and self.fold != 0:
             raise ValueError(f"FSS-1000 has one fold (0: the 240 test classes are novel); got fold {self.fold}")
         return self
+
+    def mismatch(self, other: dict[str, Any] | None, fold: bool = False, world: bool = False) -> str | None:
+        """Return what makes a run's stored dataset section `other` another dataset than this one, else None.
+
+        Class ids are the dataset's: a run of another dataset means other classes under the same ids. With `fold`,
+        the fold must match too (the run's classes are its fold's novel classes); with `world`, a toy run must
+        render the same toy world (seed and image size; the class ids mean the same shapes in every world).
+        """
+        other = other or {}
+        if other.get("name") != self.name:
+            return f"is a run of dataset {other.get('name')!r}; expected a run of {self.name!r}"
+        if fold and other.get("fold") != self.fold:
+            return f"is a run of {self.name} fold {other.get('fold')}; this config reads {self.name} fold {self.fold}"
+        if world and self.name == "toy":
+            theirs = other.get("toy") or {}
+            ours = {"seed": self.toy.seed, "image_size": self.toy.image_size}
+            if {k: theirs.get(k) for k in ours} != ours:
+                return (
+                    f"renders another toy world (seed {theirs.get('seed')}, image_size {theirs.get('image_size')}); "
+                    f"this config has seed {self.toy.seed}, image_size {self.toy.image_size} (both must match)"
+                )
+        return None

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import torch_threads
 from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter, merge_banks
-from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import DiffewsConfig
 from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, trained_network
@@ -18,6 +17,7 @@ from maskforge.tasks.episode_results import (
     open_episodes,
     score_episodes,
 )
+from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 #: The backbone column of DiffewS rows in the benchmark table.
 BACKBONE = "sd-unet"
@@ -55,9 +55,11 @@ def eval_diffews(config: DiffewsConfig, log: Callable[[str], None] = print) -> d
 def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_diffews."""
     e = config.eval
+    run = None
+    if e.synthetic_run:  # checked before the model loads: a wrong run fails at once
+        run = open_synthetic_run(e.synthetic_run, "eval.synthetic_run", config.dataset, fold=True)
     segmenter, ckpt, meta = load_segmenter(config)
     dataset, fold, episodes = open_episodes(config.dataset, e.split, e.episodes, e.shots, e.seed)
-    run = RunReader(e.synthetic_run) if e.synthetic_run else None
     images = EpisodeImages(dataset, run)
     synthetic: dict[int, BankState] = {}
     if run is not None:

@@ -28,6 +28,7 @@ from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import CHECKPOINT_DIR, DiffewsConfig
 from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, new_network
+from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 TRAIN_LOG_NAME = "train.json"
 
@@ -42,7 +43,7 @@ def synthetic_pools(config: DiffewsConfig, base: tuple[int, ...]) -> tuple[list[
     sample is an error naming it."""
     runs, pools = [], {c: [] for c in base}
     for index, url in enumerate(config.train.synthetic_runs):
-        run = RunReader(url)
+        run = open_synthetic_run(url, "train.synthetic_runs", config.dataset)
         keys = synthetic_keys(run, base)
         if not any(keys.values()):
             raise ConfigError(

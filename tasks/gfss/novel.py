@@ -30,7 +30,7 @@ from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
 from maskforge.models.gfss.network import GfssNet, masked_average_pool, set_train_mode
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
-from maskforge.storage.reader import RunIncompleteError, RunReader
+from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.base import autocast, base_image_ids, check_split, open_fold, poly_lr
@@ -38,6 +38,7 @@ from maskforge.tasks.gfss.buffer import buffer_score, uniform_interval_buffer
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.copy_paste import context_similar
 from maskforge.tasks.gfss.feed import NovelData, NovelFeed, make_loader, normalize
+from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 NOVEL_MANIFEST = "novel.json"
 
@@ -84,27 +85,10 @@ def open_synthetic(config: GfssConfig, fold: Fold, needed: list[int]) -> dict[st
     """
     out = {}
     for url in config.novel.synthetic_runs:
-        try:
-            reader = RunReader(url)
-            reader.verify_shards()
-        except RunIncompleteError as err:
-            raise ConfigError(f"novel.synthetic_runs: {err}") from None
-        ds = (reader.config or {}).get("dataset", {})
-        ours = config.dataset.resolved()
-        if (ds.get("name"), ds.get("fold")) != (ours["name"], ours["fold"]):
-            raise ConfigError(
-                f"novel.synthetic_runs: {url} is a run of {ds.get('name')} fold {ds.get('fold')}; this config trains "
-                f"{ours['name']} fold {ours['fold']}"
-            )
-        # the toy world is its seed and image size; split sizes only say how many of its images a config reads
-        world = ("seed", "image_size")
-        if ours["name"] == "toy" and {k: (ds.get("toy") or {}).get(k) for k in world} != {
-            k: ours["toy"][k] for k in world
-        }:
-            raise ConfigError(
-                f"novel.synthetic_runs: {url} renders another toy world ({ds.get('toy')}); this config has "
-                f"{ours['toy']} (seed and image_size must match)"
-            )
+        # hashed here, once: the feed's DataLoader workers read these runs without verifying
+        reader = open_synthetic_run(
+            url, "novel.synthetic_runs", config.dataset, fold=True, world=True, verify_shards=True
+        )
         keys = generated_keys(reader, fold.novel)
         held = {c: len(k) for c, k in keys.items() if k}
         for cid in needed:

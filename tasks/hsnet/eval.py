@@ -12,7 +12,6 @@ from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.hsnet.checkpoint import CheckpointError, load_checkpoint
 from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
-from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.episode_results import (
     choose_synthetic,
@@ -22,6 +21,7 @@ from maskforge.tasks.episode_results import (
     score_episodes,
 )
 from maskforge.tasks.hsnet.config import HsnetConfig
+from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 
 def load_segmenter(config: HsnetConfig) -> tuple[HSNetSegmenter, str]:
@@ -62,9 +62,11 @@ def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
 def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_hsnet."""
     e = config.eval
+    run = None
+    if e.synthetic_run:  # checked before the model loads: a wrong run fails at once
+        run = open_synthetic_run(e.synthetic_run, "eval.synthetic_run", config.dataset, fold=True)
     segmenter, ckpt = load_segmenter(config)
     dataset, fold, episodes = open_episodes(config.dataset, e.split, e.episodes, e.shots, e.seed)
-    run = RunReader(e.synthetic_run) if e.synthetic_run else None
     images = EpisodeImages(dataset, run)
     synthetic: dict[int, SupportState] = {}
     if run is not None:

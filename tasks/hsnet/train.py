@@ -21,9 +21,9 @@ from maskforge.models.hsnet.checkpoint import save_checkpoint
 from maskforge.models.hsnet.model import HSNet, HSNetSpec, build_hsnet, learnable_parameters
 from maskforge.models.hsnet.segmenter import prepare_images, prepare_labels
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
-from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.hsnet.config import HsnetConfig
+from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 CHECKPOINT_NAME = "hsnet.safetensors"
 TRAIN_LOG_NAME = "train.json"
@@ -63,6 +63,8 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
         log(f"already trained: {ckpt}")
         return {**json.loads(read_bytes(join(out, TRAIN_LOG_NAME))), "complete": True}
     m, t = config.model, config.train
+    # before the network is built: a wrong run fails in a second, not after the backbone's calibration
+    run = open_synthetic_run(t.synthetic_run, "train.synthetic_run", config.dataset) if t.synthetic_run else None
     if m.backbone != "tiny" and not m.weights:
         raise ConfigError(
             f"model.weights is required to train with backbone {m.backbone!r}: a local torchvision state-dict file "
@@ -80,9 +82,8 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     index = dataset.class_index(t.split)
     if m.backbone == "tiny" and m.tiny_calibration_images:
         calibrate_tiny(net, dataset, t.split, m.tiny_calibration_images, m.img_size, device)
-    run, extra = None, {}
-    if t.synthetic_run:
-        run = RunReader(t.synthetic_run)
+    extra = {}
+    if run is not None:
         keys = synthetic_keys(run, fold.base)
         if not any(keys.values()):
             raise ConfigError(

@@ -9,7 +9,7 @@ import numpy as np
 
 from maskforge.eval.episode_data import synthetic_keys
 from maskforge.eval.instances import Instance
-from maskforge.storage.reader import RunIncompleteError, RunReader
+from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 
 #: Components smaller than this many pixels are dropped: specks of a generated mask (stray or anti-aliased pixels)
@@ -17,14 +17,6 @@ from maskforge.storage.yaml_config import ConfigError
 MIN_COMPONENT_PIXELS = 16
 #: The config field the runs come from (named in errors).
 FIELD = "finetune.synthetic_runs"
-
-
-def open_run(url: str) -> RunReader:
-    """Return a reader of a complete run; a missing or incomplete one is a ConfigError naming the field and run."""
-    try:
-        return RunReader(url)
-    except RunIncompleteError as err:
-        raise ConfigError(f"{FIELD}: {err}") from None
 
 
 def components(label: np.ndarray, class_id: int) -> list[tuple[int, Instance]]:
@@ -40,15 +32,17 @@ def components(label: np.ndarray, class_id: int) -> list[tuple[int, Instance]]:
     return out
 
 
-def synthetic_instances(url: str, classes: Iterable[int]) -> dict[int, list[tuple[str, int, Instance]]]:
-    """Return {class id: [(sample key, component index, Instance), ...]} of a run's samples of `classes`.
+def synthetic_instances(
+    reader: RunReader, url: str, classes: Iterable[int]
+) -> dict[int, list[tuple[str, int, Instance]]]:
+    """Return {class id: [(sample key, component index, Instance), ...]} of the samples of `classes` in the run
+    `reader` reads (opened from `url`, named in errors).
 
     Each sample of class c (the manifest's class_id) gives one instance per connected component of its `label ==
     c` pixels (see components()). Every asked class is a key (an empty list when it has no usable component). A
     run without a single sample of these classes is a ConfigError naming finetune.synthetic_runs and the run.
     """
     classes = sorted({int(c) for c in classes})
-    reader = open_run(url)
     keys = synthetic_keys(reader, classes)
     if not any(keys.values()):
         raise ConfigError(f"{FIELD}: {url} holds no sample of the classes {classes}; expected samples of them")

@@ -56,7 +56,8 @@ from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 from maskforge.tasks.maskdiff.synthetic import FIELD as SYNTHETIC_FIELD
-from maskforge.tasks.maskdiff.synthetic import open_run, synthetic_instances
+from maskforge.tasks.maskdiff.synthetic import synthetic_instances
+from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 DETECTOR_FILE = "detector.safetensors"
 HEAD_FILE = "mask_head.safetensors"
@@ -438,19 +439,14 @@ def open_synthetic(
 ) -> tuple[list[RunReader], dict[tuple[int, str, int], Instance], dict[int, list[InstanceRef]]]:
     """Open finetune.synthetic_runs; return (readers, {(run, key, component): Instance}, {class: refs}).
 
-    A run of another dataset (its config's dataset.name) is a ConfigError naming the run: class ids mean another
-    thing there.
+    A missing or incomplete run, or one of another dataset, toy world or fold, is a ConfigError naming the run
+    (tasks/synthetic_runs.py): class ids mean other classes there.
     """
     readers, instances, refs = [], {}, {c: [] for c in classes}
     for run, url in enumerate(config.finetune.synthetic_runs):
-        reader = open_run(url)
-        name = ((reader.config or {}).get("dataset") or {}).get("name")
-        if name != config.dataset.name:
-            raise ConfigError(
-                f"{SYNTHETIC_FIELD}: {url} is a run of dataset {name!r}; expected a run of {config.dataset.name!r}"
-            )
+        reader = open_synthetic_run(url, SYNTHETIC_FIELD, config.dataset, fold=True)
         readers.append(reader)
-        for cid, found in synthetic_instances(url, classes).items():
+        for cid, found in synthetic_instances(reader, url, classes).items():
             for key, j, inst in found:
                 instances[(run, key, j)] = inst
                 refs[cid].append(InstanceRef(cid, key, j, run))
