@@ -20,9 +20,7 @@ import typer  # noqa: E402
 from PIL import Image  # noqa: E402
 from prefect.logging.handlers import PrefectConsoleHandler  # noqa: E402
 from prefect.settings import PREFECT_HOME  # noqa: E402
-from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
-from rich.text import Text  # noqa: E402
 
 from maskforge.eval.coco_export import write_coco_json
 from maskforge.eval.datasets import build_dataset
@@ -31,9 +29,11 @@ from maskforge.eval.datasets.check import check_layout, format_report
 from maskforge.flows import diffews as diffews_flows
 from maskforge.flows import gfss as gfss_flows
 from maskforge.flows import maskdiff as maskdiff_flows
+from maskforge.flows.console import console, fail
 from maskforge.flows.ephemeral_api import survive_api_loss
 from maskforge.flows.generate import generate_flow
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
+from maskforge.flows.results_cli import results_app
 from maskforge.flows.serve import serve as serve_all
 from maskforge.models.diffews.checkpoint import DiffewsCheckpointError
 from maskforge.models.diffews.checkpoint import key_report as diffews_key_report
@@ -75,8 +75,7 @@ models_app = typer.Typer(help="Build or check the models the diffusion stage loa
 app.add_typer(shards_app, name="shards")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
-# No markup: messages carry user paths and patterns (`cfg/[bold]x.yaml`, `^[a-z0-9]*$`) that must print as given.
-console = Console(markup=False, highlight=False)
+app.add_typer(results_app, name="results")
 
 
 class _NoTraceback(logging.Formatter):
@@ -117,18 +116,13 @@ def log_to_file(folder: Path, command: str, verbose: bool) -> Path:
 API_RESTARTS = 3
 
 
-def _fail(message: str) -> None:
-    console.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
-    raise typer.Exit(code=1)
-
-
 def _check_out_file(out: Path, suffixes: tuple[str, ...]) -> None:
     """Exit 1 before any work unless `out` can become a file of one of `suffixes`: not a folder, the right extension,
     its folder creatable and writable."""
     if out.is_dir():
-        _fail(f"--out {out}: is a folder; expected a file path ending in {' or '.join(suffixes)}")
+        fail(f"--out {out}: is a folder; expected a file path ending in {' or '.join(suffixes)}")
     if out.suffix.lower() not in suffixes:
-        _fail(f"--out {out}: expected a file name ending in {' or '.join(suffixes)}")
+        fail(f"--out {out}: expected a file name ending in {' or '.join(suffixes)}")
     _check_out_folder(out.parent)
 
 
@@ -137,7 +131,7 @@ def _check_out_folder(out: Path) -> None:
     try:
         check_output_location(str(out), field="--out")
     except OutputLocationError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 def _save_image(image: Image.Image, out: Path) -> None:
@@ -146,7 +140,7 @@ def _save_image(image: Image.Image, out: Path) -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         image.save(out)
     except OSError as err:
-        _fail(f"--out {out}: cannot write ({err.strerror or err})")
+        fail(f"--out {out}: cannot write ({err.strerror or err})")
     console.print(f"wrote {out}")
 
 
@@ -171,8 +165,8 @@ def _config_failure(err: Exception, config: Path, loader) -> None:
             other(config)
         except (ConfigError, OSError):
             continue
-        _fail(f"{err}\n  {config} is a valid {kind} config: run it with `{command}`")
-    _fail(str(err))
+        fail(f"{err}\n  {config} is a valid {kind} config: run it with `{command}`")
+    fail(str(err))
 
 
 def summary_table(summary: dict) -> Table:
@@ -217,12 +211,12 @@ def generate(
         preflight(cfg)  # before the Prefect server starts: a deterministic fault costs seconds and leaves no run folder
         flow = generate_flow(dask_workers, dask_address, dask_cluster_class)
     except (ValueError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
     log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", "generate", verbose)
     try:
         result = survive_api_loss(lambda: flow(config=cfg), API_RESTARTS, log=console.print)
     except (DatasetError, ValueError, FileNotFoundError, OSError) as err:
-        _fail(f"{err}{'' if verbose else f' (traceback in {log_file})'}")
+        fail(f"{err}{'' if verbose else f' (traceback in {log_file})'}")
     reader = RunReader(result["url"])
     console.print(summary_table(reader.summary))
     console.print(f"run folder: {result['url']}")
@@ -240,7 +234,7 @@ def _open_run(run: str, partial: bool, verify: bool = True):
     try:
         return RunReader(run, allow_partial=partial, verify=verify)
     except RunIncompleteError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 @shards_app.command("ls")
@@ -277,7 +271,7 @@ def shards_show(
     try:
         sample = _open_run(run, partial, not no_verify).get(key)
     except (RunIncompleteError, ShardCodecError, KeyError) as err:
-        _fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
+        fail(str(err.args[0]) if isinstance(err, KeyError) else str(err))
     names = {int(c): n for c, n in sample.meta["class_names"].items()}
     _save_image(render_preview(sample, names), out)
 
@@ -303,7 +297,7 @@ def shards_sheet(
     try:
         sheet = contact_sheet_image(_open_run(run, partial, not no_verify), per_source, side)
     except (RunIncompleteError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     _save_image(Image.fromarray(sheet), out)
 
 
@@ -327,7 +321,7 @@ def datasets_check(
             dataset, None if root == "-" else root, coco_fold_mode, sample=sample, fss_trainval=fss_trainval
         )
     except DatasetError as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(format_report(report), soft_wrap=True, markup=False, highlight=False)
     if report.problems:
         raise typer.Exit(code=1)
@@ -350,7 +344,7 @@ def datasets_coco_json(
         ids = ds.image_ids(split)[:limit] if limit else None
         summary = write_coco_json(ds, split, str(out), ids)
     except DatasetError as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(
         f"wrote {summary['path']}: {summary['images']} images, {summary['annotations']} annotations", soft_wrap=True
     )
@@ -368,7 +362,7 @@ def serve(
     try:
         serve_all(Path.cwd(), port, timeout, log=console.print)
     except (RuntimeError, TimeoutError, FileNotFoundError) as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 @models_app.command("tiny")
@@ -394,11 +388,11 @@ def models_check(
     except ConfigError as err:
         _config_failure(err, config, load_config)
     if cfg.diffusion is None:
-        _fail(f"{config}: no 'diffusion' section; nothing to load")
+        fail(f"{config}: no 'diffusion' section; nothing to load")
     try:
         pipes = load_pipelines(cfg.diffusion)
     except (FileNotFoundError, ValueError, OSError) as err:
-        _fail(str(err))
+        fail(str(err))
     table = Table(title=f"models on {pipes.device} ({str(pipes.dtype).removeprefix('torch.')})")
     for col in ("model", "id", "folder", "revision"):
         table.add_column(col)
@@ -437,7 +431,7 @@ def _run_flow(flow, cfg, command: str, errors: tuple[type[BaseException], ...]):
     try:
         return flow(config=cfg)
     except (DatasetError, ValueError, RuntimeError, *errors) as err:
-        _fail(f"{err} (traceback in {log_file})")
+        fail(f"{err} (traceback in {log_file})")
 
 
 @hsnet_app.command("load")
@@ -448,7 +442,7 @@ def hsnet_load(
     try:
         net, report, meta = inspect_checkpoint(checkpoint)
     except CheckpointError as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"checkpoint: {checkpoint}", soft_wrap=True)
     console.print(f"format: {'maskforge safetensors' if meta is not None else 'HSNet state dict (module.-prefixed)'}")
     console.print(f"backbone: {net.spec.backbone}")
@@ -463,7 +457,7 @@ def hsnet_load(
     for key in report.mismatched:
         console.print(f"  {key}", markup=False)
     if not report.ok:
-        _fail(f"{checkpoint} does not load strictly: {report.describe(limit=3)}")
+        fail(f"{checkpoint} does not load strictly: {report.describe(limit=3)}")
     console.print("loaded strictly: all keys match")
 
 
@@ -529,7 +523,7 @@ def gfss_load(
         try:
             net, meta = load_gfss(str(checkpoint))
         except (GfssCheckpointError, GfssModelError) as err:
-            _fail(str(err))
+            fail(str(err))
         console.print(f"checkpoint: {checkpoint}", soft_wrap=True)
         console.print(f"format: maskforge safetensors; backbone {net.spec.backbone}, {net.spec.num_classes} classes")
         console.print("loaded strictly: all keys match")
@@ -537,7 +531,7 @@ def gfss_load(
     try:
         report = authors_key_report(str(checkpoint))
     except (GfssCheckpointError, GfssModelError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"checkpoint: {checkpoint}", soft_wrap=True)
     console.print(f"format: GAPS authors' layout (backbone / head); {report['num_classes']} classes")
     console.print(f"backbone tensors: {report['backbone_tensors']}, head tensors: {report['head_tensors']}")
@@ -547,7 +541,7 @@ def gfss_load(
             console.print(f"  {key}", soft_wrap=True)
     bad = sum(len(report[n]) for n in ("missing", "unexpected", "mismatched"))
     if bad:
-        _fail(f"{checkpoint} does not load strictly: {bad} key problem(s) listed above")
+        fail(f"{checkpoint} does not load strictly: {bad} key problem(s) listed above")
     console.print("loaded strictly: all keys match")
 
 
@@ -628,7 +622,7 @@ def diffews_load(
     try:
         report, unet, _ = diffews_key_report(unet_dir, str(folder))
     except (DiffewsCheckpointError, DiffewsModelError) as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"weights: {report.file}", soft_wrap=True)
     console.print(f"tensors: {report.tensors}; conv_in_ref: {tuple(unet.conv_in_ref.weight.shape)}")
     for name in ("missing", "unexpected", "mis_shaped"):
@@ -637,7 +631,7 @@ def diffews_load(
         for key in keys:
             console.print(f"  {key}", soft_wrap=True)
     if not report.ok:
-        _fail(f"{folder} does not load strictly: {report.summary()}")
+        fail(f"{folder} does not load strictly: {report.summary()}")
     console.print("loaded strictly: all keys match")
 
 
@@ -775,7 +769,7 @@ def toy_ground(
     try:
         entry = ground_diffusion(_toy_config(config), out, log=console.print)
     except FileNotFoundError as err:
-        _fail(str(err))
+        fail(str(err))
     console.print(f"rewrote {out / 'sd'} in {entry['seconds']} s: {entry['diffusion']}", soft_wrap=True)
 
 
@@ -790,6 +784,6 @@ def toy_train_controlnet(
     try:
         entries = train_controlnets(_toy_config(config), out, kind, log=console.print)
     except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
+        fail(str(err))
     for name, entry in entries.items():
         console.print(f"controlnet-{name}: {entry['seconds']} s, {entry['controlnet']}")

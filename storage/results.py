@@ -5,6 +5,7 @@ Rows of every learner family (HSNet episodes, GFSS runs) share one schema; score
 
 from __future__ import annotations
 
+import csv
 import io
 import math
 import subprocess
@@ -188,6 +189,36 @@ def _from_old(table: pa.Table) -> pa.Table:
     return pa.Table.from_arrays(
         [new[name] if name in new else table.column(name) for name in RESULTS_SCHEMA.names], schema=RESULTS_SCHEMA
     )
+
+
+#: Columns of a row other than its two maps, in schema order (what select_rows filters on and csv_text writes).
+SCALAR_COLUMNS = tuple(name for name in RESULTS_SCHEMA.names if name not in ("metrics", "class_iou"))
+
+
+def select_rows(rows: list[dict[str, Any]], last: int | None = None, **equal: Any) -> list[dict[str, Any]]:
+    """Return the rows whose columns equal every given value (None: any), oldest first, the last `last` of them.
+
+    Rows are ordered by created_at, ties kept in table order (files in name order); `equal` names scalar columns.
+    """
+    unknown = sorted(set(equal) - set(SCALAR_COLUMNS))
+    if unknown:
+        raise ResultsError(f"select_rows: no column {unknown}; expected some of {list(SCALAR_COLUMNS)}")
+    chosen = [r for r in rows if all(v is None or r[k] == v for k, v in equal.items())]
+    chosen = sorted(chosen, key=lambda r: r["created_at"])
+    return chosen[-last:] if last else chosen
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Return rows as CSV: the scalar columns, then one `metric:NAME` column per metric any row has (sorted; empty
+    where a row lacks it), values as stored (fractions, full precision); class_iou is left out."""
+    names = sorted({name for r in rows for name in dict(r["metrics"])})
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([*SCALAR_COLUMNS, *(f"metric:{n}" for n in names)])
+    for r in rows:
+        metrics = dict(r["metrics"])
+        writer.writerow([*(r[c] for c in SCALAR_COLUMNS), *(repr(metrics[n]) if n in metrics else "" for n in names)])
+    return out.getvalue()
 
 
 def row_metric(row: dict[str, Any], name: str) -> float:

@@ -28,6 +28,8 @@ from maskforge.tasks.gfss.novel import NOVEL_MANIFEST
 
 #: Val splits up to this many images are decoded once and kept for every (run, step) checkpoint.
 CACHE_IMAGES = 512
+#: The protocol column of GFSS rows in the benchmark table (PIFS evaluation of every run and step).
+GFSS_PROTOCOL = "gfss-pifs"
 #: The metrics of a GFSS row, in display order (each also has a "_std" over run seeds).
 GFSS_METRICS = ("base_miou", "novel_miou", "hm", "base_miou_last", "novel_miou_last", "hm_last")
 
@@ -146,7 +148,7 @@ def benchmark_rows(config: GfssConfig, result: dict) -> list[dict]:
             "fold": result["fold"],
             "split": result["split"],
             "shots": result["shots"],
-            "protocol": "gfss-pifs",
+            "protocol": GFSS_PROTOCOL,
             "setting": result["setting"],
             "synthetic_source": ",".join(result["synthetic_runs"]) or "none",
             "synthetic_per_class": 0,
@@ -181,7 +183,7 @@ def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -
     rows = [
         r
         for r in rows_as_dicts(table)
-        if r["protocol"] == "gfss-pifs" and (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)
+        if r["protocol"] == GFSS_PROTOCOL and (r["dataset"], r["fold"], r["shots"]) == (dataset, fold, shots)
     ]
     columns = [
         ("runs", lambda r: str(r["runs"])),

@@ -1,0 +1,119 @@
+"""`maskforge results ls`: the benchmark table of every learner, filtered, as a terminal table, CSV or JSON."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from maskforge.flows.console import console, fail
+from maskforge.storage.results import (
+    HSNET_PROTOCOL,
+    ResultsError,
+    csv_text,
+    read_results,
+    rows_as_dicts,
+    select_rows,
+)
+from maskforge.tasks.gfss.evaluate import GFSS_PROTOCOL
+from maskforge.tasks.maskdiff.evaluate import FSIS_PROTOCOL
+
+results_app = typer.Typer(help="Read the benchmark table the learners' evaluations append to.", no_args_is_help=True)
+
+#: The metrics shown per protocol unless --metric is given: each protocol's headline scores.
+HEADLINE = {
+    HSNET_PROTOCOL: ("miou", "fb_iou"),
+    GFSS_PROTOCOL: ("hm", "base_miou", "novel_miou"),
+    FSIS_PROTOCOL: ("segm_ap_novel", "segm_ap_base", "bbox_ap_novel"),
+}
+
+
+class Format(str, Enum):
+    """Output formats of `results ls`."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+def _synthetic(row: dict) -> str:
+    """Return the synthetic-data cell: 'none', or the run folders' last names (and N per class where set)."""
+    if row["synthetic_source"] == "none":
+        return "none"
+    names = ", ".join(part.rstrip("/").rsplit("/", 1)[-1] for part in row["synthetic_source"].split(","))
+    return f"{names} ({row['synthetic_per_class']}/class)" if row["synthetic_per_class"] else names
+
+
+def protocol_table(protocol: str, rows: list[dict], metrics: tuple[str, ...]) -> Table:
+    """Return a rich table of one protocol's rows, oldest first: when, model, data, setting, synthetic data,
+    evaluated × runs, `metrics` in %, and the config hash's first 8 characters; long cells fold, never cut."""
+    table = Table(title=f"{protocol}: {len(rows)} row(s); metrics in %")
+    for name in ("when (UTC)", "model", "data", "setting", "synthetic", "n × runs"):
+        table.add_column(name, overflow="fold")
+    for name in metrics:
+        table.add_column(name, justify="right", overflow="fold")
+    table.add_column("config", overflow="fold")
+    for r in rows:
+        held = dict(r["metrics"])
+        table.add_row(
+            r["created_at"][:16].replace("T", " "),
+            r["model"],
+            f"{r['dataset']} f{r['fold']} {r['shots']}-shot",
+            r["setting"],
+            _synthetic(r),
+            f"{r['evaluated']} × {r['runs']}",
+            *(f"{100 * held[m]:.2f}" if m in held else "–" for m in metrics),
+            r["config_hash"][:8],
+        )
+    return table
+
+
+def _check_metrics(rows: list[dict], metrics: list[str]) -> None:
+    """Exit with the metric names the rows have when a --metric is in none of them."""
+    held = sorted({name for r in rows for name in r["metrics"]})
+    missing = [m for m in metrics if m not in held]
+    if missing:
+        fail(f"--metric: no selected row has {missing}; they have {held}")
+
+
+@results_app.command("ls")
+def results_ls(
+    folder: Path = typer.Argument(Path("results"), help="Benchmark table folder (a learner's eval.results_dir)."),
+    model: Optional[str] = typer.Option(None, help="Only rows of this model (hsnet, gfss-gaps, diffews, ...)."),
+    dataset: Optional[str] = typer.Option(None, help="Only rows of this dataset (toy, pascal, coco, fss)."),
+    fold: Optional[int] = typer.Option(None, min=0, max=3, help="Only rows of this fold."),
+    shots: Optional[int] = typer.Option(None, min=1, max=1000, help="Only rows with this many real shots."),
+    setting: Optional[str] = typer.Option(None, help="Only rows of this setting (1R, 1R+20S, K-shot, ...)."),
+    last: Optional[int] = typer.Option(None, min=1, max=100_000, help="Only the newest N selected rows."),
+    metric: Optional[list[str]] = typer.Option(
+        None, "--metric", help="Metric column to show (repeatable); default: each protocol's headline metrics."
+    ),
+    output: Format = typer.Option(Format.table, "--format", help="table (scores in %), csv or json (as stored)."),
+) -> None:
+    """List benchmark rows, oldest first: a table per protocol, or every selected row as CSV or JSON on stdout."""
+    if not folder.exists():
+        fail(f"{folder}: no such folder (a learner's eval.results_dir; evaluations create it)")
+    if not folder.is_dir():
+        fail(f"{folder}: is a file; expected the benchmark table's folder of results-*.parquet files")
+    try:
+        every = rows_as_dicts(read_results(str(folder)))
+    except ResultsError as err:
+        fail(f"{err} (move the file away to read the others)")
+    rows = select_rows(every, last, model=model, dataset=dataset, fold=fold, shots=shots, setting=setting)
+    if metric:
+        _check_metrics(rows, metric)
+    if output is Format.csv:
+        typer.echo(csv_text(rows), nl=False)
+    elif output is Format.json:
+        typer.echo(json.dumps(rows, indent=1))
+    elif not rows:
+        console.print(f"{folder}: no benchmark rows match ({len(every)} in all)")
+    else:
+        for protocol in sorted({r["protocol"] for r in rows}):
+            chosen = [r for r in rows if r["protocol"] == protocol]
+            metrics = tuple(metric) if metric else HEADLINE.get(protocol) or tuple(sorted(chosen[0]["metrics"]))
+            console.print(protocol_table(protocol, chosen, metrics))

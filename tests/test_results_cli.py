@@ -1,0 +1,94 @@
+"""`maskforge results ls`: the benchmark table filtered, per protocol, as CSV and JSON; bad folders named."""
+
+import csv
+import io
+import json
+
+import pytest
+from test_results_table import GFSS, HSNET
+from typer.testing import CliRunner
+
+from maskforge.flows.cli import app
+from maskforge.storage.results import ResultsError, append_results, read_results, rows_as_dicts, select_rows
+
+MASKDIFF = {
+    **HSNET, "model": "maskdiff", "protocol": "fsis-coco", "setting": "K-shot", "shots": 5, "evaluated": 16, "runs": 10,
+    "metrics": {"segm_ap_novel": 0.1216, "segm_ap_base": 0.1844, "bbox_ap_novel": 0.0754, "segm_ap_all": 0.17},
+    "class_iou": {"1": 0.2},
+}  # fmt: skip
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A results folder with an HSNet row (newest), a GFSS row and a MaskDiff row, appended in that order."""
+    out = tmp_path / "results"
+    append_results(str(out), [{**HSNET, "created_at": "2026-11-25T00:00:00+00:00"}])
+    append_results(str(out), [GFSS])  # created 2026-11-23
+    append_results(str(out), [{**MASKDIFF, "created_at": "2026-11-24T00:00:00+00:00"}])
+    return out
+
+
+def ls(*args: str):
+    """Run `maskforge results ls ARGS` on a wide terminal."""
+    return CliRunner().invoke(app, ["results", "ls", *args], env={"COLUMNS": "240"})
+
+
+def test_a_table_per_protocol_with_its_headline_metrics_in_percent(folder):
+    result = ls(str(folder))
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert out.index("fsis-coco: 1 row(s)") < out.index("fss-episodes: 1 row(s)") < out.index("gfss-pifs: 1 row(s)")
+    header = next(line for line in out.splitlines() if "segm_ap_novel" in line)
+    assert "segm_ap_base" in header and "bbox_ap_novel" in header and "segm_ap_all" not in header
+    assert "12.16" in out and "18.44" in out and "7.54" in out  # MaskDiff in %
+    assert "30.00" in out and "60.00" in out  # HSNet mIoU 0.1 + 0.2, FB-IoU
+    assert "toy f0 1-shot" in out and "syn (20/class)" in out and "40 × 3" in out
+    hm = 2 * 0.71 * 0.123456789 / (0.71 + 0.123456789)
+    assert f"{100 * hm:.2f}" in out and "12.35" in out and "71.00" in out
+
+
+def test_filters_and_last_pick_rows_oldest_first(folder):
+    out = ls(str(folder), "--model", "gfss-gaps").output
+    assert "gfss-pifs: 1 row(s)" in out and "fss-episodes" not in out and "fsis-coco" not in out
+    newest = json.loads(ls(str(folder), "--last", "1", "--format", "json").output)
+    assert [r["model"] for r in newest] == ["hsnet"]  # by created_at, not by file order
+    both = json.loads(ls(str(folder), "--last", "2", "--format", "json").output)
+    assert [r["model"] for r in both] == ["maskdiff", "hsnet"]
+    assert "no benchmark rows match (3 in all)" in ls(str(folder), "--shots", "7").output
+    assert ls(str(folder), "--fold", "4").exit_code == 2  # bounded option
+
+
+def test_csv_and_json_keep_the_stored_values(folder):
+    rows = list(csv.DictReader(io.StringIO(ls(str(folder), "--format", "csv").output)))
+    assert [r["model"] for r in rows] == ["gfss-gaps", "maskdiff", "hsnet"]
+    hsnet = rows[2]
+    assert float(hsnet["metric:miou"]) == 0.1 + 0.2 and hsnet["metric:hm"] == "" and hsnet["fold"] == "0"
+    assert "class_iou" not in hsnet and "metric:segm_ap_all" in hsnet
+    stored = sorted(rows_as_dicts(read_results(str(folder))), key=lambda r: r["created_at"])
+    assert json.loads(ls(str(folder), "--format", "json").output) == stored
+
+
+def test_chosen_metrics_and_unknown_ones(folder):
+    out = ls(str(folder), "--model", "maskdiff", "--metric", "segm_ap_all").output
+    assert "17.00" in out and "12.16" not in out
+    result = ls(str(folder), "--model", "hsnet", "--metric", "hm")
+    assert result.exit_code == 1
+    assert "error: --metric: no selected row has ['hm']; they have ['fb_iou', 'miou']" in result.output
+
+
+def test_bad_folders_are_one_line(folder, tmp_path):
+    missing = ls(str(tmp_path / "nope"))
+    assert missing.exit_code == 1 and "nope: no such folder" in missing.output
+    (tmp_path / "file").write_text("x")
+    assert "file: is a file; expected the benchmark table's folder" in ls(str(tmp_path / "file")).output
+    (folder / "results-29990101T000000000000-deadbeef.parquet").write_bytes(b"not parquet")
+    broken = ls(str(folder))
+    assert broken.exit_code == 1 and "deadbeef.parquet: not a readable Parquet file" in broken.output
+    assert "move the file away to read the others" in broken.output
+
+
+def test_select_rows_names_an_unknown_column():
+    with pytest.raises(ResultsError, match=r"select_rows: no column \['metrics'\]"):
+        select_rows([HSNET], metrics=1)
+    assert select_rows([HSNET, GFSS], model="hsnet") == [HSNET]
+    assert select_rows([HSNET, GFSS], fold=None, last=1) == [GFSS]  # a created_at tie keeps table order
