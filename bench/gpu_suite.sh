@@ -16,7 +16,7 @@
 #   GPU_SUITE_BUDGET=470   seconds for all benches together (the issue asks for < 8 min, compilation included);
 #                          each bench gets min(its own limit, what is left), and is skipped under 20 s
 #   GPU_SUITE_ONLY=a,b     run only these (names as in the summary: gen-b8-bf16, ti, gen-b16-fp16, gpu-tests,
-#                          refinement, diffews, maskdiff, gfss); gpu-tests runs the gpu-marked tests of the compiled
+#                          refinement, diffews, maskdiff, gfss, diffews-ckpt); gpu-tests runs the gpu-marked tests of the compiled
 #                          capture (inductor, fp16: images with the capture on and off identical)
 #   GPU_SUITE_COMPILE_MODE torch.compile mode of the compiled benches (default "default": the shortest compile)
 #   GPU_SUITE_COMPILE_SCOPE model|blocks: compile the whole UNet forward (default) or only its transformer blocks
@@ -78,6 +78,7 @@ benches=(
   "diffews|120|bench/diffews.py --full-size --out $out/diffews.json|bench/diffews.py --shots 1 --warmup 0 --repeats 1 --no-train --threads 1 --out $out/diffews.json"
   "maskdiff|90|bench/maskdiff.py --full-size --out $out/maskdiff.json|bench/maskdiff.py --n 2 --ddim-steps 2 --ddpm-steps 3 --repeats 1 --warmup 0 --threads 1 --out $out/maskdiff.json"
   "gfss|100|bench/gfss.py --full-size --out $out/gfss|bench/gfss.py --steps 2 --warmup 1 --out $out/gfss"
+  "diffews-ckpt|60|bench/diffews_checkpointing.py --full-size --out $out/diffews-ckpt.json|bench/diffews_checkpointing.py --repeats 1 --threads 1 --out $out/diffews-ckpt.json"
 )
 
 start=$SECONDS

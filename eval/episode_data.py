@@ -13,6 +13,8 @@ from maskforge.storage.reader import RunReader
 
 #: Prefix of synthetic sample ids in episode support pools (dataset image ids never contain ':').
 SYNTHETIC_PREFIX = "syn:"
+#: The manifest source of copy-paste scenes that paste the generation run's own real shots (tasks/objects.py).
+REAL_SOURCE = "real"
 
 
 def synthetic_id(key: str, run_index: int = 0) -> str:
@@ -27,12 +29,18 @@ def binary_target(label: np.ndarray, class_id: int) -> np.ndarray:
     return target
 
 
-def synthetic_keys(run: RunReader, classes: Iterable[int]) -> dict[int, list[str]]:
-    """Return {class id: sorted sample keys of the run} for the given classes (classes without samples map to [])."""
+def synthetic_keys(run: RunReader, classes: Iterable[int], generated_only: bool = False) -> dict[int, list[str]]:
+    """Return {class id: sorted sample keys of the run} for the given classes (classes without samples map to []).
+
+    With `generated_only`, copy-paste scenes of source REAL_SOURCE are left out: they paste the generation run's
+    real shots, which are other real images than a K-shot learner's own K shots of a novel class (extra real data,
+    not synthetic data). Base classes may take them: their real images are all available in training.
+    """
     table = run.manifest
     by_class: dict[int, list[str]] = {int(c): [] for c in classes}
-    for key, cid in zip(table.column("key").to_pylist(), table.column("class_id").to_pylist()):
-        if int(cid) in by_class:
+    columns = (table.column(name).to_pylist() for name in ("key", "class_id", "source"))
+    for key, cid, source in zip(*columns):
+        if int(cid) in by_class and not (generated_only and source == REAL_SOURCE):
             by_class[int(cid)].append(key)
     return {c: sorted(keys) for c, keys in by_class.items()}
 

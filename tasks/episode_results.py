@@ -83,14 +83,18 @@ def score_episodes(
 
 
 def choose_synthetic(run: RunReader, classes, per_class: int, seed: int, source: str) -> dict[int, list[str]]:
-    """Return {class: sorted keys of `per_class` of the run's samples}, drawn without replacement, seeded by (class,
-    seed) the same way for every learner; a class with fewer samples is an error naming the run (`source`)."""
+    """Return {class: sorted keys of `per_class` of the run's generated samples}, drawn without replacement, seeded by
+    (class, seed) the same way for every learner; a class with fewer is an error naming the run (`source`).
+
+    Copy-paste scenes of the generation run's real shots are not synthetic supports (see synthetic_keys): they
+    would add real images of the novel class to the episode's K shots.
+    """
     chosen = {}
-    for cid, class_keys in synthetic_keys(run, classes).items():
+    for cid, class_keys in synthetic_keys(run, classes, generated_only=True).items():
         if len(class_keys) < per_class:
             raise ConfigError(
-                f"eval.synthetic_per_class: run {source} holds {len(class_keys)} sample(s) of class {cid}, fewer "
-                f"than the {per_class} asked for"
+                f"eval.synthetic_per_class: run {source} holds {len(class_keys)} generated sample(s) of class {cid} "
+                f"('real'-source copy-paste scenes excluded), fewer than the {per_class} asked for"
             )
         rng = rng_for("hsnet-eval-synthetic", cid, seed)
         chosen[cid] = sorted(class_keys[int(i)] for i in rng.choice(len(class_keys), per_class, replace=False))

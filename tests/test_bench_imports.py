@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Benches the GPU suite runs with only torch, diffusers, transformers, pydantic and a few small wheels installed.
-BENCHES = ("generation.py", "textual_inversion.py", "refinement.py", "common.py")
+BENCHES = ("generation.py", "textual_inversion.py", "refinement.py", "diffews_checkpointing.py", "common.py")
 HEAVY = re.compile(r"\|\s+(prefect|webdataset)(\.|$)")
 
 
@@ -83,10 +83,12 @@ def test_gpu_suite_dry_run_of_every_bench(tmp_path):
     done = _suite(tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = (tmp_path / "summary.txt").read_text().splitlines()
-    names = ["gen-b8-bf16", "ti", "gen-b16-fp16", "gpu-tests", "refinement", "diffews", "maskdiff", "gfss"]
+    names = [
+        "gen-b8-bf16", "ti", "gen-b16-fp16", "gpu-tests", "refinement", "diffews", "maskdiff", "gfss", "diffews-ckpt",
+    ]  # fmt: skip
     assert [line.split(" ")[0] for line in summary] == names, summary
     assert not [line for line in summary if "FAILED" in line or "TIMED OUT" in line], summary
     assert re.search(r"gpu-tests \(\d+ s\): \d+/\d+ tests collected", summary[3]), summary[3]
-    for name in names[:3] + names[4:-1]:
+    for name in names[:3] + names[4:-2] + names[-1:]:
         assert json.loads((tmp_path / f"{name}.json").read_text())
     assert json.loads((tmp_path / "gfss" / "gfss.json").read_text())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -440,17 +441,66 @@ def test_forward_rejects_supports_of_another_size(clean_net):
         clean_net(latents(1, 63), latents(1, 64, size=8), latents(1, 65, size=8))
 
 
-def test_gradient_checkpointing_is_refused_in_training(clean_net):
-    """Recomputing a layer in backward would run without the bank: training with checkpointing is an error."""
+def test_diffusers_own_gradient_checkpointing_is_refused_in_training(clean_net):
+    """diffusers' checkpointing recomputes a layer in backward without the bank: training with it is an error."""
     clean_net.unet.enable_gradient_checkpointing()
     try:
-        with pytest.raises(DiffewsModelError, match="gradient checkpointing"):
+        with pytest.raises(DiffewsModelError, match="use DiffewsNet.enable_gradient_checkpointing"):
             clean_net(latents(1, 70), latents(1, 71), latents(1, 72))
         with torch.no_grad():  # inference recomputes nothing
             assert clean_net(latents(1, 70), latents(1, 71), latents(1, 72)).shape == (1, 4, 16, 16)
     finally:
         clean_net.unet.disable_gradient_checkpointing()
     assert clean_net.bank.mode == "off" and not clean_net.bank.keys
+
+
+def gradients(net) -> dict[str, torch.Tensor]:
+    """Loss and UNet parameter gradients of one 2-episode, 2-shot forward and backward (grads zeroed before)."""
+    net.zero_grad(set_to_none=True)
+    pred = net(latents(2, 80), latents(4, 81), latents(4, 82))
+    loss = (pred - latents(2, 83)).square().mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in net.unet.named_parameters() if p.grad is not None}
+    return {"loss": loss.detach(), "pred": pred.detach(), **grads}
+
+
+def test_gradient_checkpointing_through_the_bank_gives_the_plain_gradients(clean_net):
+    """Recomputed blocks replay the bank as their forward call saw it: loss, output and every gradient (conv_in_ref's,
+    reached through the bank, included) equal the plain pass's, and blocks really were recomputed."""
+    plain = gradients(clean_net)
+    calls = []
+    original = torch.utils.checkpoint.checkpoint
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("use_reentrant"))
+        return original(*args, **kwargs)
+
+    clean_net.enable_gradient_checkpointing()
+    try:
+        torch.utils.checkpoint.checkpoint = counting
+        replayed = gradients(clean_net)
+    finally:
+        torch.utils.checkpoint.checkpoint = original
+        clean_net.disable_gradient_checkpointing()
+    assert calls and set(calls) == {False}  # checkpointed blocks in both passes, non-reentrant
+    assert replayed.keys() == plain.keys() and "conv_in_ref.weight" in plain
+    for name, value in plain.items():
+        torch.testing.assert_close(replayed[name], value, rtol=1e-5, atol=1e-7, msg=name)
+    assert plain["conv_in_ref.weight"].abs().sum() > 0
+    assert clean_net.bank.mode == "off" and not clean_net.bank.keys
+
+
+def test_a_bank_that_is_not_replayed_changes_what_recomputation_sees(clean_net, monkeypatch):
+    """The replay is what makes it work: recomputing with the bank as it is after the forward pass (off, cleared)
+    gives other tensors than the forward pass saved, and torch refuses them."""
+    clean_net.enable_gradient_checkpointing()
+    monkeypatch.setattr(KVBank, "replaying", lambda self, captured: contextlib.nullcontext())
+    try:
+        pred = clean_net(latents(2, 80), latents(4, 81), latents(4, 82))
+        with pytest.raises(torch.utils.checkpoint.CheckpointError):
+            pred.square().mean().backward()
+    finally:
+        clean_net.disable_gradient_checkpointing()
 
 
 def test_forward_rejects_uneven_support_count(clean_net):

@@ -168,7 +168,7 @@ def test_eval_with_synthetic_supports_reports_both_settings(trained, tmp_path):
     assert rows["1R"]["synthetic_source"] == "none" and rows["1R"]["synthetic_per_class"] == 0
     assert rows["1R+2S"]["synthetic_source"] == run and rows["1R+2S"]["synthetic_per_class"] == 2
     too_many = parse_diffews_config(config(tmp, eval={"synthetic_run": run, "synthetic_per_class": 4}))
-    with pytest.raises(ConfigError, match=r"eval\.synthetic_per_class: run .*syn holds 3 sample\(s\) of class 1"):
+    with pytest.raises(ConfigError, match=r"synthetic_per_class: run .*syn holds 3 generated sample\(s\) of class 1"):
         eval_diffews(too_many, log=quiet)
 
 
@@ -259,6 +259,17 @@ def test_config_hashes(tmp_path):
     assert a.train_dir() == b.train_dir() != c.train_dir() and a.hash() != b.hash()
     assert a.hash() == parse_diffews_config(config(tmp_path / "elsewhere")).hash()  # out_dir, results_dir excluded
     assert parse_diffews_config(config(tmp_path, eval={"checkpoint": "/x"})).checkpoint_path() == "/x"
+
+
+def test_gradient_checkpointing_trains_the_same_model(tmp_path):
+    """run.gradient_checkpointing changes memory, not the model: same losses, and the same train folder and hash."""
+    plain = parse_diffews_config(config(tmp_path / "plain", train={"steps": 2, "log_every": 1}))
+    replayed = parse_diffews_config(
+        config(tmp_path / "replayed", train={"steps": 2, "log_every": 1}, run={"gradient_checkpointing": True})
+    )
+    assert Path(plain.train_dir()).name == Path(replayed.train_dir()).name and plain.hash() == replayed.hash()
+    a, b = train_diffews(plain, log=quiet), train_diffews(replayed, log=quiet)
+    assert len(a["losses"]) == 2 and a["losses"] == pytest.approx(b["losses"], rel=1e-5)
 
 
 def test_an_authors_layout_unet_folder_evaluates_like_the_checkpoint(trained, empty_sha):

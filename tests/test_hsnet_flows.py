@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import toy_run
 from typer.testing import CliRunner
 
+from maskforge.eval.folds import toy_fold
 from maskforge.flows.cli import app
 from maskforge.flows.generate import generate
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
@@ -113,7 +115,7 @@ def test_train_twice_reuses_the_checkpoint(trained):
 
 def test_eval_with_synthetic_supports_reports_both_settings(trained):
     root, config, _ = trained
-    run = synthetic_run(root, fold=0, per_class=3)
+    run = toy_run(str(root / "generated"), toy_fold(0).novel, per_class=3, size=64)
     cfg = hsnet_config(
         root,
         eval={"episodes": 20, "synthetic_run": run, "synthetic_per_class": 2, "results_dir": str(root / "syn-results")},
@@ -127,8 +129,14 @@ def test_eval_with_synthetic_supports_reports_both_settings(trained):
     assert rows["1R+2S"]["synthetic_source"] == run and rows["1R+2S"]["synthetic_per_class"] == 2
     too_many = hsnet_config(root, eval={"episodes": 5, "synthetic_run": run, "synthetic_per_class": 4})
     too_many["run"] = config["run"]
-    with pytest.raises(ConfigError, match="holds 3 sample.* fewer than the 4 asked for"):
+    with pytest.raises(ConfigError, match="holds 3 generated sample.* fewer than the 4 asked for"):
         eval_hsnet(config=too_many)
+    # a copy-paste run of the generation run's own real shots: extra real images, not synthetic supports
+    pasted_run = synthetic_run(root, fold=0, per_class=3)
+    pasted = hsnet_config(root, eval={"episodes": 5, "synthetic_run": pasted_run, "synthetic_per_class": 1})
+    pasted["run"] = config["run"]
+    with pytest.raises(ConfigError, match=r"holds 0 generated sample\(s\) of class \d+ \('real'-source copy-paste"):
+        eval_hsnet(config=pasted)
 
 
 def test_training_with_synthetic_supports(tmp_path):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 
 class KVFusionError(ValueError):
@@ -69,6 +73,23 @@ class KVBank:
         self.keys = {k: list(v) for k, v in state[0].items()}
         self.values = {k: list(v) for k, v in state[1].items()}
 
+    def capture(self) -> tuple:
+        """Return everything a processor call reads (mode, groups, stored K/V), to replay that call later."""
+        return self.mode, self.groups, self.snapshot()
+
+    @contextmanager
+    def replaying(self, captured: tuple) -> Iterator[None]:
+        """Put the bank back as `captured` for a recomputation, then as it was: what the replayed calls write
+        (a support pass's K/V, stored again) is dropped with the replay."""
+        now = self.capture()
+        self.mode, self.groups, stored = captured
+        self.restore(stored)
+        try:
+            yield
+        finally:
+            self.mode, self.groups, stored = now
+            self.restore(stored)
+
 
 class KVFusionProcessor:
     """SDPA attention processor for one self-attention (attn1) layer that reads and writes a KVBank.
@@ -131,3 +152,25 @@ def install_kv_fusion(unet, bank: KVBank) -> list[str]:
         raise KVFusionError("install_kv_fusion: the UNet has no self-attention (attn1) layer to fuse")
     unet.set_attn_processor(processors)
     return fused
+
+
+def bank_checkpointing(bank: KVBank) -> Callable:
+    """Return a diffusers `gradient_checkpointing_func` under which the KV bank survives recomputation.
+
+    Each checkpointed block is recomputed in backward, after the bank has moved on (a support pass's block runs again
+    once the query pass has read, and the bank has been cleared). So the bank's state at the block's forward call is
+    captured and put back for its recomputation (torch's non-reentrant checkpoint with a `context_fn`): the
+    recomputed support block stores its K/V into a throwaway copy, the recomputed query block attends over the same
+    support K/V, and the gradients are those of the plain pass.
+    """
+
+    def checkpointed(module, *args):
+        captured = bank.capture()
+        return torch.utils.checkpoint.checkpoint(
+            module.__call__,
+            *args,
+            use_reentrant=False,
+            context_fn=lambda: (nullcontext(), bank.replaying(captured)),
+        )
+
+    return checkpointed

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from maskforge.models.diffews.kv_fusion import KVBank, install_kv_fusion
+from maskforge.models.diffews.kv_fusion import KVBank, bank_checkpointing, install_kv_fusion
 
 #: The one timestep DiffewS feeds (OI2M: with its beta = 1 schedule every alpha-bar is 0, so t only selects the
 #: time embedding the UNet was fine-tuned with).
@@ -68,6 +68,25 @@ class DiffewsNet(nn.Module):
         self.register_buffer("text_embedding", text_embedding.detach().clone(), persistent=False)
         self.bank = KVBank()
         self.fused_layers = install_kv_fusion(unet, self.bank)
+        self._checkpoint = bank_checkpointing(self.bank)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the UNet's blocks in backward instead of keeping their activations (training memory), through
+        kv_fusion.bank_checkpointing, so recomputed blocks see the bank as their forward call did."""
+        self.unet.enable_gradient_checkpointing(self._checkpoint)
+
+    def disable_gradient_checkpointing(self) -> None:
+        """Keep every activation again (the default)."""
+        self.unet.disable_gradient_checkpointing()
+
+    def _checkpoints_without_bank(self) -> bool:
+        """Whether some UNet block checkpoints with another function than bank_checkpointing's (e.g. diffusers'
+        default, from unet.enable_gradient_checkpointing())."""
+        return any(
+            getattr(m, "_gradient_checkpointing_func", None) is not self._checkpoint
+            for m in self.unet.modules()
+            if getattr(m, "gradient_checkpointing", False) is True
+        )
 
     def train(self, mode: bool = True) -> "DiffewsNet":
         """Set the UNet's mode; the VAE always stays in eval mode (it is frozen)."""
@@ -77,10 +96,11 @@ class DiffewsNet(nn.Module):
 
     def _unet(self, x: torch.Tensor) -> torch.Tensor:
         """One UNet forward at t = 1 with the empty-prompt embedding."""
-        if self.unet.is_gradient_checkpointing and torch.is_grad_enabled():
-            # a recomputed layer would run after the bank's mode was reset: silently wrong gradients
+        if torch.is_grad_enabled() and self.unet.is_gradient_checkpointing and self._checkpoints_without_bank():
+            # diffusers' own checkpointing recomputes a layer after the bank's mode was reset: wrong gradients
             raise DiffewsModelError(
-                "gradient checkpointing: the KV bank's passes cannot be recomputed in backward; disable it on the UNet"
+                "gradient checkpointing: the UNet checkpoints without the KV bank (unet.enable_gradient_checkpointing);"
+                " use DiffewsNet.enable_gradient_checkpointing, which replays the bank in recomputation"
             )
         t = torch.full((x.shape[0],), OI2M_TIMESTEP, device=x.device, dtype=torch.long)
         text = self.text_embedding.to(dtype=x.dtype).expand(x.shape[0], -1, -1)

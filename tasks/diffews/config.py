@@ -29,6 +29,11 @@ class DiffewsRunConfig(StrictConfig):
         "auto", description="Autocast type on GPU (auto: bf16); the CPU always runs fp32."
     )
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: torch's default).")
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Training recomputes the UNet's blocks in backward instead of keeping their activations (less "
+        "memory, more time; the KV bank is replayed, so the gradients are the same). Not part of the hashes.",
+    )
 
 
 class DiffewsModelConfig(StrictConfig):
@@ -113,7 +118,7 @@ class DiffewsConfig(StrictConfig):
     def hash(self) -> str:
         """Return the sha256 of the resolved config, output locations and device excluded."""
         data = self.resolved()
-        for key in ("out_dir", "device", "threads", "precision"):
+        for key in ("out_dir", "device", "threads", "precision", "gradient_checkpointing"):
             data["run"].pop(key)
         data["eval"].pop("results_dir")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()

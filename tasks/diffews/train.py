@@ -117,6 +117,8 @@ def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     images = EpisodeImages(dataset, runs)
     torch.manual_seed(derive_seed("diffews-init", t.seed))
     net = new_network(config).to(device)
+    if config.run.gradient_checkpointing:
+        net.enable_gradient_checkpointing()
     if size % size_multiple(net):
         raise ConfigError(f"model.img_size: {size} is not a multiple of {size_multiple(net)} (VAE x UNet downsampling)")
     params = [p for p in net.unet.parameters() if p.requires_grad]

@@ -30,7 +30,6 @@ from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
 from maskforge.models.gfss.network import GfssNet, masked_average_pool, set_train_mode
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
-from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.base import autocast, base_image_ids, check_split, open_fold, poly_lr
@@ -66,17 +65,6 @@ def load_base(config: GfssConfig, fold: Fold) -> tuple[GfssNet, str]:
     return net, path
 
 
-def generated_keys(reader: RunReader, classes) -> dict[int, list[str]]:
-    """Return {class: sorted keys} of a run's generated samples: every source but "real".
-
-    "real" scenes paste the generation run's own real shots, which are not the shots of this GFSS run: using them
-    would hand the learner extra real images beyond its k-shot budget.
-    """
-    table = reader.manifest
-    generated = {k for k, s in zip(table.column("key").to_pylist(), table.column("source").to_pylist()) if s != "real"}
-    return {c: [k for k in keys if k in generated] for c, keys in synthetic_keys(reader, classes).items()}
-
-
 def open_synthetic(config: GfssConfig, fold: Fold, needed: list[int]) -> dict[str, dict[int, list[str]]]:
     """Open and verify novel.synthetic_runs; return {run url: {class: sample keys}} for the needed classes.
 
@@ -89,7 +77,7 @@ def open_synthetic(config: GfssConfig, fold: Fold, needed: list[int]) -> dict[st
         reader = open_synthetic_run(
             url, "novel.synthetic_runs", config.dataset, fold=True, world=True, verify_shards=True
         )
-        keys = generated_keys(reader, fold.novel)
+        keys = synthetic_keys(reader, fold.novel, generated_only=True)
         held = {c: len(k) for c, k in keys.items() if k}
         for cid in needed:
             if not keys.get(cid):

@@ -38,14 +38,19 @@ def synthetic_instances(
     """Return {class id: [(sample key, component index, Instance), ...]} of the samples of `classes` in the run
     `reader` reads (opened from `url`, named in errors).
 
-    Each sample of class c (the manifest's class_id) gives one instance per connected component of its `label ==
-    c` pixels (see components()). Every asked class is a key (an empty list when it has no usable component). A
-    run without a single sample of these classes is a ConfigError naming finetune.synthetic_runs and the run.
+    Each generated sample of class c (the manifest's class_id) gives one instance per connected component of its
+    `label == c` pixels (see components()); copy-paste scenes of the generation run's real shots are left out, since
+    they would add real instances beyond the K shots (see synthetic_keys). Every asked class is a key (an empty list
+    when it has no usable component). A run without a single generated sample of these classes is a ConfigError
+    naming finetune.synthetic_runs and the run.
     """
     classes = sorted({int(c) for c in classes})
-    keys = synthetic_keys(reader, classes)
+    keys = synthetic_keys(reader, classes, generated_only=True)
     if not any(keys.values()):
-        raise ConfigError(f"{FIELD}: {url} holds no sample of the classes {classes}; expected samples of them")
+        raise ConfigError(
+            f"{FIELD}: {url} holds no generated sample of the classes {classes} ('real'-source copy-paste scenes "
+            "excluded); expected samples of them"
+        )
     out: dict[int, list[tuple[str, int, Instance]]] = {c: [] for c in classes}
     for cid in classes:
         for key in keys[cid]:
