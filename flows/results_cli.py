@@ -1,4 +1,5 @@
-"""`maskforge results ls`: the benchmark table of every learner, filtered, as a terminal table, CSV or JSON."""
+"""`maskforge results ls|config`: the benchmark table of every learner, filtered, as a terminal table, CSV or JSON,
+and the config a row's hash names."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import yaml
 from rich.table import Table
 
 from maskforge.flows.console import console, fail
@@ -15,6 +17,7 @@ from maskforge.storage.results import (
     HSNET_PROTOCOL,
     ResultsError,
     csv_text,
+    read_config,
     read_results,
     rows_as_dicts,
     select_rows,
@@ -80,6 +83,14 @@ def _check_metrics(rows: list[dict], metrics: list[str]) -> None:
         fail(f"--metric: no selected row has {missing}; they have {held}")
 
 
+def _table_folder(folder: Path) -> None:
+    """Exit with one line unless `folder` is an existing folder."""
+    if not folder.exists():
+        fail(f"{folder}: no such folder (a learner's eval.results_dir; evaluations create it)")
+    if not folder.is_dir():
+        fail(f"{folder}: is a file; expected the benchmark table's folder of results-*.parquet files")
+
+
 @results_app.command("ls")
 def results_ls(
     folder: Path = typer.Argument(Path("results"), help="Benchmark table folder (a learner's eval.results_dir)."),
@@ -95,10 +106,7 @@ def results_ls(
     output: Format = typer.Option(Format.table, "--format", help="table (scores in %), csv or json (as stored)."),
 ) -> None:
     """List benchmark rows, oldest first: a table per protocol, or every selected row as CSV or JSON on stdout."""
-    if not folder.exists():
-        fail(f"{folder}: no such folder (a learner's eval.results_dir; evaluations create it)")
-    if not folder.is_dir():
-        fail(f"{folder}: is a file; expected the benchmark table's folder of results-*.parquet files")
+    _table_folder(folder)
     try:
         every = rows_as_dicts(read_results(str(folder)))
     except ResultsError as err:
@@ -117,3 +125,19 @@ def results_ls(
             chosen = [r for r in rows if r["protocol"] == protocol]
             metrics = tuple(metric) if metric else HEADLINE.get(protocol) or tuple(sorted(chosen[0]["metrics"]))
             console.print(protocol_table(protocol, chosen, metrics))
+
+
+@results_app.command("config")
+def results_config(
+    config_hash: str = typer.Argument(..., help="A row's config hash, or its first 4+ hex digits (results ls)."),
+    folder: Path = typer.Argument(Path("results"), help="Benchmark table folder (a learner's eval.results_dir)."),
+) -> None:
+    """Print, as YAML, the config stored with the rows of this hash (what the hash covers: output folders, device
+    and threads left out), after checking that it hashes to its name."""
+    _table_folder(folder)
+    try:
+        full, config = read_config(str(folder), config_hash)
+    except ResultsError as err:
+        fail(str(err))
+    typer.echo(f"# config {full} (from {folder})")
+    typer.echo(yaml.safe_dump(config, sort_keys=False), nl=False)

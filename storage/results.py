@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import subprocess
 import uuid
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes, resolve
+from maskforge.storage.yaml_config import digest
 
 _FLOAT_MAP = pa.map_(pa.string(), pa.float64())
 
@@ -143,6 +145,50 @@ def append_results(table_dir: str, rows: list[dict[str, Any]]) -> str:
     pq.write_table(table, buf)
     atomic_write_bytes(url, buf.getvalue())
     return url
+
+
+#: Subfolder of a results folder holding the config of every row: CONFIG_DIR/<config_hash>.json.
+CONFIG_DIR = "configs"
+
+
+def store_config(table_dir: str, config_hash: str, config: dict[str, Any]) -> str:
+    """Store the config a row's config_hash names (what the learner's hash() covers) as CONFIG_DIR/HASH.json, once;
+    return its URL. A config whose digest is not `config_hash` is refused: the name is the check on read."""
+    if digest(config) != config_hash:
+        raise ResultsError(f"store_config: the config's sha256 is {digest(config)}, not the row's {config_hash}")
+    url = join(table_dir, CONFIG_DIR, f"{config_hash}.json")
+    if not exists(url):  # content-addressed: an existing file holds these very bytes (checked when read)
+        atomic_write_bytes(url, json.dumps(config, indent=1, sort_keys=True).encode())
+    return url
+
+
+def read_config(table_dir: str, prefix: str) -> tuple[str, dict[str, Any]]:
+    """Return (full hash, config) of the one stored config whose hash starts with `prefix` (4 to 64 hex digits);
+    none, several, or a file whose content does not hash to its name is a ResultsError naming it."""
+    prefix = prefix.lower()
+    if not 4 <= len(prefix) <= 64 or any(c not in "0123456789abcdef" for c in prefix):
+        raise ResultsError(f"config hash {prefix!r}: expected 4 to 64 hex digits (the config column of results ls)")
+    folder = join(table_dir, CONFIG_DIR)
+    names = []
+    if exists(folder):
+        fs, path = resolve(folder)
+        names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    found = [n.removesuffix(".json") for n in names if n.startswith(prefix) and n.endswith(".json")]
+    if not found:
+        raise ResultsError(
+            f"{folder}: no stored config {prefix}... (configs are stored with rows appended since maskforge stored "
+            "them; older rows have only their hash)"
+        )
+    if len(found) > 1:
+        raise ResultsError(f"{folder}: {len(found)} stored configs start with {prefix}: {found}; give more digits")
+    url = join(folder, f"{found[0]}.json")
+    try:
+        config = json.loads(read_bytes(url))
+    except ValueError as err:
+        raise ResultsError(f"{url}: not a JSON config ({err})") from None
+    if not isinstance(config, dict) or digest(config) != found[0]:
+        raise ResultsError(f"{url}: its content does not hash to its name; the file was changed after it was stored")
+    return found[0], config
 
 
 def read_results(table_dir: str) -> pa.Table:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import types
 import typing
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
@@ -41,6 +43,35 @@ class StrictConfig(BaseModel):
     def resolved(self) -> dict:
         """Return the fully resolved config as plain JSON-compatible data (every default filled in)."""
         return self.model_dump(mode="json")
+
+
+def digest(data: dict) -> str:
+    """Return the sha256 of `data` as canonical JSON (sorted keys, json's default separators): the one recipe of
+    the config hashes, so a stored config can be checked against the hash that names it."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+class HashedConfig(StrictConfig):
+    """A learner's whole config, whose hash() names its benchmark rows: the resolved config minus UNHASHED fields."""
+
+    #: (section, field) pairs hash() leaves out: where outputs go and how fast they come, not what is computed
+    UNHASHED: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("run", "out_dir"),
+        ("run", "device"),
+        ("run", "threads"),
+        ("eval", "results_dir"),
+    )
+
+    def hashed(self) -> dict:
+        """Return what hash() covers: the resolved config without the UNHASHED fields."""
+        data = self.resolved()
+        for section, field in self.UNHASHED:
+            data[section].pop(field)
+        return data
+
+    def hash(self) -> str:
+        """Return the sha256 of hashed() (storage/yaml_config.py:digest)."""
+        return digest(self.hashed())
 
 
 def _accepts_bool(annotation: object) -> bool:

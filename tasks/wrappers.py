@@ -24,7 +24,8 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import State
 
 from maskforge.storage.reader import RunReader
-from maskforge.storage.results import append_results, read_results
+from maskforge.storage.results import append_results, read_results, store_config
+from maskforge.storage.yaml_config import HashedConfig
 from maskforge.tasks.artifacts import (
     ARTIFACT_KINDS,
     artifact_key,
@@ -94,6 +95,7 @@ def record_learner_results(
     results_dir: str,
     rows: list[dict],
     result: dict,
+    config: HashedConfig,
     *,
     learner: str,
     table_key: str,
@@ -102,8 +104,11 @@ def record_learner_results(
     trend_key: str,
     trend: Callable[..., str],
 ) -> dict:
-    """Append an evaluation's rows to the benchmark table, publish them as the table artifact table_key (described by
-    `about` and where the rows went) and the markdown trend(table, dataset, fold, shots) as artifact trend_key."""
+    """Store the config the rows' config_hash names (storage/results.py:store_config), append the rows to the
+    benchmark table, publish them as the table artifact table_key (described by `about` and where the rows went)
+    and the markdown trend(table, dataset, fold, shots) as artifact trend_key."""
+    for config_hash in sorted({row["config_hash"] for row in rows}):
+        store_config(results_dir, config_hash, config.hashed())
     url = append_results(results_dir, rows)
     create_table_artifact(key=table_key, table=table, description=f"{about}; rows appended to {url}")
     create_markdown_artifact(

@@ -12,7 +12,7 @@ from maskforge.eval.folds import toy_fold
 from maskforge.flows.cli import app
 from maskforge.flows.generate import generate
 from maskforge.flows.hsnet import eval_hsnet, train_hsnet
-from maskforge.storage.results import read_results, row_metric
+from maskforge.storage.results import read_config, read_results, row_metric
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import parse_config
 from maskforge.tasks.hsnet.config import parse_hsnet_config
@@ -127,6 +127,9 @@ def test_eval_with_synthetic_supports_reports_both_settings(trained):
     rows = {r["setting"]: r for r in read_results(str(root / "syn-results")).to_pylist()}
     assert rows["1R"]["synthetic_source"] == "none" and rows["1R"]["synthetic_per_class"] == 0
     assert rows["1R+2S"]["synthetic_source"] == run and rows["1R+2S"]["synthetic_per_class"] == 2
+    stored_hash, stored = read_config(str(root / "syn-results"), rows["1R"]["config_hash"])  # stored with the rows
+    assert stored_hash == rows["1R"]["config_hash"] == parse_hsnet_config(cfg).hash()
+    assert stored["eval"]["synthetic_run"] == run and "results_dir" not in stored["eval"]
     too_many = hsnet_config(root, eval={"episodes": 5, "synthetic_run": run, "synthetic_per_class": 4})
     too_many["run"] = config["run"]
     with pytest.raises(ConfigError, match="holds 3 generated sample.* fewer than the 4 asked for"):

@@ -3,13 +3,25 @@
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 from test_results_table import GFSS, HSNET
 from typer.testing import CliRunner
 
 from maskforge.flows.cli import app
-from maskforge.storage.results import ResultsError, append_results, read_results, rows_as_dicts, select_rows
+from maskforge.flows.console import console
+from maskforge.storage.results import (
+    ResultsError,
+    append_results,
+    read_config,
+    read_results,
+    rows_as_dicts,
+    select_rows,
+    store_config,
+)
+from maskforge.storage.yaml_config import digest
 
 MASKDIFF = {
     **HSNET, "model": "maskdiff", "protocol": "fsis-coco", "setting": "K-shot", "shots": 5, "evaluated": 16, "runs": 10,
@@ -28,9 +40,18 @@ def folder(tmp_path):
     return out
 
 
+@pytest.fixture(autouse=True)
+def wide_console():
+    """Render tables 240 columns wide, whatever terminal (or none) the tests run in; restored after."""
+    before = console._width
+    console.width = 240
+    yield
+    console._width = before
+
+
 def ls(*args: str):
-    """Run `maskforge results ls ARGS` on a wide terminal."""
-    return CliRunner().invoke(app, ["results", "ls", *args], env={"COLUMNS": "240"})
+    """Run `maskforge results ls ARGS`."""
+    return CliRunner().invoke(app, ["results", "ls", *args])
 
 
 def test_a_table_per_protocol_with_its_headline_metrics_in_percent(folder):
@@ -92,3 +113,39 @@ def test_select_rows_names_an_unknown_column():
         select_rows([HSNET], metrics=1)
     assert select_rows([HSNET, GFSS], model="hsnet") == [HSNET]
     assert select_rows([HSNET, GFSS], fold=None, last=1) == [GFSS]  # a created_at tie keeps table order
+
+
+def test_configs_are_stored_by_their_hash_and_checked_on_read(tmp_path):
+    folder = str(tmp_path / "results")
+    config = {"run": {"name": "toy"}, "eval": {"episodes": 1000, "shots": 1}}
+    full = digest(config)
+    url = store_config(folder, full, config)
+    assert url.endswith(f"configs/{full}.json") and store_config(folder, full, config) == url  # once, idempotent
+    assert read_config(folder, full[:8].upper()) == (full, config)
+    with pytest.raises(ResultsError, match="the config's sha256 is .*, not the row's abc"):
+        store_config(folder, "abc", config)
+    with pytest.raises(ResultsError, match="no stored config 0000"):
+        read_config(folder, "0000")
+    with pytest.raises(ResultsError, match="expected 4 to 64 hex digits"):
+        read_config(folder, "xyz!")
+    for twin in ("abcd1", "abcd2"):
+        (tmp_path / "results" / "configs" / f"{twin}.json").write_text("{}")
+    with pytest.raises(ResultsError, match=r"2 stored configs start with abcd: \['abcd1', 'abcd2'\]"):
+        read_config(folder, "abcd")
+    Path(url).write_text(Path(url).read_text().replace("1000", "100"))
+    with pytest.raises(ResultsError, match="does not hash to its name; the file was changed"):
+        read_config(folder, full)
+    assert read_results(folder).num_rows == 0  # the configs folder is no table file
+
+
+def test_results_config_prints_the_stored_config(tmp_path):
+    folder = tmp_path / "results"
+    config = {"eval": {"episodes": 1000}, "run": {"name": "toy"}}
+    store_config(str(folder), digest(config), config)
+    result = CliRunner().invoke(app, ["results", "config", digest(config)[:6], str(folder)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"# config {digest(config)} (from {folder})"
+    assert yaml.safe_load("\n".join(lines[1:])) == config
+    missing = CliRunner().invoke(app, ["results", "config", "beef", str(folder)])
+    assert missing.exit_code == 1 and "no stored config beef" in missing.output

@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, read_yaml, validate_model
 
 #: Checkpoint folder name inside a training run folder.
 CHECKPOINT_DIR = "diffews"
@@ -94,8 +94,10 @@ class DiffewsEvalConfig(StrictConfig):
     results_dir: PathText = Field("results", description="Folder of the Parquet benchmark table.")
 
 
-class DiffewsConfig(StrictConfig):
+class DiffewsConfig(HashedConfig):
     """The whole configuration of DiffewS training and evaluation."""
+
+    UNHASHED = (*HashedConfig.UNHASHED, ("run", "precision"), ("run", "gradient_checkpointing"))
 
     run: DiffewsRunConfig = DiffewsRunConfig()
     dataset: DatasetConfig = DatasetConfig()
@@ -114,14 +116,6 @@ class DiffewsConfig(StrictConfig):
         data = self.resolved()
         keep = {"run": {"name": data["run"]["name"]}, **{k: data[k] for k in ("dataset", "model", "train")}}
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
-
-    def hash(self) -> str:
-        """Return the sha256 of the resolved config, output locations and device excluded."""
-        data = self.resolved()
-        for key in ("out_dir", "device", "threads", "precision", "gradient_checkpointing"):
-            data["run"].pop(key)
-        data["eval"].pop("results_dir")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def train_dir(self) -> str:
         """Return the training run folder: OUT_DIR/NAME-HASH12."""

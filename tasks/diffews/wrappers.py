@@ -32,6 +32,7 @@ def record_diffews_results_task(config: DiffewsConfig, result: dict) -> dict:
         config.eval.results_dir,
         rows,
         result,
+        config,
         learner="DiffewS",
         table_key=f"diffews-eval-{result['dataset']}-f{result['fold']}",
         table=artifact_table(rows, result["baselines"]),

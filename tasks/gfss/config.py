@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, read_yaml, validate_model
 
 
 class GfssRunConfig(StrictConfig):
@@ -112,7 +112,7 @@ class GfssEvalConfig(StrictConfig):
     results_dir: PathText = Field("results", description="Folder of the Parquet benchmark table.")
 
 
-class GfssConfig(StrictConfig):
+class GfssConfig(HashedConfig):
     """The whole configuration of the GFSS learners."""
 
     run: GfssRunConfig = GfssRunConfig()
@@ -149,14 +149,6 @@ class GfssConfig(StrictConfig):
         novel = dict(d["novel"])
         novel.pop("workers")  # how data is fed does not change what is learned
         return self._digest({"base": self.base_hash(), "novel": novel})
-
-    def hash(self) -> str:
-        """Return the sha256 of the resolved config, output locations and device excluded."""
-        d = self.resolved()
-        for key in ("out_dir", "device", "threads"):
-            d["run"].pop(key)
-        d["eval"].pop("results_dir")
-        return self._digest(d)
 
     def base_dir(self) -> str:
         """Return the base stage folder OUT_DIR/NAME-base-HASH12."""

@@ -38,6 +38,7 @@ def record_gfss_results_task(config: GfssConfig, result: dict) -> dict:
         config.eval.results_dir,
         benchmark_rows(config, result),
         result,
+        config,
         learner="GFSS",
         table_key=f"{key}-{result['setting'].replace('+', '-')}",
         table=summary_table(result),

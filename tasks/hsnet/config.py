@@ -11,7 +11,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, read_yaml, validate_model
 
 
 class HsnetRunConfig(StrictConfig):
@@ -95,7 +95,7 @@ class HsnetEvalConfig(StrictConfig):
     )
 
 
-class HsnetConfig(StrictConfig):
+class HsnetConfig(HashedConfig):
     """The whole configuration of HSNet training and evaluation."""
 
     run: HsnetRunConfig = HsnetRunConfig()
@@ -115,15 +115,6 @@ class HsnetConfig(StrictConfig):
         }
         # a synthetic run is named by its folder; the folder name carries that run's config hash
         return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
-
-    def hash(self) -> str:
-        """Return the sha256 of the resolved config, output locations and device excluded."""
-        data = self.resolved()
-        data["run"].pop("out_dir")
-        data["run"].pop("device")
-        data["run"].pop("threads")
-        data["eval"].pop("results_dir")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     def train_dir(self) -> str:
         """Return the training run folder: OUT_DIR/NAME-HASH12 (hash of dataset, model and train sections)."""

@@ -32,6 +32,7 @@ def record_hsnet_results_task(config: HsnetConfig, result: dict) -> dict:
         config.eval.results_dir,
         rows,
         result,
+        config,
         learner="HSNet",
         table_key=f"hsnet-eval-{result['dataset']}-f{result['fold']}",
         table=artifact_table(rows, result["baselines"]),

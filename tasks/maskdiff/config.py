@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, read_yaml, validate_model
 
 #: head fields that only steer sampling (left out of the stage folders' hashes).
 SAMPLING_FIELDS = ("guidance", "sampler", "ddim_steps")
@@ -114,7 +114,7 @@ class MaskdiffEvalConfig(StrictConfig):
     results_dir: PathText = Field("results", description="Folder of the Parquet benchmark table.")
 
 
-class MaskdiffConfig(StrictConfig):
+class MaskdiffConfig(HashedConfig):
     """The whole configuration of MaskDiff training and evaluation."""
 
     run: MaskdiffRunConfig = MaskdiffRunConfig()
@@ -144,14 +144,6 @@ class MaskdiffConfig(StrictConfig):
         f = self.finetune
         digest = self._digest("dataset", "detector", "head", "base", "finetune")[:12]
         return join(self.run.out_dir, f"{self.run.name}-k{f.shots}-s{f.data_seed}-{digest}")
-
-    def hash(self) -> str:
-        """Return the sha256 of the resolved config, output locations and device excluded."""
-        data = self.resolved()
-        for key in ("out_dir", "device", "threads"):
-            data["run"].pop(key)
-        data["eval"].pop("results_dir")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def parse_maskdiff_config(data: dict, source: str = "<config>") -> MaskdiffConfig:

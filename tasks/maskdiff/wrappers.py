@@ -37,6 +37,7 @@ def record_maskdiff_results_task(config: MaskdiffConfig, result: dict) -> dict:
         config.eval.results_dir,
         benchmark_rows(config, result),
         result,
+        config,
         learner="MaskDiff",
         table_key=f"{key}-s{result['data_seed']}",
         table=summary_table(result),
