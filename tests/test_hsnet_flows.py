@@ -169,6 +169,17 @@ def test_cli_train_and_eval(trained, tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     assert "30 episodes" in evaluated.output and "baseline: support-prior" in evaluated.output
     assert len(read_results(str(tmp_path / "results"))) == 1
+    run = toy_run(str(tmp_path / "generated"), toy_fold(0).novel, per_class=2, size=64)
+    options = ["--checkpoint", report["checkpoint"], "--synthetic", run, "--per-class", "2", "--shots", "1"]
+    with_synthetic = runner.invoke(app, ["hsnet", "eval", str(path), *options])
+    assert with_synthetic.exit_code == 0, with_synthetic.output
+    assert "1R+2S" in with_synthetic.output
+    rows = read_results(str(tmp_path / "results")).to_pylist()
+    _, stored = read_config(str(tmp_path / "results"), rows[-1]["config_hash"])
+    assert stored["eval"]["synthetic_run"] == run and stored["eval"]["synthetic_per_class"] == 2
+    assert stored["eval"]["checkpoint"] == report["checkpoint"]
+    zero = runner.invoke(app, ["hsnet", "eval", str(path), "--per-class", "0"])
+    assert zero.exit_code == 1 and "eval.synthetic_per_class" in zero.output
 
 
 def test_cli_reports_config_and_checkpoint_errors(tmp_path):

@@ -1,0 +1,151 @@
+"""What the CLI's command modules share: the Prefect log file, --out checks, config loading with the wrong-kind
+hint, running a learner's flow with one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+from PIL import Image
+from prefect.logging.handlers import PrefectConsoleHandler
+from prefect.settings import PREFECT_HOME
+from rich.table import Table
+
+from maskforge.eval.datasets.base import DatasetError
+from maskforge.flows.console import console, fail
+from maskforge.models.toy_train import load_toy_train_config
+from maskforge.storage.fs import OutputLocationError, check_output_location
+from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.config import load_config
+from maskforge.tasks.diffews.config import load_diffews_config
+from maskforge.tasks.gfss.config import load_gfss_config
+from maskforge.tasks.hsnet.config import load_hsnet_config
+from maskforge.tasks.maskdiff.config import load_maskdiff_config
+
+
+class _NoTraceback(logging.Formatter):
+    """Formats a record as another formatter would, without its traceback (that goes to the log file)."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format a copy of the record without exception info."""
+        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+        return self.inner.format(bare)
+
+
+def log_to_file(folder: Path, command: str, verbose: bool) -> Path:
+    """Send Prefect's full log (tracebacks included) to FOLDER/COMMAND-TIME.log and, unless verbose, keep tracebacks
+    off the console; return the log file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log_file = folder / f"{command}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log"
+    handler = logging.FileHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("prefect").addHandler(handler)
+    if not verbose:
+        loggers = [logging.getLogger()] + [
+            logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+        ]
+        for logger in loggers:
+            for console_handler in logger.handlers:
+                if isinstance(console_handler, PrefectConsoleHandler) and not isinstance(
+                    console_handler.formatter, _NoTraceback
+                ):
+                    console_handler.setFormatter(_NoTraceback(console_handler.formatter))
+    return log_file
+
+
+def check_out_file(out: Path, suffixes: tuple[str, ...]) -> None:
+    """Exit 1 before any work unless `out` can become a file of one of `suffixes`: not a folder, the right extension,
+    its folder creatable and writable."""
+    if out.is_dir():
+        fail(f"--out {out}: is a folder; expected a file path ending in {' or '.join(suffixes)}")
+    if out.suffix.lower() not in suffixes:
+        fail(f"--out {out}: expected a file name ending in {' or '.join(suffixes)}")
+    check_out_folder(out.parent)
+
+
+def check_out_folder(out: Path) -> None:
+    """Exit 1 before any work unless the folder `out` can be created or written in."""
+    try:
+        check_output_location(str(out), field="--out")
+    except OutputLocationError as err:
+        fail(str(err))
+
+
+def save_image(image: Image.Image, out: Path) -> None:
+    """Write an image to a checked --out path (its folder created); an OS error is one line."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        image.save(out)
+    except OSError as err:
+        fail(f"--out {out}: cannot write ({err.strerror or err})")
+    console.print(f"wrote {out}")
+
+
+def config_kinds() -> tuple:
+    """(kind, loader, command) of every config file kind, for the hint when a file is given to the wrong command."""
+    return (
+        ("generation", load_config, "maskforge generate"),
+        ("HSNet", load_hsnet_config, "maskforge hsnet train|eval"),
+        ("GFSS", load_gfss_config, "maskforge gfss train-base|train-novel|eval"),
+        ("DiffewS", load_diffews_config, "maskforge diffews train|eval"),
+        ("MaskDiff", load_maskdiff_config, "maskforge maskdiff train|eval"),
+        ("toy training", load_toy_train_config, "maskforge toy train-diffusion|ground|train-controlnet"),
+    )
+
+
+def config_failure(err: Exception, config: Path, loader) -> None:
+    """Exit 1 with a config error; when the file validates as another kind of config, name the command it is for."""
+    for kind, other, command in config_kinds():
+        if other is loader:
+            continue
+        try:
+            other(config)
+        except (ConfigError, OSError):
+            continue
+        fail(f"{err}\n  {config} is a valid {kind} config: run it with `{command}`")
+    fail(str(err))
+
+
+def given(options: dict) -> dict:
+    """Dotted-key overrides of the options given on the command line. Only None means "not given" (a repeatable
+    option given no times is None too): 0 and "" are values the config validates, so `--shots 0` is an error."""
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def learner_config(loader, config: Path, out: Optional[str], overrides: dict | None = None):
+    """Load a learner's YAML config with `loader` (--out overriding run.out_dir, plus option overrides), or exit 1
+    with the error."""
+    more = given({"run.out_dir": out, **(overrides or {})})
+    try:
+        return loader(config, more or None)
+    except ConfigError as err:
+        config_failure(err, config, loader)
+
+
+def run_flow(flow, cfg, command: str, errors: tuple[type[BaseException], ...]):
+    """Run a learner's flow with Prefect's log in a file; dataset errors, ValueError, RuntimeError and `errors`
+    become one plain line naming the log (exit 1)."""
+    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose=False)
+    try:
+        return flow(config=cfg)
+    except (DatasetError, ValueError, RuntimeError, *errors) as err:
+        fail(f"{err} (traceback in {log_file})")
+
+
+def print_episodes(model: str, result: dict) -> None:
+    """Print an episodic evaluation (HSNet, DiffewS): a row per setting and baseline, then the table file."""
+    title = f"{model} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
+    table = Table(title=title)
+    for col in ("setting", "mIoU %", "FB-IoU %"):
+        table.add_column(col)
+    rows = list(result["settings"].items()) + [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
+    for name, summary in rows:
+        table.add_row(name, f"{100 * summary['miou']:.2f}", f"{100 * summary['fb_iou']:.2f}")
+    console.print(table)
+    console.print(f"benchmark rows: {result['table_file']}", soft_wrap=True)

@@ -1,0 +1,99 @@
+"""`maskforge diffews load|train|eval`: Stable Diffusion's UNet as a few-shot segmenter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from maskforge.flows import diffews as diffews_flows
+from maskforge.flows.cli_support import (
+    given,
+    learner_config,
+    print_episodes,
+    run_flow,
+)
+from maskforge.flows.console import console, fail
+from maskforge.models.diffews.checkpoint import DiffewsCheckpointError
+from maskforge.models.diffews.checkpoint import key_report as diffews_key_report
+from maskforge.models.diffews.network import DiffewsModelError
+from maskforge.models.loading import ModelLoadError
+from maskforge.storage.marked_folder import COMPLETE as DIFFEWS_COMPLETE
+from maskforge.tasks.diffews.config import load_diffews_config
+
+diffews_app = typer.Typer(
+    help="DiffewS (Stable Diffusion's UNet as a few-shot segmenter): load, train, evaluate.", no_args_is_help=True
+)
+
+
+def _diffews_run(flow, config: Path, out: Optional[str], command: str, overrides: dict | None = None):
+    """Load a DiffewS config (--out overriding run.out_dir) and run a flow with the log in a file; a plain one-line
+    error on failure."""
+    cfg = learner_config(load_diffews_config, config, out, overrides)
+    return run_flow(flow, cfg, command, (DiffewsCheckpointError, ModelLoadError))
+
+
+@diffews_app.command("load")
+def diffews_load(
+    folder: Path = typer.Argument(..., help="A DiffewS UNet folder (the authors' release) or a maskforge checkpoint."),
+) -> None:
+    """Check a DiffewS UNet strictly: print missing / unexpected / mis-shaped keys (exit 1 on any)."""
+    unet_dir = folder / "unet" if (folder / DIFFEWS_COMPLETE).is_file() else folder
+    try:
+        report, unet, _ = diffews_key_report(unet_dir, str(folder))
+    except (DiffewsCheckpointError, DiffewsModelError) as err:
+        fail(str(err))
+    console.print(f"weights: {report.file}", soft_wrap=True)
+    console.print(f"tensors: {report.tensors}; conv_in_ref: {tuple(unet.conv_in_ref.weight.shape)}")
+    for name in ("missing", "unexpected", "mis_shaped"):
+        keys = getattr(report, name)
+        console.print(f"{name.replace('_', '-')} keys: {len(keys)}")
+        for key in keys:
+            console.print(f"  {key}", soft_wrap=True)
+    if not report.ok:
+        fail(f"{folder} does not load strictly: {report.summary()}")
+    console.print("loaded strictly: all keys match")
+
+
+@diffews_app.command("train")
+def diffews_train(
+    config: Path = typer.Argument(..., help="DiffewS YAML config (see configs/diffews-toy.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
+    synthetic: Optional[list[str]] = typer.Option(
+        None, "--synthetic", help="A maskforge run whose base-class samples join training (repeatable)."
+    ),
+) -> None:
+    """Run the Prefect flow train_diffews: episodic training on the fold's base classes; prints the checkpoint."""
+    overrides = {"train.synthetic_runs": synthetic} if synthetic else None
+    report = _diffews_run(diffews_flows.train_diffews, config, out, "diffews-train", overrides)
+    console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
+    console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
+
+
+@diffews_app.command("eval")
+def diffews_eval(
+    config: Path = typer.Argument(..., help="DiffewS YAML config (see configs/diffews-toy.yaml)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
+    shots: Optional[int] = typer.Option(None, "--shots", help="Real supports per episode (overrides eval.shots)."),
+    synthetic: Optional[str] = typer.Option(
+        None, "--synthetic", help="A maskforge run of the novel classes: adds the KR+NS setting (eval.synthetic_run)."
+    ),
+    per_class: Optional[int] = typer.Option(
+        None, "--per-class", help="N, generated supports added per episode (eval.synthetic_per_class)."
+    ),
+    checkpoint: Optional[str] = typer.Option(
+        None, "--checkpoint", help="A DiffewS checkpoint or UNet folder (overrides eval.checkpoint)."
+    ),
+) -> None:
+    """Run the Prefect flow eval_diffews: HSNet-protocol episodes, benchmark rows appended, table printed."""
+    overrides = given(
+        {
+            "eval.shots": shots,
+            "eval.synthetic_run": synthetic,
+            "eval.synthetic_per_class": per_class,
+            "eval.checkpoint": checkpoint,
+        }
+    )
+    result = _diffews_run(diffews_flows.eval_diffews, config, out, "diffews-eval", overrides)
+    print_episodes("DiffewS", result)
