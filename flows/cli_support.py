@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+import typer
 from PIL import Image
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import PREFECT_HOME
@@ -149,3 +150,28 @@ def print_episodes(model: str, result: dict) -> None:
         table.add_row(name, f"{100 * summary['miou']:.2f}", f"{100 * summary['fb_iou']:.2f}")
     console.print(table)
     console.print(f"benchmark rows: {result['table_file']}", soft_wrap=True)
+
+
+# The episodic evaluations' options (HSNet and DiffewS take the same four; typer reads an option object afresh for
+# every command that names it).
+SHOTS_OPTION = typer.Option(None, "--shots", help="Real supports per episode (overrides eval.shots).")
+SYNTHETIC_OPTION = typer.Option(
+    None, "--synthetic", help="A maskforge run of the novel classes: adds the KR+NS setting (eval.synthetic_run)."
+)
+PER_CLASS_OPTION = typer.Option(
+    None, "--per-class", help="N, generated supports added per episode (eval.synthetic_per_class)."
+)
+
+
+def episode_overrides(
+    shots: Optional[int], synthetic: Optional[str], per_class: Optional[int], checkpoint: Optional[str]
+) -> dict:
+    """Dotted-key overrides of an episodic evaluation's options (the given ones only)."""
+    return given(
+        {
+            "eval.shots": shots,
+            "eval.synthetic_run": synthetic,
+            "eval.synthetic_per_class": per_class,
+            "eval.checkpoint": checkpoint,
+        }
+    )

@@ -9,7 +9,10 @@ import typer
 
 from maskforge.flows import diffews as diffews_flows
 from maskforge.flows.cli_support import (
-    given,
+    PER_CLASS_OPTION,
+    SHOTS_OPTION,
+    SYNTHETIC_OPTION,
+    episode_overrides,
     learner_config,
     print_episodes,
     run_flow,
@@ -75,25 +78,14 @@ def diffews_train(
 def diffews_eval(
     config: Path = typer.Argument(..., help="DiffewS YAML config (see configs/diffews-toy.yaml)."),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
-    shots: Optional[int] = typer.Option(None, "--shots", help="Real supports per episode (overrides eval.shots)."),
-    synthetic: Optional[str] = typer.Option(
-        None, "--synthetic", help="A maskforge run of the novel classes: adds the KR+NS setting (eval.synthetic_run)."
-    ),
-    per_class: Optional[int] = typer.Option(
-        None, "--per-class", help="N, generated supports added per episode (eval.synthetic_per_class)."
-    ),
+    shots: Optional[int] = SHOTS_OPTION,
+    synthetic: Optional[str] = SYNTHETIC_OPTION,
+    per_class: Optional[int] = PER_CLASS_OPTION,
     checkpoint: Optional[str] = typer.Option(
         None, "--checkpoint", help="A DiffewS checkpoint or UNet folder (overrides eval.checkpoint)."
     ),
 ) -> None:
     """Run the Prefect flow eval_diffews: HSNet-protocol episodes, benchmark rows appended, table printed."""
-    overrides = given(
-        {
-            "eval.shots": shots,
-            "eval.synthetic_run": synthetic,
-            "eval.synthetic_per_class": per_class,
-            "eval.checkpoint": checkpoint,
-        }
-    )
+    overrides = episode_overrides(shots, synthetic, per_class, checkpoint)
     result = _diffews_run(diffews_flows.eval_diffews, config, out, "diffews-eval", overrides)
     print_episodes("DiffewS", result)

@@ -8,6 +8,10 @@ from typing import Optional
 import typer
 
 from maskforge.flows.cli_support import (
+    PER_CLASS_OPTION,
+    SHOTS_OPTION,
+    SYNTHETIC_OPTION,
+    episode_overrides,
     learner_config,
     print_episodes,
     run_flow,
@@ -67,24 +71,14 @@ def hsnet_train(
 def hsnet_eval(
     config: Path = typer.Argument(..., help="HSNet YAML config (see configs/hsnet-toy.yaml)."),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
-    shots: Optional[int] = typer.Option(None, "--shots", help="Real supports per episode (overrides eval.shots)."),
-    synthetic: Optional[str] = typer.Option(
-        None, "--synthetic", help="A maskforge run of the novel classes: adds the KR+NS setting (eval.synthetic_run)."
-    ),
-    per_class: Optional[int] = typer.Option(
-        None, "--per-class", help="N, generated supports added per episode (eval.synthetic_per_class)."
-    ),
+    shots: Optional[int] = SHOTS_OPTION,
+    synthetic: Optional[str] = SYNTHETIC_OPTION,
+    per_class: Optional[int] = PER_CLASS_OPTION,
     checkpoint: Optional[str] = typer.Option(
         None, "--checkpoint", help="An HSNet checkpoint (overrides eval.checkpoint), e.g. the shipped toy one."
     ),
 ) -> None:
     """Run the Prefect flow eval_hsnet: episodic evaluation, benchmark rows appended, table printed."""
-    overrides = {
-        "eval.shots": shots,
-        "eval.synthetic_run": synthetic,
-        "eval.synthetic_per_class": per_class,
-        "eval.checkpoint": checkpoint,
-    }
-    cfg = learner_config(load_hsnet_config, config, out, overrides)
+    cfg = learner_config(load_hsnet_config, config, out, episode_overrides(shots, synthetic, per_class, checkpoint))
     result = run_flow(eval_hsnet, cfg, "hsnet-eval", (CheckpointError,))
     print_episodes(f"HSNet {result['backbone']}", result)
