@@ -7,6 +7,7 @@ from collections.abc import Callable
 from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import torch_threads
 from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter, merge_banks
+from maskforge.storage.fs import check_output_location
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import DiffewsConfig
 from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, trained_network
@@ -55,6 +56,7 @@ def eval_diffews(config: DiffewsConfig, log: Callable[[str], None] = print) -> d
 def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_diffews."""
     e = config.eval
+    check_output_location(e.results_dir, field="eval.results_dir")  # fails now, not after the work
     run = None
     if e.synthetic_run:  # checked before the model loads: a wrong run fails at once
         run = open_synthetic_run(e.synthetic_run, "eval.synthetic_run", config.dataset, fold=True)

@@ -21,7 +21,7 @@ from maskforge.models.diffews import codec
 from maskforge.models.diffews.checkpoint import save_diffews
 from maskforge.models.diffews.network import DiffewsNet
 from maskforge.models.diffews.segmenter import autocast, size_multiple
-from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
+from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
 from maskforge.storage.labels import IGNORE
 from maskforge.storage.marked_folder import COMPLETE
 from maskforge.storage.reader import RunReader
@@ -103,6 +103,7 @@ def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     if exists(join(ckpt, COMPLETE)):
         log(f"already trained: {ckpt}")
         return {**json.loads(read_bytes(join(out, TRAIN_LOG_NAME))), "complete": True}
+    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
     t, size = config.train, config.model.img_size
     dataset = open_dataset(config.dataset)
     fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)

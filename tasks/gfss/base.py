@@ -19,7 +19,7 @@ from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import save_gfss
 from maskforge.models.gfss.network import GfssNet, GfssSpec, build_gfss, set_train_mode
 from maskforge.models.hsnet.backbone import TinySpec
-from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
+from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.feed import BaseFeed, make_loader
@@ -113,6 +113,7 @@ def _train(config: GfssConfig, log: Callable[[str], None]) -> dict:
     if exists(ckpt):
         log(f"already trained: {ckpt}")
         return {**json.loads(read_bytes(join(out, BASE_LOG))), "complete": True}
+    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
     if m.backbone != "tiny" and not m.weights:
         raise ConfigError(
             f"model.weights is required to train backbone {m.backbone!r}: a local torchvision ResNet-101 ImageNet "

@@ -16,7 +16,7 @@ from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import load_gfss
 from maskforge.models.gfss.network import GfssNet
-from maskforge.storage.fs import exists, join, read_bytes
+from maskforge.storage.fs import check_output_location, exists, join, read_bytes
 from maskforge.storage.results import code_version, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
@@ -77,6 +77,7 @@ def _records(dataset, ids: list[str]):
 def _evaluate(config: GfssConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_gfss."""
     e = config.eval
+    check_output_location(e.results_dir, field="eval.results_dir")  # fails now, not after the work
     manifest_url = join(config.novel_dir(), NOVEL_MANIFEST)
     if not exists(manifest_url):
         raise ConfigError(

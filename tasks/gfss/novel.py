@@ -29,7 +29,7 @@ from maskforge.eval.seeds import derive_seed
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
 from maskforge.models.gfss.network import GfssNet, masked_average_pool, set_train_mode
-from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
+from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
 from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.base import autocast, base_image_ids, check_split, open_fold, poly_lr
@@ -234,6 +234,7 @@ def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
     if exists(manifest_url):
         log(f"already trained: {out}")
         return {**json.loads(read_bytes(manifest_url)), "complete": True}
+    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
     dataset, fold = open_fold(config)
     check_split(dataset, n.split, "novel.split")
     base_net, ckpt = load_base(config, fold)

@@ -12,6 +12,7 @@ from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.hsnet.checkpoint import CheckpointError, load_checkpoint
 from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
+from maskforge.storage.fs import check_output_location
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.episode_results import (
     choose_synthetic,
@@ -62,6 +63,7 @@ def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
 def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_hsnet."""
     e = config.eval
+    check_output_location(e.results_dir, field="eval.results_dir")  # fails now, not after the work
     run = None
     if e.synthetic_run:  # checked before the model loads: a wrong run fails at once
         run = open_synthetic_run(e.synthetic_run, "eval.synthetic_run", config.dataset, fold=True)

@@ -20,7 +20,7 @@ from maskforge.models.hsnet.backbone import TinySpec, calibrate_batchnorm
 from maskforge.models.hsnet.checkpoint import save_checkpoint
 from maskforge.models.hsnet.model import HSNet, HSNetSpec, build_hsnet, learnable_parameters
 from maskforge.models.hsnet.segmenter import prepare_images, prepare_labels
-from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
+from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.hsnet.config import HsnetConfig
 from maskforge.tasks.synthetic_runs import open_synthetic_run
@@ -62,6 +62,7 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     if exists(ckpt):
         log(f"already trained: {ckpt}")
         return {**json.loads(read_bytes(join(out, TRAIN_LOG_NAME))), "complete": True}
+    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
     m, t = config.model, config.train
     # before the network is built: a wrong run fails in a second, not after the backbone's calibration
     run = open_synthetic_run(t.synthetic_run, "train.synthetic_run", config.dataset) if t.synthetic_run else None

@@ -32,7 +32,7 @@ from maskforge.models.maskdiff.mask_head import (
     sample_masks,
     support_crops,
 )
-from maskforge.storage.fs import is_local, resolve
+from maskforge.storage.fs import check_output_location, is_local, resolve
 from maskforge.storage.marked_folder import COMPLETE, MarkedFolderError, read_marked_folder
 from maskforge.storage.results import code_version, row_metric, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
@@ -243,6 +243,7 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
     """The body of eval_maskdiff."""
     start = time.perf_counter()
     e, f, h = config.eval, config.finetune, config.head
+    check_output_location(e.results_dir, field="eval.results_dir")  # fails now, not after the work
     folder = config.finetune_dir()
     check_finetune_dir(folder)
     root = Path(folder)

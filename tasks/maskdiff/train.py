@@ -49,7 +49,7 @@ from maskforge.models.maskdiff.mask_head import (
     support_crops,
 )
 from maskforge.models.maskdiff.mask_head import tiny_spec as tiny_head_spec
-from maskforge.storage.fs import exists, join, read_bytes
+from maskforge.storage.fs import check_output_location, exists, join, read_bytes
 from maskforge.storage.marked_folder import COMPLETE
 from maskforge.storage.marked_folder import write_marked_folder as write_stage
 from maskforge.storage.reader import RunReader
@@ -357,6 +357,7 @@ def _train_base(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
     out, b = config.base_dir(), config.base
     if exists(join(out, COMPLETE)):
         return _reuse(out, log)
+    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
     if config.detector.backbone != "tiny" and not config.detector.weights:
         raise ConfigError(
             f"detector.weights is required to train backbone {config.detector.backbone!r}: a local torchvision "
@@ -469,6 +470,7 @@ def _train_finetune(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
     base_dir, out, f = config.base_dir(), config.finetune_dir(), config.finetune
     if exists(join(out, COMPLETE)):
         return _reuse(out, log)
+    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
     split = config.base.split
     dataset, fold = open_fold(config, split, "base.split")
     base_ids, novel_ids = sorted(fold.base), sorted(fold.novel)
