@@ -14,7 +14,6 @@ from rich.table import Table
 
 from maskforge.flows.console import console, fail
 from maskforge.storage.results import (
-    HSNET_PROTOCOL,
     ResultsError,
     csv_text,
     read_config,
@@ -22,17 +21,9 @@ from maskforge.storage.results import (
     rows_as_dicts,
     select_rows,
 )
-from maskforge.tasks.gfss.evaluate import GFSS_PROTOCOL
-from maskforge.tasks.maskdiff.evaluate import FSIS_PROTOCOL
+from maskforge.tasks.benchmark import headline, synthetic_label
 
 results_app = typer.Typer(help="Read the benchmark table the learners' evaluations append to.", no_args_is_help=True)
-
-#: The metrics shown per protocol unless --metric is given: each protocol's headline scores.
-HEADLINE = {
-    HSNET_PROTOCOL: ("miou", "fb_iou"),
-    GFSS_PROTOCOL: ("hm", "base_miou", "novel_miou"),
-    FSIS_PROTOCOL: ("segm_ap_novel", "segm_ap_base", "bbox_ap_novel"),
-}
 
 
 class Format(str, Enum):
@@ -41,14 +32,6 @@ class Format(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
-
-
-def _synthetic(row: dict) -> str:
-    """Return the synthetic-data cell: 'none', or the run folders' last names (and N per class where set)."""
-    if row["synthetic_source"] == "none":
-        return "none"
-    names = ", ".join(part.rstrip("/").rsplit("/", 1)[-1] for part in row["synthetic_source"].split(","))
-    return f"{names} ({row['synthetic_per_class']}/class)" if row["synthetic_per_class"] else names
 
 
 def protocol_table(protocol: str, rows: list[dict], metrics: tuple[str, ...]) -> Table:
@@ -67,7 +50,7 @@ def protocol_table(protocol: str, rows: list[dict], metrics: tuple[str, ...]) ->
             r["model"],
             f"{r['dataset']} f{r['fold']} {r['shots']}-shot",
             r["setting"],
-            _synthetic(r),
+            synthetic_label(r),
             f"{r['evaluated']} × {r['runs']}",
             *(f"{100 * held[m]:.2f}" if m in held else "–" for m in metrics),
             r["config_hash"][:8],
@@ -123,7 +106,7 @@ def results_ls(
     else:
         for protocol in sorted({r["protocol"] for r in rows}):
             chosen = [r for r in rows if r["protocol"] == protocol]
-            metrics = tuple(metric) if metric else HEADLINE.get(protocol) or tuple(sorted(chosen[0]["metrics"]))
+            metrics = tuple(metric) if metric else headline(protocol, chosen)
             console.print(protocol_table(protocol, chosen, metrics))
 
 

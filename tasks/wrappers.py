@@ -24,7 +24,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.states import State
 
 from maskforge.storage.reader import RunReader
-from maskforge.storage.results import append_results, read_results, store_config
+from maskforge.storage.results import append_results, read_results, rows_as_dicts, store_config
 from maskforge.storage.yaml_config import HashedConfig
 from maskforge.tasks.artifacts import (
     ARTIFACT_KINDS,
@@ -36,6 +36,7 @@ from maskforge.tasks.artifacts import (
     rejected_markdown,
     scores_markdown,
 )
+from maskforge.tasks.benchmark import overview_markdown
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import FoldPlan
 from maskforge.tasks.preflight import preflight
@@ -105,16 +106,23 @@ def record_learner_results(
     trend: Callable[..., str],
 ) -> dict:
     """Store the config the rows' config_hash names (storage/results.py:store_config), append the rows to the
-    benchmark table, publish them as the table artifact table_key (described by `about` and where the rows went)
-    and the markdown trend(table, dataset, fold, shots) as artifact trend_key."""
+    benchmark table, publish them as the table artifact table_key (described by `about` and where the rows went),
+    the markdown trend(table, dataset, fold, shots) as artifact trend_key, and every learner's newest rows of the
+    dataset fold as artifact benchmark-DATASET-fFOLD (tasks/benchmark.py)."""
     for config_hash in sorted({row["config_hash"] for row in rows}):
         store_config(results_dir, config_hash, config.hashed())
     url = append_results(results_dir, rows)
     create_table_artifact(key=table_key, table=table, description=f"{about}; rows appended to {url}")
+    everything = read_results(results_dir)
     create_markdown_artifact(
         key=trend_key,
-        markdown=trend(read_results(results_dir), result["dataset"], result["fold"], result["shots"]),
+        markdown=trend(everything, result["dataset"], result["fold"], result["shots"]),
         description=f"This {learner} evaluation against earlier ones of the same dataset, fold and shots",
+    )
+    create_markdown_artifact(
+        key=f"benchmark-{result['dataset']}-f{result['fold']}",
+        markdown=overview_markdown(rows_as_dicts(everything), result["dataset"], result["fold"]),
+        description=f"Every learner's newest rows of {result['dataset']} fold {result['fold']} in {results_dir}",
     )
     return {"table_file": url, "rows": rows}
 

@@ -22,6 +22,7 @@ from maskforge.storage.results import (
     store_config,
 )
 from maskforge.storage.yaml_config import digest
+from maskforge.tasks.benchmark import overview_markdown
 
 MASKDIFF = {
     **HSNET, "model": "maskdiff", "protocol": "fsis-coco", "setting": "K-shot", "shots": 5, "evaluated": 16, "runs": 10,
@@ -149,3 +150,21 @@ def test_results_config_prints_the_stored_config(tmp_path):
     assert yaml.safe_load("\n".join(lines[1:])) == config
     missing = CliRunner().invoke(app, ["results", "config", "beef", str(folder)])
     assert missing.exit_code == 1 and "no stored config beef" in missing.output
+
+
+def test_the_overview_shows_each_learners_newest_rows_of_a_fold():
+    older = {**HSNET, "created_at": "2026-11-20T00:00:00+00:00", "metrics": {"miou": 0.9, "fb_iou": 0.9}}
+    other_fold = {**HSNET, "fold": 1, "model": "elsewhere"}
+    diffews = {**HSNET, "model": "diffews", "metrics": {"miou": 0.4, "fb_iou": 0.7}}
+    text = overview_markdown([older, HSNET, other_fold, diffews, GFSS, MASKDIFF], "toy", 0)
+    lines = text.splitlines()
+    assert lines[0] == "# Benchmark: toy fold 0"
+    assert [line for line in lines if line.startswith("## ")] == ["## fsis-coco", "## fss-episodes", "## gfss-pifs"]
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
+    assert [r.split(" | ")[0] for r in rows] == ["| maskdiff", "| diffews", "| hsnet", "| gfss-gaps"]
+    hsnet = next(r for r in rows if r.startswith("| hsnet"))
+    assert "| 30.00 | 60.00 |" in hsnet and "90.00" not in text  # the newer row of the setting, not the older one
+    assert "| **40.00** | 70.00 |" in next(r for r in rows if r.startswith("| diffews"))  # the best mIoU
+    assert "| **12.16** | 18.44 | 7.54 |" in rows[0] and "elsewhere" not in text
+    assert "syn (20/class)" in rows[3] and "40 × 3" in rows[3]
+    assert overview_markdown([GFSS], "coco", 2).endswith("No rows yet.\n")

@@ -231,6 +231,8 @@ def main() -> None:
                 latest("maskdiff-toy-f0-1shot-trend"),
                 ["MaskDiff trend: toy fold 0, 1-shot", "data:image/png;base64", "novel segm AP"],
             ),
+            # every learner's record task republishes it; MaskDiff's, last here, from its own results folder
+            "benchmark": (latest("benchmark-toy-f0"), ["Benchmark: toy fold 0", "fsis-coco", "segm_ap_novel %"]),
         }
         for name, (artifact, needles) in checks.items():
             url = f"{base}/v2/artifacts/artifact/{artifact['id']}"
