@@ -44,29 +44,17 @@ def overview_markdown(rows: list[dict], dataset: str, fold: int) -> str:
         group = [r for r in chosen if r["protocol"] == protocol]
         metrics = headline(protocol, group)
         best = max(dict(r["metrics"]).get(metrics[0], float("-inf")) for r in group)
-        headers = ["model", "shots", "setting", "synthetic", *(f"{m} %" for m in metrics), "n × runs", "when", "config"]
+        # narrow enough for the UI's artifact pane: the episode count, runs and full time are in `results ls`
+        headers = ["learner", "setting", "synthetic", *(f"{m} %" for m in metrics), "date", "config"]
         lines += ["", f"## {protocol}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for r in group:
             held = dict(r["metrics"])
             cells = [f"{100 * held[m]:.2f}" if m in held else "–" for m in metrics]
             if metrics[0] in held and held[metrics[0]] == best:
                 cells[0] = f"**{cells[0]}**"
-            lines.append(
-                "| "
-                + " | ".join(
-                    [
-                        r["model"],
-                        str(r["shots"]),
-                        r["setting"],
-                        synthetic_label(r),
-                        *cells,
-                        f"{r['evaluated']} × {r['runs']}",
-                        r["created_at"],
-                        r["config_hash"][:8],
-                    ]
-                )
-                + " |"
-            )
+            who = f"{r['model']}, {r['shots']}-shot"
+            row = [who, r["setting"], synthetic_label(r), *cells, r["created_at"][:10], r["config_hash"][:8]]
+            lines.append("| " + " | ".join(row) + " |")
     if not chosen:
         lines += ["", "No rows yet."]
     return "\n".join(lines) + "\n"

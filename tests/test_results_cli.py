@@ -160,11 +160,12 @@ def test_the_overview_shows_each_learners_newest_rows_of_a_fold():
     lines = text.splitlines()
     assert lines[0] == "# Benchmark: toy fold 0"
     assert [line for line in lines if line.startswith("## ")] == ["## fsis-coco", "## fss-episodes", "## gfss-pifs"]
-    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| model")]
-    assert [r.split(" | ")[0] for r in rows] == ["| maskdiff", "| diffews", "| hsnet", "| gfss-gaps"]
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| learner")]
+    learners = ["| maskdiff, 5-shot", "| diffews, 1-shot", "| hsnet, 1-shot", "| gfss-gaps, 1-shot"]
+    assert [r.split(" | ")[0] for r in rows] == learners
     hsnet = next(r for r in rows if r.startswith("| hsnet"))
     assert "| 30.00 | 60.00 |" in hsnet and "90.00" not in text  # the newer row of the setting, not the older one
     assert "| **40.00** | 70.00 |" in next(r for r in rows if r.startswith("| diffews"))  # the best mIoU
     assert "| **12.16** | 18.44 | 7.54 |" in rows[0] and "elsewhere" not in text
-    assert "syn (20/class)" in rows[3] and "40 × 3" in rows[3]
+    assert "syn (20/class)" in rows[3] and "| 2026-11-23 | abc |" in rows[3]
     assert overview_markdown([GFSS], "coco", 2).endswith("No rows yet.\n")
