@@ -112,6 +112,7 @@ def main() -> None:
     print(f"device {device_name}, {what}, {size} px, autocast {autocast}, {torch.get_num_threads()} thread(s)")
 
     def run(checkpointed: bool) -> dict:
+        """One measured step with or without the bank-replaying checkpointing (switched off again after)."""
         if checkpointed:
             net.enable_gradient_checkpointing()
         try:

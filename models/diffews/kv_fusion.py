@@ -165,6 +165,7 @@ def bank_checkpointing(bank: KVBank) -> Callable:
     """
 
     def checkpointed(module, *args):
+        """Run one block under torch's non-reentrant checkpoint, its recomputation seeing the bank as now."""
         captured = bank.capture()
         return torch.utils.checkpoint.checkpoint(
             module.__call__,
