@@ -6,6 +6,7 @@ from prefect import flow
 
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 from maskforge.tasks.maskdiff.wrappers import (
+    check_synthetic_runs_task,
     eval_maskdiff_task,
     record_maskdiff_results_task,
     train_maskdiff_base_task,
@@ -15,7 +16,9 @@ from maskforge.tasks.maskdiff.wrappers import (
 
 @flow(name="train_maskdiff", log_prints=True)
 def train_maskdiff(config: MaskdiffConfig) -> dict:
-    """Train the base stage (reused when complete), then the K-shot stage; returns both reports."""
+    """Check the K-shot stage's synthetic runs, train the base stage (reused when complete), then the K-shot stage;
+    returns both reports."""
+    check_synthetic_runs_task(config)  # a wrong run fails in seconds, not after the base stage has trained
     base = train_maskdiff_base_task(config)
     print(f"base stage: {base['stage_dir']}")
     finetune = train_maskdiff_finetune_task(config)

@@ -82,3 +82,10 @@ def test_deployment_flows_train_and_evaluate_a_fold(trained, tmp_path):
     assert out["segm"]["novel"]["ap"] >= -1 and out["fold"] == 0  # trained stages reused, then evaluated
     again = eval_maskdiff_fold(config_path=str(path), dataset="toy", fold=0, shots=2, data_seed=0)
     assert again["finetune_dir"] == out["finetune_dir"]
+
+
+def test_a_wrong_synthetic_run_fails_before_the_base_stage_trains(tmp_path):
+    data = config(tmp_path, eval=EVAL, head=HEAD, finetune={"synthetic_runs": [str(tmp_path / "typo")]})
+    with pytest.raises(Exception, match=r"finetune\.synthetic_runs: .*typo: no such run folder"):
+        train_maskdiff(config=data)
+    assert not any(tmp_path.rglob("*.safetensors")) and not any(tmp_path.rglob("COMPLETE.json"))  # nothing trained

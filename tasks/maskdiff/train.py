@@ -454,6 +454,14 @@ def open_synthetic(
     return readers, instances, refs
 
 
+def check_synthetic_runs(config: MaskdiffConfig) -> list[str]:
+    """Open every finetune.synthetic_runs run (complete, this dataset and fold; tasks/synthetic_runs.py) and return
+    them: train_maskdiff does this first, so a mistyped or wrong run fails before the base stage trains."""
+    for url in config.finetune.synthetic_runs:
+        open_synthetic_run(url, SYNTHETIC_FIELD, config.dataset, fold=True)
+    return list(config.finetune.synthetic_runs)
+
+
 def train_maskdiff_finetune(config: MaskdiffConfig, log: Callable[[str], None] = print) -> dict:
     """Train the K-shot stage into finetune_dir() from the complete base stage: randinit surgery to base + novel
     classes with TFA's cosine classifier, last-layer SGD on the K-shot images (plus synthetic samples), and the
