@@ -18,7 +18,7 @@ from maskforge.flows.cli_support import (
     run_flow,
 )
 from maskforge.flows.console import console, fail
-from maskforge.models.diffews.checkpoint import DiffewsCheckpointError
+from maskforge.models.diffews.checkpoint import DiffewsCheckpointError, load_diffews
 from maskforge.models.diffews.checkpoint import key_report as diffews_key_report
 from maskforge.models.diffews.network import DiffewsModelError
 from maskforge.models.loading import ModelLoadError
@@ -41,9 +41,13 @@ def _diffews_run(flow, config: Path, out: Optional[str], command: str, overrides
 def diffews_load(
     folder: Path = typer.Argument(..., help="A DiffewS UNet folder (the authors' release) or a maskforge checkpoint."),
 ) -> None:
-    """Check a DiffewS UNet strictly: print missing / unexpected / mis-shaped keys (exit 1 on any)."""
-    unet_dir = folder / "unet" if (folder / DIFFEWS_COMPLETE).is_file() else folder
+    """Check a DiffewS UNet strictly: print missing / unexpected / mis-shaped keys (exit 1 on any); a maskforge
+    checkpoint folder's files are checked against the sha256 its COMPLETE.json recorded first, as evaluation does."""
+    ours = (folder / DIFFEWS_COMPLETE).is_file()
+    unet_dir = folder / "unet" if ours else folder
     try:
+        if ours:
+            load_diffews(folder)  # verifies every file's sha256 against the marker
         report, unet, _ = diffews_key_report(unet_dir, str(folder))
     except (DiffewsCheckpointError, DiffewsModelError) as err:
         fail(str(err))

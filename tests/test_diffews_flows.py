@@ -107,6 +107,13 @@ def test_cli_load_checks_the_unet_strictly(trained, tmp_path):
     assert f"error: {sd_unet} does not load strictly" in out.output and "all keys match" not in out.output
     out = runner.invoke(app, ["diffews", "load", str(tmp_path / "nowhere")])
     assert out.exit_code == 1 and "nowhere is not a folder" in out.output
+    edited = tmp_path / "edited"
+    shutil.copytree(report["checkpoint"], edited)
+    config = edited / "unet" / "config.json"
+    config.write_text(config.read_text().replace('"norm_eps"', '"norm_eps" ', 1))  # same config, other bytes
+    out = runner.invoke(app, ["diffews", "load", str(edited)])
+    assert out.exit_code == 1 and "config.json" in out.output and "sha256" in out.output
+    assert "all keys match" not in out.output
 
 
 def test_cli_reports_bad_configs_on_one_line(trained, tmp_path):

@@ -669,3 +669,22 @@ def test_stored_and_merged_banks_predict_like_a_support_pass(clean_net):
     direct = seg.predict(query, (64, 64), real, stored)  # the stored bank restored, then the real support pass
     assert (seg.predict(query, (64, 64), extra=both) == direct).all()
     assert clean_net.bank.key_tokens and clean_net.bank.mode == "off"
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda config: [1], "holds a JSON list; expected an object"),
+        (lambda config: {**config, "block_out_channels": [32]}, "does not describe a UNet diffusers can build"),
+        (lambda config: {**config, "layers_per_block": "two"}, "does not describe a UNet diffusers can build"),
+    ],
+    ids=["not-an-object", "inconsistent-blocks", "wrong-type"],
+)
+def test_a_unet_config_diffusers_cannot_build_is_named(tmp_path, edit, message):
+    """A config.json that is JSON but no buildable UNet is one DiffewsCheckpointError naming the file."""
+    folder = tmp_path / "unet"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "checkpoints" / "diffews-toy-f0" / "unet", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(edit(config)))
+    with pytest.raises(DiffewsCheckpointError, match=rf"{folder / 'config.json'}.*{message}"):
+        key_report(folder)

@@ -33,6 +33,8 @@ def _read_unet_config(folder: Path, what: str) -> dict:
         config = json.loads(file.read_text())
     except (ValueError, UnicodeDecodeError) as err:
         raise DiffewsCheckpointError(f"{what}: {file} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise DiffewsCheckpointError(f"{what}: {file} holds a JSON {type(config).__name__}; expected an object")
     if config.get("_class_name") not in (None, "UNet2DConditionModel", "MyUNet2DConditionModel"):
         raise DiffewsModelError(f"{what}: {file} describes a {config['_class_name']}, expected a UNet2DConditionModel")
     if config.get("in_channels") != 4:
@@ -43,13 +45,17 @@ def _read_unet_config(folder: Path, what: str) -> dict:
     return config
 
 
-def _build_unet(config: dict):
-    """Return a UNet2DConditionModel from a config dict (DiffewS's extra keys dropped), with conv_in_ref added."""
+def _build_unet(config: dict, file: Path, what: str):
+    """Return a UNet2DConditionModel from config.json's dict (DiffewS's extra keys dropped), with conv_in_ref
+    added; a config diffusers cannot build (inconsistent block lists, a wrong type) is an error naming the file."""
     from diffusers import UNet2DConditionModel
 
-    ref_channels = int(config.get("in_channels_ref", IN_CHANNELS_REF))
-    clean = {k: v for k, v in config.items() if k != "in_channels_ref"}
-    unet = UNet2DConditionModel.from_config(clean)
+    try:
+        ref_channels = int(config.get("in_channels_ref", IN_CHANNELS_REF))
+        clean = {k: v for k, v in config.items() if k != "in_channels_ref"}
+        unet = UNet2DConditionModel.from_config(clean)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # diffusers' own checks and bad value types
+        raise DiffewsCheckpointError(f"{what}: {file} does not describe a UNet diffusers can build ({err})") from None
     add_conv_in_ref(unet, ref_channels)
     return unet
 
@@ -109,7 +115,7 @@ def key_report(folder: str | Path, what: str = "diffews.unet") -> tuple[KeyRepor
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise DiffewsCheckpointError(f"{what}: {folder} is not a folder (expected a DiffewS UNet folder)")
-    unet = _build_unet(_read_unet_config(folder, what))
+    unet = _build_unet(_read_unet_config(folder, what), folder / "config.json", what)
     file = _weights_file(folder, what)
     state = _read_state(file, what)
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
