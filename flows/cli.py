@@ -30,6 +30,8 @@ from maskforge.flows.cli_support import (
     check_out_folder,
     config_failure,
     log_to_file,
+    non_empty_path,
+    non_empty_text,
     save_image,
 )
 from maskforge.flows.console import console, fail
@@ -99,7 +101,7 @@ def summary_table(summary: dict) -> Table:
 
 @app.command()
 def generate(
-    config: Path = typer.Argument(..., help="YAML config file (see configs/demo.yaml)."),
+    config: Path = typer.Argument(..., help="YAML config file (see configs/demo.yaml).", parser=non_empty_path),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of run folders (overrides run.out_dir)."),
     dask_workers: int = typer.Option(
         0, min=0, max=64, help="Fan classes out over a local Dask cluster of this many processes (0 to 64)."
@@ -147,7 +149,7 @@ def _open_run(run: str, partial: bool, verify: bool = True):
 
 @shards_app.command("ls")
 def shards_ls(
-    run: str = typer.Argument(..., help="Run folder."),
+    run: str = typer.Argument(..., help="Run folder.", parser=non_empty_text),
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
 ) -> None:
     """List a run's shards with their sample counts and sizes."""
@@ -168,9 +170,11 @@ def shards_ls(
 
 @shards_app.command("show")
 def shards_show(
-    run: str = typer.Argument(..., help="Run folder."),
-    key: str = typer.Argument(..., help="Sample key (see the manifest or `shards ls`)."),
-    out: Path = typer.Option(..., "--out", help="PNG file to write: the image with mask overlay and class legend."),
+    run: str = typer.Argument(..., help="Run folder.", parser=non_empty_text),
+    key: str = typer.Argument(..., help="Sample key (see the manifest or `shards ls`).", parser=non_empty_text),
+    out: Path = typer.Option(
+        ..., "--out", help="PNG file to write: the image with mask overlay and class legend.", parser=non_empty_path
+    ),
     partial: bool = typer.Option(False, "--partial", help="Read a run without a valid completion marker."),
     no_verify: bool = typer.Option(False, "--no-verify", help=NO_VERIFY_HELP),
 ) -> None:
@@ -186,8 +190,10 @@ def shards_show(
 
 @shards_app.command("sheet")
 def shards_sheet(
-    run: str = typer.Argument(..., help="Run folder."),
-    out: Path = typer.Option(..., "--out", help="PNG file to write: a row per class, masks tinted."),
+    run: str = typer.Argument(..., help="Run folder.", parser=non_empty_text),
+    out: Path = typer.Option(
+        ..., "--out", help="PNG file to write: a row per class, masks tinted.", parser=non_empty_path
+    ),
     per_source: int = typer.Option(
         2, min=1, max=MAX_SHEET_PER_SOURCE, help=f"Samples per class and source (1 to {MAX_SHEET_PER_SOURCE})."
     ),
@@ -211,7 +217,9 @@ def shards_sheet(
 
 @datasets_app.command("check")
 def datasets_check(
-    root: str = typer.Argument(..., help="Dataset root folder ('-' for the in-process toy dataset)."),
+    root: str = typer.Argument(
+        ..., help="Dataset root folder ('-' for the in-process toy dataset).", parser=non_empty_text
+    ),
     dataset: str = typer.Option(..., "--dataset", help="pascal, coco, fss or toy."),
     coco_fold_mode: str = typer.Option("interleaved", help="COCO-20i folds: interleaved or contiguous."),
     sample: Optional[int] = typer.Option(
@@ -237,9 +245,11 @@ def datasets_check(
 
 @datasets_app.command("coco-json")
 def datasets_coco_json(
-    root: str = typer.Argument(..., help="Dataset root folder ('-' for the in-process toy dataset)."),
+    root: str = typer.Argument(
+        ..., help="Dataset root folder ('-' for the in-process toy dataset).", parser=non_empty_text
+    ),
     dataset: str = typer.Option(..., "--dataset", help="A dataset with instances: coco or toy."),
-    out: Path = typer.Option(..., "--out", help="COCO-format JSON file to write."),
+    out: Path = typer.Option(..., "--out", help="COCO-format JSON file to write.", parser=non_empty_path),
     split: str = typer.Option("val", "--split", help="Split to export."),
     limit: Optional[int] = typer.Option(
         None, "--limit", min=1, max=10_000_000, help="Export only the split's first N images (sorted ids)."
@@ -275,7 +285,9 @@ def serve(
 
 @models_app.command("tiny")
 def models_tiny(
-    out: Path = typer.Option(..., "--out", help="Folder to write: sd/, controlnet-{mask,hed,scribble}/, hed/."),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder to write: sd/, controlnet-{mask,hed,scribble}/, hed/.", parser=non_empty_path
+    ),
     seed: int = typer.Option(
         0, min=0, max=2**32 - 1, help="Initialisation seed, 0 to 2^32-1 (the same seed writes the same weights)."
     ),
@@ -288,7 +300,9 @@ def models_tiny(
 
 @models_app.command("check")
 def models_check(
-    config: Path = typer.Argument(..., help="YAML config whose diffusion section names the models."),
+    config: Path = typer.Argument(
+        ..., help="YAML config whose diffusion section names the models.", parser=non_empty_path
+    ),
 ) -> None:
     """Load every model a config's diffusion section names (no generation) and print ids and revisions."""
     try:
@@ -326,8 +340,10 @@ def _toy_config(config: Path):
 
 @toy_app.command("train-diffusion")
 def toy_train_diffusion(
-    config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml)."),
-    out: Path = typer.Option(Path("models/toy"), "--out", help="Folder receiving sd/ and training.json."),
+    config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml).", parser=non_empty_path),
+    out: Path = typer.Option(
+        Path("models/toy"), "--out", help="Folder receiving sd/ and training.json.", parser=non_empty_path
+    ),
 ) -> None:
     """Train the tiny text-to-image model (VAE, then UNet + text encoder) on the fold's base classes."""
     check_out_folder(out)  # before hours of training, not at the first write
@@ -337,8 +353,12 @@ def toy_train_diffusion(
 
 @toy_app.command("ground")
 def toy_ground(
-    config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml, section ground)."),
-    out: Path = typer.Option(Path("models/toy"), "--out", help="Folder holding the trained sd/ (rewritten)."),
+    config: Path = typer.Argument(
+        ..., help="Toy training YAML (see configs/toy-train.yaml, section ground).", parser=non_empty_path
+    ),
+    out: Path = typer.Option(
+        Path("models/toy"), "--out", help="Folder holding the trained sd/ (rewritten).", parser=non_empty_path
+    ),
 ) -> None:
     """Fine-tune the toy SD with the cross-attention grounding loss, so the class word's map covers the object."""
     check_out_folder(out)
@@ -351,8 +371,10 @@ def toy_ground(
 
 @toy_app.command("train-controlnet")
 def toy_train_controlnet(
-    config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml)."),
-    out: Path = typer.Option(Path("models/toy"), "--out", help="Folder holding sd/; receives controlnet-KIND/."),
+    config: Path = typer.Argument(..., help="Toy training YAML (see configs/toy-train.yaml).", parser=non_empty_path),
+    out: Path = typer.Option(
+        Path("models/toy"), "--out", help="Folder holding sd/; receives controlnet-KIND/.", parser=non_empty_path
+    ),
     kind: Optional[list[str]] = typer.Option(None, "--kind", help="Condition kind(s); default: controlnet.kinds."),
 ) -> None:
     """Train one ControlNet per condition kind on the trained toy SD in OUT/sd (UNet and text encoder frozen)."""

@@ -175,3 +175,19 @@ def episode_overrides(
             "eval.checkpoint": checkpoint,
         }
     )
+
+
+def non_empty_path(value: str | Path) -> Path:
+    """typer parser of a path argument or option: an empty value is a usage error ('' would quietly be '.')."""
+    if isinstance(value, Path):
+        return value
+    if not value.strip():
+        raise typer.BadParameter("empty; expected a path")
+    return Path(value)
+
+
+def non_empty_text(value: str) -> str:
+    """typer parser of a run folder, key or root: an empty value is a usage error, not a lookup of ''."""
+    if not value.strip():
+        raise typer.BadParameter("empty; expected a value")
+    return value

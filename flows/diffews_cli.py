@@ -14,6 +14,7 @@ from maskforge.flows.cli_support import (
     SYNTHETIC_OPTION,
     episode_overrides,
     learner_config,
+    non_empty_path,
     print_episodes,
     run_flow,
 )
@@ -39,7 +40,9 @@ def _diffews_run(flow, config: Path, out: Optional[str], command: str, overrides
 
 @diffews_app.command("load")
 def diffews_load(
-    folder: Path = typer.Argument(..., help="A DiffewS UNet folder (the authors' release) or a maskforge checkpoint."),
+    folder: Path = typer.Argument(
+        ..., help="A DiffewS UNet folder (the authors' release) or a maskforge checkpoint.", parser=non_empty_path
+    ),
 ) -> None:
     """Check a DiffewS UNet strictly: print missing / unexpected / mis-shaped keys (exit 1 on any); a maskforge
     checkpoint folder's files are checked against the sha256 its COMPLETE.json recorded first, as evaluation does."""
@@ -65,7 +68,9 @@ def diffews_load(
 
 @diffews_app.command("train")
 def diffews_train(
-    config: Path = typer.Argument(..., help="DiffewS YAML config (see configs/diffews-toy.yaml)."),
+    config: Path = typer.Argument(
+        ..., help="DiffewS YAML config (see configs/diffews-toy.yaml).", parser=non_empty_path
+    ),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
     synthetic: Optional[list[str]] = typer.Option(
         None, "--synthetic", help="A maskforge run whose base-class samples join training (repeatable)."
@@ -80,7 +85,9 @@ def diffews_train(
 
 @diffews_app.command("eval")
 def diffews_eval(
-    config: Path = typer.Argument(..., help="DiffewS YAML config (see configs/diffews-toy.yaml)."),
+    config: Path = typer.Argument(
+        ..., help="DiffewS YAML config (see configs/diffews-toy.yaml).", parser=non_empty_path
+    ),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
     shots: Optional[int] = SHOTS_OPTION,
     synthetic: Optional[str] = SYNTHETIC_OPTION,

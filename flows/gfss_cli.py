@@ -12,6 +12,7 @@ from maskforge.flows import gfss as gfss_flows
 from maskforge.flows.cli_support import (
     given,
     learner_config,
+    non_empty_path,
     run_flow,
 )
 from maskforge.flows.console import console, fail
@@ -37,7 +38,9 @@ def _gfss_run(flow, cfg, command: str):
 
 @gfss_app.command("load")
 def gfss_load(
-    checkpoint: Path = typer.Argument(..., help="GFSS checkpoint: the GAPS authors' *_final.pt or ours .safetensors."),
+    checkpoint: Path = typer.Argument(
+        ..., help="GFSS checkpoint: the GAPS authors' *_final.pt or ours .safetensors.", parser=non_empty_path
+    ),
 ) -> None:
     """Load a checkpoint strictly; print its classes and any missing / unexpected / mis-shaped keys (exit 1 on any)."""
     if checkpoint.suffix == ".safetensors":
@@ -68,7 +71,7 @@ def gfss_load(
 
 @gfss_app.command("train-base")
 def gfss_train_base(
-    config: Path = typer.Argument(..., help="GFSS YAML config (see configs/gfss-toy.yaml)."),
+    config: Path = typer.Argument(..., help="GFSS YAML config (see configs/gfss-toy.yaml).", parser=non_empty_path),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
 ) -> None:
     """Run the Prefect flow train_gfss_base: the base model on the fold's leakage-free base set."""
@@ -79,7 +82,7 @@ def gfss_train_base(
 
 @gfss_app.command("train-novel")
 def gfss_train_novel(
-    config: Path = typer.Argument(..., help="GFSS YAML config (see configs/gfss-toy.yaml)."),
+    config: Path = typer.Argument(..., help="GFSS YAML config (see configs/gfss-toy.yaml).", parser=non_empty_path),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
     method: Optional[str] = typer.Option(None, "--method", help="finetune or gaps (overrides novel.method)."),
     synthetic: Optional[list[str]] = typer.Option(
@@ -95,7 +98,7 @@ def gfss_train_novel(
 
 @gfss_app.command("eval")
 def gfss_eval(
-    config: Path = typer.Argument(..., help="GFSS YAML config (see configs/gfss-toy.yaml)."),
+    config: Path = typer.Argument(..., help="GFSS YAML config (see configs/gfss-toy.yaml).", parser=non_empty_path),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
     method: Optional[str] = typer.Option(None, "--method", help="finetune or gaps (overrides novel.method)."),
     synthetic: Optional[list[str]] = typer.Option(

@@ -13,6 +13,7 @@ from maskforge.flows.cli_support import (
     SYNTHETIC_OPTION,
     episode_overrides,
     learner_config,
+    non_empty_path,
     print_episodes,
     run_flow,
 )
@@ -27,7 +28,9 @@ hsnet_app = typer.Typer(help="HSNet few-shot segmenter: load checkpoints, train,
 
 @hsnet_app.command("load")
 def hsnet_load(
-    checkpoint: Path = typer.Argument(..., help="HSNet checkpoint: the authors' .pt or a maskforge .safetensors."),
+    checkpoint: Path = typer.Argument(
+        ..., help="HSNet checkpoint: the authors' .pt or a maskforge .safetensors.", parser=non_empty_path
+    ),
 ) -> None:
     """Load a checkpoint strictly; print its backbone, learnable parameter count and any missing/unexpected keys."""
     try:
@@ -54,7 +57,7 @@ def hsnet_load(
 
 @hsnet_app.command("train")
 def hsnet_train(
-    config: Path = typer.Argument(..., help="HSNet YAML config (see configs/hsnet-toy.yaml)."),
+    config: Path = typer.Argument(..., help="HSNet YAML config (see configs/hsnet-toy.yaml).", parser=non_empty_path),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
     synthetic: Optional[str] = typer.Option(
         None, "--synthetic", help="A maskforge run whose base-class samples join the supports (train.synthetic_run)."
@@ -69,7 +72,7 @@ def hsnet_train(
 
 @hsnet_app.command("eval")
 def hsnet_eval(
-    config: Path = typer.Argument(..., help="HSNet YAML config (see configs/hsnet-toy.yaml)."),
+    config: Path = typer.Argument(..., help="HSNet YAML config (see configs/hsnet-toy.yaml).", parser=non_empty_path),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of training runs (overrides run.out_dir)."),
     shots: Optional[int] = SHOTS_OPTION,
     synthetic: Optional[str] = SYNTHETIC_OPTION,

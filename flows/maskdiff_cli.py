@@ -12,6 +12,7 @@ from maskforge.flows import maskdiff as maskdiff_flows
 from maskforge.flows.cli_support import (
     given,
     learner_config,
+    non_empty_path,
     run_flow,
 )
 from maskforge.flows.console import console
@@ -37,7 +38,9 @@ def _maskdiff_overrides(shots: Optional[int], seed: Optional[int], synthetic: Op
 
 @maskdiff_app.command("train")
 def maskdiff_train(
-    config: Path = typer.Argument(..., help="MaskDiff YAML config (see configs/maskdiff-toy.yaml)."),
+    config: Path = typer.Argument(
+        ..., help="MaskDiff YAML config (see configs/maskdiff-toy.yaml).", parser=non_empty_path
+    ),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
     shots: Optional[int] = typer.Option(None, "--shots", help="K (1, 2, 3, 5, 10, 30; finetune.shots)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="TFA data seed 0-9 (finetune.data_seed)."),
@@ -55,7 +58,9 @@ def maskdiff_train(
 
 @maskdiff_app.command("eval")
 def maskdiff_eval(
-    config: Path = typer.Argument(..., help="MaskDiff YAML config (see configs/maskdiff-toy.yaml)."),
+    config: Path = typer.Argument(
+        ..., help="MaskDiff YAML config (see configs/maskdiff-toy.yaml).", parser=non_empty_path
+    ),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
     shots: Optional[int] = typer.Option(None, "--shots", help="K of the stage to evaluate (finetune.shots)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="TFA data seed of the stage (finetune.data_seed)."),

@@ -12,6 +12,7 @@ import typer
 import yaml
 from rich.table import Table
 
+from maskforge.flows.cli_support import non_empty_path
 from maskforge.flows.console import console, fail
 from maskforge.storage.results import (
     ResultsError,
@@ -76,7 +77,9 @@ def _table_folder(folder: Path) -> None:
 
 @results_app.command("ls")
 def results_ls(
-    folder: Path = typer.Argument(Path("results"), help="Benchmark table folder (a learner's eval.results_dir)."),
+    folder: Path = typer.Argument(
+        Path("results"), help="Benchmark table folder (a learner's eval.results_dir).", parser=non_empty_path
+    ),
     model: Optional[str] = typer.Option(None, help="Only rows of this model (hsnet, gfss-gaps, diffews, ...)."),
     dataset: Optional[str] = typer.Option(None, help="Only rows of this dataset (toy, pascal, coco, fss)."),
     fold: Optional[int] = typer.Option(None, min=0, max=3, help="Only rows of this fold."),
@@ -113,7 +116,9 @@ def results_ls(
 @results_app.command("config")
 def results_config(
     config_hash: str = typer.Argument(..., help="A row's config hash, or its first 4+ hex digits (results ls)."),
-    folder: Path = typer.Argument(Path("results"), help="Benchmark table folder (a learner's eval.results_dir)."),
+    folder: Path = typer.Argument(
+        Path("results"), help="Benchmark table folder (a learner's eval.results_dir).", parser=non_empty_path
+    ),
 ) -> None:
     """Print, as YAML, the config stored with the rows of this hash (what the hash covers: output folders, device
     and threads left out), after checking that it hashes to its name."""

@@ -172,6 +172,8 @@ def read_config(table_dir: str, prefix: str) -> tuple[str, dict[str, Any]]:
     names = []
     if exists(folder):
         fs, path = resolve(folder)
+        if not fs.isdir(path):
+            raise ResultsError(f"{folder}: is a file; expected the folder of stored configs (HASH.json)")
         names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
     found = [n.removesuffix(".json") for n in names if n.startswith(prefix) and n.endswith(".json")]
     if not found:
@@ -186,6 +188,8 @@ def read_config(table_dir: str, prefix: str) -> tuple[str, dict[str, Any]]:
         config = json.loads(read_bytes(url))
     except ValueError as err:
         raise ResultsError(f"{url}: not a JSON config ({err})") from None
+    except OSError as err:  # a folder or an unreadable file under a stored config's name
+        raise ResultsError(f"{url}: cannot be read as a stored config ({err.strerror or err})") from None
     if not isinstance(config, dict) or digest(config) != found[0]:
         raise ResultsError(f"{url}: its content does not hash to its name; the file was changed after it was stored")
     return found[0], config
@@ -205,6 +209,8 @@ def read_results(table_dir: str) -> pa.Table:
             table = pq.read_table(io.BytesIO(read_bytes(url)))
         except pa.ArrowInvalid as err:
             raise ResultsError(f"{url}: not a readable Parquet file: {err}") from None
+        except OSError as err:  # a folder or an unreadable file under a table file's name
+            raise ResultsError(f"{url}: cannot be read as a table file ({err.strerror or err})") from None
         if table.schema.equals(OLD_RESULTS_SCHEMA):
             table = _from_old(table)
         elif not table.schema.equals(RESULTS_SCHEMA):

@@ -169,3 +169,40 @@ def test_the_overview_shows_each_learners_newest_rows_of_a_fold():
     assert "| **12.16** | 18.44 | 7.54 |" in rows[0] and "elsewhere" not in text
     assert "syn (20/class)" in rows[3] and "| 2026-11-23 | abc |" in rows[3]
     assert overview_markdown([GFSS], "coco", 2).endswith("No rows yet.\n")
+
+
+def test_folders_where_files_belong_are_named(tmp_path):
+    folder = tmp_path / "results"
+    (folder / "results-29990101T000000000000-deadbeef.parquet").mkdir(parents=True)
+    with pytest.raises(ResultsError, match=r"deadbeef\.parquet: cannot be read as a table file"):
+        read_results(str(folder))
+    stored = tmp_path / "stored"
+    (stored / "configs" / f"{'ab' * 32}.json").mkdir(parents=True)
+    with pytest.raises(ResultsError, match=r"abab.*\.json: cannot be read as a stored config"):
+        read_config(str(stored), "abab")
+    (tmp_path / "flat" / "configs").parent.mkdir()
+    (tmp_path / "flat" / "configs").write_text("x")
+    with pytest.raises(ResultsError, match=r"configs: is a file; expected the folder of stored configs"):
+        read_config(str(tmp_path / "flat"), "abab")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["results", "ls", ""],
+        ["results", "config", "abcd", ""],
+        ["hsnet", "load", ""],
+        ["diffews", "load", ""],
+        ["gfss", "load", ""],
+        ["hsnet", "eval", ""],
+        ["shards", "ls", ""],
+        ["shards", "show", "runs/x", "key", "--out", ""],
+        ["datasets", "check", ""],
+    ],
+    ids=lambda args: "-".join(a or "EMPTY" for a in args[:2]),
+)
+def test_an_empty_path_argument_is_a_usage_error(args):
+    """'' would quietly mean the current folder (or crash a lookup): typer refuses it, naming the parameter."""
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "empty; expected a" in result.output and "Traceback" not in result.output
