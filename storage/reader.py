@@ -246,14 +246,19 @@ class RunReader:
 
             members: dict[str, dict[str, tuple[int, int]]] = {}
             fs, path = resolve(join(self.run_url, SHARDS_DIR, name))
-            with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
-                for info in archive:
-                    if not info.isreg():
-                        continue
-                    key, field = base_plus_ext(info.name)  # the same split webdataset's readers use
-                    if key is None:
-                        continue
-                    members.setdefault(key, {})[field.lower()] = (info.offset_data, info.size)
+            try:
+                with fs.open(path, "rb") as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
+                    for info in archive:
+                        if not info.isreg():
+                            continue
+                        key, field = base_plus_ext(info.name)  # the same split webdataset's readers use
+                        if key is None:
+                            continue
+                        members.setdefault(key, {})[field.lower()] = (info.offset_data, info.size)
+            except tarfile.TarError as err:  # a truncated or damaged shard read without its marker (allow_partial)
+                raise RunIncompleteError(
+                    f"run {self.run_url}: {SHARDS_DIR}/{name} is not a readable tar file ({err})"
+                ) from None
             self._members[name] = members
         return self._members[name]
 

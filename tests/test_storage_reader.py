@@ -191,3 +191,11 @@ def test_webdataset_pipeline_for_training(run):
     assert [s.key for s in reader.webdataset(shuffle=4, seed=3)] == first  # same seed, same order
     with pytest.raises(ValueError, match="shuffle"):
         reader.webdataset(shuffle=-1)
+
+
+def test_a_truncated_shard_read_as_partial_is_named(run):
+    shard = Path(run) / "shards" / "shard-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:700])  # cut inside the first member
+    reader = RunReader(run, allow_partial=True)  # the marker no longer matches: keys come from the tar headers
+    with pytest.raises(RunIncompleteError, match=r"shards/shard-000001\.tar is not a readable tar file"):
+        reader.get(SAMPLES[0].key)
