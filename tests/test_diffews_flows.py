@@ -128,7 +128,8 @@ def test_cli_reports_bad_configs_on_one_line(trained, tmp_path):
     gpu_only.write_text(yaml.safe_dump({**data, "run": {**data["run"], "precision": "bf16"}}))
     out = runner.invoke(app, ["diffews", "eval", str(gpu_only)])
     assert out.exit_code == 1 and "Traceback" not in out.output
-    (line,) = out.stdout.strip().splitlines()  # stderr holds only transformers' weight-loading progress bar
+    (line,) = [text for text in out.stderr.splitlines() if text.startswith("error:")]  # errors go to stderr
+    assert "error:" not in out.stdout
     assert line.startswith("error: run.precision: bf16 needs a GPU") and "(traceback in " in line
     for option, value, field in (("--shots", "0", "eval.shots"), ("--checkpoint", "", "eval.checkpoint")):
         out = runner.invoke(app, ["diffews", "eval", str(bad.with_name("cli.yaml")), option, value])

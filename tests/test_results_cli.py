@@ -98,6 +98,13 @@ def test_chosen_metrics_and_unknown_ones(folder):
     assert "error: --metric: no selected row has ['hm']; they have ['fb_iou', 'miou']" in result.output
 
 
+def test_errors_go_to_stderr_not_into_the_data(folder):
+    (folder / "results-29990101T000000000000-deadbeef.parquet").write_bytes(b"not parquet")
+    result = ls(str(folder), "--format", "csv")
+    assert result.exit_code == 1 and result.stdout == ""  # `> table.csv` gets no error line
+    assert result.stderr.startswith("error: ") and "deadbeef.parquet" in result.stderr
+
+
 def test_bad_folders_are_one_line(folder, tmp_path):
     missing = ls(str(tmp_path / "nope"))
     assert missing.exit_code == 1 and "nope: no such folder" in missing.output
