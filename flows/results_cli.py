@@ -12,7 +12,7 @@ import typer
 import yaml
 from rich.table import Table
 
-from maskforge.flows.cli_support import non_empty_path
+from maskforge.flows.cli_support import non_empty_path, non_empty_text
 from maskforge.flows.console import console, fail
 from maskforge.storage.results import (
     ResultsError,
@@ -80,11 +80,17 @@ def results_ls(
     folder: Path = typer.Argument(
         Path("results"), help="Benchmark table folder (a learner's eval.results_dir).", parser=non_empty_path
     ),
-    model: Optional[str] = typer.Option(None, help="Only rows of this model (hsnet, gfss-gaps, diffews, ...)."),
-    dataset: Optional[str] = typer.Option(None, help="Only rows of this dataset (toy, pascal, coco, fss)."),
+    model: Optional[str] = typer.Option(
+        None, help="Only rows of this model (hsnet, gfss-gaps, diffews, ...).", parser=non_empty_text
+    ),
+    dataset: Optional[str] = typer.Option(
+        None, help="Only rows of this dataset (toy, pascal, coco, fss).", parser=non_empty_text
+    ),
     fold: Optional[int] = typer.Option(None, min=0, max=3, help="Only rows of this fold."),
     shots: Optional[int] = typer.Option(None, min=1, max=1000, help="Only rows with this many real shots."),
-    setting: Optional[str] = typer.Option(None, help="Only rows of this setting (1R, 1R+20S, K-shot, ...)."),
+    setting: Optional[str] = typer.Option(
+        None, help="Only rows of this setting (1R, 1R+20S, K-shot, ...).", parser=non_empty_text
+    ),
     last: Optional[int] = typer.Option(None, min=1, max=100_000, help="Only the newest N selected rows."),
     metric: Optional[list[str]] = typer.Option(
         None, "--metric", help="Metric column to show (repeatable); default: each protocol's headline metrics."
@@ -99,6 +105,7 @@ def results_ls(
         fail(f"{err} (move the file away to read the others)")
     rows = select_rows(every, last, model=model, dataset=dataset, fold=fold, shots=shots, setting=setting)
     if metric:
+        metric = list(dict.fromkeys(metric))  # a metric asked twice is one column
         _check_metrics(rows, metric)
     if output is Format.csv:
         typer.echo(csv_text(rows), nl=False)

@@ -45,6 +45,15 @@ class StrictConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+def distinct_runs(runs, field: str):
+    """Return `runs` (a config's list of run folders) unless one is listed twice: a ValueError naming it (the same run
+    twice would weigh its samples double and give the stage another hash)."""
+    twice = sorted({run for run in runs if list(runs).count(run) > 1})
+    if twice:
+        raise ValueError(f"{field}: {twice[0]} is listed twice; list each run once")
+    return runs
+
+
 def digest(data: dict) -> str:
     """Return the sha256 of `data` as canonical JSON (sorted keys, json's default separators): the one recipe of
     the config hashes, so a stored config can be checked against the hash that names it."""

@@ -178,3 +178,20 @@ def test_every_count_and_size_a_user_can_type_is_bounded():
     fields = {f"{root.__name__}.{name}": bounded for root in roots for name, bounded in _int_fields(root)}
     assert len(fields) > 60  # the walk reaches the sections
     assert [name for name, bounded in fields.items() if not bounded] == ["MaskdiffConfig.finetune.shots"]
+
+
+@pytest.mark.parametrize(
+    "parse, data, field",
+    [
+        ("gfss", {"novel": {"synthetic_runs": ["runs/a", "runs/b", "runs/a"]}}, "novel.synthetic_runs"),
+        ("maskdiff", {"finetune": {"synthetic_runs": ["runs/a", "runs/a"]}}, "finetune.synthetic_runs"),
+    ],
+)
+def test_a_synthetic_run_listed_twice_is_refused(parse, data, field):
+    """The same run twice would weigh its samples double and give the stage another hash."""
+    from maskforge.tasks.gfss.config import parse_gfss_config
+    from maskforge.tasks.maskdiff.config import parse_maskdiff_config
+
+    parser = {"gfss": parse_gfss_config, "maskdiff": parse_maskdiff_config}[parse]
+    with pytest.raises(ConfigError, match=rf"{field}: runs/a is listed twice"):
+        parser(data)

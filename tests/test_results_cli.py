@@ -213,3 +213,11 @@ def test_an_empty_path_argument_is_a_usage_error(args):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2, result.output
     assert "empty; expected a" in result.output and "Traceback" not in result.output
+
+
+def test_empty_filters_are_refused_and_a_metric_twice_is_one_column(folder):
+    empty = ls(str(folder), "--model", "")
+    assert empty.exit_code == 2 and "empty; expected a value" in empty.output
+    twice = ls(str(folder), "--model", "hsnet", "--metric", "miou", "--metric", "miou")
+    header = next(line for line in twice.output.splitlines() if "miou" in line)
+    assert header.count("miou") == 1

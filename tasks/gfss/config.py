@@ -7,11 +7,19 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import (
+    HashedConfig,
+    PathText,
+    Seed,
+    StrictConfig,
+    distinct_runs,
+    read_yaml,
+    validate_model,
+)
 
 
 class GfssRunConfig(StrictConfig):
@@ -102,6 +110,11 @@ class GfssNovelConfig(StrictConfig):
     context_top: float = Field(0.05, gt=0, le=1, description="GAPS: share of the buffer counted as context-similar.")
     paste_scale: tuple[float, float] = Field((0.1, 2.0), description="GAPS: object rescale range.")
     workers: int = Field(1, ge=0, le=64, description="DataLoader worker processes of the training feed.")
+
+    @field_validator("synthetic_runs")
+    @classmethod
+    def _distinct_runs(cls, runs: tuple[str, ...]) -> tuple[str, ...]:
+        return distinct_runs(runs, "novel.synthetic_runs")
 
 
 class GfssEvalConfig(StrictConfig):

@@ -11,7 +11,15 @@ from pydantic import Field, field_validator, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import (
+    HashedConfig,
+    PathText,
+    Seed,
+    StrictConfig,
+    distinct_runs,
+    read_yaml,
+    validate_model,
+)
 
 #: head fields that only steer sampling (left out of the stage folders' hashes).
 SAMPLING_FIELDS = ("guidance", "sampler", "ddim_steps")
@@ -94,6 +102,11 @@ class MaskdiffFinetuneConfig(StrictConfig):
         description="maskforge runs whose novel-class samples add K-shot instances (connected components of the "
         "class mask).",
     )
+
+    @field_validator("synthetic_runs")
+    @classmethod
+    def _distinct_runs(cls, runs: list[str]) -> list[str]:
+        return distinct_runs(runs, "finetune.synthetic_runs")
 
     @field_validator("shots")
     @classmethod
