@@ -44,8 +44,8 @@ def overview_markdown(rows: list[dict], dataset: str, fold: int) -> str:
         group = [r for r in chosen if r["protocol"] == protocol]
         metrics = headline(protocol, group)
         best = max(dict(r["metrics"]).get(metrics[0], float("-inf")) for r in group)
-        # narrow enough for the UI's artifact pane: the episode count, runs and full time are in `results ls`
-        headers = ["learner", "setting", "synthetic", *(f"{m} %" for m in metrics), "date", "config"]
+        # narrow enough for the UI's artifact pane: episodes, runs, time and config hash are in `results ls`
+        headers = ["learner", "setting", "synthetic", *(f"{m} %" for m in metrics), "date"]
         lines += ["", f"## {protocol}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for r in group:
             held = dict(r["metrics"])
@@ -53,7 +53,7 @@ def overview_markdown(rows: list[dict], dataset: str, fold: int) -> str:
             if metrics[0] in held and held[metrics[0]] == best:
                 cells[0] = f"**{cells[0]}**"
             who = f"{r['model']}, {r['shots']}-shot"
-            row = [who, r["setting"], synthetic_label(r), *cells, r["created_at"][:10], r["config_hash"][:8]]
+            row = [who, r["setting"], synthetic_label(r), *cells, r["created_at"][:10]]
             lines.append("| " + " | ".join(row) + " |")
     if not chosen:
         lines += ["", "No rows yet."]
