@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +9,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.models.diffusion_config import SPEED_FIELDS, DiffusionConfig
-from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, digest, read_yaml, validate_model
 
 
 class ShotsConfig(StrictConfig):
@@ -144,7 +142,7 @@ class MaskforgeConfig(StrictConfig):
             data["run"].pop(name)
         for name in SPEED_FIELDS if data["diffusion"] is not None else ():
             data["diffusion"].pop(name)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return digest(data)
 
 
 def parse_config(data: dict, source: str = "<config>") -> MaskforgeConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable
@@ -17,6 +16,7 @@ from maskforge.storage.codec import ShardSample
 from maskforge.storage.fs import atomic_write_bytes, exists, join, remove_tree
 from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import RunWriter, write_config
+from maskforge.storage.yaml_config import digest
 from maskforge.tasks.artifacts import rejected_record, rejected_url
 from maskforge.tasks.class_samples import class_samples
 from maskforge.tasks.config import MaskforgeConfig
@@ -48,7 +48,7 @@ def run_hash(config: MaskforgeConfig) -> str:
     models = config_model_ids(config)
     if not models:
         return config.hash()
-    return hashlib.sha256(json.dumps({"config": config.hash(), "models": models}, sort_keys=True).encode()).hexdigest()
+    return digest({"config": config.hash(), "models": models})
 
 
 def run_url(config: MaskforgeConfig) -> str:

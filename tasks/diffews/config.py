@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +9,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, digest, read_yaml, validate_model
 
 #: Checkpoint folder name inside a training run folder.
 CHECKPOINT_DIR = "diffews"
@@ -115,7 +113,7 @@ class DiffewsConfig(HashedConfig):
         """Return the sha256 of what defines a trained model: run name, dataset, model and train sections."""
         data = self.resolved()
         keep = {"run": {"name": data["run"]["name"]}, **{k: data[k] for k in ("dataset", "model", "train")}}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+        return digest(keep)
 
     def train_dir(self) -> str:
         """Return the training run folder: OUT_DIR/NAME-HASH12."""

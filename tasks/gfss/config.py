@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +14,7 @@ from maskforge.storage.yaml_config import (
     PathText,
     Seed,
     StrictConfig,
+    digest,
     distinct_runs,
     read_yaml,
     validate_model,
@@ -148,20 +147,17 @@ class GfssConfig(HashedConfig):
         """Return the benchmark setting name: the method, '+synthetic' when synthetic runs join."""
         return self.novel.method + ("+synthetic" if self.novel.synthetic_runs else "")
 
-    def _digest(self, keep: dict) -> str:
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
-
     def base_hash(self) -> str:
         """Return the sha256 of what defines the base model: name, dataset, model and base sections."""
         d = self.resolved()
-        return self._digest({"name": d["run"]["name"], "dataset": d["dataset"], "model": d["model"], "base": d["base"]})
+        return digest({"name": d["run"]["name"], "dataset": d["dataset"], "model": d["model"], "base": d["base"]})
 
     def novel_hash(self) -> str:
         """Return the sha256 of what defines the novel stage: the base identity plus the novel section."""
         d = self.resolved()
         novel = dict(d["novel"])
         novel.pop("workers")  # how data is fed does not change what is learned
-        return self._digest({"base": self.base_hash(), "novel": novel})
+        return digest({"base": self.base_hash(), "novel": novel})
 
     def base_dir(self) -> str:
         """Return the base stage folder OUT_DIR/NAME-base-HASH12."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +9,7 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, read_yaml, validate_model
+from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, digest, read_yaml, validate_model
 
 
 class HsnetRunConfig(StrictConfig):
@@ -114,7 +112,7 @@ class HsnetConfig(HashedConfig):
             "train": data["train"],
         }
         # a synthetic run is named by its folder; the folder name carries that run's config hash
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+        return digest(keep)
 
     def train_dir(self) -> str:
         """Return the training run folder: OUT_DIR/NAME-HASH12 (hash of dataset, model and train sections)."""

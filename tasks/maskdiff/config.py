@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +14,7 @@ from maskforge.storage.yaml_config import (
     PathText,
     Seed,
     StrictConfig,
+    digest,
     distinct_runs,
     read_yaml,
     validate_model,
@@ -143,7 +142,7 @@ class MaskdiffConfig(HashedConfig):
         for key in SAMPLING_FIELDS:  # sampling settings change evaluation, never the trained weights
             data["head"].pop(key)
         keep = {"run": {"name": data["run"]["name"]}, **{k: data[k] for k in sections}, **extra}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
+        return digest(keep)
 
     def base_dir(self) -> str:
         """Return the base stage folder: OUT_DIR/NAME-base-kK-HASH12 (dataset, detector, head, base sections and K:
