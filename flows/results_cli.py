@@ -22,7 +22,7 @@ from maskforge.storage.results import (
     rows_as_dicts,
     select_rows,
 )
-from maskforge.tasks.benchmark import headline, synthetic_label
+from maskforge.tasks.benchmark import headline, metric_cells, synthetic_label
 
 results_app = typer.Typer(help="Read the benchmark table the learners' evaluations append to.", no_args_is_help=True)
 
@@ -45,7 +45,6 @@ def protocol_table(protocol: str, rows: list[dict], metrics: tuple[str, ...]) ->
         table.add_column(name, justify="right", overflow="fold")
     table.add_column("config", overflow="fold")
     for r in rows:
-        held = dict(r["metrics"])
         table.add_row(
             r["created_at"][:16].replace("T", " "),
             r["model"],
@@ -53,7 +52,7 @@ def protocol_table(protocol: str, rows: list[dict], metrics: tuple[str, ...]) ->
             r["setting"],
             synthetic_label(r),
             f"{r['evaluated']} × {r['runs']}",
-            *(f"{100 * held[m]:.2f}" if m in held else "–" for m in metrics),
+            *metric_cells(r, metrics),
             r["config_hash"][:8],
         )
     return table

@@ -75,6 +75,9 @@ OLD_RESULTS_SCHEMA = pa.schema(
 )
 
 HSNET_PROTOCOL = "fss-episodes"
+#: The protocol column of GFSS rows (PIFS evaluation of every run and step) and of MaskDiff rows (COCO AP).
+GFSS_PROTOCOL = "gfss-pifs"
+FSIS_PROTOCOL = "fsis-coco"
 
 
 class ResultsError(ValueError):

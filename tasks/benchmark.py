@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from maskforge.storage.results import HSNET_PROTOCOL
-from maskforge.tasks.gfss.evaluate import GFSS_PROTOCOL
-from maskforge.tasks.maskdiff.evaluate import FSIS_PROTOCOL
+from maskforge.storage.results import FSIS_PROTOCOL, GFSS_PROTOCOL, HSNET_PROTOCOL
 
 #: The metrics a protocol's rows are compared by, first the one that ranks them.
 HEADLINE = {
@@ -17,6 +15,12 @@ HEADLINE = {
 def headline(protocol: str, rows: list[dict]) -> tuple[str, ...]:
     """Return the metrics to show for a protocol's rows: HEADLINE's, or every metric they hold (an unknown one)."""
     return HEADLINE.get(protocol) or tuple(sorted({name for r in rows for name in dict(r["metrics"])}))
+
+
+def metric_cells(row: dict, metrics: tuple[str, ...]) -> list[str]:
+    """Return a row's `metrics` as table cells in % with two decimals, '–' for one the row lacks."""
+    held = dict(row["metrics"])
+    return [f"{100 * held[m]:.2f}" if m in held else "–" for m in metrics]
 
 
 def synthetic_label(row: dict) -> str:
@@ -48,9 +52,8 @@ def overview_markdown(rows: list[dict], dataset: str, fold: int) -> str:
         headers = ["learner", "setting", "synthetic", *(f"{m} %" for m in metrics), "date"]
         lines += ["", f"## {protocol}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         for r in group:
-            held = dict(r["metrics"])
-            cells = [f"{100 * held[m]:.2f}" if m in held else "–" for m in metrics]
-            if metrics[0] in held and held[metrics[0]] == best:
+            cells = metric_cells(r, metrics)
+            if dict(r["metrics"]).get(metrics[0]) == best:
                 cells[0] = f"**{cells[0]}**"
             who = f"{r['model']}, {r['shots']}-shot"
             row = [who, r["setting"], synthetic_label(r), *cells, r["created_at"][:10]]

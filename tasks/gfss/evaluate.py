@@ -17,7 +17,7 @@ from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import load_gfss
 from maskforge.models.gfss.network import GfssNet
 from maskforge.storage.fs import check_output_location, exists, join, read_bytes
-from maskforge.storage.results import code_version, rows_as_dicts
+from maskforge.storage.results import GFSS_PROTOCOL, code_version, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
 from maskforge.tasks.charts import percent
@@ -28,8 +28,6 @@ from maskforge.tasks.gfss.novel import NOVEL_MANIFEST
 
 #: Val splits up to this many images are decoded once and kept for every (run, step) checkpoint.
 CACHE_IMAGES = 512
-#: The protocol column of GFSS rows in the benchmark table (PIFS evaluation of every run and step).
-GFSS_PROTOCOL = "gfss-pifs"
 #: The metrics of a GFSS row, in display order (each also has a "_std" over run seeds).
 GFSS_METRICS = ("base_miou", "novel_miou", "hm", "base_miou_last", "novel_miou_last", "hm_last")
 

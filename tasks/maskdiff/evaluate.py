@@ -34,13 +34,12 @@ from maskforge.models.maskdiff.mask_head import (
 )
 from maskforge.storage.fs import check_output_location, is_local, resolve
 from maskforge.storage.marked_folder import COMPLETE, MarkedFolderError, read_marked_folder
-from maskforge.storage.results import code_version, row_metric, rows_as_dicts
+from maskforge.storage.results import FSIS_PROTOCOL, code_version, row_metric, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 
-#: Protocol and model names of MaskDiff rows in the benchmark table.
-FSIS_PROTOCOL = "fsis-coco"
+#: Model name of MaskDiff rows in the benchmark table (their protocol: storage/results.py:FSIS_PROTOCOL).
 MODEL_NAME = "maskdiff"
 #: The class subsets every AP is reported for, and the COCO numbers kept of each.
 SUBSETS = ("all", "base", "novel")
