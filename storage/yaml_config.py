@@ -50,7 +50,7 @@ def distinct_runs(runs, field: str):
     twice would weigh its samples double and give the stage another hash)."""
     twice = sorted({run for run in runs if list(runs).count(run) > 1})
     if twice:
-        raise ValueError(f"{field}: {twice[0]} is listed twice; list each run once")
+        raise ValueError(f"{field}: a run is listed twice ({twice[0]}); list each run once")
     return runs
 
 

@@ -193,5 +193,5 @@ def test_a_synthetic_run_listed_twice_is_refused(parse, data, field):
     from maskforge.tasks.maskdiff.config import parse_maskdiff_config
 
     parser = {"gfss": parse_gfss_config, "maskdiff": parse_maskdiff_config}[parse]
-    with pytest.raises(ConfigError, match=rf"{field}: runs/a is listed twice"):
+    with pytest.raises(ConfigError, match=rf"{field}: a run is listed twice \(runs/a\)"):
         parser(data)

@@ -5,11 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, digest, read_yaml, validate_model
+from maskforge.storage.yaml_config import (
+    HashedConfig,
+    PathText,
+    Seed,
+    StrictConfig,
+    digest,
+    distinct_runs,
+    read_yaml,
+    validate_model,
+)
 
 #: Checkpoint folder name inside a training run folder.
 CHECKPOINT_DIR = "diffews"
@@ -68,6 +77,11 @@ class DiffewsTrainConfig(StrictConfig):
     )
     log_every: int = Field(50, ge=1, le=10_000_000, description="Log the mean loss every this many steps.")
 
+    @field_validator("synthetic_runs")
+    @classmethod
+    def _distinct_runs(cls, runs: list[str]) -> list[str]:
+        return distinct_runs(runs, "train.synthetic_runs")
+
 
 class DiffewsEvalConfig(StrictConfig):
     """Episodic evaluation on the fold's novel classes (HSNet's protocol)."""
@@ -102,12 +116,6 @@ class DiffewsConfig(HashedConfig):
     model: DiffewsModelConfig = DiffewsModelConfig()
     train: DiffewsTrainConfig = DiffewsTrainConfig()
     eval: DiffewsEvalConfig = DiffewsEvalConfig()
-
-    @model_validator(mode="after")
-    def _paths(self) -> "DiffewsConfig":
-        if len(self.train.synthetic_runs) != len(set(self.train.synthetic_runs)):
-            raise ValueError(f"train.synthetic_runs: a run is listed twice in {self.train.synthetic_runs}")
-        return self
 
     def train_hash(self) -> str:
         """Return the sha256 of what defines a trained model: run name, dataset, model and train sections."""
