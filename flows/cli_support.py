@@ -1,22 +1,17 @@
-"""What the CLI's command modules share: the Prefect log file, --out checks, config loading with the wrong-kind
-hint, running a learner's flow with one-line errors."""
+"""What the CLI's command modules share: --out checks, config loading with the wrong-kind hint, option objects and
+parsers, printing episodic results. Light on purpose: it imports no torch and no Prefect, so `--help`, usage and
+config errors answer at once (flows/cli_run.py holds what running a flow needs)."""
 
 from __future__ import annotations
 
-import logging
-import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from PIL import Image
-from prefect.logging.handlers import PrefectConsoleHandler
-from prefect.settings import PREFECT_HOME
 from rich.table import Table
 
-from maskforge.eval.datasets.base import DatasetError
 from maskforge.flows.console import console, fail
-from maskforge.models.toy_train import load_toy_train_config
+from maskforge.models.toy_train_config import load_toy_train_config
 from maskforge.storage.fs import OutputLocationError, check_output_location
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import load_config
@@ -25,39 +20,8 @@ from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.hsnet.config import load_hsnet_config
 from maskforge.tasks.maskdiff.config import load_maskdiff_config
 
-
-class _NoTraceback(logging.Formatter):
-    """Formats a record as another formatter would, without its traceback (that goes to the log file)."""
-
-    def __init__(self, inner: logging.Formatter | None) -> None:
-        super().__init__()
-        self.inner = inner or logging.Formatter()
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Format a copy of the record without exception info."""
-        bare = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
-        return self.inner.format(bare)
-
-
-def log_to_file(folder: Path, command: str, verbose: bool) -> Path:
-    """Send Prefect's full log (tracebacks included) to FOLDER/COMMAND-TIME.log and, unless verbose, keep tracebacks
-    off the console; return the log file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    log_file = folder / f"{command}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log"
-    handler = logging.FileHandler(log_file)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger("prefect").addHandler(handler)
-    if not verbose:
-        loggers = [logging.getLogger()] + [
-            logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
-        ]
-        for logger in loggers:
-            for console_handler in logger.handlers:
-                if isinstance(console_handler, PrefectConsoleHandler) and not isinstance(
-                    console_handler.formatter, _NoTraceback
-                ):
-                    console_handler.setFormatter(_NoTraceback(console_handler.formatter))
-    return log_file
+if TYPE_CHECKING:  # annotations only: PIL is imported by whoever makes the image
+    from PIL import Image
 
 
 def check_out_file(out: Path, suffixes: tuple[str, ...]) -> None:
@@ -127,16 +91,6 @@ def learner_config(loader, config: Path, out: Optional[str], overrides: dict | N
         return loader(config, more or None)
     except ConfigError as err:
         config_failure(err, config, loader)
-
-
-def run_flow(flow, cfg, command: str, errors: tuple[type[BaseException], ...]):
-    """Run a learner's flow with Prefect's log in a file; dataset errors, ValueError, RuntimeError and `errors`
-    become one plain line naming the log (exit 1)."""
-    log_file = log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose=False)
-    try:
-        return flow(config=cfg)
-    except (DatasetError, ValueError, RuntimeError, *errors) as err:
-        fail(f"{err} (traceback in {log_file})")
 
 
 def print_episodes(model: str, result: dict) -> None:

@@ -1,4 +1,7 @@
-"""`maskforge diffews load|train|eval`: Stable Diffusion's UNet as a few-shot segmenter."""
+"""`maskforge diffews load|train|eval`: Stable Diffusion's UNet as a few-shot segmenter.
+
+Declarations only at the top: each command imports its flow and model modules when it runs, after its config
+validated (LAZY in tests/test_layers.py), so `--help`, usage and config errors never import torch or Prefect."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from typing import Optional
 
 import typer
 
-from maskforge.flows import diffews as diffews_flows
 from maskforge.flows.cli_support import (
     PER_CLASS_OPTION,
     SHOTS_OPTION,
@@ -16,13 +18,8 @@ from maskforge.flows.cli_support import (
     learner_config,
     non_empty_path,
     print_episodes,
-    run_flow,
 )
 from maskforge.flows.console import console, fail
-from maskforge.models.diffews.checkpoint import DiffewsCheckpointError, load_diffews
-from maskforge.models.diffews.checkpoint import key_report as diffews_key_report
-from maskforge.models.diffews.network import DiffewsModelError
-from maskforge.models.loading import ModelLoadError
 from maskforge.storage.marked_folder import COMPLETE as DIFFEWS_COMPLETE
 from maskforge.tasks.diffews.config import load_diffews_config
 
@@ -31,10 +28,16 @@ diffews_app = typer.Typer(
 )
 
 
-def _diffews_run(flow, config: Path, out: Optional[str], command: str, overrides: dict | None = None):
-    """Load a DiffewS config (--out overriding run.out_dir) and run a flow with the log in a file; a plain one-line
-    error on failure."""
+def _diffews_run(name: str, config: Path, out: Optional[str], command: str, overrides: dict | None = None):
+    """Load a DiffewS config (--out overriding run.out_dir) and run the flow `name` of flows/diffews.py with the log
+    in a file; a plain one-line error on failure."""
     cfg = learner_config(load_diffews_config, config, out, overrides)
+    from maskforge.flows import diffews as diffews_flows
+    from maskforge.flows.cli_run import run_flow
+    from maskforge.models.diffews.checkpoint import DiffewsCheckpointError
+    from maskforge.models.loading import ModelLoadError
+
+    flow = getattr(diffews_flows, name)
     return run_flow(flow, cfg, command, (DiffewsCheckpointError, ModelLoadError))
 
 
@@ -46,6 +49,10 @@ def diffews_load(
 ) -> None:
     """Check a DiffewS UNet strictly: print missing / unexpected / mis-shaped keys (exit 1 on any); a maskforge
     checkpoint folder's files are checked against the sha256 its COMPLETE.json recorded first, as evaluation does."""
+    from maskforge.models.diffews.checkpoint import DiffewsCheckpointError, load_diffews
+    from maskforge.models.diffews.checkpoint import key_report as diffews_key_report
+    from maskforge.models.diffews.network import DiffewsModelError
+
     ours = (folder / DIFFEWS_COMPLETE).is_file()
     unet_dir = folder / "unet" if ours else folder
     try:
@@ -78,7 +85,7 @@ def diffews_train(
 ) -> None:
     """Run the Prefect flow train_diffews: episodic training on the fold's base classes; prints the checkpoint."""
     overrides = {"train.synthetic_runs": synthetic} if synthetic else None
-    report = _diffews_run(diffews_flows.train_diffews, config, out, "diffews-train", overrides)
+    report = _diffews_run("train_diffews", config, out, "diffews-train", overrides)
     console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
     console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
 
@@ -98,5 +105,5 @@ def diffews_eval(
 ) -> None:
     """Run the Prefect flow eval_diffews: HSNet-protocol episodes, benchmark rows appended, table printed."""
     overrides = episode_overrides(shots, synthetic, per_class, checkpoint)
-    result = _diffews_run(diffews_flows.eval_diffews, config, out, "diffews-eval", overrides)
+    result = _diffews_run("eval_diffews", config, out, "diffews-eval", overrides)
     print_episodes("DiffewS", result)

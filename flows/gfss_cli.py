@@ -1,4 +1,7 @@
-"""`maskforge gfss load|train-base|train-novel|eval`: the GFSS learners (FINETUNE, GAPS)."""
+"""`maskforge gfss load|train-base|train-novel|eval`: the GFSS learners (FINETUNE, GAPS).
+
+Declarations only at the top: each command imports its flow and model modules when it runs, after its config
+validated (LAZY in tests/test_layers.py), so `--help`, usage and config errors never import torch or Prefect."""
 
 from __future__ import annotations
 
@@ -8,18 +11,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from maskforge.flows import gfss as gfss_flows
 from maskforge.flows.cli_support import (
     given,
     learner_config,
     non_empty_path,
-    run_flow,
 )
 from maskforge.flows.console import console, fail
-from maskforge.models.gfss.checkpoint import GfssCheckpointError, authors_key_report, load_gfss
-from maskforge.models.gfss.network import GfssModelError
 from maskforge.tasks.gfss.config import load_gfss_config
-from maskforge.tasks.gfss.evaluate import summary_table as gfss_summary_table
 
 gfss_app = typer.Typer(
     help="GFSS learners (FINETUNE, GAPS, with or without synthetic runs): train, evaluate, load.", no_args_is_help=True
@@ -31,8 +29,14 @@ def _gfss_config(config: Path, out: Optional[str], overrides: dict | None = None
     return learner_config(load_gfss_config, config, out, overrides)
 
 
-def _gfss_run(flow, cfg, command: str):
-    """Run a GFSS flow with the log in a file; a plain one-line error on failure."""
+def _gfss_run(name: str, cfg, command: str):
+    """Run the GFSS flow `name` of flows/gfss.py with the log in a file; a plain one-line error on failure."""
+    from maskforge.flows import gfss as gfss_flows
+    from maskforge.flows.cli_run import run_flow
+    from maskforge.models.gfss.checkpoint import GfssCheckpointError
+    from maskforge.models.gfss.network import GfssModelError
+
+    flow = getattr(gfss_flows, name)
     return run_flow(flow, cfg, command, (GfssCheckpointError, GfssModelError))
 
 
@@ -43,6 +47,9 @@ def gfss_load(
     ),
 ) -> None:
     """Load a checkpoint strictly; print its classes and any missing / unexpected / mis-shaped keys (exit 1 on any)."""
+    from maskforge.models.gfss.checkpoint import GfssCheckpointError, authors_key_report, load_gfss
+    from maskforge.models.gfss.network import GfssModelError
+
     if checkpoint.suffix == ".safetensors":
         try:
             net, meta = load_gfss(str(checkpoint))
@@ -75,7 +82,7 @@ def gfss_train_base(
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
 ) -> None:
     """Run the Prefect flow train_gfss_base: the base model on the fold's leakage-free base set."""
-    report = _gfss_run(gfss_flows.train_gfss_base, _gfss_config(config, out), "gfss-train-base")
+    report = _gfss_run("train_gfss_base", _gfss_config(config, out), "gfss-train-base")
     console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
     console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
 
@@ -91,7 +98,7 @@ def gfss_train_novel(
 ) -> None:
     """Run the Prefect flow train_gfss_novel: imprint and fine-tune per run seed and step."""
     overrides = given({"novel.method": method, "novel.synthetic_runs": synthetic})
-    report = _gfss_run(gfss_flows.train_gfss_novel, _gfss_config(config, out, overrides), "gfss-train-novel")
+    report = _gfss_run("train_gfss_novel", _gfss_config(config, out, overrides), "gfss-train-novel")
     console.print(f"{report['setting']}: {len(report['runs'])} runs x {len(report['task_stream'])} steps")
     console.print(f"novel stage: {report['novel_dir']}", soft_wrap=True)
 
@@ -107,11 +114,13 @@ def gfss_eval(
 ) -> None:
     """Run the Prefect flow eval_gfss: PIFS evaluation, benchmark row appended, table printed."""
     overrides = given({"novel.method": method, "novel.synthetic_runs": synthetic})
-    result = _gfss_run(gfss_flows.eval_gfss, _gfss_config(config, out, overrides), "gfss-eval")
+    result = _gfss_run("eval_gfss", _gfss_config(config, out, overrides), "gfss-eval")
     title = (
         f"GFSS {result['setting']} on {result['dataset']} fold {result['fold']}, {result['shots']}-shot: "
         f"{result['images']} images, {len(result['runs'])} run seeds (mean ± std, %)"
     )
+    from maskforge.tasks.gfss.evaluate import summary_table as gfss_summary_table
+
     table = Table(title=title)
     for col in ("report", "base mIoU", "novel mIoU", "HM"):
         table.add_column(col)

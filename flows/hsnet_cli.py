@@ -1,4 +1,7 @@
-"""`maskforge hsnet load|train|eval`: HSNet checkpoints, training and episodic evaluation."""
+"""`maskforge hsnet load|train|eval`: HSNet checkpoints, training and episodic evaluation.
+
+Declarations only at the top: each command imports its flow and model modules when it runs (LAZY in
+tests/test_layers.py), so `maskforge hsnet --help` and a config error never import torch or Prefect."""
 
 from __future__ import annotations
 
@@ -15,12 +18,8 @@ from maskforge.flows.cli_support import (
     learner_config,
     non_empty_path,
     print_episodes,
-    run_flow,
 )
 from maskforge.flows.console import console, fail
-from maskforge.flows.hsnet import eval_hsnet, train_hsnet
-from maskforge.models.hsnet.checkpoint import CheckpointError, inspect_checkpoint
-from maskforge.models.hsnet.model import learnable_parameters
 from maskforge.tasks.hsnet.config import load_hsnet_config
 
 hsnet_app = typer.Typer(help="HSNet few-shot segmenter: load checkpoints, train, evaluate.", no_args_is_help=True)
@@ -33,6 +32,9 @@ def hsnet_load(
     ),
 ) -> None:
     """Load a checkpoint strictly; print its backbone, learnable parameter count and any missing/unexpected keys."""
+    from maskforge.models.hsnet.checkpoint import CheckpointError, inspect_checkpoint
+    from maskforge.models.hsnet.model import learnable_parameters
+
     try:
         net, report, meta = inspect_checkpoint(checkpoint)
     except CheckpointError as err:
@@ -65,6 +67,10 @@ def hsnet_train(
 ) -> None:
     """Run the Prefect flow train_hsnet: episodic training on the fold's base classes; prints the checkpoint."""
     cfg = learner_config(load_hsnet_config, config, out, {"train.synthetic_run": synthetic})
+    from maskforge.flows.cli_run import run_flow
+    from maskforge.flows.hsnet import train_hsnet
+    from maskforge.models.hsnet.checkpoint import CheckpointError
+
     report = run_flow(train_hsnet, cfg, "hsnet-train", (CheckpointError,))
     console.print(f"trained {report['steps']} steps in {report['seconds']} s; final loss {report['losses'][-1]:.4f}")
     console.print(f"checkpoint: {report['checkpoint']}", soft_wrap=True)
@@ -83,5 +89,9 @@ def hsnet_eval(
 ) -> None:
     """Run the Prefect flow eval_hsnet: episodic evaluation, benchmark rows appended, table printed."""
     cfg = learner_config(load_hsnet_config, config, out, episode_overrides(shots, synthetic, per_class, checkpoint))
+    from maskforge.flows.cli_run import run_flow
+    from maskforge.flows.hsnet import eval_hsnet
+    from maskforge.models.hsnet.checkpoint import CheckpointError
+
     result = run_flow(eval_hsnet, cfg, "hsnet-eval", (CheckpointError,))
     print_episodes(f"HSNet {result['backbone']}", result)

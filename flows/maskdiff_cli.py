@@ -1,4 +1,7 @@
-"""`maskforge maskdiff train|eval`: few-shot instance segmentation with a mask-diffusion head."""
+"""`maskforge maskdiff train|eval`: few-shot instance segmentation with a mask-diffusion head.
+
+Declarations only at the top: each command imports its flow and model modules when it runs, after its config
+validated (LAZY in tests/test_layers.py), so `--help`, usage and config errors never import torch or Prefect."""
 
 from __future__ import annotations
 
@@ -8,16 +11,13 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from maskforge.flows import maskdiff as maskdiff_flows
 from maskforge.flows.cli_support import (
     given,
     learner_config,
     non_empty_path,
-    run_flow,
 )
 from maskforge.flows.console import console
 from maskforge.tasks.maskdiff.config import load_maskdiff_config
-from maskforge.tasks.maskdiff.evaluate import summary_table as maskdiff_summary_table
 
 maskdiff_app = typer.Typer(
     help="MaskDiff few-shot instance segmentation (TFA detector + mask-diffusion head): train, evaluate.",
@@ -25,10 +25,14 @@ maskdiff_app = typer.Typer(
 )
 
 
-def _maskdiff_run(flow, config: Path, out: Optional[str], command: str, overrides: dict):
-    """Load a MaskDiff config (--out overriding run.out_dir, option overrides) and run a flow with the log in a file;
-    a plain one-line error on failure."""
-    return run_flow(flow, learner_config(load_maskdiff_config, config, out, overrides), command, (OSError,))
+def _maskdiff_run(name: str, config: Path, out: Optional[str], command: str, overrides: dict):
+    """Load a MaskDiff config (--out overriding run.out_dir, option overrides) and run the flow `name` of
+    flows/maskdiff.py with the log in a file; a plain one-line error on failure."""
+    cfg = learner_config(load_maskdiff_config, config, out, overrides)
+    from maskforge.flows import maskdiff as maskdiff_flows
+    from maskforge.flows.cli_run import run_flow
+
+    return run_flow(getattr(maskdiff_flows, name), cfg, command, (OSError,))
 
 
 def _maskdiff_overrides(shots: Optional[int], seed: Optional[int], synthetic: Optional[list[str]] = None) -> dict:
@@ -49,9 +53,7 @@ def maskdiff_train(
     ),
 ) -> None:
     """Run the Prefect flow train_maskdiff: the base stage (reused when trained), then the K-shot stage."""
-    report = _maskdiff_run(
-        maskdiff_flows.train_maskdiff, config, out, "maskdiff-train", _maskdiff_overrides(shots, seed, synthetic)
-    )
+    report = _maskdiff_run("train_maskdiff", config, out, "maskdiff-train", _maskdiff_overrides(shots, seed, synthetic))
     console.print(f"base stage: {report['base']['stage_dir']}", soft_wrap=True)
     console.print(f"K-shot stage: {report['finetune']['stage_dir']}", soft_wrap=True)
 
@@ -67,9 +69,9 @@ def maskdiff_eval(
     synthetic: Optional[list[str]] = typer.Option(None, "--synthetic", help="As in train (finetune.synthetic_runs)."),
 ) -> None:
     """Run the Prefect flow eval_maskdiff: COCO segm / bbox AP (pycocotools), base and novel; a row appended."""
-    result = _maskdiff_run(
-        maskdiff_flows.eval_maskdiff, config, out, "maskdiff-eval", _maskdiff_overrides(shots, seed, synthetic)
-    )
+    result = _maskdiff_run("eval_maskdiff", config, out, "maskdiff-eval", _maskdiff_overrides(shots, seed, synthetic))
+    from maskforge.tasks.maskdiff.evaluate import summary_table as maskdiff_summary_table
+
     rows = maskdiff_summary_table(result)
     title = (
         f"MaskDiff on {result['dataset']} fold {result['fold']}, {result['shots']}-shot (data seed "

@@ -167,7 +167,7 @@ def _int_fields(model, prefix=""):
 def test_every_count_and_size_a_user_can_type_is_bounded():
     """Every int of every config kind has an upper bound (a count or size typed too large is a config error, not an
     allocation or a week of training); MaskDiff's shots are checked against TFA's set instead."""
-    from maskforge.models.toy_train import ToyTrainConfig
+    from maskforge.models.toy_train_config import ToyTrainConfig
     from maskforge.tasks.config import MaskforgeConfig
     from maskforge.tasks.diffews.config import DiffewsConfig
     from maskforge.tasks.gfss.config import GfssConfig

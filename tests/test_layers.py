@@ -1,4 +1,5 @@
-"""The code's direction: one namespace, layers without cycles, no nested imports, Prefect only in the wrapper layer."""
+"""The code's direction: one namespace, layers without cycles, nested imports only where start-up time needs them (the
+CLI's command bodies, LAZY), Prefect only in the wrapper layer, and a command line that starts without torch."""
 
 import ast
 import subprocess
@@ -12,6 +13,51 @@ import tomllib
 ROOT = Path(__file__).resolve().parents[1]
 #: The layers, top to bottom (README, "Layers"); each imports only those below it.
 LAYERS = ("flows", "tasks", "models", "eval", "storage")
+
+#: The CLI's command modules: declarations (typer options, help) at the top, light enough that `maskforge --help`,
+#: usage and config errors answer in well under a second. Only their functions may import project modules in the
+#: body, and only the modules of LAZY.
+CLI_MODULES = {
+    f"maskforge.flows.{name}"
+    for name in (
+        "cli",
+        "cli_support",
+        "shards_cli",
+        "datasets_cli",
+        "models_cli",
+        "results_cli",
+        "hsnet_cli",
+        "gfss_cli",
+        "diffews_cli",
+        "maskdiff_cli",
+    )
+}
+#: The only project modules imported inside a function, each with why it may not be imported at the top of a CLI
+#: module: it pulls torch and/or Prefect (test_lazy_modules_are_the_heavy_ones checks), which a command needs only once
+#: its config validated and it runs.
+LAZY = {
+    "maskforge.flows.cli_run": "Prefect's log handlers and settings: only a command that runs a flow logs to a file",
+    "maskforge.flows.generate": "the generation flow: Prefect, and the diffusion stages' torch",
+    "maskforge.flows.serve": "maskforge serve: Prefect's task wrappers (the GPU slot name)",
+    "maskforge.flows.hsnet": "HSNet's flows: Prefect and the HSNet network",
+    "maskforge.flows.gfss": "the GFSS flows: Prefect and DeepLabV3",
+    "maskforge.flows.diffews": "DiffewS's flows: Prefect and diffusers' UNet",
+    "maskforge.flows.maskdiff": "MaskDiff's flows: Prefect and the detector",
+    "maskforge.tasks.preflight": "generate's pre-flight: resolves devices and reads weight headers with torch",
+    "maskforge.tasks.gfss.evaluate": "the GFSS summary table's module evaluates with torch",
+    "maskforge.tasks.maskdiff.evaluate": "the MaskDiff summary table's module evaluates with torch",
+    "maskforge.models.hsnet.checkpoint": "hsnet load: torch.load and the network",
+    "maskforge.models.hsnet.model": "hsnet load: the network's parameter count",
+    "maskforge.models.gfss.checkpoint": "gfss load: torch.load and DeepLabV3",
+    "maskforge.models.gfss.network": "gfss load: DeepLabV3's errors",
+    "maskforge.models.diffews.checkpoint": "diffews load: diffusers' UNet",
+    "maskforge.models.diffews.network": "diffews load: diffusers' UNet",
+    "maskforge.models.loading": "models check, diffews: diffusers pipelines",
+    "maskforge.models.tiny": "models tiny: builds diffusers and transformers models",
+    "maskforge.models.toy_train": "toy train-*: the training loops (torch)",
+}
+#: What the command line must not import before a command runs (each costs 0.1 to 2 s of start-up).
+HEAVY = ("torch", "torchvision", "prefect", "prefect_dask", "dask", "diffusers", "transformers", "webdataset", "cv2")
 
 
 def _modules() -> dict[str, Path]:
@@ -42,6 +88,13 @@ def _imports(path: Path) -> list[tuple[ast.AST, str, bool]]:
     return found
 
 
+def _lazy_name(node: ast.AST, module: str) -> list[str]:
+    """Return the modules an import statement names: `from maskforge.flows import gfss` names maskforge.flows.gfss."""
+    if isinstance(node, ast.ImportFrom) and module in ("maskforge.flows", "maskforge.tasks", "maskforge.models"):
+        return [f"{module}.{alias.name}" for alias in node.names]
+    return [module]
+
+
 def test_every_project_import_sits_at_module_level_and_is_absolute():
     nested, relative, unqualified = [], [], []
     for name, path in _modules().items():
@@ -51,8 +104,86 @@ def test_every_project_import_sits_at_module_level_and_is_absolute():
             if module.split(".")[0] in LAYERS:
                 unqualified.append(f"{path}:{node.lineno} imports {module}")
             elif module.startswith("maskforge") and not at_top:
-                nested.append(f"{path}:{node.lineno} imports {module} inside a function")
+                if name not in CLI_MODULES or not set(_lazy_name(node, module)) <= set(LAZY):
+                    nested.append(f"{path}:{node.lineno} imports {module} inside a function (not a LAZY import)")
     assert not nested and not relative and not unqualified, nested + relative + unqualified
+
+
+def test_lazy_modules_are_the_heavy_ones_and_cli_modules_are_light():
+    """A LAZY entry is only there because its module reaches torch or Prefect; a CLI module reaches neither at its
+    top (grimp's graph of module-level imports, external packages included)."""
+    graph = grimp.build_graph("maskforge", include_external_packages=True)
+    light = [m for m in LAZY if not any(graph.chain_exists(m, heavy) for heavy in ("torch", "prefect"))]
+    assert not light, f"LAZY lists modules that import neither torch nor Prefect: {light}"
+    # the graph counts function-level imports too, so the light check of the CLI modules runs the interpreter
+    script = f"""
+import sys
+for name in {sorted(CLI_MODULES)!r}:
+    __import__(name)
+print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[-2] == "[]", done.stdout
+
+
+def test_help_usage_and_config_errors_import_no_heavy_package(tmp_path):
+    """Every group's and command's --help, a usage error and a config error of every config kind run in one process
+    that must end with none of HEAVY imported (the instant-CLI promise: docs/cli.md)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: {name: x}\nnot_a_section: 1\n")
+    config_commands = [
+        ["generate"],
+        ["models", "check"],
+        ["hsnet", "train"],
+        ["hsnet", "eval"],
+        ["gfss", "train-base"],
+        ["gfss", "train-novel"],
+        ["gfss", "eval"],
+        ["diffews", "train"],
+        ["diffews", "eval"],
+        ["maskdiff", "train"],
+        ["maskdiff", "eval"],
+        ["toy", "train-diffusion"],
+        ["toy", "ground"],
+        ["toy", "train-controlnet"],
+    ]
+    script = f"""
+import sys
+import typer
+from maskforge.flows.cli import app
+
+root = typer.main.get_command(app)
+calls = [["--help"]]
+for group in root.list_commands(None):
+    calls.append([group, "--help"])
+    command = root.get_command(None, group)
+    for sub in getattr(command, "list_commands", lambda ctx: [])(None):
+        calls.append([group, sub, "--help"])
+calls += [["generate"], ["hsnet", "eval", "--shots", "x", "c.yaml"]]
+calls += [argv + [{str(bad)!r}] for argv in {config_commands!r}]
+codes = []
+for argv in calls:
+    try:
+        rc = root.main(argv, prog_name="maskforge", standalone_mode=False)  # an Exit's code is returned
+        codes.append(rc if isinstance(rc, int) else 0)
+    except SystemExit as exit:
+        codes.append(exit.code)
+    except Exception as err:  # click's usage errors without standalone mode
+        codes.append(type(err).__name__)
+print(len(calls), codes)
+print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    count, codes = lines[-2].split(" ", 1)
+    codes = eval(codes)  # the list the script printed
+    assert int(count) > 40 and len(codes) == int(count)
+    n_config = len(config_commands)
+    assert codes[-n_config:] == [1] * n_config, codes  # every config error: exit 1
+    assert codes[-n_config - 2 : -n_config] == ["MissingParameter", "BadParameter"], codes
+    assert lines[-1] == "[]", f"imported by help, usage and config errors: {lines[-1]}"
 
 
 def test_the_import_graph_has_no_cycle():

@@ -23,7 +23,8 @@ from typer.testing import CliRunner
 
 import maskforge.tasks.artifacts as artifacts
 from maskforge.eval.datasets import open_dataset
-from maskforge.flows.cli import app, log_to_file
+from maskforge.flows.cli import app
+from maskforge.flows.cli_run import log_to_file
 from maskforge.models.hsnet.checkpoint import CheckpointError, read_state
 from maskforge.storage.codec import ShardCodecError, ShardSample
 from maskforge.storage.fs import OutputLocationError, check_output_location

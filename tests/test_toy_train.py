@@ -11,7 +11,8 @@ from typer.testing import CliRunner
 
 from maskforge.eval.datasets.toy import render_object
 from maskforge.flows.cli import app
-from maskforge.models.toy_train import ToyTrainConfig, object_set
+from maskforge.models.toy_train import object_set
+from maskforge.models.toy_train_config import ToyTrainConfig
 
 MINI = {
     "images_per_class": 2,
