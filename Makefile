@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test format ui-check serve clean
+.PHONY: install demo test docs-check format ui-check serve clean
 
 install: $(STAMP)
 
@@ -19,18 +19,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $(STAMP)
 
-# The demo runs on the trained toy models shipped in models/toy and models/checkpoints (see README).
+# The demo runs on the trained toy models shipped in models/toy and models/checkpoints (see docs/generation.md).
 demo: $(STAMP)
 	$(BIN)/maskforge generate configs/demo.yaml --out runs
 
-# Style and layers first (seconds), then the suite: TEST_WORKERS pytest-xdist processes, whole files to each (a file's
-# session fixtures and per-process compile caches stay together), one torch thread per worker (tests/conftest.py).
+# Style, layers and the docs site's strict build first (seconds), then the suite: TEST_WORKERS pytest-xdist processes,
+# whole files to each (a file's session fixtures and per-process compile caches stay together), one torch thread per
+# worker (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(MAKE) --no-print-directory docs-check
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The docs site (mkdocs.yml), built strictly into a temporary folder that is removed after: a broken link or anchor,
+# or a config model the generated reference cannot render, fails. Not --quiet: it hides the warnings --strict counts.
+docs-check: $(STAMP)
+	@site=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir "$$site"; \
+	rc=$$?; rm -rf "$$site"; exit $$rc
 
 # Rewrite the tree in the project's style (ruff format, import order and fixable lint).
 format: $(STAMP)
