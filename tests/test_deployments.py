@@ -2,6 +2,8 @@
 
 import importlib
 import inspect
+import io
+import json
 import logging
 from pathlib import Path
 
@@ -24,6 +26,38 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def deployments():
     return {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+
+
+def _prefect_loads(path: Path) -> tuple[list[dict], dict]:
+    """Return the deployments and actions Prefect's own `prefect deploy` reads from a prefect.yaml (anchors and `<<`
+    merges expanded, the `definitions` section ignored)."""
+    from prefect.cli.deploy._config import _load_deploy_configs_and_actions
+    from rich.console import Console
+
+    return _load_deploy_configs_and_actions(path, console=Console(file=io.StringIO()))
+
+
+def test_prefect_expands_the_file_to_the_recorded_deployment_set():
+    """prefect.yaml is written with `definitions` and YAML anchors (one block per flow kind, one line per dataset and
+    fold); `prefect deploy --all` (what `maskforge serve` runs) must still see exactly the 79 deployments the
+    longhand file held: names, entry points, parameters, work pool, tags and schedules, recorded before the rewrite."""
+    recorded = json.loads((ROOT / "tests" / "deployments_before.json").read_text())
+    loaded, actions = _prefect_loads(ROOT / "prefect.yaml")
+    keys = ("entrypoint", "parameters", "work_pool", "tags", "schedules")
+    expanded = {d["name"]: {k: d[k] for k in keys if k in d} for d in loaded}
+    assert len(loaded) == len(expanded) == 79  # no name twice
+    assert sorted(expanded) == sorted(recorded)
+    differing = sorted(name for name in recorded if expanded[name] != recorded[name])
+    assert not differing, [(name, expanded[name], recorded[name]) for name in differing[:3]]
+    assert all(d.get("description") for d in loaded if not d["name"].startswith("hsnet-"))
+    assert actions["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "{{ $MASKFORGE_HOME }}"}}
+    ]
+    # readable: every deployment is one line of the table (two for the HSNet evaluation), not a copied block
+    text = (ROOT / "prefect.yaml").read_text()
+    table = text.split("\ndeployments:\n", 1)[1]
+    assert len([line for line in table.splitlines() if line.startswith("- {")]) == 79
+    assert len(text.splitlines()) < 220 and "definitions:" in text
 
 
 def test_one_deployment_per_dataset_fold(deployments):
