@@ -13,7 +13,7 @@ from maskforge.tasks.config import CopyPasteConfig
 from maskforge.tasks.objects import PoolObject
 
 #: An object is never pasted with a short side below this many pixels (or its native size, if smaller),
-#: so a small drawn scale cannot erase it; documented in README ("Copy-paste").
+#: so a small drawn scale cannot erase it; documented in docs/generation.md ("Configuration", copy-paste detail).
 MIN_PASTE_SIDE = 8
 
 

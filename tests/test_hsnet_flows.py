@@ -31,7 +31,7 @@ def one_torch_thread():
         yield
 
 
-#: The short CPU run of the "beats trivial baselines" test (figures in README, section HSNet).
+#: The short CPU run of the "beats trivial baselines" test (figures in docs/hsnet.md).
 TRAIN_STEPS, TRAIN_BATCH, EVAL_EPISODES = 300, 4, 200
 
 

@@ -11,7 +11,7 @@ import grimp
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The layers, top to bottom (README, "Layers"); each imports only those below it.
+#: The layers, top to bottom (docs/layout.md); each imports only those below it.
 LAYERS = ("flows", "tasks", "models", "eval", "storage")
 
 #: The CLI's command modules: declarations (typer options, help) at the top, light enough that `maskforge --help`,

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT = ROOT / "models" / "checkpoints" / "hsnet-toy-f0.safetensors"
 CONFIG = ROOT / "configs" / "hsnet-toy-refine.yaml"
 
-#: The study's setup (README, "Mask refinement"): fold 0's 4 novel classes, toy val images (never trained on),
+#: The study's setup (docs/generation.md, refinement): fold 0's 4 novel classes, toy val images (never trained on),
 #: K real shots per class as D_good, the next PER_CLASS images of the class with corrupted true masks as D_bad
 #: (78 images: some classes have fewer), corruption recipes cycled per image, one rng (seed 0) for the whole run.
 K, PER_CLASS, N_VAL = 1, 20, 200
