@@ -100,7 +100,7 @@ def generate(
         cfg = load_config(config, {"run.out_dir": out} if out is not None else None)
     except (ValueError, FileNotFoundError) as err:
         config_failure(err, config, load_config)
-    from maskforge.flows.cli_run import command_log
+    from maskforge.flows.cli_run import command_log, ends_cleanly_on_signals
     from maskforge.flows.generate import generate_flow
     from maskforge.tasks.preflight import preflight
 
@@ -110,10 +110,11 @@ def generate(
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     log_file = command_log("generate", verbose)
-    try:
-        result = survive_api_loss(lambda: flow(config=cfg), API_RESTARTS, log=console.print)
-    except (DatasetError, ValueError, FileNotFoundError, OSError) as err:
-        fail(f"{err}{'' if verbose else f' (traceback in {log_file})'}")
+    with ends_cleanly_on_signals(watch=False):  # survive_api_loss keeps the API alive itself
+        try:
+            result = survive_api_loss(lambda: flow(config=cfg), API_RESTARTS, log=console.print)
+        except (DatasetError, ValueError, FileNotFoundError, OSError) as err:
+            fail(f"{err}{'' if verbose else f' (traceback in {log_file})'}")
     reader = RunReader(result["url"])
     console.print(summary_table(reader.summary))
     console.print(f"run folder: {result['url']}")

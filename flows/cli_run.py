@@ -5,14 +5,23 @@ which `maskforge --help` and config errors must not pay for (tests/test_layers.p
 from __future__ import annotations
 
 import logging
+import signal
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import typer
+from prefect.exceptions import TerminationSignal
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import PREFECT_HOME
 
 from maskforge.eval.datasets.base import DatasetError
-from maskforge.flows.console import fail
+from maskforge.flows.console import console, errors, fail
+from maskforge.flows.ephemeral_api import keep_alive
+
+#: Exit status of a command ended by Ctrl-C (SIGINT) or SIGTERM: 128 + the signal's number, as a shell reports it.
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class _NoTraceback(logging.Formatter):
@@ -54,11 +63,51 @@ def command_log(command: str, verbose: bool = False) -> Path:
     return log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose)
 
 
+def _raise_termination(signum: int, frame) -> None:
+    """SIGTERM handler outside a flow run: end the command as Prefect's engine does inside one."""
+    raise TerminationSignal(signal=signum)
+
+
+@contextmanager
+def ends_cleanly_on_signals(watch: bool = True, log: Callable[[str], None] = console.print) -> Iterator[None]:
+    """Run a flow so that Ctrl-C and SIGTERM end the command in seconds with status 130 / 143.
+
+    A terminal's Ctrl-C (and `kill -TERM -PGID`) reaches the whole process group, the ephemeral Prefect API's
+    subprocess included; the flow engine then reports the run as crashed to an API that is gone, and its client
+    retries for minutes (the command "hung", leaving the dead server unreaped). The watchdog restarts the API on its
+    port, so the report lands and the run shows as crashed in the UI; the restarted server is stopped at exit by
+    Prefect's own atexit hook, which a SIGTERM that killed the process outright would skip, hence the handler that
+    turns SIGTERM into an exception outside the flow run too (inside it, Prefect's engine does the same). A
+    background job may have inherited SIGINT as ignored: Ctrl-C is restored to raising KeyboardInterrupt. `watch`
+    False: the caller keeps the API alive itself (generate's survive_api_loss)."""
+    previous = {sig: signal.getsignal(sig) for sig in SIGNAL_EXIT}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_termination)
+    try:
+        if watch:
+            with keep_alive(log):
+                yield
+        else:
+            yield
+    except KeyboardInterrupt:
+        errors.print(f"interrupted (SIGINT): exit {SIGNAL_EXIT[signal.SIGINT]}", markup=False, highlight=False)
+        raise typer.Exit(code=SIGNAL_EXIT[signal.SIGINT]) from None
+    except TerminationSignal as err:
+        code = SIGNAL_EXIT.get(getattr(err, "signal", signal.SIGTERM), SIGNAL_EXIT[signal.SIGTERM])
+        errors.print(f"terminated (SIGTERM): exit {code}", markup=False, highlight=False)
+        raise typer.Exit(code=code) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_flow(flow, cfg, command: str, errors: tuple[type[BaseException], ...]):
     """Run a learner's flow with Prefect's log in a file; dataset errors, ValueError, RuntimeError and `errors`
-    become one plain line naming the log (exit 1)."""
+    become one plain line naming the log (exit 1); Ctrl-C and SIGTERM end it with 130 / 143
+    (ends_cleanly_on_signals)."""
     log_file = command_log(command)
-    try:
-        return flow(config=cfg)
-    except (DatasetError, ValueError, RuntimeError, *errors) as err:
-        fail(f"{err} (traceback in {log_file})")
+    with ends_cleanly_on_signals():
+        try:
+            return flow(config=cfg)
+        except (DatasetError, ValueError, RuntimeError, *errors) as err:
+            fail(f"{err} (traceback in {log_file})")
