@@ -25,6 +25,17 @@ def is_local(fs: AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+def location_key(url: str) -> str:
+    """Return one name for the place a path or URL points to, so two spellings of it compare equal: a local path
+    absolute, symlinks resolved, without a trailing slash (`runs/demo`, `runs/demo/`, `./runs/demo` and
+    `file:///abs/runs/demo` are one); a remote URL as protocol://path the way fsspec normalises it."""
+    fs, path = resolve(url)
+    if is_local(fs):
+        return os.path.realpath(path)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return f"{protocol}://{path.rstrip('/')}"
+
+
 def join(url: str, *parts: str) -> str:
     """Join path parts onto a path or URL with '/', keeping the URL's protocol (posix separators only)."""
     out = url.rstrip("/")

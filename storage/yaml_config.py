@@ -12,6 +12,8 @@ from typing import Annotated, ClassVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
 
+from maskforge.storage.fs import location_key
+
 #: A path, URL or model id in a config: at least one character. An empty one would quietly mean "here" (out_dir)
 #: or "the default" (checkpoint), e.g. from `--out ""` or a blank YAML value written as "".
 PathText = Annotated[str, StringConstraints(min_length=1)]
@@ -47,10 +49,15 @@ class StrictConfig(BaseModel):
 
 def distinct_runs(runs, field: str):
     """Return `runs` (a config's list of run folders) unless one is listed twice: a ValueError naming it (the same run
-    twice would weigh its samples double and give the stage another hash)."""
-    twice = sorted({run for run in runs if list(runs).count(run) > 1})
-    if twice:
-        raise ValueError(f"{field}: a run is listed twice ({twice[0]}); list each run once")
+    twice would weigh its samples double and give the stage another hash). Runs are compared by where they point
+    (storage/fs.py:location_key), not by spelling: `runs/demo` and `runs/demo/` are one run."""
+    seen: dict[str, str] = {}
+    for run in runs:
+        key = location_key(run)
+        if key in seen:
+            same = run if seen[key] == run else f"{seen[key]} and {run}"
+            raise ValueError(f"{field}: a run is listed twice ({same}); list each run once")
+        seen[key] = run
     return runs
 
 

@@ -195,3 +195,30 @@ def test_a_synthetic_run_listed_twice_is_refused(parse, data, field):
     parser = {"gfss": parse_gfss_config, "maskdiff": parse_maskdiff_config}[parse]
     with pytest.raises(ConfigError, match=rf"{field}: a run is listed twice \(runs/a\)"):
         parser(data)
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        ["runs/demo", "runs/demo/"],
+        ["runs/demo", "./runs/demo"],
+        ["runs/demo", "runs/../runs/demo"],
+        ["memory://bucket/run", "memory://bucket/run/"],
+    ],
+)
+def test_a_run_listed_twice_under_two_spellings_is_refused(runs, tmp_path, monkeypatch):
+    """Runs are compared by where they point, not by spelling (a trailing slash passed before and trained with the
+    run twice); a symlink to a listed run is the same run too."""
+    from maskforge.tasks.diffews.config import parse_diffews_config
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"train\.synthetic_runs: a run is listed twice \({runs[0]} and "):
+        parse_diffews_config({"train": {"synthetic_runs": runs}})
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "runs" / "demo")
+    with pytest.raises(ConfigError, match="a run is listed twice"):
+        parse_diffews_config({"train": {"synthetic_runs": ["runs/demo", "alias"]}})
+    assert parse_diffews_config({"train": {"synthetic_runs": ["runs/demo", "runs/demo2"]}}).train.synthetic_runs == [
+        "runs/demo",
+        "runs/demo2",
+    ]

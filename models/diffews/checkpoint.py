@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from maskforge.models.diffews.network import IN_CHANNELS_REF, DiffewsModelError, add_conv_in_ref
 from maskforge.models.loading import check_pipeline_folder, resolve_model_path
+from maskforge.models.weights_file import WeightsFileError, load_weights_only
 from maskforge.storage.marked_folder import MarkedFolderError, read_marked_folder, write_marked_folder
 
 #: Weight files of a DiffewS UNet folder, in the order they are looked for.
@@ -73,7 +74,9 @@ def _read_state(file: Path, what: str) -> dict[str, torch.Tensor]:
     try:
         if file.suffix == ".safetensors":
             return load_file(str(file))
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = load_weights_only(file)
+    except WeightsFileError as err:
+        raise DiffewsCheckpointError(f"{what}: {err}") from None
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise DiffewsCheckpointError(f"{what}: cannot read {file} ({type(err).__name__}: {err})") from None
     if not isinstance(state, dict):

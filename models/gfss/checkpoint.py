@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import re
 from pathlib import Path
 
 import torch
 
 from maskforge.models.gfss.network import GfssModelError, GfssNet, GfssSpec, build_gfss
+from maskforge.models.weights_file import WeightsFileError, load_weights_only
 from maskforge.storage.fs import atomic_write_bytes, file_problem
 
 #: Value of the "format" metadata entry of our safetensors files.
@@ -145,11 +145,9 @@ def _read_authors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
     if problem := file_problem(path):
         raise GfssCheckpointError(f"checkpoint {path!r} {problem}; expected the authors' *_final.pt file")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file; say which
-        raise GfssCheckpointError(
-            f"checkpoint {path!r} cannot be read with torch.load(weights_only=True): {_first_line(err)}"
-        ) from None
+        raw = load_weights_only(path)
+    except WeightsFileError as err:
+        raise GfssCheckpointError(f"checkpoint {err}") from None
     if not isinstance(raw, dict) or set(raw) != {"backbone", "head"}:
         found = sorted(map(str, raw)) if isinstance(raw, dict) else type(raw).__name__
         raise GfssCheckpointError(
@@ -159,14 +157,6 @@ def _read_authors(path: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.T
         if not isinstance(raw[part], dict) or not all(isinstance(v, torch.Tensor) for v in raw[part].values()):
             raise GfssCheckpointError(f"checkpoint {path!r}: entry {part!r} is not a state dict of tensors")
     return dict(raw["backbone"]), dict(raw["head"])
-
-
-def _first_line(err: Exception) -> str:
-    """Return the cause in torch.load's error, without its advice to retry with weights_only=False (never taken)."""
-    text = str(err)
-    match = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.S)
-    reason = " ".join((match.group(1) if match else text.splitlines()[0] if text else "").split())
-    return reason or type(err).__name__
 
 
 def _authors_report(

@@ -10,6 +10,8 @@ from torch import nn
 from torchvision.models import resnet50, resnet101, vgg16
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from maskforge.models.weights_file import WeightsFileError, load_weights_only
+
 #: Backbone names the model understands; "tiny" is a small random ResNet for tests and the toy demo.
 BACKBONES: tuple[str, ...] = ("resnet50", "resnet101", "vgg16", "tiny")
 
@@ -118,9 +120,9 @@ def load_backbone_weights(model: nn.Module, name: str, path: str) -> None:
         state = load_file(str(file))
     else:
         try:
-            state = torch.load(str(file), map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file; say which
-            raise BackboneError(f"model.weights: cannot read {path!r} as a torch state dict: {err}") from None
+            state = load_weights_only(file)
+        except WeightsFileError as err:
+            raise BackboneError(f"model.weights: {err}") from None
     if not isinstance(state, dict):
         raise BackboneError(f"model.weights: {path!r} holds a {type(state).__name__}, expected a state dict")
     expected = model.state_dict()

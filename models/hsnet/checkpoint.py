@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from maskforge.models.hsnet.model import HSNet, HSNetCheckpointModule, HSNetSpec, build_hsnet
+from maskforge.models.weights_file import WeightsFileError, load_weights_only
 from maskforge.storage.fs import file_problem
 
 #: safetensors metadata key holding our JSON header: model spec and the resolved training config.
@@ -67,26 +68,14 @@ def read_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             raise CheckpointError(f"checkpoint {str(file)!r} is not a readable safetensors file: {err}") from None
         return state, json.loads(raw) if raw else None
     try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means a bad file; say which
-        raise CheckpointError(
-            f"checkpoint {str(file)!r} is not a readable torch state dict ({_unpickling_reason(err)}); maskforge "
-            "reads .pt/.pth files with torch.load(weights_only=True), which accepts tensors and plain containers only"
-        ) from None
+        state = load_weights_only(file)
+    except WeightsFileError as err:
+        raise CheckpointError(f"checkpoint {err}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(
             f"checkpoint {str(file)!r} holds a {type(state).__name__}, expected a state dict of tensors"
         )
     return state, None
-
-
-def _unpickling_reason(err: Exception) -> str:
-    """Return the cause in torch.load's error without its advice to retry with weights_only=False (never taken here:
-    that would run code from the file)."""
-    text = str(err)
-    match = re.search(r"WeightsUnpickler error:(.*?)(Check the documentation|$)", text, re.S)
-    reason = " ".join((match.group(1) if match else text.splitlines()[0] if text else type(err).__name__).split())
-    return reason or type(err).__name__
 
 
 def infer_spec(state: dict[str, torch.Tensor], meta: dict | None, source: str) -> HSNetSpec:

@@ -20,6 +20,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from maskforge.eval.instances import Instance
+from maskforge.models.weights_file import WeightsFileError, load_weights_only
 from maskforge.storage.fs import atomic_write_bytes, file_problem
 
 #: Backbone names a DetectorSpec accepts; "tiny" is a small random conv stack for tests and the toy world.
@@ -233,9 +234,9 @@ def _read_state(path: str) -> dict[str, torch.Tensor]:
     if file.suffix not in (".pth", ".pt"):
         raise DetectorError(f"{path!r}: unknown suffix {file.suffix!r}; expected .pth, .pt or .safetensors")
     try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file; say which
-        raise DetectorError(f"{path!r} cannot be read as a torch state dict: {type(err).__name__}") from None
+        state = load_weights_only(file)
+    except WeightsFileError as err:
+        raise DetectorError(str(err)) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise DetectorError(f"{path!r} holds a {type(state).__name__}, expected a state dict of tensors")
     return state
