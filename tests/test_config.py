@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.yaml_config import ConfigError
@@ -12,7 +13,8 @@ from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.hsnet.config import load_hsnet_config
 from maskforge.tasks.maskdiff.config import load_maskdiff_config
 
-DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "configs" / "demo.yaml"
 #: The loader of each config kind, by the first word of its file name in configs/.
 LOADERS = {
     "demo": load_config,
@@ -222,3 +224,24 @@ def test_a_run_listed_twice_under_two_spellings_is_refused(runs, tmp_path, monke
         "runs/demo",
         "runs/demo2",
     ]
+
+
+def test_maskdiff_head_size_is_checked_when_the_config_loads_not_after_the_detector_trained(tmp_path):
+    """head.size 33 used to pass validation; the error came after the detector had trained, without `head.`."""
+    from maskforge.models.maskdiff.mask_head import paper_spec, tiny_spec
+    from maskforge.tasks.maskdiff.config import HEAD_LEVELS, load_maskdiff_config, parse_maskdiff_config
+
+    # the config's level counts are the architectures' own
+    assert HEAD_LEVELS == {
+        "paper": len(paper_spec(2, 5).block_out_channels),
+        "tiny": len(tiny_spec(2, 5).block_out_channels),
+    }
+    path = tmp_path / "maskdiff.yaml"
+    path.write_text(yaml.safe_dump({"head": {"size": 33}}))
+    with pytest.raises(ConfigError, match=r"head\.size 33: expected a multiple of 16 for head\.arch 'paper'"):
+        load_maskdiff_config(path)
+    with pytest.raises(ConfigError, match=r"head\.size 34: expected a multiple of 4 for head\.arch 'tiny'"):
+        parse_maskdiff_config({"head": {"arch": "tiny", "size": 34}})
+    assert parse_maskdiff_config({"head": {"arch": "tiny", "size": 36}}).head.size == 36
+    for name in ("maskdiff-toy.yaml", "maskdiff-coco.yaml"):  # the shipped configs still load
+        assert load_maskdiff_config(ROOT / "configs" / name).head.size % 4 == 0

@@ -58,6 +58,11 @@ class MaskdiffDetectorConfig(StrictConfig):
         return self
 
 
+#: UNet levels of each head architecture (models/maskdiff/mask_head.py: paper_spec, tiny_spec; a test keeps them
+#: equal): the mask side must halve cleanly at every level but the last, so it is a multiple of 2^(levels - 1).
+HEAD_LEVELS = {"paper": 5, "tiny": 3}
+
+
 class MaskdiffHeadConfig(StrictConfig):
     """The conditional mask-diffusion head and its sampler."""
 
@@ -72,6 +77,16 @@ class MaskdiffHeadConfig(StrictConfig):
     guidance: float = Field(5.0, ge=0, le=20, description="w in eps = w eps(c) + (1 - w) eps(null) (paper: 5).")
     sampler: Literal["ddpm", "ddim"] = Field("ddpm", description="ddpm: the 1000-step ancestral sampler (paper).")
     ddim_steps: int = Field(50, ge=1, le=1000, description="Steps of the DDIM sampler.")
+
+    @model_validator(mode="after")
+    def _size_fits_the_levels(self) -> "MaskdiffHeadConfig":
+        step = 2 ** (HEAD_LEVELS[self.arch] - 1)
+        if self.size % step:
+            raise ValueError(
+                f"head.size {self.size}: expected a multiple of {step} for head.arch {self.arch!r} "
+                f"({HEAD_LEVELS[self.arch]} UNet levels halve the mask {HEAD_LEVELS[self.arch] - 1} times)"
+            )
+        return self
 
 
 class MaskdiffBaseConfig(StrictConfig):
