@@ -58,9 +58,26 @@ def log_to_file(folder: Path, command: str, verbose: bool) -> Path:
     return log_file
 
 
+#: Command logs kept in $PREFECT_HOME/maskforge-logs: the newest ones; older ones are removed as a command starts.
+KEEP_LOGS = 100
+
+
+def rotate_logs(folder: Path, keep: int = KEEP_LOGS) -> list[Path]:
+    """Remove all but the newest `keep` command logs (COMMAND-TIME.log) of `folder`; return the removed files."""
+    logs = sorted(folder.glob("*-*.log"), key=lambda f: (f.stat().st_mtime, f.name))
+    old = logs[: max(0, len(logs) - keep)]
+    for file in old:
+        file.unlink(missing_ok=True)
+    return old
+
+
 def command_log(command: str, verbose: bool = False) -> Path:
-    """Start the log file of one command under $PREFECT_HOME/maskforge-logs; return it."""
-    return log_to_file(PREFECT_HOME.value() / "maskforge-logs", command, verbose)
+    """Start the log file of one command under $PREFECT_HOME/maskforge-logs, rotating the folder to its newest
+    KEEP_LOGS files; return it."""
+    folder = PREFECT_HOME.value() / "maskforge-logs"
+    log_file = log_to_file(folder, command, verbose)
+    rotate_logs(folder)
+    return log_file
 
 
 def _raise_termination(signum: int, frame) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -97,6 +98,23 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
     finally:
         if fs.exists(tmp):
             fs.rm(tmp)
+
+
+#: Names atomic_write_bytes gives its temporary files: `.NAME.<32 hex>.tmp` locally, `NAME.tmp-<32 hex>` on object
+#: stores, and the `.part` uploads of publish_file. A kill (SIGKILL, power loss) between write and rename leaves them.
+STALE_TEMPORARY = re.compile(r"(^\..+\.[0-9a-f]{32}\.tmp$)|(\.tmp-[0-9a-f]{32}$)|(\.part$)")
+
+
+def remove_stale_temporaries(url: str) -> list[str]:
+    """Remove the temporary files a killed writer left anywhere under the folder `url` (STALE_TEMPORARY names only:
+    nothing a user put there); return the removed paths. Call it only where no writer of that folder is running."""
+    fs, path = resolve(url)
+    if not fs.isdir(path):
+        return []
+    stale = [f for f in fs.find(path) if STALE_TEMPORARY.search(f.rstrip("/").rsplit("/", 1)[-1])]
+    for file in stale:
+        fs.rm(file)
+    return stale
 
 
 def publish_file(local_path: str, url: str) -> None:

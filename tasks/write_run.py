@@ -13,7 +13,7 @@ from maskforge.eval.datasets import open_dataset
 from maskforge.models.loading import ModelLoadError, cached_pipelines, content_id, model_refs
 from maskforge.storage.assemble import PARTS_DIR, assemble_run, is_complete
 from maskforge.storage.codec import ShardSample
-from maskforge.storage.fs import atomic_write_bytes, exists, join, remove_tree
+from maskforge.storage.fs import atomic_write_bytes, exists, join, remove_stale_temporaries, remove_tree
 from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import RunWriter, write_config
 from maskforge.storage.yaml_config import digest
@@ -73,6 +73,9 @@ def part_prefix(class_id: int, stage: str) -> str:
 def start_run(config: MaskforgeConfig) -> dict:
     """Create the run folder with its resolved config; report whether a completed run is already there."""
     url = run_url(config)
+    # a kill between a temporary file's write and its rename (e.g. rejected/.cNNNN.json.<uuid>.tmp during
+    # refinement) leaves it behind; the run's one writer is this flow, so whatever matches the names is stale
+    remove_stale_temporaries(url)
     if is_complete(url):
         if exists(join(url, PARTS_DIR)):  # left by a kill during finish-run after the marker was written
             remove_tree(join(url, PARTS_DIR))

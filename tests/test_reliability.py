@@ -441,6 +441,52 @@ def test_a_complete_runs_stale_parts_are_removed_on_rerun(tmp_path):
     assert not (Path(run) / "parts").exists() and RunReader(run).complete
 
 
+def test_temporary_files_a_kill_left_are_removed_when_the_run_starts_again(tmp_path):
+    """A SIGKILL between a temporary file's write and its rename (refinement's rejected records, a shard upload)
+    left `.NAME.<uuid>.tmp` files inside the finished run; the rerun removes them and nothing else."""
+    config = parse_config({
+        "run": {"name": "tmps", "out_dir": str(tmp_path)},
+        "dataset": {"toy": {"image_size": 32, "n_train": 30, "n_val": 4}},
+        "base": {"subset_size": 4},
+        "generation": {"samples_per_class": 1, "classes": ["red disc"]},
+    })  # fmt: skip
+    run = Path(start_run(config)["url"])
+    plan = plan_fold(open_dataset(config.dataset), config)
+    finish_run(config, plan, [write_class_part(config, plan, 1, str(run))], str(run))
+    kept = {p.relative_to(run) for p in run.rglob("*")}
+    stale = [
+        run / "rejected" / f".c0001.json.{'ab' * 16}.tmp",
+        run / f".summary.json.{'0f' * 16}.tmp",
+        run / "shards" / "c0001-000001.tar.part",
+        run / "shards" / f"c0001-000001.tar.tmp-{'9' * 32}",
+    ]
+    user = [run / "notes.tmp", run / "rejected" / ".keep.tmp"]  # not names maskforge writes: left alone
+    for file in stale + user:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(b"partial")
+    assert start_run(config) == {"url": str(run), "complete": True}
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in user)
+    after = {p.relative_to(run) for p in run.rglob("*")}
+    assert after == kept | {f.relative_to(run) for f in user} | {Path("rejected")}
+    assert RunReader(str(run)).complete and RunReader(str(run)).manifest.num_rows == 1
+
+
+def test_command_logs_are_rotated_to_the_newest(tmp_path):
+    from maskforge.flows.cli_run import rotate_logs
+
+    folder = tmp_path / "maskforge-logs"
+    folder.mkdir()
+    for i in range(7):
+        log = folder / f"hsnet-train-2026120{i}T000000Z.log"
+        log.write_text(str(i))
+        os.utime(log, (1_000_000 + i, 1_000_000 + i))
+    (folder / "README").write_text("not a log")
+    removed = rotate_logs(folder, keep=3)
+    assert sorted(f.stem.rsplit("-", 1)[1][:8] for f in removed) == [f"2026120{i}" for i in range(4)]  # the oldest
+    assert sorted(f.read_text() for f in folder.glob("*.log")) == ["4", "5", "6"]
+    assert (folder / "README").exists() and rotate_logs(folder, keep=3) == []
+
+
 # --- 12. a lost local API: the run survives without a person
 
 
