@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from maskforge.tasks.wrappers import GPU_LIMIT_ENV
 
@@ -77,6 +78,32 @@ def bootstrap(project: Path, env: dict) -> None:
     _run([prefect, "--no-prompt", "deploy", "--all"], env, project)
 
 
+def stop_process_tree(proc: subprocess.Popen, timeout: float = 30.0) -> list[int]:
+    """Stop a started process and every process below it: SIGTERM to the process, then to the descendants still
+    alive, SIGKILL to whatever outlives `timeout`; return the pids that had to be killed. The descendants are
+    listed before the first signal, so a child in a session of its own (Prefect's flow-run subprocesses are) or
+    one re-parented to init when its parent exits is still stopped: whatever serve starts, it stops."""
+    try:
+        tree = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        proc.poll()
+        return []
+    for member in tree:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout)
+    for member in alive:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    proc.poll()  # reap the direct child
+    return [member.pid for member in alive]
+
+
 def _interrupt(signum, frame) -> None:
     """Turn SIGTERM into KeyboardInterrupt so serve's cleanup runs."""
     raise KeyboardInterrupt
@@ -106,10 +133,7 @@ def serve(project: Path, port: int = 4200, timeout: float = 180.0, log=print) ->
     except KeyboardInterrupt:
         log("stopping worker and server")
     finally:
-        for proc in reversed(started):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        for proc in reversed(started):  # the worker (and its flow runs) first, then the server
+            killed = stop_process_tree(proc)
+            if killed:
+                log(f"killed {len(killed)} process(es) that did not stop within 30 s of SIGTERM: {killed}")

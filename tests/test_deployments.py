@@ -5,6 +5,7 @@ import inspect
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,31 @@ def test_generation_stages_wait_for_the_gpu_slot_of_their_device(
         getattr(wrappers, task_name).fn(load_config(ROOT / "configs" / "demo.yaml", {device_field: "auto"}), *args)
     with pytest.raises(AssertionError, match="ran before"):  # configured for the CPU: no wait for the GPU
         getattr(wrappers, task_name).fn(load_config(ROOT / "configs" / "demo.yaml", {device_field: "cpu"}), *args)
+
+
+def test_serve_stops_every_process_it_started_even_in_another_session(tmp_path):
+    """The worker's flow-run subprocesses run in sessions of their own and outlived `maskforge serve`'s stop; the
+    stop now lists the whole tree first and ends every member (SIGTERM, then SIGKILL past the timeout)."""
+    import subprocess
+    import time
+
+    import psutil
+
+    from maskforge.flows.serve import stop_process_tree
+
+    script = (
+        "setsid sleep 300 & "  # a child in its own session, like a flow-run subprocess
+        "(trap '' TERM; sleep 300) & "  # a child that ignores SIGTERM: killed after the timeout
+        "sleep 300 & wait"
+    )
+    proc = subprocess.Popen(["bash", "-c", script])
+    deadline = time.monotonic() + 10
+    while len(psutil.Process(proc.pid).children(recursive=True)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert len(tree) >= 3  # the session-leading sleep, the SIGTERM-ignoring one, the plain one
+    assert any(p.pid == os.getsid(p.pid) for p in tree)  # one is a session leader of its own
+    killed = stop_process_tree(proc, timeout=3)
+    assert proc.returncode is not None and killed  # the SIGTERM-ignoring member needed SIGKILL
+    time.sleep(0.2)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
