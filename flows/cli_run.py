@@ -5,20 +5,21 @@ which `maskforge --help` and config errors must not pay for (tests/test_layers.p
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import typer
 from prefect.exceptions import TerminationSignal
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import PREFECT_HOME
 
 from maskforge.eval.datasets.base import DatasetError
 from maskforge.flows.console import console, errors, fail
-from maskforge.flows.ephemeral_api import keep_alive
+from maskforge.flows.ephemeral_api import keep_alive, stop_local_api
 
 #: Exit status of a command ended by Ctrl-C (SIGINT) or SIGTERM: 128 + the signal's number, as a shell reports it.
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -80,6 +81,19 @@ def command_log(command: str, verbose: bool = False) -> Path:
     return log_file
 
 
+def _exit_now(what: str, code: int) -> None:
+    """End the process at once with `code` after a signal: stop the local API (Prefect's atexit hook would), flush
+    the logs and the console, then os._exit, since a normal exit joins every worker thread and a generation task
+    abandoned mid-stage (flows/runners.py:AbandoningTaskRunner) would hold it for minutes. Nothing is lost: every
+    output is written atomically and a rerun resumes from what is finished."""
+    errors.print(f"{what}: exit {code}", markup=False, highlight=False)
+    stop_local_api()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _raise_termination(signum: int, frame) -> None:
     """SIGTERM handler outside a flow run: end the command as Prefect's engine does inside one."""
     raise TerminationSignal(signal=signum)
@@ -107,12 +121,9 @@ def ends_cleanly_on_signals(watch: bool = True, log: Callable[[str], None] = con
         else:
             yield
     except KeyboardInterrupt:
-        errors.print(f"interrupted (SIGINT): exit {SIGNAL_EXIT[signal.SIGINT]}", markup=False, highlight=False)
-        raise typer.Exit(code=SIGNAL_EXIT[signal.SIGINT]) from None
+        _exit_now("interrupted (SIGINT)", SIGNAL_EXIT[signal.SIGINT])
     except TerminationSignal as err:
-        code = SIGNAL_EXIT.get(getattr(err, "signal", signal.SIGTERM), SIGNAL_EXIT[signal.SIGTERM])
-        errors.print(f"terminated (SIGTERM): exit {code}", markup=False, highlight=False)
-        raise typer.Exit(code=code) from None
+        _exit_now("terminated (SIGTERM)", SIGNAL_EXIT.get(getattr(err, "signal", 0), SIGNAL_EXIT[signal.SIGTERM]))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

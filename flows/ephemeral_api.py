@@ -45,6 +45,15 @@ def restart_if_dead(log: Callable[[str], None]) -> bool:
     return True
 
 
+def stop_local_api() -> None:
+    """Stop the ephemeral API this process started (or restarted), if any: what Prefect's atexit hook does, for an
+    exit that skips atexit hooks."""
+    if uses_ephemeral_api():
+        server = _server()
+        if server.running or server.server_process is not None:
+            server.stop()
+
+
 @contextmanager
 def keep_alive(log: Callable[[str], None] = print) -> Iterator[None]:
     """Watch the ephemeral API while the block runs (no-op when PREFECT_API_URL names a server of its own)."""

@@ -5,10 +5,30 @@ from __future__ import annotations
 from prefect.task_runners import ThreadPoolTaskRunner
 
 
+class AbandoningTaskRunner(ThreadPoolTaskRunner):
+    """ThreadPoolTaskRunner that does not wait for a running task when the flow ends with an exception.
+
+    Prefect's runner shuts its executor down with wait=True, so Ctrl-C or SIGTERM during a long task (an embedding,
+    a class's diffusion) left the command waiting minutes for that task to finish. Every generation task writes
+    its part atomically and a rerun resumes from the finished parts, so the running one can be abandoned: its
+    thread is left to the process exit (the CLI ends the process at once on a signal, flows/cli_run.py)."""
+
+    def __exit__(self, exc_type, exc_value, traceback) -> None:
+        """On success as Prefect's runner; on an exception, cancel queued tasks and return without waiting."""
+        if exc_type is None or self._executor is None:
+            return super().__exit__(exc_type, exc_value, traceback)
+        for event in self._cancel_events.values():
+            event.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = None
+        return super().__exit__(exc_type, exc_value, traceback)
+
+
 def sequential_runner() -> ThreadPoolTaskRunner:
     """Return the default runner: one worker thread, so tasks run in submission order and share one set of models
-    (the cross-attention capture installs processors on the shared UNet: two threads at once would mix them)."""
-    return ThreadPoolTaskRunner(max_workers=1)
+    (the cross-attention capture installs processors on the shared UNet: two threads at once would mix them); on
+    Ctrl-C or SIGTERM it does not wait for the running task (AbandoningTaskRunner)."""
+    return AbandoningTaskRunner(max_workers=1)
 
 
 def dask_runner(workers: int = 0, address: str | None = None, cluster_class: str | None = None):
