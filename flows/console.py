@@ -1,6 +1,9 @@
-"""The CLI's console and its one-line error exit, shared by every command module."""
+"""The CLI's console, its one-line error exit and the learners' pre-flight exit, shared by every command module."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -16,3 +19,12 @@ def fail(message: str) -> None:
     """Print `error: MESSAGE` as plain text on stderr and exit with status 1."""
     errors.print(Text("error: ", style="red") + Text(message), soft_wrap=True)
     raise typer.Exit(code=1)
+
+
+def preflight(check: Callable[[Any], Any], config: Any) -> None:
+    """Run a learner stage's pre-flight check(config) (tasks/<learner>/preflight.py) before Prefect is imported or
+    its server starts: a fault (ValueError, FileNotFoundError) exits 1 with its one line, in seconds."""
+    try:
+        check(config)
+    except (ValueError, FileNotFoundError) as err:
+        fail(str(err))

@@ -5,12 +5,19 @@ from __future__ import annotations
 from prefect import flow
 
 from maskforge.tasks.diffews.config import DiffewsConfig
-from maskforge.tasks.diffews.wrappers import eval_diffews_task, record_diffews_results_task, train_diffews_task
+from maskforge.tasks.diffews.wrappers import (
+    check_eval_inputs_task,
+    check_train_inputs_task,
+    eval_diffews_task,
+    record_diffews_results_task,
+    train_diffews_task,
+)
 
 
 @flow(name="train_diffews", log_prints=True)
 def train_diffews(config: DiffewsConfig) -> dict:
     """Train DiffewS on a DiffewS config; returns the training report (checkpoint folder, losses, seconds)."""
+    check_train_inputs_task(config)  # pre-flight first: a deployment's wrong input fails in seconds, on one line
     report = train_diffews_task(config)
     print(f"checkpoint: {report['checkpoint']}")
     return report
@@ -19,6 +26,7 @@ def train_diffews(config: DiffewsConfig) -> dict:
 @flow(name="eval_diffews", log_prints=True)
 def eval_diffews(config: DiffewsConfig) -> dict:
     """Evaluate a DiffewS checkpoint; appends one benchmark row per setting, publishes table and trend artifacts."""
+    check_eval_inputs_task(config)  # pre-flight first, as the CLI runs it before the server starts
     result = eval_diffews_task(config)
     recorded = record_diffews_results_task(config, result)
     for name, summary in result["settings"].items():

@@ -19,7 +19,7 @@ from maskforge.flows.cli_support import (
     non_empty_path,
     print_episodes,
 )
-from maskforge.flows.console import console, fail
+from maskforge.flows.console import console, fail, preflight
 from maskforge.storage.marked_folder import COMPLETE as DIFFEWS_COMPLETE
 from maskforge.tasks.diffews.config import load_diffews_config
 
@@ -29,9 +29,12 @@ diffews_app = typer.Typer(
 
 
 def _diffews_run(name: str, config: Path, out: Optional[str], command: str, overrides: dict | None = None):
-    """Load a DiffewS config (--out overriding run.out_dir) and run the flow `name` of flows/diffews.py with the log
-    in a file; a plain one-line error on failure."""
+    """Load a DiffewS config (--out overriding run.out_dir), run the stage's pre-flight (before Prefect starts) and
+    the flow `name` of flows/diffews.py with the log in a file; a plain one-line error on failure."""
     cfg = learner_config(load_diffews_config, config, out, overrides)
+    from maskforge.tasks.diffews.preflight import check_eval_inputs, check_train_inputs
+
+    preflight(check_train_inputs if name == "train_diffews" else check_eval_inputs, cfg)
     from maskforge.flows import diffews as diffews_flows
     from maskforge.flows.cli_run import run_flow
     from maskforge.models.diffews.checkpoint import DiffewsCheckpointError

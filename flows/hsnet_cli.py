@@ -19,7 +19,7 @@ from maskforge.flows.cli_support import (
     non_empty_path,
     print_episodes,
 )
-from maskforge.flows.console import console, fail
+from maskforge.flows.console import console, fail, preflight
 from maskforge.tasks.hsnet.config import load_hsnet_config
 
 hsnet_app = typer.Typer(help="HSNet few-shot segmenter: load checkpoints, train, evaluate.", no_args_is_help=True)
@@ -67,6 +67,9 @@ def hsnet_train(
 ) -> None:
     """Run the Prefect flow train_hsnet: episodic training on the fold's base classes; prints the checkpoint."""
     cfg = learner_config(load_hsnet_config, config, out, {"train.synthetic_run": synthetic})
+    from maskforge.tasks.hsnet.preflight import check_train_inputs
+
+    preflight(check_train_inputs, cfg)
     from maskforge.flows.cli_run import run_flow
     from maskforge.flows.hsnet import train_hsnet
     from maskforge.models.hsnet.checkpoint import CheckpointError
@@ -89,6 +92,9 @@ def hsnet_eval(
 ) -> None:
     """Run the Prefect flow eval_hsnet: episodic evaluation, benchmark rows appended, table printed."""
     cfg = learner_config(load_hsnet_config, config, out, episode_overrides(shots, synthetic, per_class, checkpoint))
+    from maskforge.tasks.hsnet.preflight import check_eval_inputs
+
+    preflight(check_eval_inputs, cfg)
     from maskforge.flows.cli_run import run_flow
     from maskforge.flows.hsnet import eval_hsnet
     from maskforge.models.hsnet.checkpoint import CheckpointError

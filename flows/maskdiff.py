@@ -6,7 +6,8 @@ from prefect import flow
 
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 from maskforge.tasks.maskdiff.wrappers import (
-    check_synthetic_runs_task,
+    check_eval_inputs_task,
+    check_train_inputs_task,
     eval_maskdiff_task,
     record_maskdiff_results_task,
     train_maskdiff_base_task,
@@ -16,9 +17,9 @@ from maskforge.tasks.maskdiff.wrappers import (
 
 @flow(name="train_maskdiff", log_prints=True)
 def train_maskdiff(config: MaskdiffConfig) -> dict:
-    """Check the K-shot stage's synthetic runs, train the base stage (reused when complete), then the K-shot stage;
+    """Check both stages' inputs (pre-flight), train the base stage (reused when complete), then the K-shot stage;
     returns both reports."""
-    check_synthetic_runs_task(config)  # a wrong run fails in seconds, not after the base stage has trained
+    check_train_inputs_task(config)  # a wrong input fails in seconds, not after the base stage has trained
     base = train_maskdiff_base_task(config)
     print(f"base stage: {base['stage_dir']}")
     finetune = train_maskdiff_finetune_task(config)
@@ -29,6 +30,7 @@ def train_maskdiff(config: MaskdiffConfig) -> dict:
 @flow(name="eval_maskdiff", log_prints=True)
 def eval_maskdiff(config: MaskdiffConfig) -> dict:
     """Evaluate the K-shot stage (segm and bbox AP, base and novel); appends the row, publishes table and trend."""
+    check_eval_inputs_task(config)  # pre-flight first, as the CLI runs it before the server starts
     result = eval_maskdiff_task(config)
     recorded = record_maskdiff_results_task(config, result)
     novel = result["segm"]["novel"]

@@ -16,7 +16,7 @@ from maskforge.flows.cli_support import (
     learner_config,
     non_empty_path,
 )
-from maskforge.flows.console import console
+from maskforge.flows.console import console, preflight
 from maskforge.tasks.maskdiff.config import load_maskdiff_config
 
 maskdiff_app = typer.Typer(
@@ -26,9 +26,13 @@ maskdiff_app = typer.Typer(
 
 
 def _maskdiff_run(name: str, config: Path, out: Optional[str], command: str, overrides: dict):
-    """Load a MaskDiff config (--out overriding run.out_dir, option overrides) and run the flow `name` of
-    flows/maskdiff.py with the log in a file; a plain one-line error on failure."""
+    """Load a MaskDiff config (--out overriding run.out_dir, option overrides), run the pre-flight of the flow's
+    stages (before Prefect starts) and the flow `name` of flows/maskdiff.py with the log in a file; a plain one-line
+    error on failure."""
     cfg = learner_config(load_maskdiff_config, config, out, overrides)
+    from maskforge.tasks.maskdiff.preflight import check_eval_inputs, check_train_inputs
+
+    preflight(check_train_inputs if name == "train_maskdiff" else check_eval_inputs, cfg)
     from maskforge.flows import maskdiff as maskdiff_flows
     from maskforge.flows.cli_run import run_flow
 

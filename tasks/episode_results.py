@@ -22,6 +22,7 @@ from maskforge.storage.results import HSNET_PROTOCOL, code_version, row_metric, 
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
 from maskforge.tasks.charts import percent
+from maskforge.tasks.progress import eta
 
 #: The trivial baselines every episodic evaluation reports beside its settings.
 BASELINES = ("all-background", "support-prior")
@@ -59,12 +60,14 @@ def score_episodes(
 ) -> dict:
     """Run an episodic evaluation: per episode, load the query and its (image, class mask) supports, call
     predict(episode, query image, query size, supports) -> {setting: boolean mask}, and accumulate each setting's
-    IoUs and the trivial baselines; progress of the first setting every 200 episodes. Returns {"settings" (setting:
+    IoUs and the trivial baselines; progress of the first setting (done/total, ETA) about ten times, at most
+    every 200 episodes. Returns {"settings" (setting:
     IoUAccumulator summary), "baselines", "seconds"}."""
     acc = {name: IoUAccumulator(classes) for name in settings}
     baselines = Baselines(classes)
     first = settings[0]
     start = time.perf_counter()
+    every = max(1, min(200, -(-len(episodes) // 10)))  # about ten lines, at most 200 episodes apart
     for n, ep in enumerate(episodes, 1):
         q_image, q_label = images.get(ep.query_id)
         target = binary_target(q_label, ep.class_id)
@@ -72,9 +75,10 @@ def score_episodes(
         for name, pred in predict(ep, q_image, target.shape, pairs).items():
             acc[name].add(ep.class_id, pred, target)
         baselines.add(ep.class_id, [m for _, m in pairs], target)
-        if n % 200 == 0 or n == len(episodes):
+        if n % every == 0 or n == len(episodes):
             elapsed = time.perf_counter() - start
-            log(f"episode {n}/{len(episodes)}: {first} mIoU {acc[first].miou():.4f} ({elapsed:.1f} s)")
+            done = f"({elapsed:.1f} s, {eta(n, len(episodes), elapsed)})"
+            log(f"episode {n}/{len(episodes)}: {first} mIoU {acc[first].miou():.4f} {done}")
     return {
         "settings": {name: a.summary() for name, a in acc.items()},
         "baselines": baselines.summary(),

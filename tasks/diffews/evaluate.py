@@ -7,10 +7,9 @@ from collections.abc import Callable
 from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import torch_threads
 from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter, merge_banks
-from maskforge.storage.fs import check_output_location
-from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import DiffewsConfig
 from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, trained_network
+from maskforge.tasks.diffews.preflight import check_eval_inputs, check_trained_size
 from maskforge.tasks.episode_results import (
     choose_synthetic,
     episode_rows,
@@ -18,7 +17,6 @@ from maskforge.tasks.episode_results import (
     open_episodes,
     score_episodes,
 )
-from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 #: The backbone column of DiffewS rows in the benchmark table.
 BACKBONE = "sd-unet"
@@ -27,13 +25,7 @@ BACKBONE = "sd-unet"
 def load_segmenter(config: DiffewsConfig) -> tuple[DiffewsSegmenter, str, dict | None]:
     """Return (segmenter on the configured device and precision, checkpoint path, checkpoint metadata)."""
     net, path, meta = trained_network(config)
-    if meta is not None:
-        trained = meta["config"]["model"]["img_size"]
-        if trained != config.model.img_size:
-            raise ConfigError(
-                f"model.img_size: the checkpoint {path} was trained at {trained} px, the config says "
-                f"{config.model.img_size}"
-            )
+    check_trained_size(config, path, meta)
     device = device_of(config)
     e = config.eval
     segmenter = DiffewsSegmenter(
@@ -56,10 +48,7 @@ def eval_diffews(config: DiffewsConfig, log: Callable[[str], None] = print) -> d
 def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_diffews."""
     e = config.eval
-    check_output_location(e.results_dir, field="eval.results_dir")  # fails now, not after the work
-    run = None
-    if e.synthetic_run:  # checked before the model loads: a wrong run fails at once
-        run = open_synthetic_run(e.synthetic_run, "eval.synthetic_run", config.dataset, fold=True)
+    run = check_eval_inputs(config)  # before the model loads: a wrong input fails at once
     segmenter, ckpt, meta = load_segmenter(config)
     dataset, fold, episodes = open_episodes(config.dataset, e.split, e.episodes, e.shots, e.seed)
     images = EpisodeImages(dataset, run)

@@ -44,21 +44,30 @@ def new_network(config: DiffewsConfig) -> DiffewsNet:
     return DiffewsNet(unet, vae, empty_prompt_embedding(tokenizer, encoder))
 
 
-def trained_network(config: DiffewsConfig) -> tuple[DiffewsNet, str, dict | None]:
-    """Return (network, checkpoint path, its metadata) for evaluation: a maskforge checkpoint folder (with the
-    embedding training used) or an authors' UNet folder (embedding computed from model.sd; metadata None)."""
+def checkpoint_kind(config: DiffewsConfig) -> tuple[Path, str]:
+    """Return (checkpoint path, "maskforge" or "unet") of what evaluation loads: a maskforge checkpoint folder (with
+    COMPLETE.json) or an authors' UNet folder (with config.json); anything else is a DiffewsCheckpointError."""
     path = Path(config.checkpoint_path())
-    vae, tokenizer, encoder = load_frozen_parts(config.model.sd)
     if (path / COMPLETE).is_file():
-        unet, text, meta = load_diffews(path)
-        return DiffewsNet(unet, vae, text), str(path), meta
+        return path, "maskforge"
     if (path / "config.json").is_file():
-        unet = load_diffews_unet(path, "eval.checkpoint")
-        return DiffewsNet(unet, vae, empty_prompt_embedding(tokenizer, encoder)), str(path), None
+        return path, "unet"
     raise DiffewsCheckpointError(
         f"eval.checkpoint: {path} is neither a DiffewS checkpoint folder (with {COMPLETE}) nor a UNet folder (with "
         "config.json); train first (maskforge diffews train CONFIG) or set eval.checkpoint"
     )
+
+
+def trained_network(config: DiffewsConfig) -> tuple[DiffewsNet, str, dict | None]:
+    """Return (network, checkpoint path, its metadata) for evaluation: a maskforge checkpoint folder (with the
+    embedding training used) or an authors' UNet folder (embedding computed from model.sd; metadata None)."""
+    path, kind = checkpoint_kind(config)
+    vae, tokenizer, encoder = load_frozen_parts(config.model.sd)
+    if kind == "maskforge":
+        unet, text, meta = load_diffews(path)
+        return DiffewsNet(unet, vae, text), str(path), meta
+    unet = load_diffews_unet(path, "eval.checkpoint")
+    return DiffewsNet(unet, vae, empty_prompt_embedding(tokenizer, encoder)), str(path), None
 
 
 def device_of(config: DiffewsConfig) -> torch.device:

@@ -11,24 +11,21 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from maskforge.eval.datasets import open_dataset
-from maskforge.eval.episode_data import EpisodeImages, synthetic_id, synthetic_keys
-from maskforge.eval.folds import get_fold
+from maskforge.eval.episode_data import EpisodeImages
 from maskforge.eval.hsnet_episodes import TrainEpisodes
 from maskforge.eval.seeds import derive_seed, rng_for
 from maskforge.models.device import torch_threads
 from maskforge.models.diffews import codec
 from maskforge.models.diffews.checkpoint import save_diffews
 from maskforge.models.diffews.network import DiffewsNet
-from maskforge.models.diffews.segmenter import autocast, size_multiple
-from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
+from maskforge.models.diffews.segmenter import autocast
+from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
 from maskforge.storage.labels import IGNORE
 from maskforge.storage.marked_folder import COMPLETE
-from maskforge.storage.reader import RunReader
-from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.diffews.config import CHECKPOINT_DIR, DiffewsConfig
 from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_sha, new_network
-from maskforge.tasks.synthetic_runs import open_synthetic_run
+from maskforge.tasks.diffews.preflight import check_train_inputs
+from maskforge.tasks.progress import eta
 
 TRAIN_LOG_NAME = "train.json"
 
@@ -36,24 +33,6 @@ TRAIN_LOG_NAME = "train.json"
 def linear_decay(steps: int) -> Callable[[int], float]:
     """Return the LR factor of a linear decay from 1 to 0 over `steps` (polynomial schedule, power 1, no warm-up)."""
     return lambda step: max(0.0, 1.0 - step / steps)
-
-
-def synthetic_pools(config: DiffewsConfig, base: tuple[int, ...]) -> tuple[list[RunReader], dict[int, list[str]]]:
-    """Open train.synthetic_runs; return (readers, {base class: synthetic ids}); a run without any base-class
-    sample is an error naming it."""
-    runs, pools = [], {c: [] for c in base}
-    for index, url in enumerate(config.train.synthetic_runs):
-        run = open_synthetic_run(url, "train.synthetic_runs", config.dataset)
-        keys = synthetic_keys(run, base)
-        if not any(keys.values()):
-            raise ConfigError(
-                f"train.synthetic_runs: {url} holds no sample of a base class of fold {config.dataset.fold} "
-                f"(base classes {list(base)})"
-            )
-        runs.append(run)
-        for cid, class_keys in keys.items():
-            pools[cid] += [synthetic_id(k, index) for k in class_keys]
-    return runs, pools
 
 
 def episode_tensors(
@@ -103,13 +82,9 @@ def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     if exists(join(ckpt, COMPLETE)):
         log(f"already trained: {ckpt}")
         return {**json.loads(read_bytes(join(out, TRAIN_LOG_NAME))), "complete": True}
-    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
+    inputs = check_train_inputs(config)  # before the network is built: a wrong input fails in seconds
     t, size = config.train, config.model.img_size
-    dataset = open_dataset(config.dataset)
-    fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-    if t.split not in dataset.splits():
-        raise ConfigError(f"train.split: unknown split {t.split!r} of {dataset.name}; expected {dataset.splits()}")
-    runs, synthetic = synthetic_pools(config, fold.base)
+    dataset, fold, runs, synthetic = inputs.dataset, inputs.fold, inputs.runs, inputs.synthetic
     index = dataset.class_index(t.split)
     # synthetic samples join the pools as queries and supports alike
     pools = {c: sorted(index.get(c, [])) + synthetic[c] for c in fold.base}
@@ -120,8 +95,6 @@ def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     net = new_network(config).to(device)
     if config.run.gradient_checkpointing:
         net.enable_gradient_checkpointing()
-    if size % size_multiple(net):
-        raise ConfigError(f"model.img_size: {size} is not a multiple of {size_multiple(net)} (VAE x UNet downsampling)")
     params = [p for p in net.unet.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=t.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=t.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, linear_decay(t.steps))
@@ -154,7 +127,8 @@ def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
         window.append(step_loss)
         if step % t.log_every == 0 or step == t.steps:
             losses.append(sum(window) / len(window))
-            log(f"step {step}/{t.steps}: loss {losses[-1]:.4f} ({time.perf_counter() - start:.1f} s)")
+            elapsed = time.perf_counter() - start
+            log(f"step {step}/{t.steps}: loss {losses[-1]:.4f} ({elapsed:.1f} s, {eta(step, t.steps, elapsed)})")
             window = []
     report = {
         "train_dir": out,

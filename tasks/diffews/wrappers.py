@@ -7,9 +7,22 @@ from prefect.cache_policies import NO_CACHE
 
 from maskforge.tasks.diffews.config import DiffewsConfig
 from maskforge.tasks.diffews.evaluate import benchmark_rows, eval_diffews, trend_markdown
+from maskforge.tasks.diffews.preflight import check_eval_inputs, check_train_inputs
 from maskforge.tasks.diffews.train import train_diffews
 from maskforge.tasks.episode_results import artifact_table
 from maskforge.tasks.wrappers import record_learner_results, run_learner_stage
+
+
+@task(name="check-diffews-train-inputs", cache_policy=NO_CACHE)
+def check_train_inputs_task(config: DiffewsConfig) -> None:
+    """Prefect task: train_diffews's pre-flight (tasks/diffews/preflight.py), the flow's first task; no GPU slot."""
+    check_train_inputs(config)
+
+
+@task(name="check-diffews-eval-inputs", cache_policy=NO_CACHE)
+def check_eval_inputs_task(config: DiffewsConfig) -> None:
+    """Prefect task: eval_diffews's pre-flight (tasks/diffews/preflight.py), the flow's first task; no GPU slot."""
+    check_eval_inputs(config)
 
 
 @task(name="train-diffews", cache_policy=NO_CACHE)

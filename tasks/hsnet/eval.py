@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
 from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import resolve_device, torch_threads
-from maskforge.models.hsnet.checkpoint import CheckpointError, load_checkpoint
+from maskforge.models.hsnet.checkpoint import load_checkpoint
 from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_masks
-from maskforge.storage.fs import check_output_location
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.episode_results import (
     choose_synthetic,
@@ -22,16 +20,12 @@ from maskforge.tasks.episode_results import (
     score_episodes,
 )
 from maskforge.tasks.hsnet.config import HsnetConfig
-from maskforge.tasks.synthetic_runs import open_synthetic_run
+from maskforge.tasks.hsnet.preflight import check_checkpoint, check_eval_inputs
 
 
 def load_segmenter(config: HsnetConfig) -> tuple[HSNetSegmenter, str]:
     """Load the checkpoint the config names into a segmenter on the configured device; returns (segmenter, path)."""
-    path = config.checkpoint_path()
-    if not Path(path).is_file():
-        raise CheckpointError(
-            f"eval.checkpoint: {path!r} not found; train first (maskforge hsnet train CONFIG) or set eval.checkpoint"
-        )
+    path = check_checkpoint(config)
     net, meta = load_checkpoint(path)
     if net.spec.backbone != config.model.backbone:
         raise ConfigError(
@@ -63,10 +57,7 @@ def eval_hsnet(config: HsnetConfig, log: Callable[[str], None] = print) -> dict:
 def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_hsnet."""
     e = config.eval
-    check_output_location(e.results_dir, field="eval.results_dir")  # fails now, not after the work
-    run = None
-    if e.synthetic_run:  # checked before the model loads: a wrong run fails at once
-        run = open_synthetic_run(e.synthetic_run, "eval.synthetic_run", config.dataset, fold=True)
+    run = check_eval_inputs(config)  # before the model loads: a wrong input fails at once
     segmenter, ckpt = load_segmenter(config)
     dataset, fold, episodes = open_episodes(config.dataset, e.split, e.episodes, e.shots, e.seed)
     images = EpisodeImages(dataset, run)

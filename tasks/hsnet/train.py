@@ -9,10 +9,8 @@ from collections.abc import Callable
 import torch
 import yaml
 
-from maskforge.eval.datasets import open_dataset
 from maskforge.eval.datasets.base import SegDataset
-from maskforge.eval.episode_data import SYNTHETIC_PREFIX, EpisodeImages, binary_target, synthetic_keys
-from maskforge.eval.folds import get_fold
+from maskforge.eval.episode_data import SYNTHETIC_PREFIX, EpisodeImages, binary_target
 from maskforge.eval.hsnet_episodes import TrainEpisodes
 from maskforge.eval.seeds import derive_seed
 from maskforge.models.device import resolve_device, torch_threads
@@ -20,12 +18,11 @@ from maskforge.models.hsnet.backbone import TinySpec, calibrate_batchnorm
 from maskforge.models.hsnet.checkpoint import save_checkpoint
 from maskforge.models.hsnet.model import HSNet, HSNetSpec, build_hsnet, learnable_parameters
 from maskforge.models.hsnet.segmenter import prepare_images, prepare_labels
-from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
-from maskforge.storage.yaml_config import ConfigError
+from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
 from maskforge.tasks.hsnet.config import HsnetConfig
-from maskforge.tasks.synthetic_runs import open_synthetic_run
+from maskforge.tasks.hsnet.preflight import CHECKPOINT_NAME, check_train_inputs
+from maskforge.tasks.progress import eta
 
-CHECKPOINT_NAME = "hsnet.safetensors"
 TRAIN_LOG_NAME = "train.json"
 
 
@@ -62,36 +59,16 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     if exists(ckpt):
         log(f"already trained: {ckpt}")
         return {**json.loads(read_bytes(join(out, TRAIN_LOG_NAME))), "complete": True}
-    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
+    inputs = check_train_inputs(config)  # before the network is built: a wrong input fails in a second
     m, t = config.model, config.train
-    # before the network is built: a wrong run fails in a second, not after the backbone's calibration
-    run = open_synthetic_run(t.synthetic_run, "train.synthetic_run", config.dataset) if t.synthetic_run else None
-    if m.backbone != "tiny" and not m.weights:
-        raise ConfigError(
-            f"model.weights is required to train with backbone {m.backbone!r}: a local torchvision state-dict file "
-            "(e.g. resnet101-63fe2227.pth); nothing is downloaded"
-        )
+    dataset, fold, run = inputs.dataset, inputs.fold, inputs.run
     device = resolve_device(config.run.device)
     torch.manual_seed(derive_seed("hsnet-learner-init", t.seed))
     net = build_hsnet(model_spec(config), m.weights).to(device)
-    dataset = open_dataset(config.dataset)
-    fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-    if t.split not in dataset.splits():
-        raise ConfigError(
-            f"train.split: unknown split {t.split!r} of {dataset.name}; expected one of {dataset.splits()}"
-        )
     index = dataset.class_index(t.split)
     if m.backbone == "tiny" and m.tiny_calibration_images:
         calibrate_tiny(net, dataset, t.split, m.tiny_calibration_images, m.img_size, device)
-    extra = {}
-    if run is not None:
-        keys = synthetic_keys(run, fold.base)
-        if not any(keys.values()):
-            raise ConfigError(
-                f"train.synthetic_run: {t.synthetic_run} holds no sample of a base class of {dataset.name} fold "
-                f"{fold.index} (base classes {list(fold.base)})"
-            )
-        extra = {c: [SYNTHETIC_PREFIX + k for k in ks] for c, ks in keys.items()}
+    extra = {c: [SYNTHETIC_PREFIX + k for k in ks] for c, ks in inputs.synthetic.items()}
     episodes = TrainEpisodes(
         index, fold.base, t.seed, f"{dataset.name} fold {fold.index} split {t.split} (training)", extra
     )
@@ -122,7 +99,8 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
         window.append(float(loss.detach()))
         if step % t.log_every == 0 or step == t.steps:
             losses.append(sum(window) / len(window))
-            log(f"step {step}/{t.steps}: loss {losses[-1]:.4f} ({time.perf_counter() - start:.1f} s)")
+            elapsed = time.perf_counter() - start
+            log(f"step {step}/{t.steps}: loss {losses[-1]:.4f} ({elapsed:.1f} s, {eta(step, t.steps, elapsed)})")
             window = []
     seconds = time.perf_counter() - start
     report = {

@@ -8,8 +8,21 @@ from prefect.cache_policies import NO_CACHE
 from maskforge.tasks.episode_results import artifact_table
 from maskforge.tasks.hsnet.config import HsnetConfig
 from maskforge.tasks.hsnet.eval import benchmark_rows, eval_hsnet, trend_markdown
+from maskforge.tasks.hsnet.preflight import check_eval_inputs, check_train_inputs
 from maskforge.tasks.hsnet.train import train_hsnet
 from maskforge.tasks.wrappers import record_learner_results, run_learner_stage
+
+
+@task(name="check-hsnet-train-inputs", cache_policy=NO_CACHE)
+def check_train_inputs_task(config: HsnetConfig) -> None:
+    """Prefect task: train_hsnet's pre-flight (tasks/hsnet/preflight.py), the flow's first task; no GPU slot."""
+    check_train_inputs(config)
+
+
+@task(name="check-hsnet-eval-inputs", cache_policy=NO_CACHE)
+def check_eval_inputs_task(config: HsnetConfig) -> None:
+    """Prefect task: eval_hsnet's pre-flight (tasks/hsnet/preflight.py), the flow's first task; no GPU slot."""
+    check_eval_inputs(config)
 
 
 @task(name="train-hsnet", cache_policy=NO_CACHE)

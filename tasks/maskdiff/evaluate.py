@@ -16,9 +16,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from maskforge.eval.coco_export import coco_json
-from maskforge.eval.datasets import open_dataset
 from maskforge.eval.datasets.base import SegDataset
-from maskforge.eval.folds import get_fold
 from maskforge.eval.fsis_protocol import ShotInstance
 from maskforge.eval.instances import encode_rle
 from maskforge.eval.seeds import derive_seed
@@ -32,20 +30,25 @@ from maskforge.models.maskdiff.mask_head import (
     sample_masks,
     support_crops,
 )
-from maskforge.storage.fs import check_output_location, is_local, resolve
-from maskforge.storage.marked_folder import COMPLETE, MarkedFolderError, read_marked_folder
+from maskforge.storage.marked_folder import MarkedFolderError, read_marked_folder
 from maskforge.storage.results import FSIS_PROTOCOL, code_version, row_metric, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
+from maskforge.tasks.maskdiff.preflight import (
+    DETECTOR_FILE,
+    HEAD_FILE,
+    KSHOT_FILE,
+    check_eval_inputs,
+    require_finetune_dir,
+)
+from maskforge.tasks.progress import eta
 
 #: Model name of MaskDiff rows in the benchmark table (their protocol: storage/results.py:FSIS_PROTOCOL).
 MODEL_NAME = "maskdiff"
 #: The class subsets every AP is reported for, and the COCO numbers kept of each.
 SUBSETS = ("all", "base", "novel")
 AP_KEYS = ("ap", "ap50", "ap75")
-#: Files of a K-shot stage folder the evaluation reads; each must be listed with its sha256 in COMPLETE.json.
-DETECTOR_FILE, HEAD_FILE, KSHOT_FILE = "detector.safetensors", "mask_head.safetensors", "kshot.json"
 
 
 # --- the K-shot stage folder -------------------------------------------------------------------------------------
@@ -57,15 +60,7 @@ def check_finetune_dir(folder: str) -> dict:
     A folder without the marker is a ConfigError naming it (train first); a marker that does not list the detector,
     mask head and kshot.json, or a file whose sha256 differs from the marker's, is a ConfigError naming the file.
     """
-    if not is_local(resolve(folder)[0]):
-        raise ConfigError(
-            f"{folder}: the stage folder is not on the local disk; evaluation loads its checkpoints locally"
-        )
-    if not (Path(folder) / COMPLETE).is_file():
-        raise ConfigError(
-            f"{folder}: no {COMPLETE}; the K-shot stage of this config has not completed -- train first "
-            "(`maskforge maskdiff train CONFIG`)"
-        )
+    require_finetune_dir(folder)  # local, complete, listing the three files: the pre-flight's checks
     try:
         return read_marked_folder(folder, (DETECTOR_FILE, HEAD_FILE, KSHOT_FILE))
     except MarkedFolderError as err:
@@ -242,16 +237,10 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
     """The body of eval_maskdiff."""
     start = time.perf_counter()
     e, f, h = config.eval, config.finetune, config.head
-    check_output_location(e.results_dir, field="eval.results_dir")  # fails now, not after the work
+    dataset, fold = check_eval_inputs(config)  # before any network loads: a wrong input fails in seconds
     folder = config.finetune_dir()
-    check_finetune_dir(folder)
+    check_finetune_dir(folder)  # the files' sha256 now, before they load
     root = Path(folder)
-    dataset = open_dataset(config.dataset)
-    fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-    if e.split not in dataset.splits():
-        raise ConfigError(
-            f"eval.split: unknown split {e.split!r} of {dataset.name}; expected one of {dataset.splits()}"
-        )
     all_ids = sorted(fold.base + fold.novel)
     device = resolve_device(config.run.device)
     detector, _, det_classes, _ = load_detector(str(root / DETECTOR_FILE))
@@ -283,6 +272,7 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
     bbox_results: list[dict] = []
     batches = [ids[i : i + e.batch_images] for i in range(0, len(ids), e.batch_images)]
     detections = 0
+    every, loop_start = max(1, -(-len(batches) // 10)), time.perf_counter()  # about ten progress lines
     for b, batch_ids in enumerate(batches):
         records = [dataset.load(i) for i in batch_ids]
         found = detect(detector, [image_tensor(r.image).to(device) for r in records], e.score_threshold)
@@ -317,8 +307,12 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
                     prediction_type=spec.prediction_type,
                 ).cpu()
                 segm_results[s] += _paste(per_image, masks, coco_id)
-        if (b + 1) % 10 == 0 or b + 1 == len(batches):
-            log(f"batch {b + 1}/{len(batches)}: {detections} detections so far, {seeds} sampling seed(s) each")
+        if (b + 1) % every == 0 or b + 1 == len(batches):
+            images_done, elapsed = min(len(ids), (b + 1) * e.batch_images), time.perf_counter() - loop_start
+            log(
+                f"batch {b + 1}/{len(batches)}: images {images_done}/{len(ids)}, {detections} detections so far, "
+                f"{seeds} sampling seed(s) each ({elapsed:.1f} s, {eta(images_done, len(ids), elapsed)})"
+            )
 
     base, novel = sorted(fold.base), sorted(fold.novel)
     subsets = {"all": all_ids, "base": base, "novel": novel}

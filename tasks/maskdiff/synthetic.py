@@ -32,6 +32,19 @@ def components(label: np.ndarray, class_id: int) -> list[tuple[int, Instance]]:
     return out
 
 
+def require_generated(reader: RunReader, url: str, classes: Iterable[int]) -> dict[int, list[str]]:
+    """Return {class id: generated sample keys} of `classes` in a run (its manifest: nothing is decoded); a run without
+    a single generated sample of them is a ConfigError naming finetune.synthetic_runs and the run."""
+    classes = sorted({int(c) for c in classes})
+    keys = synthetic_keys(reader, classes, generated_only=True)
+    if not any(keys.values()):
+        raise ConfigError(
+            f"{FIELD}: {url} holds no generated sample of the classes {classes} ('real'-source copy-paste scenes "
+            "excluded); expected samples of them"
+        )
+    return keys
+
+
 def synthetic_instances(
     reader: RunReader, url: str, classes: Iterable[int]
 ) -> dict[int, list[tuple[str, int, Instance]]]:
@@ -45,12 +58,7 @@ def synthetic_instances(
     naming finetune.synthetic_runs and the run.
     """
     classes = sorted({int(c) for c in classes})
-    keys = synthetic_keys(reader, classes, generated_only=True)
-    if not any(keys.values()):
-        raise ConfigError(
-            f"{FIELD}: {url} holds no generated sample of the classes {classes} ('real'-source copy-paste scenes "
-            "excluded); expected samples of them"
-        )
+    keys = require_generated(reader, url, classes)
     out: dict[int, list[tuple[str, int, Instance]]] = {c: [] for c in classes}
     for cid in classes:
         for key in keys[cid]:

@@ -15,10 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from maskforge.eval.datasets import open_dataset
 from maskforge.eval.datasets.base import SegDataset
-from maskforge.eval.folds import Fold, get_fold
-from maskforge.eval.fsis_protocol import kshot_instances
 from maskforge.eval.instances import Instance
 from maskforge.eval.seeds import derive_seed, rng_for
 from maskforge.models.device import resolve_device, torch_threads
@@ -49,14 +46,16 @@ from maskforge.models.maskdiff.mask_head import (
     support_crops,
 )
 from maskforge.models.maskdiff.mask_head import tiny_spec as tiny_head_spec
-from maskforge.storage.fs import check_output_location, exists, join, read_bytes
+from maskforge.storage.fs import exists, join, read_bytes
 from maskforge.storage.marked_folder import COMPLETE
 from maskforge.storage.marked_folder import write_marked_folder as write_stage
 from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
+from maskforge.tasks.maskdiff.preflight import check_base_inputs, check_finetune_inputs
 from maskforge.tasks.maskdiff.synthetic import FIELD as SYNTHETIC_FIELD
 from maskforge.tasks.maskdiff.synthetic import synthetic_instances
+from maskforge.tasks.progress import eta
 from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 DETECTOR_FILE = "detector.safetensors"
@@ -182,7 +181,9 @@ def run_steps(
         window.append(loss)
         if (i + 1) % every == 0 or i + 1 == steps:
             losses.append(sum(window) / len(window))
-            log(f"{what} step {i + 1}/{steps}: loss {losses[-1]:.4f} lr {lr:.3g} ({time.perf_counter() - start:.1f} s)")
+            elapsed = time.perf_counter() - start
+            clock = f"({elapsed:.1f} s, {eta(i + 1, steps, elapsed)})"
+            log(f"{what} step {i + 1}/{steps}: loss {losses[-1]:.4f} lr {lr:.3g} {clock}")
             window = []
     return losses, time.perf_counter() - start
 
@@ -310,14 +311,6 @@ def base_images(dataset: SegDataset, split: str, classes: list[int]) -> list[lis
     return out
 
 
-def open_fold(config: MaskdiffConfig, split: str, field: str) -> tuple[SegDataset, Fold]:
-    """Return the configured dataset and fold; an unknown split is a ConfigError naming `field`."""
-    dataset = open_dataset(config.dataset)
-    if split not in dataset.splits():
-        raise ConfigError(f"{field}: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")
-    return dataset, get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-
-
 def _bytes(data: bytes) -> Callable[[str], None]:
     """Return a writer of fixed bytes."""
     return lambda path: Path(path).write_bytes(data)
@@ -357,17 +350,9 @@ def _train_base(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
     out, b = config.base_dir(), config.base
     if exists(join(out, COMPLETE)):
         return _reuse(out, log)
-    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
-    if config.detector.backbone != "tiny" and not config.detector.weights:
-        raise ConfigError(
-            f"detector.weights is required to train backbone {config.detector.backbone!r}: a local torchvision "
-            "ResNet-50 ImageNet state dict (e.g. resnet50-0676ba61.pth); nothing is downloaded"
-        )
-    dataset, fold = open_fold(config, b.split, "base.split")
+    dataset, fold = check_base_inputs(config)  # before any network is built: a wrong input fails in seconds
     device = resolve_device(config.run.device)
     base_ids = sorted(fold.base)
-    # the K-shot stage needs K instances of every class: a split that cannot give them fails before base training
-    kshot_instances(dataset, b.split, sorted(fold.base + fold.novel), config.finetune.shots, config.finetune.data_seed)
     images = base_images(dataset, b.split, base_ids)
     if not images:
         raise ConfigError(
@@ -454,14 +439,6 @@ def open_synthetic(
     return readers, instances, refs
 
 
-def check_synthetic_runs(config: MaskdiffConfig) -> list[str]:
-    """Open every finetune.synthetic_runs run (complete, this dataset and fold; tasks/synthetic_runs.py) and return
-    them: train_maskdiff does this first, so a mistyped or wrong run fails before the base stage trains."""
-    for url in config.finetune.synthetic_runs:
-        open_synthetic_run(url, SYNTHETIC_FIELD, config.dataset, fold=True)
-    return list(config.finetune.synthetic_runs)
-
-
 def train_maskdiff_finetune(config: MaskdiffConfig, log: Callable[[str], None] = print) -> dict:
     """Train the K-shot stage into finetune_dir() from the complete base stage: randinit surgery to base + novel
     classes with TFA's cosine classifier, last-layer SGD on the K-shot images (plus synthetic samples), and the
@@ -478,14 +455,10 @@ def _train_finetune(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
     base_dir, out, f = config.base_dir(), config.finetune_dir(), config.finetune
     if exists(join(out, COMPLETE)):
         return _reuse(out, log)
-    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
+    dataset, fold, shots = check_finetune_inputs(config)  # before any network loads: a wrong input fails in seconds
     split = config.base.split
-    dataset, fold = open_fold(config, split, "base.split")
     base_ids, novel_ids = sorted(fold.base), sorted(fold.novel)
     all_ids = sorted(base_ids + novel_ids)
-    shots = kshot_instances(dataset, split, all_ids, f.shots, f.data_seed)
-    if not exists(join(base_dir, COMPLETE)):
-        raise ConfigError(f"{base_dir}: no {COMPLETE}; train the base stage first (train_maskdiff_base)")
     readers, synthetic, synthetic_refs = open_synthetic(config, novel_ids)
     device = resolve_device(config.run.device)
     seed = derive_seed("maskdiff-finetune", config.base.seed, f.data_seed)

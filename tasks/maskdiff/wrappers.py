@@ -7,14 +7,22 @@ from prefect.cache_policies import NO_CACHE
 
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 from maskforge.tasks.maskdiff.evaluate import benchmark_rows, eval_maskdiff, summary_table, trend_markdown
-from maskforge.tasks.maskdiff.train import check_synthetic_runs, train_maskdiff_base, train_maskdiff_finetune
+from maskforge.tasks.maskdiff.preflight import check_eval_inputs, check_train_inputs
+from maskforge.tasks.maskdiff.train import train_maskdiff_base, train_maskdiff_finetune
 from maskforge.tasks.wrappers import record_learner_results, run_learner_stage
 
 
-@task(name="check-maskdiff-synthetic-runs", cache_policy=NO_CACHE)
-def check_synthetic_runs_task(config: MaskdiffConfig) -> list[str]:
-    """Prefect task: open the K-shot stage's synthetic runs before any training (no GPU slot: it reads markers)."""
-    return check_synthetic_runs(config)
+@task(name="check-maskdiff-train-inputs", cache_policy=NO_CACHE)
+def check_train_inputs_task(config: MaskdiffConfig) -> None:
+    """Prefect task: train_maskdiff's pre-flight (tasks/maskdiff/preflight.py: both stages' inputs, the synthetic
+    runs included), the flow's first task: a wrong input fails before the base stage trains; no GPU slot."""
+    check_train_inputs(config)
+
+
+@task(name="check-maskdiff-eval-inputs", cache_policy=NO_CACHE)
+def check_eval_inputs_task(config: MaskdiffConfig) -> None:
+    """Prefect task: eval_maskdiff's pre-flight (tasks/maskdiff/preflight.py), the flow's first task; no GPU slot."""
+    check_eval_inputs(config)
 
 
 @task(name="train-maskdiff-base", cache_policy=NO_CACHE)
