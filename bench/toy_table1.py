@@ -1,9 +1,11 @@
 """A miniature of AlignDiff Table 1 on the toy world: GFSS 1-shot base / novel mIoU and HM, four methods.
 
-Rows (toy fold 0, its 4 novel classes learned one per step, PIFS protocol, mean ± std over GAPS run seeds):
-  finetune              fine-tune on the real shot only
-  finetune+synthetic    ... plus the generated samples of a maskforge run (shipped toy models, refined masks)
-  gaps                  GAPS: replay buffer + guided copy-paste of the real shot
+Rows (toy fold 0, its 4 novel classes learned one per step, PIFS protocol, mean over GAPS run seeds, HM of the
+mean base and mean novel mIoU, ± the spread of the per-seed values):
+  shot-only             fine-tune on the real shot alone (maskforge's FINETUNE before issue 30)
+  finetune              AlignDiff's FINETUNE (appendix D.3): GAPS's copy-paste of the shot onto random base images
+  finetune+synthetic    ... pasting the generated samples' objects as well (shipped toy models, refined masks)
+  gaps                  GAPS: guided replay buffer + context-aware copy-paste of the real shot
   gaps+synthetic        ... pasting the generated samples' objects as well
 The base model (tiny DeepLabV3 + cosine head) is trained once on CPU; every stage is the library's pure stage
 function (the flows wrap the same functions). Prints the table and, last,
@@ -33,12 +35,18 @@ from maskforge.tasks.gfss.evaluate import eval_gfss, score_checkpoint
 from maskforge.tasks.gfss.novel import train_gfss_novel
 
 ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = (("finetune", False), ("finetune", True), ("gaps", False), ("gaps", True))
+SETTINGS = (("shot-only", False), ("finetune", False), ("finetune", True), ("gaps", False), ("gaps", True))
 
 
-def synthetic_run(out: Path, text: int, log) -> str:
-    """Generate (or reuse) the synthetic run: configs/demo.yaml's toy models, refined masks, diffusion samples only."""
-    base = read_yaml(ROOT / "configs" / "demo.yaml", {"run.out_dir": str(out / "runs"), "run.name": "table1-syn"})
+def synthetic_run(out: Path, text: int, log, bank: str | None = None) -> str:
+    """Generate (or reuse) the synthetic run: configs/demo.yaml's toy models, refined masks, diffusion samples only.
+
+    `bank` replaces demo.yaml's embedding bank folder (shared by every invocation), e.g. to time a cold run.
+    """
+    overrides = {"run.out_dir": str(out / "runs"), "run.name": "table1-syn"}
+    if bank:
+        overrides["diffusion.embedding.bank"] = bank
+    base = read_yaml(ROOT / "configs" / "demo.yaml", overrides)
     embedding = base["diffusion"]["embedding"]["samples"]
     return generate_run(base, text, embedding, refine=True, log=log)
 
@@ -60,6 +68,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="GAPS run seeds per setting (>= 3 for the table).")
     parser.add_argument("--synthetic", default=None, help="Use this completed run instead of generating one.")
     parser.add_argument("--text", type=int, default=8, help="Text-prompted samples per class of the generated run.")
+    parser.add_argument("--bank", default=None, help="Embedding bank of the generated run (default: demo.yaml's).")
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides KEY=VALUE (YAML values).")
     args = parser.parse_args()
     out = Path(args.out)
@@ -73,16 +82,16 @@ def main() -> None:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
     cfg = load_gfss_config(args.config, overrides)
-    print(f"base stage ({cfg.base.steps} steps) ...", flush=True)
+    print("base stage ...", flush=True)
     base = train_gfss_base(cfg, log=lambda m: None)
-    print(f"  {base['seconds']} s, final loss {base['losses'][-1]:.3f}", flush=True)
+    print(f"  {base['steps']} steps, {base['seconds']} s, final loss {base['losses'][-1]:.3f}", flush=True)
     base_miou = base_model_miou(cfg)
     print(f"  base model alone: base mIoU {100 * base_miou:.1f} on {cfg.eval.split}", flush=True)
     run = args.synthetic
     if run is None:
         print("synthetic run (toy SD + ControlNet, HSNet-refined masks) ...", flush=True)
         t = time.perf_counter()
-        run = synthetic_run(out, args.text, log=print)
+        run = synthetic_run(out, args.text, log=print, bank=args.bank)
         print(f"  {run} ({time.perf_counter() - t:.0f} s)", flush=True)
     rows = {}
     for method, synthetic in SETTINGS:
@@ -91,7 +100,11 @@ def main() -> None:
         t = time.perf_counter()
         train_gfss_novel(setting_cfg, log=lambda m: None)
         result = eval_gfss(setting_cfg, log=lambda m: None)
-        rows[setting_cfg.setting()] = result["summary"] | {"seconds": round(time.perf_counter() - t, 1)}
+        rows[setting_cfg.setting()] = result["summary"] | {
+            "seconds": round(time.perf_counter() - t, 1),
+            "class_iou_last": result["class_iou_last"],  # per class, mean over seeds: where synthetic data acts
+            "per_seed": [r["summary"] for r in result["runs"]],
+        }
         s = result["summary"]
         print(
             f"  {setting_cfg.setting():20s} HM {100 * s['hm']:.1f} ± {100 * s['hm_std']:.1f} "
@@ -119,6 +132,8 @@ def main() -> None:
             "base": {k: base[k] for k in ("seconds", "steps", "base_images")} | {"base_model_miou": base_miou},
             "seconds": round(time.perf_counter() - start, 1),
             "ratio": ratio,
+            "torch": torch.__version__,
+            "threads": cfg.run.threads,
         },
     )
     print(f"total {time.perf_counter() - start:.0f} s")

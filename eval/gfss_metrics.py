@@ -10,6 +10,8 @@ import numpy as np
 
 from maskforge.storage.labels import IGNORE, IGNORE_ON_DISK
 
+#: GAPS's guard against an empty union (seg_trainer.py:151): an absent class scores 0.
+UNION_EPS = 1e-10
 #: Keys of one step's scores that the PIFS summary averages.
 STEP_KEYS: tuple[str, ...] = ("base_miou", "novel_miou")
 
@@ -69,27 +71,30 @@ class GfssAccumulator:
         self._confusion += np.bincount(flat, minlength=self.num_classes**2).reshape(self._confusion.shape)
 
     def class_iou(self) -> np.ndarray:
-        """Return IoU per model id (float64); nan for a class with no target and no predicted pixel in the split."""
-        inter = np.diag(self._confusion).astype(np.float64)
-        union = self._confusion.sum(0) + self._confusion.sum(1) - inter
-        out = np.full(self.num_classes, np.nan)
-        np.divide(inter, union, out=out, where=union > 0)
-        return out
+        """Return IoU per model id (float64): intersection / (union + 1e-10), so 0 for a class absent from the split.
 
-    def _group_miou(self, group: str, ids: Sequence[int], iou: np.ndarray) -> float:
-        values = iou[list(ids)]
-        if np.isnan(values).all():
-            raise GfssMetricsError(
-                f"GfssAccumulator: no {group} class {list(ids)} has a target or predicted pixel in the split"
-            )
-        # As GAPS's nanmean: a class absent from both target and prediction over the whole split is skipped.
-        return float(np.nanmean(values))
+        GAPS scores every class this way (seg_trainer.py:151, `class_intersection / (class_union + 1e-10)`): a class
+        with no target and no predicted pixel in the evaluated images gets IoU 0 and stays in the group means.
+        """
+        inter = np.diag(self._confusion).astype(np.float64)
+        union = (self._confusion.sum(0) + self._confusion.sum(1)).astype(np.float64) - inter
+        return inter / (union + UNION_EPS)
+
+    def absent(self) -> list[int]:
+        """Model ids with no target and no predicted pixel in the split (scored 0, as GAPS)."""
+        inter = np.diag(self._confusion)
+        union = self._confusion.sum(0) + self._confusion.sum(1) - inter
+        return [int(c) for c in np.flatnonzero(union == 0)]
+
+    def _group_miou(self, ids: Sequence[int], iou: np.ndarray) -> float:
+        # GAPS averages every class of the group, an absent one included with IoU 0 (np.mean, no nan-mean)
+        return float(np.mean(iou[list(ids)]))
 
     def scores(self, base_ids: Sequence[int], novel_ids: Sequence[int]) -> dict:
-        """Return {"base_miou", "novel_miou", "hm", "class_iou"}; base includes background (model id 0).
+        """Return {"base_miou", "novel_miou", "hm", "class_iou", "absent"}; base includes background (model id 0).
 
-        With no novel ids (the base stage) novel_miou and hm are None. class_iou is {model id as str: IoU}
-        for the classes with a defined IoU (JSON-safe, no nan).
+        With no novel ids (the base stage) novel_miou and hm are None. class_iou is {model id as str: IoU} for
+        every class; "absent" lists the model ids with no target and no predicted pixel (IoU 0, kept in the means).
         """
         base_ids = [int(c) for c in base_ids]
         novel_ids = [int(c) for c in novel_ids]
@@ -100,13 +105,14 @@ class GfssAccumulator:
                 f"model ids in 0..{self.num_classes - 1}"
             )
         iou = self.class_iou()
-        base = self._group_miou("base", base_ids, iou)
-        novel = self._group_miou("novel", novel_ids, iou) if novel_ids else None
+        base = self._group_miou(base_ids, iou)
+        novel = self._group_miou(novel_ids, iou) if novel_ids else None
         return {
             "base_miou": base,
             "novel_miou": novel,
             "hm": None if novel is None else harmonic_mean(base, novel),
-            "class_iou": {str(c): float(v) for c, v in enumerate(iou) if not np.isnan(v)},
+            "class_iou": {str(c): float(v) for c, v in enumerate(iou)},
+            "absent": self.absent(),
         }
 
 
@@ -135,8 +141,16 @@ def pifs_summary(steps: list[dict]) -> dict:
     }
 
 
+#: HM keys of a summary and the (base, novel) keys whose means they are the harmonic mean of.
+HM_OF = {"hm": ("base_miou", "novel_miou"), "hm_last": ("base_miou_last", "novel_miou_last")}
+
+
 def seed_summary(runs: list[dict]) -> dict:
-    """Return, for each key of the runs' PIFS summaries, the mean over runs and key + "_std" (ddof 0); plus "runs"."""
+    """Return, for each key of the runs' PIFS summaries, the mean over runs and key + "_std" (ddof 0); plus "runs".
+
+    As Table 1 aggregates, "hm" and "hm_last" are the harmonic mean of the mean base and mean novel mIoU over runs,
+    not the mean of the per-run HMs; their "_std" is the spread (ddof 0) of the per-run HMs.
+    """
     if not runs:
         raise GfssMetricsError("seed_summary: expected at least one run summary, got none")
     keys = list(runs[0])
@@ -151,5 +165,28 @@ def seed_summary(runs: list[dict]) -> dict:
         values = np.array([run[key] for run in runs], dtype=np.float64)
         out[key] = float(values.mean())
         out[key + "_std"] = float(values.std(ddof=0))
+    for key, (base, novel) in HM_OF.items():
+        if key in out and base in out and novel in out:
+            out[key] = harmonic_mean(out[base], out[novel])
     out["runs"] = len(runs)
+    return out
+
+
+def fold_mean(summaries: list[dict]) -> dict:
+    """Table 1's mean over folds: each metric averaged over the folds' summaries, HM of the mean base and novel.
+
+    "_std" keys are the spread (ddof 0) of the folds' values; "folds" counts them.
+    """
+    if not summaries:
+        raise GfssMetricsError("fold_mean: expected at least one fold summary, got none")
+    keys = [k for k in summaries[0] if not k.endswith("_std") and k not in ("runs", "folds")]
+    out: dict = {}
+    for key in keys:
+        values = np.array([float(s[key]) for s in summaries], dtype=np.float64)
+        out[key] = float(values.mean())
+        out[key + "_std"] = float(values.std(ddof=0))
+    for key, (base, novel) in HM_OF.items():
+        if key in out and base in out and novel in out:
+            out[key] = harmonic_mean(out[base], out[novel])
+    out["folds"] = len(summaries)
     return out

@@ -23,7 +23,7 @@ def train_gfss_base(config: GfssConfig) -> dict:
 
 @flow(name="train_gfss_novel", log_prints=True)
 def train_gfss_novel(config: GfssConfig) -> dict:
-    """Run the incremental stage (finetune or gaps, with novel.synthetic_runs when set) for every run seed."""
+    """Run the incremental stage (gaps, finetune or shot-only; novel.synthetic_runs when set) for every run seed."""
     report = train_gfss_novel_task(config)
     print(f"novel stage: {report['novel_dir']} ({len(report['runs'])} runs x {len(report['task_stream'])} steps)")
     return report

@@ -91,7 +91,7 @@ def gfss_train_base(
 def gfss_train_novel(
     config: Path = typer.Argument(..., help="GFSS YAML config (see configs/gfss-toy.yaml).", parser=non_empty_path),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
-    method: Optional[str] = typer.Option(None, "--method", help="finetune or gaps (overrides novel.method)."),
+    method: Optional[str] = typer.Option(None, "--method", help="gaps, finetune or shot-only (novel.method)."),
     synthetic: Optional[list[str]] = typer.Option(
         None, "--synthetic", help="A completed maskforge run joining the data (repeatable; novel.synthetic_runs)."
     ),
@@ -107,7 +107,7 @@ def gfss_train_novel(
 def gfss_eval(
     config: Path = typer.Argument(..., help="GFSS YAML config (see configs/gfss-toy.yaml).", parser=non_empty_path),
     out: Optional[str] = typer.Option(None, "--out", help="Parent folder of stage folders (overrides run.out_dir)."),
-    method: Optional[str] = typer.Option(None, "--method", help="finetune or gaps (overrides novel.method)."),
+    method: Optional[str] = typer.Option(None, "--method", help="gaps, finetune or shot-only (novel.method)."),
     synthetic: Optional[list[str]] = typer.Option(
         None, "--synthetic", help="As in train-novel (novel.synthetic_runs)."
     ),

@@ -22,7 +22,14 @@ from maskforge.storage.results import (
     rows_as_dicts,
     select_rows,
 )
-from maskforge.tasks.benchmark import headline, metric_cells, synthetic_label
+from maskforge.tasks.benchmark import (
+    MEAN_FOLD,
+    fold_mean_rows,
+    headline,
+    metric_cells,
+    stored_configs,
+    synthetic_label,
+)
 
 results_app = typer.Typer(help="Read the benchmark table the learners' evaluations append to.", no_args_is_help=True)
 
@@ -48,7 +55,7 @@ def protocol_table(protocol: str, rows: list[dict], metrics: tuple[str, ...]) ->
         table.add_row(
             r["created_at"][:16].replace("T", " "),
             r["model"],
-            f"{r['dataset']} f{r['fold']} {r['shots']}-shot",
+            f"{r['dataset']} {'f0-3 mean' if r['fold'] == MEAN_FOLD else 'f' + str(r['fold'])} {r['shots']}-shot",
             r["setting"],
             synthetic_label(r),
             f"{r['evaluated']} × {r['runs']}",
@@ -117,6 +124,11 @@ def results_ls(
             chosen = [r for r in rows if r["protocol"] == protocol]
             metrics = tuple(metric) if metric else headline(protocol, chosen)
             console.print(protocol_table(protocol, chosen, metrics))
+        # Table 1's row of its own: the mean over the four folds where all four have rows of the same config
+        means = fold_mean_rows(rows, stored_configs(str(folder)))
+        if means:
+            metrics = tuple(metric) if metric else headline(means[0]["protocol"], means)
+            console.print(protocol_table(f"{means[0]['protocol']}, mean over folds 0-3", means, metrics))
 
 
 @results_app.command("config")

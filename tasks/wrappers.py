@@ -36,7 +36,7 @@ from maskforge.tasks.artifacts import (
     rejected_markdown,
     scores_markdown,
 )
-from maskforge.tasks.benchmark import overview_markdown
+from maskforge.tasks.benchmark import overview_markdown, stored_configs
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import FoldPlan
 from maskforge.tasks.preflight import preflight
@@ -121,7 +121,9 @@ def record_learner_results(
     )
     create_markdown_artifact(
         key=f"benchmark-{result['dataset']}-f{result['fold']}",
-        markdown=overview_markdown(rows_as_dicts(everything), result["dataset"], result["fold"]),
+        markdown=overview_markdown(
+            rows_as_dicts(everything), result["dataset"], result["fold"], stored_configs(results_dir)
+        ),
         description=f"Every learner's newest rows of {result['dataset']} fold {result['fold']} in {results_dir}",
     )
     return {"table_file": url, "rows": rows}

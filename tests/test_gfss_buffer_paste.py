@@ -225,7 +225,7 @@ def test_plan_context_prob_one_draws_from_the_context_set():
     for _ in range(200):
         plan = plan_sample(rng, [11, 12], pools, 50, sets, p_vrfs=0.0, context_prob=1.0)
         assert plan.context and plan.base_index in sets[plan.class_id].tolist()
-        assert plan.objects == ((plan.class_id, plan.objects[0][1]),)
+        assert plan.objects == ()  # p_vrfs 0: pure replay of the base image, as GAPS
     plans = [plan_sample(rng, [11, 12], pools, 50, {}, p_vrfs=0.0, context_prob=1.0) for _ in range(200)]
     assert not any(p.context for p in plans)  # no context set -> uniform over the buffer
     assert len({p.base_index for p in plans}) > 20
@@ -257,6 +257,27 @@ def test_plan_frequencies_follow_p_and_are_seeded():
     assert {p.class_id for p in plans} == {11, 12}
     a = [plan_sample(np.random.default_rng(5), [11, 12], pools, 100, {}, 0.5) for _ in range(3)]
     assert a[0] == a[1] == a[2]
+
+
+def test_plan_pure_replay_share_is_one_minus_p():
+    """GAPS pastes 2 instances of the selected class with probability p and none otherwise; with a single novel
+    class (no other-class branch) the share of samples without a novel object is 1 - p within binomial error."""
+    pools = _pools([11])
+    for p, seed in ((0.588, 3), (0.3, 4)):
+        rng = np.random.default_rng(seed)
+        n = 4000
+        plans = [plan_sample(rng, [11], pools, 100, {}, p_vrfs=p) for _ in range(n)]
+        counts = [len(plan.objects) for plan in plans]
+        assert set(counts) == {0, 2}  # never a single instance
+        empty = counts.count(0) / n
+        sigma = np.sqrt(p * (1 - p) / n)
+        assert abs(empty - (1 - p)) < 4 * sigma, (p, empty)
+    # with another class learned, a pure replay needs both branches to miss: (1 - p)^2
+    pools = _pools([11, 12])
+    rng = np.random.default_rng(6)
+    plans = [plan_sample(rng, [12], pools, 100, {}, p_vrfs=0.4) for _ in range(4000)]
+    empty = np.mean([not plan.objects for plan in plans])
+    assert abs(empty - 0.36) < 4 * np.sqrt(0.36 * 0.64 / 4000)
 
 
 def test_plan_rejects_bad_inputs():
@@ -301,5 +322,5 @@ def test_plan_follows_the_documented_draw_order():
         twin.random()  # context decision (no context set: uniform base)
         base = int(twin.integers(30))
         twin.random()  # other-class decision
-        n = 2 if twin.random() < 0.5 else 1
+        n = 2 if twin.random() < 0.5 else 0
         assert plan == SynthesisPlan(11, base, False, tuple((11, int(twin.integers(3))) for _ in range(n)))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from maskforge.eval.gfss_metrics import GfssAccumulator, harmonic_mean, pifs_summary, seed_summary
+from maskforge.eval.gfss_metrics import GfssAccumulator, fold_mean, harmonic_mean, pifs_summary, seed_summary
 from maskforge.eval.gfss_protocol import (
     ClassMap,
     GfssProtocolError,
@@ -113,21 +113,63 @@ def test_accumulator_confusion_iou_and_scores_by_hand():
     assert base_stage["novel_miou"] is None and base_stage["hm"] is None
 
 
-def test_accumulator_sums_over_the_split_and_skips_absent_classes():
+def test_accumulator_sums_over_the_split_and_scores_absent_classes_zero_as_gaps():
     acc = GfssAccumulator(4)
     acc.add(np.array([[1, 1]]), np.array([[1, 0]]))  # class 1: inter 1, union 2
     acc.add(np.array([[1, 1, 1, 0]]), np.array([[1, 1, 1, 255]]))  # class 1: inter 3, union 3; 255 ignored
     iou = acc.class_iou()
     assert iou[1] == pytest.approx(4 / 5)  # split-wide 4 / 5, not the per-image mean (1/2 + 1) / 2
-    assert iou[0] == 0.0  # one target pixel, never predicted: 0, not skipped
-    assert np.isnan(iou[2]) and np.isnan(iou[3])
+    assert iou[0] == 0.0  # one target pixel, never predicted: 0
+    assert iou[2] == 0.0 and iou[3] == 0.0  # absent from target and prediction: 0 (GAPS), not nan
+    assert acc.absent() == [2, 3]
     acc.add(np.array([[3]]), np.array([[-1]]))  # excluded: class 3 stays absent
-    acc.add(np.array([[3]]), np.array([[0]]))  # predicted only: IoU 0, no longer nan
-    iou = acc.class_iou()
-    assert np.isnan(iou[2]) and iou[3] == 0.0
+    acc.add(np.array([[3]]), np.array([[0]]))  # predicted only: present, IoU 0
+    assert acc.absent() == [2]
+    acc.add(np.array([[2, 2]]), np.array([[2, 1]]))  # class 2: inter 1, union 2
     scores = acc.scores([0, 1], [2, 3])
-    assert scores["novel_miou"] == 0.0 and scores["hm"] == 0.0  # class 2 skipped, class 3 counted as 0
-    assert set(scores["class_iou"]) == {"0", "1", "3"}
+    assert scores["novel_miou"] == pytest.approx((1 / 2 + 0) / 2)
+    # an absent class is kept in its group's mean with IoU 0
+    fresh = GfssAccumulator(4)
+    fresh.add(np.array([[1, 1, 3]]), np.array([[1, 1, 3]]))  # classes 0 and 2 absent
+    out = fresh.scores([0, 1], [2, 3])
+    assert out["base_miou"] == pytest.approx(0.5)  # (0 + 1) / 2, GAPS's mean; a nan-mean would say 1.0
+    assert out["novel_miou"] == pytest.approx(0.5) and out["absent"] == [0, 2]
+    assert out["class_iou"] == pytest.approx({"0": 0.0, "1": 1.0, "2": 0.0, "3": 1.0})
+
+
+def _gaps_style_iou(preds, targets, num_classes, masked=()):
+    """An independent reference in GAPS's manner (its metric code, not ours): per image, drop ignore and masked
+    target pixels, histogram intersections, predictions and targets over classes, sum over images, then
+    intersection / (union + 1e-10) for every class."""
+    inter = np.zeros(num_classes)
+    area_p = np.zeros(num_classes)
+    area_t = np.zeros(num_classes)
+    for p, t in zip(preds, targets):
+        keep = (t != -1) & ~np.isin(t, masked)
+        p, t = p[keep], t[keep]
+        inter += np.bincount(p[p == t], minlength=num_classes)[:num_classes]
+        area_p += np.bincount(p, minlength=num_classes)[:num_classes]
+        area_t += np.bincount(t, minlength=num_classes)[:num_classes]
+    return inter / (area_p + area_t - inter + 1e-10)
+
+
+def test_accumulator_matches_a_gaps_style_reference_on_seeded_maps_with_an_absent_class():
+    rng = np.random.default_rng(11)
+    num_classes = 7  # class 5 never appears in target nor prediction: it must score 0 and stay in the mean
+    labels = [c for c in range(num_classes) if c != 5]
+    preds = [rng.choice(labels, size=(16, 16)) for _ in range(5)]
+    targets = [np.where(rng.random((16, 16)) < 0.6, p, rng.choice(labels, size=(16, 16))) for p in preds]
+    for t in targets:
+        t[rng.random(t.shape) < 0.05] = -1
+    acc = GfssAccumulator(num_classes)
+    for p, t in zip(preds, targets):
+        acc.add(p, t)
+    want = _gaps_style_iou(preds, targets, num_classes)
+    assert want[5] == 0.0
+    np.testing.assert_allclose(acc.class_iou(), want, atol=1e-12)
+    scores = acc.scores([0, 1, 2, 3], [4, 5, 6])
+    assert scores["base_miou"] == pytest.approx(float(np.mean(want[:4])), abs=1e-6)
+    assert scores["novel_miou"] == pytest.approx(float(np.mean(want[4:])), abs=1e-6)  # class 5 counted as 0
 
 
 def test_accumulator_rejects_bad_inputs():
@@ -139,8 +181,7 @@ def test_accumulator_rejects_bad_inputs():
     with pytest.raises(ValueError, match=r"target values must be in 0\.\.2 or ignore .*, got \[5\]"):
         acc.add(np.array([0]), np.array([5]))
     acc.add(np.array([0]), np.array([0]))
-    with pytest.raises(ValueError, match="no novel class"):
-        acc.scores([0], [1, 2])
+    assert acc.scores([0], [1, 2])["novel_miou"] == 0.0  # both absent: 0, as GAPS (no longer an error)
 
 
 def test_harmonic_mean():
@@ -167,10 +208,33 @@ def test_pifs_and_seed_summaries_by_hand():
     assert summary["runs"] == 2
     assert summary["base_miou"] == pytest.approx(0.55) and summary["base_miou_std"] == pytest.approx(0.05)  # ddof 0
     assert summary["novel_miou"] == pytest.approx(0.3) and summary["novel_miou_std"] == pytest.approx(0.0)
-    assert summary["hm"] == pytest.approx(0.3875) and summary["hm_std"] == pytest.approx(0.0125)
+    # Table 1: HM of the mean base (0.55) and mean novel (0.3) = 0.388..., not the mean of the run HMs (0.3875)
+    assert summary["hm"] == pytest.approx(2 * 0.55 * 0.3 / 0.85) and summary["hm_std"] == pytest.approx(0.0125)
+    assert summary["hm"] != pytest.approx(0.3875, abs=1e-4)
+    # last step: base (0.4, 0.5) -> 0.45, novel (0.4, 0.5) -> 0.45, HM 0.45
     assert summary["hm_last"] == pytest.approx(0.45) and summary["hm_last_std"] == pytest.approx(0.05)
     assert len(summary) == 6 * 2 + 1
     with pytest.raises(ValueError, match="step 0 has no 'novel_miou'"):
         pifs_summary([{"base_miou": 0.5, "novel_miou": None}])
     with pytest.raises(ValueError, match="run 1 has keys"):
         seed_summary([run_a, {"base_miou": 0.5}])
+
+
+def test_fold_mean_is_the_hm_of_mean_base_and_mean_novel():
+    folds = [
+        {
+            "base_miou": 0.6,
+            "novel_miou": 0.2,
+            "hm": 0.3,
+            "base_miou_last": 0.5,
+            "novel_miou_last": 0.1,
+            "hm_last": 1 / 6,
+        },
+        {"base_miou": 0.4, "novel_miou": 0.4, "hm": 0.4, "base_miou_last": 0.3, "novel_miou_last": 0.3, "hm_last": 0.3},
+    ]
+    out = fold_mean(folds)
+    assert out["folds"] == 2 and out["base_miou"] == pytest.approx(0.5) and out["novel_miou"] == pytest.approx(0.3)
+    assert out["hm"] == pytest.approx(0.375)  # HM(0.5, 0.3), not the mean of the fold HMs (0.35)
+    assert out["hm_last"] == pytest.approx(2 * 0.4 * 0.2 / 0.6) and out["base_miou_std"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="at least one fold"):
+        fold_mean([])

@@ -10,17 +10,26 @@ import torch
 from tiny import toy_run
 
 from maskforge.eval.datasets.base import DatasetError, ImageRecord
+from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.eval.folds import toy_fold
 from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
 from maskforge.models.gfss.network import GfssSpec, build_gfss, masked_average_pool
 from maskforge.storage.results import append_results, read_results
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.gfss.base import base_image_ids, open_fold, train_gfss_base
+from maskforge.tasks.gfss.base import base_image_ids, base_schedule, open_fold, train_gfss_base, train_steps
 from maskforge.tasks.gfss.config import parse_gfss_config
 from maskforge.tasks.gfss.evaluate import benchmark_rows, eval_gfss, score_checkpoint, trend_markdown
-from maskforge.tasks.gfss.feed import NovelData, NovelFeed, normalize
-from maskforge.tasks.gfss.novel import class_vectors, load_base, replay_buffer, train_gfss_novel
+from maskforge.tasks.gfss.feed import BaseFeed, NovelData, NovelFeed, normalize
+from maskforge.tasks.gfss.novel import (
+    _finetune,
+    base_images,
+    class_vectors,
+    load_base,
+    random_buffer,
+    replay_buffer,
+    train_gfss_novel,
+)
 
 TOY = {"seed": 0, "image_size": 48, "n_train": 80, "n_val": 6}
 FOLD = toy_fold(0)
@@ -69,7 +78,7 @@ def test_base_stage_trains_on_a_leakage_free_set_and_is_not_retrained(trained):
     assert again["checkpoint"] == report["checkpoint"] and again["seconds"] == report["seconds"]
 
 
-@pytest.mark.parametrize("method", ["finetune", "gaps"])
+@pytest.mark.parametrize("method", ["finetune", "gaps", "shot-only"])
 def test_novel_stage_and_evaluation(trained, method):
     tmp, _, base = trained
     syn = synthetic_run(str(tmp / f"syn-{method}"))
@@ -83,7 +92,7 @@ def test_novel_stage_and_evaluation(trained, method):
         net, meta = load_gfss(step["checkpoint"])
         assert net.spec.num_classes == 13 + s + 1  # one class learned per step
         assert meta["extra"]["class_map"]["novel"] == [1, 6, 11, 16][: s + 1]
-    assert (report["buffer_images"] > 0) == (method == "gaps")
+    assert report["buffer_images"] == (0 if method == "shot-only" else 12)  # finetune pastes too (AlignDiff D.3)
     result = eval_gfss(cfg, log=lambda m: None)
     assert result["images"] == 3 and len(result["runs"][0]["steps"]) == 4
     s = result["summary"]
@@ -103,7 +112,7 @@ def test_feed_labels(trained):
         dataset=cfg.dataset, fold_novel=FOLD.novel, class_map=class_map, step_classes=(1,),
         shots={1: [shot]}, crop=48, scale=(0.5, 2.0), paste_scale=(0.1, 2.0), seed=0,
     )  # fmt: skip
-    ft = iter(NovelFeed(NovelData(method="finetune", **common)))
+    ft = iter(NovelFeed(NovelData(method="shot-only", **common)))
     for _ in range(4):  # a real shot's annotation: its class (model id 13) and background; ignore from padding
         image, label = next(ft)
         assert image.shape == (3, 48, 48) and set(label.unique().tolist()) <= {-1, 0, 13}
@@ -203,12 +212,21 @@ def test_imprinting_sets_the_new_row_to_the_shots_mean_prototype(trained):
     dataset, _ = open_fold(cfg)
     shots = dataset.class_index("train")[6][:2]
     vectors = class_vectors(net, dataset, shots, 6, torch.device("cpu"))
-    by_hand = []
-    for image_id in shots:  # masked average pool of the features over the class's pixels, then L2-normalised
+    by_hand, old_way = [], []
+    for image_id in shots:  # GAPS: features upsampled to the mask, L2-normalised per pixel, averaged over the mask
         record = dataset.load(image_id)
-        pooled = masked_average_pool(net.features(normalize([record.image])), torch.from_numpy(record.label == 6)[None])
-        by_hand.append(torch.nn.functional.normalize(pooled, dim=1)[0])
-    torch.testing.assert_close(vectors, torch.stack(by_hand))
+        feats = net.features(normalize([record.image])).detach()
+        mask = torch.from_numpy(record.label == 6)
+        up = torch.nn.functional.interpolate(feats, size=mask.shape, mode="bilinear", align_corners=False)[0]
+        unit = up / (up.norm(dim=0, keepdim=True) + 1e-5)  # (C, H, W)
+        by_hand.append(unit[:, mask].sum(1) / (mask.sum() + 1e-5))
+        pooled = masked_average_pool(feats, mask[None])  # pooling at the feature stride, normalised after
+        old_way.append(torch.nn.functional.normalize(pooled, dim=1)[0])
+    torch.testing.assert_close(vectors, torch.stack(by_hand), atol=1e-5, rtol=1e-4)
+    assert vectors.shape == (2, 16)
+    # the vectors are means of unit vectors (norm < 1), not re-normalised pools: the old reading differs
+    assert float(vectors.norm(dim=1).max()) < 0.9999
+    assert not torch.allclose(vectors, torch.stack(old_way), atol=1e-3)
     prototype = torch.nn.functional.normalize(vectors.mean(0, keepdim=True), dim=1)
     head = net.head.expanded(14, prototype)
     weights = head.pixel_classifier.class_mat.weight.detach().flatten(1)
@@ -239,3 +257,161 @@ def test_the_replay_buffer_depends_on_the_weights_not_the_output_folder(trained,
     b = replay_buffer(other, second, moved_ckpt, dataset, FOLD, device, log=lambda m: None)
     assert a == b and len(a) == 12  # novel.buffer_size of the tiny config
     assert not set(a) & {i for c in FOLD.novel for i in dataset.class_index("train")[c]}  # base images only
+
+
+def _norm_state(net) -> dict[str, torch.Tensor]:
+    """Every BatchNorm tensor (weight, bias, running mean and var) of a network, cloned."""
+    out = {}
+    for name, module in net.named_modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            for key in ("weight", "bias", "running_mean", "running_var"):
+                out[f"{name}.{key}"] = getattr(module, key).detach().clone()
+    return out
+
+
+@pytest.mark.parametrize("method", ["gaps", "shot-only"])
+def test_a_novel_step_leaves_every_batchnorm_tensor_bit_identical(trained, method):
+    """GAPS freezes every norm in the novel stage: eval mode and no affine gradient (fs_incremental_trainer.py:419)."""
+    tmp, _, base = trained
+    cfg = parse_gfss_config(config(tmp, novel={"method": method, "iterations": 3, "lr_backbone": 0.5}))
+    net, _ = load_gfss(base["checkpoint"])
+    before = _norm_state(net)
+    assert len(before) == 4 * 22  # 22 norm layers in the tiny net (stem, 4 bottlenecks, downsamples, ASPP)
+    dataset, _ = open_fold(cfg)
+    class_map = ClassMap(tuple(FOLD.base), (1,))
+    shot = dataset.class_index("train")[1][0]
+    net.replace_head(net.head.expanded(class_map.num_classes, None))
+    data = NovelData(
+        dataset=cfg.dataset, fold_novel=FOLD.novel, class_map=class_map, step_classes=(1,), method=method,
+        shots={1: [shot]}, crop=48, scale=(0.5, 2.0), paste_scale=(0.1, 2.0), seed=0,
+        buffer=base_image_ids(dataset, "train", FOLD)[:5], p_vrfs=1.0,
+    )  # fmt: skip
+    convs = {k: v.detach().clone() for k, v in net.backbone.named_parameters() if "conv" in k}
+    losses = _finetune(cfg, net, NovelFeed(data), torch.device("cpu"), lambda m: None, "step")
+    assert len(losses) == 3
+    after = _norm_state(net)
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    assert any(not torch.equal(v, dict(net.backbone.named_parameters())[k]) for k, v in convs.items())  # it trained
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert all(not m.weight.requires_grad and not m.bias.requires_grad for m in norms)
+
+
+def test_novel_sgd_has_no_weight_decay_by_default(trained, monkeypatch):
+    """GAPS's fine-tuning SGD has momentum and no weight decay (fs_incremental_trainer.py:427)."""
+    tmp, _, base = trained
+    cfg = parse_gfss_config(config(tmp, novel={"method": "shot-only", "iterations": 1}))
+    assert cfg.novel.weight_decay == 0.0
+    made = []
+
+    class Spy(torch.optim.SGD):
+        def __init__(self, params, **kwargs):
+            made.append(kwargs)
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", Spy)
+    net, _ = load_gfss(base["checkpoint"])
+    dataset, _ = open_fold(cfg)
+    class_map = ClassMap(tuple(FOLD.base), (1,))
+    net.replace_head(net.head.expanded(class_map.num_classes, None))
+    data = NovelData(
+        dataset=cfg.dataset, fold_novel=FOLD.novel, class_map=class_map, step_classes=(1,), method="shot-only",
+        shots={1: [dataset.class_index("train")[1][0]]}, crop=48, scale=(0.5, 2.0), paste_scale=(0.1, 2.0), seed=0,
+    )  # fmt: skip
+    _finetune(cfg, net, NovelFeed(data), torch.device("cpu"), lambda m: None, "step")
+    assert made == [{"momentum": 0.9, "weight_decay": 0.0}]
+
+
+def test_finetune_pastes_onto_random_base_images_without_context(trained):
+    """AlignDiff D.3: FINETUNE = GAPS's copy-paste onto buffer_size random base images, no guided buffer, no context
+    sampling; shot-only keeps the real shot alone."""
+    tmp, _, base = trained
+    cfg = parse_gfss_config(config(tmp, novel={"method": "finetune"}))
+    dataset, _ = open_fold(cfg)
+    pool = base_image_ids(dataset, "train", FOLD)[:30]  # novel.buffer_images of the tiny config
+    chosen = random_buffer(cfg, dataset, FOLD)
+    assert len(chosen) == len(set(chosen)) == 12 and set(chosen) <= set(pool)
+    assert chosen == random_buffer(cfg, dataset, FOLD)  # seeded
+    net, ckpt = load_base(cfg, FOLD)
+    guided = replay_buffer(cfg, net, ckpt, dataset, FOLD, torch.device("cpu"), log=lambda m: None)
+    assert base_images(cfg, net, ckpt, dataset, FOLD, "cpu", print) == chosen != guided
+    shot_only = parse_gfss_config(config(tmp, novel={"method": "shot-only"}))
+    assert base_images(shot_only, net, ckpt, dataset, FOLD, "cpu", print) == []
+    report = train_gfss_novel(cfg, log=lambda m: None)
+    assert report["setting"] == "finetune" and report["buffer_images"] == 12
+    # the finetune feed: base images with their base labels, the shot's class pasted on some of them
+    class_map = ClassMap(tuple(FOLD.base), (1,))
+    shot = dataset.class_index("train")[1][0]
+    data = NovelData(
+        dataset=cfg.dataset, fold_novel=FOLD.novel, class_map=class_map, step_classes=(1,), method="finetune",
+        shots={1: [shot]}, crop=48, scale=(0.5, 2.0), paste_scale=(0.1, 2.0), seed=0, buffer=chosen, p_vrfs=0.5,
+        context_prob=0.0,
+    )  # fmt: skip
+    feed = iter(NovelFeed(data))
+    labels = [set(next(feed)[1].unique().tolist()) for _ in range(16)]
+    assert any(13 in s for s in labels) and any(13 not in s for s in labels)  # pasted with p, pure replay otherwise
+    assert any(s - {-1, 0, 13} for s in labels)  # base classes of the base images
+
+
+def test_base_schedule_in_epochs_with_poly_per_epoch(tmp_path):
+    """GAPS's base yaml: epochs of drop-last batches (steps from the base set's size), poly lr once per epoch."""
+    cfg = parse_gfss_config(config(tmp_path, base={"steps": 0, "epochs": 3, "batch_size": 4}))
+    assert parse_gfss_config({}).base.epochs == 20 and parse_gfss_config({}).base.steps == 0
+    assert base_schedule(cfg, 42) == (3 * 10, 10)  # 42 // 4 = 10 full batches per epoch, 2 images dropped
+    fixed = parse_gfss_config(config(tmp_path, base={"steps": 7}))
+    assert base_schedule(fixed, 42) == (7, 1)
+    with pytest.raises(ConfigError, match="base.batch_size: 4 is more than the 3 base images"):
+        base_schedule(cfg, 3)
+    net = torch.nn.Linear(2, 3)
+    seen = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    batches = iter([(torch.zeros(1, 2, 1, 1), torch.zeros(1, 1, 1, dtype=torch.long))] * 30)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 3, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    net = Net()
+    train_steps(net, batches, 30, Recorder(net.parameters(), lr=0.1), [0.1], 0.9, "cpu", False, print, 100, 10)
+    want = [0.1 * (1 - e / 3) ** 0.9 for e in range(3) for _ in range(10)]
+    assert seen == pytest.approx(want)  # constant within an epoch
+
+
+def test_base_feed_epochs_are_permutations_cut_to_full_batches():
+    ids = [f"img{i}" for i in range(10)]
+    feed = BaseFeed(DatasetConfig(name="toy", toy=TOY), ids, ClassMap(tuple(FOLD.base)), FOLD.novel, 48, (1, 1), 0, 8)
+    order = feed._order(np.random.default_rng(0))
+    first, second = [next(order) for _ in range(8)], [next(order) for _ in range(8)]
+    assert len(set(first)) == 8 and len(set(second)) == 8 and first != second  # no repeat inside an epoch
+    uniform = BaseFeed(DatasetConfig(name="toy", toy=TOY), ids, ClassMap(tuple(FOLD.base)), FOLD.novel, 48, (1, 1), 0)
+    draws = uniform._order(np.random.default_rng(0))
+    assert len({next(draws) for _ in range(8)}) < 8  # with replacement (seed 0)
+    with pytest.raises(ValueError, match="epoch_items must be in 0..10, got 11"):
+        BaseFeed(DatasetConfig(name="toy", toy=TOY), ids, ClassMap(tuple(FOLD.base)), FOLD.novel, 48, (1, 1), 0, 11)
+
+
+def test_two_cold_runs_give_identical_numbers(tmp_path):
+    """Same command, same numbers: base stage, novel stage (a DataLoader worker feeding GAPS's copy-paste) and the
+    evaluation, run twice from nothing into two folders, give bit-identical scores and weights."""
+    results = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        cfg = parse_gfss_config(config(folder, novel={"method": "gaps", "workers": 1}))
+        train_gfss_base(cfg, log=lambda m: None)
+        report = train_gfss_novel(cfg, log=lambda m: None)
+        result = eval_gfss(cfg, log=lambda m: None)
+        net, _ = load_gfss(report["runs"][0]["steps"][-1]["checkpoint"])
+        results.append((result["runs"], result["summary"], net.state_dict()))
+    (runs_a, summary_a, weights_a), (runs_b, summary_b, weights_b) = results
+    assert runs_a == runs_b and summary_a == summary_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

@@ -38,6 +38,7 @@ class LayoutReport:
     root: str | None
     fold_mode: str
     sample: int | None = None  # images decoded per split; None = every image
+    layout: str | None = None  # COCO's layout (dataset.coco_layout), as checked
     classes: dict[int, str] = field(default_factory=dict)
     split_images: dict[str, int] = field(default_factory=dict)
     class_images: dict[str, dict[int, int]] = field(default_factory=dict)  # split -> class id -> images
@@ -99,10 +100,12 @@ def check_layout(
     sample: int | None = None,
     toy: ToyConfig | None = None,
     fss_trainval: str | None = None,
+    coco_layout: str | None = None,
 ) -> LayoutReport:
     """Validate a dataset layout: build the adapter and class indexes, decode every image and label of every split.
 
-    `fss_trainval` ("lists" or "derived") picks FSS-1000's trn/val source as `dataset.fss_trainval` does.
+    `fss_trainval` ("lists" or "derived") picks FSS-1000's trn/val source as `dataset.fss_trainval` does;
+    `coco_layout` (instances2014, instances2017, stuffthingmaps2017) COCO's layout as `dataset.coco_layout` does.
     `sample=N` (>= 1) decodes only N images per split, spread evenly over the sorted ids (sample_ids). Layout
     faults are collected in `problems` (checking goes on where it can; every undecodable image is one problem,
     listed up to MAX_PROBLEMS_PER_SPLIT per split); an unknown dataset name, fold mode or a sample below 1 is a
@@ -115,8 +118,10 @@ def check_layout(
     if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
         raise DatasetError(f"sample must be a whole number >= 1 (images per split) or None for all, got {sample!r}")
     report = LayoutReport(name, root, fold_mode, sample)
+    if name == "coco":
+        report.layout = coco_layout or "instances2014"
     try:
-        ds: SegDataset = build_dataset(name, root, toy, fss_trainval)
+        ds: SegDataset = build_dataset(name, root, toy, fss_trainval, coco_layout)
         report.classes = ds.classes()
         splits = ds.splits()
     except (DatasetError, FoldError) as err:
@@ -197,7 +202,8 @@ def _table(header: list[str], rows: list[list[str]], right: set[int]) -> list[st
 
 def format_report(report: LayoutReport) -> str:
     """Render a LayoutReport as plain text: split sizes, images per class and split, per-fold counts, problems."""
-    lines = [f"dataset: {report.dataset}   root: {report.root or '-'}"]
+    layout = f"   layout: {report.layout}" if report.layout else ""
+    lines = [f"dataset: {report.dataset}   root: {report.root or '-'}{layout}"]
     splits = list(report.split_images)
     if splits:
         lines.append("images per split: " + " | ".join(f"{s} {report.split_images[s]}" for s in splits))

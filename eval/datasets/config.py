@@ -28,6 +28,11 @@ class DatasetConfig(StrictConfig):
         "interleaved", description="COCO-20i fold tables: interleaved (HSNet, default) or contiguous (PANet-style)."
     )
     toy: ToyConfig = ToyConfig()
+    coco_layout: Literal["instances2014", "instances2017", "stuffthingmaps2017"] | None = Field(
+        None,
+        description="COCO only: instances2014 (the default: HSNet's COCO-20i, val2014), instances2017 (COCO2017 "
+        "instances painted the same way, val2017) or stuffthingmaps2017 (COCO2017 with COCO-Stuff thing maps: GAPS).",
+    )
     fss_trainval: Literal["lists", "derived"] | None = Field(
         None,
         description="FSS-1000 trn/val class lists: lists (HSNet's trn.txt/val.txt in eval/splits/fss/, the default) or "
@@ -36,10 +41,12 @@ class DatasetConfig(StrictConfig):
 
     @model_serializer(mode="wrap")
     def _drop_unset_trainval(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Dump without fss_trainval while it is None, so the dumps and hashes of configs without it stay the same."""
+        """Dump without fss_trainval or coco_layout while None, so the dumps and hashes of configs without them stay
+        the same."""
         data = handler(self)
-        if self.fss_trainval is None:
-            data.pop("fss_trainval", None)
+        for key in ("fss_trainval", "coco_layout"):
+            if getattr(self, key) is None:
+                data.pop(key, None)
         return data
 
     @model_validator(mode="after")
@@ -51,6 +58,10 @@ class DatasetConfig(StrictConfig):
         if self.name != "fss" and self.fss_trainval is not None:
             raise ValueError(
                 f"dataset.fss_trainval applies to FSS-1000 only (dataset.name: fss); remove it for {self.name!r}"
+            )
+        if self.name != "coco" and self.coco_layout is not None:
+            raise ValueError(
+                f"dataset.coco_layout applies to COCO only (dataset.name: coco); remove it for {self.name!r}"
             )
         if self.name == "fss" and self.fold != 0:
             raise ValueError(f"FSS-1000 has one fold (0: the 240 test classes are novel); got fold {self.fold}")

@@ -332,6 +332,33 @@ def set_train_mode(net: nn.Module, frozen_bn: bool) -> None:
             norm.eval()
 
 
+#: GAPS's guards against division by zero in its masked average pooling (non_parametric.py:25, 27).
+IMPRINT_EPS = 1e-5
+
+
+def imprint_vectors(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Return (B, C): GAPS's weight-imprinting vector of each image, computed as its masked_average_pooling does.
+
+    The features are bilinearly upsampled to the mask's size (align_corners False), L2-normalised per pixel
+    (norm + 1e-5), then summed over the mask and divided by its pixel count (+ 1e-5) (non_parametric.py:8-28,
+    called with normalization=True by GIFS_seg_trainer.py:188). The caller averages the shots' vectors.
+    """
+    if features.dim() != 4 or masks.dim() != 3 or masks.shape[0] != features.shape[0]:
+        raise GfssModelError(
+            f"imprint_vectors: features {tuple(features.shape)} and masks {tuple(masks.shape)}; "
+            "expected (B, C, h, w) and (B, H, W) with the same B"
+        )
+    empty = (~masks.flatten(1).bool().any(dim=1)).nonzero().flatten().tolist()
+    if empty:
+        raise GfssModelError(f"imprint_vectors: mask of batch index {empty[0]} has no pixel")
+    weights = masks[:, None].to(torch.float32)
+    feats = features.float()
+    if feats.shape[-2:] != weights.shape[-2:]:
+        feats = F.interpolate(feats, size=weights.shape[-2:], mode="bilinear", align_corners=False)
+    feats = feats / (feats.norm(p=2, dim=1, keepdim=True) + IMPRINT_EPS)
+    return (feats * weights).sum(dim=(2, 3)) / (weights.sum(dim=(2, 3)) + IMPRINT_EPS)
+
+
 def masked_average_pool(features: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Return (B, C): each image's features averaged over its mask, the mask resized to the features' size.
 

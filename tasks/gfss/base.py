@@ -59,6 +59,25 @@ def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
     return base_lr * (1 - step / total) ** power
 
 
+def base_schedule(config: GfssConfig, base_images: int) -> tuple[int, int]:
+    """Return (steps, steps per lr update) of the base stage.
+
+    base.steps 0 (GAPS): epochs x (base_images // batch_size) steps (the last partial batch dropped), the poly lr
+    updated once per epoch; base.steps N: N steps, updated every step. Fewer base images than one batch is a
+    ConfigError.
+    """
+    b = config.base
+    if b.steps:
+        return b.steps, 1
+    per_epoch = base_images // b.batch_size
+    if per_epoch < 1:
+        raise ConfigError(
+            f"base.batch_size: {b.batch_size} is more than the {base_images} base images; an epoch would have no "
+            "full batch (set a smaller batch or base.steps)"
+        )
+    return b.epochs * per_epoch, per_epoch
+
+
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA when enabled (GAPS trains with AMP); a no-op on CPU."""
     if enabled and device.type == "cuda":
@@ -83,14 +102,28 @@ def train_gfss_base(config: GfssConfig, log: Callable[[str], None] = print) -> d
 
 
 def train_steps(
-    net: GfssNet, batches, steps: int, optimiser, lr_groups: list[float], power: float, device, amp: bool, log, every
+    net: GfssNet,
+    batches,
+    steps: int,
+    optimiser,
+    lr_groups: list[float],
+    power: float,
+    device,
+    amp: bool,
+    log,
+    every,
+    per_update: int = 1,
 ) -> tuple[list[float], float]:
-    """Run `steps` SGD steps of cross-entropy (ignore -1) with poly decay; return (mean loss per window, seconds)."""
+    """Run `steps` SGD steps of cross-entropy (ignore -1) with poly decay; return (mean loss per window, seconds).
+
+    The learning rate is updated every `per_update` steps (an epoch's steps: GAPS's per-epoch poly schedule).
+    """
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1)
     losses, window, start = [], [], time.perf_counter()
+    updates = -(-steps // per_update)
     for step in range(steps):
         for group, lr in zip(optimiser.param_groups, lr_groups):
-            group["lr"] = poly_lr(lr, step, steps, power)
+            group["lr"] = poly_lr(lr, step // per_update, updates, power)
         images, labels = next(batches)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with autocast(device, amp):
@@ -127,18 +160,24 @@ def _train(config: GfssConfig, log: Callable[[str], None]) -> dict:
     torch.manual_seed(derive_seed("gfss-base-init", b.seed))
     net = build_gfss(model_spec(config, class_map.num_classes), m.weights).to(device)
     set_train_mode(net, frozen_bn=False)
-    feed = BaseFeed(config.dataset, ids, class_map, fold.novel, b.crop_size, tuple(b.scale), b.seed)
+    steps, per_update = base_schedule(config, len(ids))
+    epoch_items = 0 if b.steps else per_update * b.batch_size
+    feed = BaseFeed(config.dataset, ids, class_map, fold.novel, b.crop_size, tuple(b.scale), b.seed, epoch_items)
     batches = make_loader(feed, b.batch_size, b.workers, pin=device.type == "cuda")
     optimiser = torch.optim.SGD(net.parameters(), lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay)
-    log(f"base stage on {dataset.name} fold {fold.index}: {len(ids)} base images, {class_map.num_classes} classes")
+    log(
+        f"base stage on {dataset.name} fold {fold.index}: {len(ids)} base images, {class_map.num_classes} classes, "
+        f"{steps} steps" + ("" if b.steps else f" ({b.epochs} epochs of {per_update})")
+    )
     losses, seconds = train_steps(
-        net, batches, b.steps, optimiser, [b.lr], b.poly_power, device, config.run.amp, log, b.log_every
+        net, batches, steps, optimiser, [b.lr], b.poly_power, device, config.run.amp, log, b.log_every, per_update
     )
     report = {
         "train_dir": out,
         "checkpoint": ckpt,
         "losses": losses,
-        "steps": b.steps,
+        "steps": steps,
+        "epochs": None if b.steps else b.epochs,
         "seconds": round(seconds, 2),
         "base_images": len(ids),
         "num_classes": class_map.num_classes,

@@ -65,7 +65,17 @@ class GfssBaseConfig(StrictConfig):
         description="Use this base checkpoint (ours .safetensors or the authors' *_final.pt) instead of training one.",
     )
     split: str = Field("train", description="Split the base set is drawn from (images with no novel pixel).")
-    steps: int = Field(2000, ge=1, le=10_000_000, description="Optimiser steps (GAPS: 20 epochs of batch 32).")
+    # GAPS's base yaml (configs/fs_incremental/pascal5i_base.yaml:46-49): max_epochs 20, batch_size 32, polynomial
+    # lr; main/train.py:98-101 and :122-124 step the poly schedule once per epoch; trainer_base.py:26 drops the last
+    # partial batch
+    epochs: int = Field(20, ge=1, le=10_000, description="Epochs over the base set (GAPS: 20); lr decays per epoch.")
+    steps: int = Field(
+        0,
+        ge=0,
+        le=10_000_000,
+        description="0: epochs x (base images // batch_size) steps, poly per epoch (GAPS); N: exactly N steps, poly "
+        "per step (short runs and tests).",
+    )
     batch_size: int = Field(32, ge=1, le=1024)
     lr: float = Field(0.01, gt=0, le=1, description="SGD learning rate (GAPS: 0.01 PASCAL, 0.007 COCO).")
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -81,12 +91,19 @@ class GfssBaseConfig(StrictConfig):
 class GfssNovelConfig(StrictConfig):
     """The incremental stage: per run seed and step, imprint, then fine-tune on the step's data."""
 
-    method: Literal["finetune", "gaps"] = Field("gaps", description="finetune: real shots only; gaps: GAPS.")
+    method: Literal["finetune", "gaps", "shot-only"] = Field(
+        "gaps",
+        description="gaps: GAPS; finetune: AlignDiff's FINETUNE (GAPS's copy-paste onto buffer_size random base "
+        "images, no guided buffer, no context sampling); shot-only: fine-tune on the real shots alone.",
+    )
     synthetic_runs: tuple[PathText, ...] = Field(
         (), max_length=32, description="Completed maskforge runs whose samples of the step's classes join the data."
     )
     synthetic_share: float = Field(
-        0.5, ge=0, le=1, description="Share of samples (finetune) or pasted objects (gaps) drawn from synthetic runs."
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of pasted objects (gaps, finetune) or samples (shot-only) drawn from synthetic runs.",
     )
     shots: int = Field(1, ge=1, le=50, description="Real shots per novel class.")
     split: str = Field("train", description="Split the real shots (and the replay buffer) come from.")
@@ -98,10 +115,13 @@ class GfssNovelConfig(StrictConfig):
     lr_backbone: float = Field(1e-3, gt=0, le=1)
     lr_head: float = Field(1e-2, gt=0, le=1)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0, le=0.1)
+    # GAPS builds the fine-tuning SGD with momentum only (fs_incremental_trainer.py:427): no weight decay
+    weight_decay: float = Field(0.0, ge=0, le=0.1, description="Fine-tuning SGD weight decay (GAPS: none).")
     poly_power: float = Field(0.9, ge=0, le=10)
     feature_reg: float = Field(0.1, ge=0, le=100, description="λ of the MSE against the previous step's features.")
-    buffer_size: int = Field(500, ge=1, le=100_000, description="GAPS memory-replay buffer of base images.")
+    buffer_size: int = Field(
+        500, ge=1, le=100_000, description="Base images pasted onto: GAPS's guided buffer (gaps), random (finetune)."
+    )
     buffer_images: int = Field(
         0, ge=0, le=10_000_000, description="Base images scored for the buffer (0: every base image of the split)."
     )

@@ -161,8 +161,11 @@ def plan_sample(
     context_sets[class], else uniform over range(buffer_size) (a missing or empty context set always gives the
     uniform draw and context=False); (3) u < p_vrfs -> 2 objects of OTHER pool classes (each: class uniform over the
     other classes, then object uniform in its pool), only when another class is in `pools`; (4) u < p_vrfs -> 2
-    instances of the selected class instead of 1 (each uniform in its pool). Reading of vRFS: there is always at
-    least one instance of the selected class, and its instances come last in `objects` (pasted on top).
+    instances of the selected class, otherwise none (each uniform in its pool). As GAPS's synthesizer_sample
+    (fs_incremental_trainer.py:293-298: `if torch.rand(1) < selected_novel_prob: for i in range(2): paste`), a
+    sample has no instance of the selected class with probability 1 - p_vrfs, and no novel object at all when (3)
+    did not fire either: a pure replay of the base image. The selected class's instances come last in `objects`
+    (pasted on top).
     """
     classes = sorted(int(c) for c in step_classes)
     if not classes:
@@ -201,7 +204,7 @@ def plan_sample(
         for _ in range(2):
             other = others[int(rng.integers(len(others)))]
             objects.append((other, int(rng.integers(len(pools[other])))))
-    n_instances = 2 if rng.random() < p_vrfs else 1
+    n_instances = 2 if rng.random() < p_vrfs else 0
     for _ in range(n_instances):
         objects.append((class_id, int(rng.integers(len(pools[class_id])))))
     return SynthesisPlan(class_id, base_index, use_context, tuple(objects))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -81,22 +82,43 @@ class BaseFeed(IterableDataset):
         crop: int,
         scale: tuple[float, float],
         seed: int,
+        epoch_items: int = 0,
     ) -> None:
-        """Draw uniformly from `image_ids` of the dataset; every worker has its own seeded stream."""
+        """Items of `image_ids` of the dataset; every worker has its own seeded stream.
+
+        epoch_items 0: images drawn uniformly with replacement. epoch_items N: epochs as GAPS's shuffled, drop-last
+        DataLoader: a fresh permutation of the images per epoch, its first N items (N = batches x batch size),
+        split among the DataLoader workers (worker k takes every k-th item; exact epochs with 0 or 1 worker).
+        """
         super().__init__()
         if not image_ids:
             raise ValueError(
                 f"{dataset.name} fold {dataset.fold}: the base set is empty (every image holds a novel class)"
             )
+        if not 0 <= epoch_items <= len(image_ids):
+            raise ValueError(f"BaseFeed: epoch_items must be in 0..{len(image_ids)}, got {epoch_items}")
         self.dataset, self.image_ids, self.class_map = dataset, list(image_ids), class_map
         self.fold_novel, self.crop, self.scale, self.seed = tuple(fold_novel), crop, scale, seed
+        self.epoch_items = epoch_items
+
+    def _order(self, rng: np.random.Generator) -> Iterator[int]:
+        """Endless image indices: uniform draws, or per-epoch permutations cut to epoch_items, this worker's share."""
+        if not self.epoch_items:
+            while True:
+                yield int(rng.integers(len(self.image_ids)))
+        info = get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        # every worker draws the same permutations (one seed) and keeps its own share of each
+        perm_rng = np.random.default_rng(derive_seed("gfss-base-epochs", self.seed))
+        while True:
+            yield from perm_rng.permutation(len(self.image_ids))[: self.epoch_items][worker::workers].tolist()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (image, label) pairs forever."""
         rng = np.random.default_rng(worker_seed(self.seed, "base"))
         data = open_dataset(self.dataset)
-        while True:
-            record = data.load(self.image_ids[int(rng.integers(len(self.image_ids)))])
+        for index in self._order(rng):
+            record = data.load(self.image_ids[index])
             label = self.class_map.to_model(record.label, self.fold_novel)
             yield _item(*scale_crop_flip(record.image, label, self.crop, self.scale, rng))
 
@@ -116,7 +138,7 @@ class NovelData:
     scale: tuple[float, float]
     paste_scale: tuple[float, float]
     seed: int
-    #: probability that a sample (finetune) or pasted object (gaps) of a class comes from the synthetic runs
+    #: probability that a sample (shot-only) or pasted object (gaps, finetune) of a class comes from the synthetic runs
     synthetic_share: float = 0.0
     #: {run url: sample keys of the step's classes}
     synthetic: dict[str, list[str]] = field(default_factory=dict)
@@ -150,7 +172,8 @@ class _SyntheticQueues:
 
 
 class NovelFeed(IterableDataset):
-    """Endless training items of one incremental step: finetune (shots, synthetic samples) or GAPS copy-paste."""
+    """Endless training items of one incremental step: copy-paste onto base images (gaps; finetune, AlignDiff's
+    D.3 reading, whose buffer is random and context_prob 0) or the shots alone (shot-only)."""
 
     def __init__(self, data: NovelData) -> None:
         """Hold the step's plain description; decoding, streaming and synthesis happen in the iterating worker."""
@@ -173,7 +196,7 @@ class NovelFeed(IterableDataset):
         synthetic = _SyntheticQueues(d, seed) if d.synthetic else None
         real = {c: [dataset.load(i) for i in ids] for c, ids in d.shots.items()}
         ids = d.class_map.model_ids()
-        if d.method == "finetune":
+        if d.method == "shot-only":  # the real shots alone (or whole synthetic samples), no base image
             while True:
                 cid = d.step_classes[int(rng.integers(len(d.step_classes)))]
                 if synthetic is not None and rng.random() < d.synthetic_share:
@@ -203,8 +226,19 @@ class NovelFeed(IterableDataset):
             yield _item(image, label)
 
 
+def leave_signals_to_the_parent(worker_id: int) -> None:
+    """DataLoader worker_init_fn: move the worker out of the command's process group. Ctrl-C (or `kill -TERM -PGID`)
+    reaches the whole group; a worker that died of it first made the parent fail with "DataLoader worker is killed by
+    signal" instead of ending on the signal itself (exit 130 / 143). Out of the group, the worker is stopped by its
+    parent as the parent unwinds or exits (multiprocessing's exit hook), or stops by itself within seconds of the
+    parent's death (torch's manager watchdog)."""
+    os.setpgrp()
+
+
 def make_loader(feed: IterableDataset, batch_size: int, workers: int, pin: bool = False) -> Iterator:
     """Return an endless batch iterator over a feed: DataLoader worker processes decode and synthesise."""
     # pinning and prefetching only mean something with worker processes
     more = {"pin_memory": pin, "persistent_workers": False, "prefetch_factor": 4} if workers else {}
+    if workers:
+        more["worker_init_fn"] = leave_signals_to_the_parent
     return iter(DataLoader(feed, batch_size=batch_size, num_workers=workers, **more))

@@ -28,7 +28,13 @@ from maskforge.eval.gfss_protocol import (
 from maskforge.eval.seeds import derive_seed
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
-from maskforge.models.gfss.network import GfssNet, masked_average_pool, set_train_mode
+from maskforge.models.gfss.network import (
+    GfssNet,
+    freeze_batchnorm,
+    imprint_vectors,
+    masked_average_pool,
+    set_train_mode,
+)
 from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
 from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
@@ -40,6 +46,8 @@ from maskforge.tasks.gfss.feed import NovelData, NovelFeed, make_loader, normali
 from maskforge.tasks.synthetic_runs import open_synthetic_run
 
 NOVEL_MANIFEST = "novel.json"
+#: Version of the replay buffer's recipe, part of its cache key (2: the seed no longer hashes the checkpoint bytes).
+BUFFER_RECIPE = 2
 
 
 def load_base(config: GfssConfig, fold: Fold) -> tuple[GfssNet, str]:
@@ -104,13 +112,14 @@ def choose_shots(config: GfssConfig, dataset: SegDataset, fold: Fold, run_seed: 
 
 @torch.no_grad()
 def class_vectors(net: GfssNet, dataset: SegDataset, image_ids: list[str], class_id: int, device) -> torch.Tensor:
-    """Return (S, C) L2-normalised masked-average-pooled features of one class in each image (weight imprinting)."""
+    """Return (S, C) imprinting vectors of one class, one per shot (GAPS: features upsampled to the mask,
+    L2-normalised per pixel, averaged over the mask; the caller averages over shots)."""
     out = []
     for image_id in image_ids:
         record = dataset.load(image_id)
         feats = net.features(normalize([record.image]).to(device))
         mask = torch.from_numpy(record.label == class_id)[None].to(device)
-        out.append(F.normalize(masked_average_pool(feats, mask), dim=1)[0])
+        out.append(imprint_vectors(feats, mask)[0])
     return torch.stack(out)
 
 
@@ -130,7 +139,16 @@ def replay_buffer(
 ) -> list[str]:
     """GAPS's memory-replay buffer (uniform_interval) of base images, cached per base checkpoint in base_dir()."""
     n = config.novel
-    key_parts = [sha256_file(ckpt), n.split, n.buffer_size, n.buffer_images, json.dumps(config.dataset.resolved())]
+    # BUFFER_RECIPE versions how the buffer is computed: a cache written by an older recipe (another seed rule) in a
+    # reused base folder would otherwise be read back as today's buffer
+    key_parts = [
+        BUFFER_RECIPE,
+        sha256_file(ckpt),
+        n.split,
+        n.buffer_size,
+        n.buffer_images,
+        json.dumps(config.dataset.resolved()),
+    ]
     key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:16]
     cache = join(config.base_dir(), f"buffer-{key}.json")
     if exists(cache):
@@ -160,6 +178,34 @@ def replay_buffer(
     log(f"replay buffer: {len(chosen)} of {len(ids)} base images ({time.perf_counter() - start:.1f} s)")
     atomic_write_bytes(cache, json.dumps({"checkpoint": ckpt, "images": chosen}, indent=1).encode())
     return chosen
+
+
+def random_buffer(config: GfssConfig, dataset: SegDataset, fold: Fold) -> list[str]:
+    """AlignDiff's FINETUNE base images: novel.buffer_size base images of novel.split drawn at random (seeded).
+
+    AlignDiff (appendix D.3) runs fine-tune methods with GAPS's settings but pastes onto 500 randomly chosen base
+    images: GAPS's `baseset_type: random` (fs_incremental_trainer.py:69-71) without its guided selection. The
+    draw depends only on the split, the buffer size and the base set, so every run seed and setting share it.
+    """
+    n = config.novel
+    ids = base_image_ids(dataset, n.split, fold)
+    if n.buffer_images:
+        ids = ids[: n.buffer_images]
+    if not ids:
+        raise ConfigError(f"novel.split: {dataset.name} split {n.split!r} has no base image (all hold a novel class)")
+    rng = np.random.default_rng(derive_seed("gfss-random-buffer", n.split, n.buffer_size, n.buffer_images))
+    return [ids[i] for i in sorted(rng.choice(len(ids), size=min(n.buffer_size, len(ids)), replace=False).tolist())]
+
+
+def base_images(
+    config: GfssConfig, net: GfssNet, ckpt: str, dataset: SegDataset, fold: Fold, device, log: Callable[[str], None]
+) -> list[str]:
+    """The base images a method pastes onto: GAPS's guided buffer (gaps), random ones (finetune), none (shot-only)."""
+    if config.novel.method == "gaps":
+        return replay_buffer(config, net, ckpt, dataset, fold, device, log)
+    if config.novel.method == "finetune":
+        return random_buffer(config, dataset, fold)
+    return []
 
 
 def train_gfss_novel(config: GfssConfig, log: Callable[[str], None] = print) -> dict:
@@ -206,6 +252,9 @@ def _finetune(
     teacher = copy.deepcopy(net.backbone).eval() if n.feature_reg > 0 else None
     if teacher is not None:
         teacher.requires_grad_(False)
+    # GAPS freezes every norm twice over: eval mode (running stats) and requires_grad_(False) on weight and bias
+    # (fs_incremental_trainer.py:419-422), so no affine tensor reaches the optimiser
+    freeze_batchnorm(net)
     set_train_mode(net, frozen_bn=True)
     backbone_params = [p for p in net.backbone.parameters() if p.requires_grad]
     groups = [
@@ -242,7 +291,7 @@ def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
     synthetic = open_synthetic(config, fold, sorted(fold.novel))
     device = resolve_device(config.run.device)
     base_net = base_net.to(device).eval()
-    buffer = replay_buffer(config, base_net, ckpt, dataset, fold, device, log) if n.method == "gaps" else []
+    buffer = base_images(config, base_net, ckpt, dataset, fold, device, log)
     runs, start = [], time.perf_counter()
     crop = config.base.crop_size
     for r, run_seed in enumerate(gaps_run_seeds(n.runs, n.master_seed)):
@@ -268,15 +317,18 @@ def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
                 synthetic_share=n.synthetic_share if synthetic else 0.0,
                 synthetic={url: [k for c in classes for k in keys[c]] for url, keys in synthetic.items()},
             )
+            if n.method in ("gaps", "finetune"):
+                data.buffer = buffer
+                data.p_vrfs = vrfs_probability(len(fold.base), len(seen), n.shots, n.buffer_size)
             if n.method == "gaps":
                 buffer_vectors = global_vectors(net, dataset, buffer, device)
-                data.buffer = buffer
                 data.context_sets = {
                     c: context_similar(global_vectors(net, dataset, shots[c], device), buffer_vectors, n.context_top)
                     for c in classes
                 }
-                data.p_vrfs = vrfs_probability(len(fold.base), len(seen), n.shots, n.buffer_size)
                 data.context_prob = n.context_prob
+            else:  # AlignDiff D.3: FINETUNE pastes without context-aware sampling
+                data.context_prob = 0.0
             losses = _finetune(config, net, NovelFeed(data), device, log, f"run {r} (seed {run_seed}) step {s}")
             path = join(out, f"run{r:02d}-step{s:02d}.safetensors")
             extra = {
