@@ -1,33 +1,39 @@
-"""maskforge.storage (bottom layer): run folders, labels, fsspec, config files, embedding bank, results table."""
+"""maskforge.storage (bottom layer): run folders, labels, fsspec, config files, embedding bank, results table.
 
-from maskforge.storage.codec import (
-    ShardCodecError,
-    ShardKeyError,
-    ShardSample,
-    decode_sample,
-    encode_sample,
-    validate_key,
-)
-from maskforge.storage.manifest import MANIFEST_SCHEMA, ManifestError, read_manifest, rows_to_table
-from maskforge.storage.preview import render_preview
-from maskforge.storage.reader import RunIncompleteError, RunReader
-from maskforge.storage.shards import RunExistsError, RunWriter, write_config
+The names below are re-exported on first use (PEP 562): importing one storage module (yaml_config, for a config
+check) must not import the shard codec, pyarrow's manifest and the reader, which keeps `maskforge --help` and config
+errors fast (bench/cli_start.py).
+"""
 
-__all__ = [
-    "MANIFEST_SCHEMA",
-    "ManifestError",
-    "RunExistsError",
-    "RunIncompleteError",
-    "RunReader",
-    "RunWriter",
-    "ShardCodecError",
-    "ShardKeyError",
-    "ShardSample",
-    "decode_sample",
-    "encode_sample",
-    "read_manifest",
-    "render_preview",
-    "rows_to_table",
-    "validate_key",
-    "write_config",
-]
+from __future__ import annotations
+
+import importlib
+
+#: Re-exported name -> the storage module that defines it.
+_EXPORTS = {
+    "ShardCodecError": "codec",
+    "ShardKeyError": "codec",
+    "ShardSample": "codec",
+    "decode_sample": "codec",
+    "encode_sample": "codec",
+    "validate_key": "codec",
+    "MANIFEST_SCHEMA": "manifest",
+    "ManifestError": "manifest",
+    "read_manifest": "manifest",
+    "rows_to_table": "manifest",
+    "render_preview": "preview",
+    "RunIncompleteError": "reader",
+    "RunReader": "reader",
+    "RunExistsError": "shards",
+    "RunWriter": "shards",
+    "write_config": "shards",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Import the module that defines a re-exported name on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'maskforge.storage' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"maskforge.storage.{_EXPORTS[name]}"), name)

@@ -1,94 +1,30 @@
-"""Dataset adapters (toy, pascal, coco, fss): `build_dataset` builds one by name, `open_dataset` once per process."""
+"""Dataset adapters (toy, pascal, coco, fss): `build_dataset` builds one by name, `open_dataset` once per process.
+
+The names below are loaded on first use (PEP 562): importing a submodule such as `eval.datasets.config` (every config
+check does) runs this file, and importing every adapter here cost the CLI's start-up about 0.2 s (bench/cli_start.py).
+"""
 
 from __future__ import annotations
 
-from functools import lru_cache
+import importlib
 
-from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
-from maskforge.eval.datasets.coco import CocoDataset
-from maskforge.eval.datasets.coco_stuff import CocoStuffDataset
-from maskforge.eval.datasets.config import DatasetConfig, ToyConfig
-from maskforge.eval.datasets.fss import FssDataset
-from maskforge.eval.datasets.pascal import PascalDataset
-from maskforge.eval.datasets.toy import ToyDataset
+#: Name -> the submodule that defines it.
+_EXPORTS = {
+    "COCO_LAYOUTS": "registry",
+    "DATASET_NAMES": "registry",
+    "build_dataset": "registry",
+    "forget_datasets": "registry",
+    "open_dataset": "registry",
+    "DatasetError": "base",
+    "ImageRecord": "base",
+    "SegDataset": "base",
+}
 
-#: Dataset names build_dataset knows; only "toy" is rendered in-process, the others read `root`.
-DATASET_NAMES: tuple[str, ...] = ("toy", "pascal", "coco", "fss")
-#: Datasets kept open per process (open_dataset): a run uses one; a deployment worker may see a few.
-OPEN_DATASETS = 4
-
-__all__ = [
-    "COCO_LAYOUTS",
-    "DATASET_NAMES",
-    "DatasetError",
-    "ImageRecord",
-    "SegDataset",
-    "build_dataset",
-    "forget_datasets",
-    "open_dataset",
-]
+__all__ = sorted(_EXPORTS)
 
 
-#: COCO layouts (dataset.coco_layout): the instances JSON of a year painted into label maps, or GAPS's COCO2017
-#: with COCO-Stuff thing maps.
-COCO_LAYOUTS: tuple[str, ...] = ("instances2014", "instances2017", "stuffthingmaps2017")
-
-
-def build_dataset(
-    name: str,
-    root: str | None,
-    toy: ToyConfig | None = None,
-    fss_trainval: str | None = None,
-    coco_layout: str | None = None,
-) -> SegDataset:
-    """Construct the adapter of a dataset by name; an unknown name or a wrong root is a DatasetError.
-
-    `toy` configures the toy world only (DatasetConfig always carries one, so on-disk datasets ignore it).
-    `fss_trainval` picks FSS-1000's trn/val lists ("lists", the default, or "derived"); other datasets refuse it.
-    `coco_layout` picks COCO's layout (COCO_LAYOUTS; None: instances2014); other datasets refuse it.
-    """
-    if name not in DATASET_NAMES:
-        raise DatasetError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
-    if fss_trainval is not None and name != "fss":
-        raise DatasetError(f"{name}: fss_trainval applies to FSS-1000 only, got {fss_trainval!r}")
-    if coco_layout is not None and (name != "coco" or coco_layout not in COCO_LAYOUTS):
-        raise DatasetError(
-            f"{name}: coco_layout {coco_layout!r}; expected one of {', '.join(COCO_LAYOUTS)}, for dataset coco only"
-        )
-    if name == "toy":
-        if root:
-            raise DatasetError(f"toy: root must be empty (the toy world is rendered in-process), got {root!r}")
-        return ToyDataset(toy or ToyConfig())
-    if not root:
-        raise DatasetError(f"{name}: a dataset root is required; expected the directory holding the dataset")
-    if name == "fss":
-        return FssDataset(root, fss_trainval)
-    if name == "coco":
-        if coco_layout == "stuffthingmaps2017":
-            return CocoStuffDataset(root)
-        return CocoDataset(root, year="2017" if coco_layout == "instances2017" else "2014")
-    return PascalDataset(root)
-
-
-def open_dataset(config: DatasetConfig) -> SegDataset:
-    """Return the dataset a config section names, built once per process and shared by every stage that asks.
-
-    Adapters index lazily and keep their indexes (COCO parses each instances JSON once, PASCAL reads each label PNG
-    once), so every task of a run in this process reuses one parse. The fold is not part of the dataset: configs
-    that differ only in `fold` share it; FSS-1000 configs that pick different trn/val lists (`fss_trainval`) do not.
-    """
-    trainval = (config.fss_trainval or "lists") if config.name == "fss" else None
-    return _open(config.name, config.root, config.toy, trainval, config.coco_layout)
-
-
-@lru_cache(maxsize=OPEN_DATASETS)
-def _open(
-    name: str, root: str | None, toy: ToyConfig, fss_trainval: str | None, coco_layout: str | None = None
-) -> SegDataset:
-    """build_dataset, memoised on what defines the dataset (not the fold)."""
-    return build_dataset(name, root, toy, fss_trainval, coco_layout)
-
-
-def forget_datasets() -> None:
-    """Drop the datasets open_dataset keeps, so the next call reads the disk again (a long-lived process, tests)."""
-    _open.cache_clear()
+def __getattr__(name: str):
+    """Import the submodule that defines a package-level name on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'maskforge.eval.datasets' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"maskforge.eval.datasets.{_EXPORTS[name]}"), name)
