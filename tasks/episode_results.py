@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from maskforge.eval.datasets import open_dataset
+from maskforge.eval.datasets.base import check_split
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.eval.episode_data import EpisodeImages, binary_target, synthetic_keys
 from maskforge.eval.folds import get_fold
@@ -42,8 +43,7 @@ def open_episodes(dataset_config: DatasetConfig, split: str, n_episodes: int, sh
     classes of `split` (FSS-1000: one per image); an unknown split is an error naming eval.split."""
     dataset = open_dataset(dataset_config)
     fold = get_fold(dataset.name, dataset_config.fold, dataset_config.coco_fold_mode)
-    if split not in dataset.splits():
-        raise ConfigError(f"eval.split: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")
+    check_split(dataset, split, "eval.split")
     per_image = dataset.name == "fss"
     index = dataset.class_index(split)
     episodes = eval_episodes(index, fold.novel, n_episodes, shots, seed, dataset.name, fold.index, per_image=per_image)

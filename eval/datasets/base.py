@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from maskforge.eval.instances import Instance
+from maskforge.storage.yaml_config import ConfigError
 
 
 class DatasetError(ValueError):
@@ -82,3 +83,10 @@ class SegDataset(ABC):
                 return cid
         sample = ", ".join(list(table.values())[:8])
         raise DatasetError(f"{self.name}: unknown class name {name_or_id!r}; expected one of: {sample}, ...")
+
+
+def check_split(dataset: SegDataset, split: str, field: str) -> None:
+    """Raise a ConfigError naming the config `field` unless the dataset has the split (every learner's stages and
+    pre-flights check their split fields this way, before any work)."""
+    if split not in dataset.splits():
+        raise ConfigError(f"{field}: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")

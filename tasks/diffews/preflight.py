@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskforge.eval.datasets import open_dataset
-from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.datasets.base import SegDataset, check_split
 from maskforge.eval.episode_data import synthetic_id, synthetic_keys
 from maskforge.eval.folds import Fold, get_fold
 from maskforge.models.diffews.checkpoint import DiffewsCheckpointError
@@ -104,8 +104,7 @@ def check_train_inputs(config: DiffewsConfig) -> TrainInputs | None:
     t = config.train
     dataset = open_dataset(config.dataset)
     fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-    if t.split not in dataset.splits():
-        raise ConfigError(f"train.split: unknown split {t.split!r} of {dataset.name}; expected {dataset.splits()}")
+    check_split(dataset, t.split, "train.split")
     runs, synthetic = synthetic_pools(config, fold.base)
     sd = sd_folder(config)
     if config.model.unet:

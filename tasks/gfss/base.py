@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from maskforge.eval.datasets import open_dataset
-from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.datasets.base import SegDataset, check_split
 from maskforge.eval.folds import Fold, get_fold
 from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.eval.seeds import derive_seed
@@ -39,12 +39,6 @@ def open_fold(config: GfssConfig) -> tuple[SegDataset, Fold]:
     """Return the configured dataset and its fold table."""
     dataset = open_dataset(config.dataset)
     return dataset, get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-
-
-def check_split(dataset: SegDataset, split: str, field: str) -> None:
-    """Raise ConfigError naming `field` unless the dataset has the split."""
-    if split not in dataset.splits():
-        raise ConfigError(f"{field}: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")
 
 
 def base_image_ids(dataset: SegDataset, split: str, fold: Fold) -> list[str]:

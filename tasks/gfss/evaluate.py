@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from maskforge.eval.datasets.base import DatasetError, ImageRecord
+from maskforge.eval.datasets.base import DatasetError, ImageRecord, check_split
 from maskforge.eval.gfss_metrics import GfssAccumulator, pifs_summary, seed_summary
 from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.models.device import resolve_device, torch_threads
@@ -21,7 +21,7 @@ from maskforge.storage.results import GFSS_PROTOCOL, code_version, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
 from maskforge.tasks.charts import percent
-from maskforge.tasks.gfss.base import check_split, open_fold
+from maskforge.tasks.gfss.base import open_fold
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.feed import normalize
 from maskforge.tasks.gfss.novel import NOVEL_MANIFEST

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.datasets.base import SegDataset, check_split
 from maskforge.eval.episode_data import synthetic_keys
 from maskforge.eval.folds import Fold
 from maskforge.eval.gfss_protocol import (
@@ -38,7 +38,7 @@ from maskforge.models.gfss.network import (
 from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
 from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.gfss.base import autocast, base_image_ids, check_split, open_fold, poly_lr
+from maskforge.tasks.gfss.base import autocast, base_image_ids, open_fold, poly_lr
 from maskforge.tasks.gfss.buffer import buffer_score, uniform_interval_buffer
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.copy_paste import context_similar

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from maskforge.eval.datasets import open_dataset
-from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.datasets.base import SegDataset, check_split
 from maskforge.eval.episode_data import synthetic_keys
 from maskforge.eval.folds import Fold, get_fold
 from maskforge.models.device import resolve_device
@@ -36,12 +36,6 @@ class TrainInputs:
     run: RunReader | None
     #: {base class: synthetic sample keys} of train.synthetic_run ({} without one)
     synthetic: dict[int, list[str]]
-
-
-def split_of(dataset: SegDataset, split: str, field: str) -> None:
-    """Raise a ConfigError naming `field` when `split` is not a split of the dataset."""
-    if split not in dataset.splits():
-        raise ConfigError(f"{field}: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")
 
 
 def check_train_inputs(config: HsnetConfig) -> TrainInputs | None:
@@ -70,7 +64,7 @@ def check_train_inputs(config: HsnetConfig) -> TrainInputs | None:
         )
     dataset = open_dataset(config.dataset)
     fold = get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-    split_of(dataset, t.split, "train.split")
+    check_split(dataset, t.split, "train.split")
     synthetic: dict[int, list[str]] = {}
     if run is not None:
         synthetic = synthetic_keys(run, fold.base)

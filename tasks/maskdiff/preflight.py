@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskforge.eval.datasets import open_dataset
-from maskforge.eval.datasets.base import SegDataset
+from maskforge.eval.datasets.base import SegDataset, check_split
 from maskforge.eval.folds import Fold, get_fold
 from maskforge.eval.fsis_protocol import ShotInstance, kshot_instances
 from maskforge.models.device import resolve_device
@@ -30,8 +30,7 @@ DETECTOR_FILE, HEAD_FILE, KSHOT_FILE = "detector.safetensors", "mask_head.safete
 def open_fold(config: MaskdiffConfig, split: str, field: str) -> tuple[SegDataset, Fold]:
     """Return the configured dataset and fold; an unknown split is a ConfigError naming `field`."""
     dataset = open_dataset(config.dataset)
-    if split not in dataset.splits():
-        raise ConfigError(f"{field}: unknown split {split!r} of {dataset.name}; expected one of {dataset.splits()}")
+    check_split(dataset, split, field)
     return dataset, get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
 
 
