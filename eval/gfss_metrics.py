@@ -157,17 +157,11 @@ def seed_summary(runs: list[dict]) -> dict:
     for i, run in enumerate(runs):
         if set(run) != set(keys):
             raise GfssMetricsError(f"seed_summary: run {i} has keys {sorted(run)}; expected {sorted(keys)}")
-    out: dict = {}
     for key in keys:
         bad = [i for i, run in enumerate(runs) if not isinstance(run[key], Real) or isinstance(run[key], bool)]
         if bad:
             raise GfssMetricsError(f"seed_summary: key {key!r} of runs {bad} is not a number")
-        values = np.array([run[key] for run in runs], dtype=np.float64)
-        out[key] = float(values.mean())
-        out[key + "_std"] = float(values.std(ddof=0))
-    for key, (base, novel) in HM_OF.items():
-        if key in out and base in out and novel in out:
-            out[key] = harmonic_mean(out[base], out[novel])
+    out = _mean_and_spread(runs, keys)
     out["runs"] = len(runs)
     return out
 
@@ -180,13 +174,20 @@ def fold_mean(summaries: list[dict]) -> dict:
     if not summaries:
         raise GfssMetricsError("fold_mean: expected at least one fold summary, got none")
     keys = [k for k in summaries[0] if not k.endswith("_std") and k not in ("runs", "folds")]
+    out = _mean_and_spread(summaries, keys)
+    out["folds"] = len(summaries)
+    return out
+
+
+def _mean_and_spread(rows: list[dict], keys: list[str]) -> dict:
+    """Each key's mean over the rows and its spread (`KEY_std`, ddof 0); every HM_OF key is then the harmonic mean
+    of the mean base and mean novel mIoU (Table 1's aggregation), not the mean of the rows' HMs."""
     out: dict = {}
     for key in keys:
-        values = np.array([float(s[key]) for s in summaries], dtype=np.float64)
+        values = np.array([float(row[key]) for row in rows], dtype=np.float64)
         out[key] = float(values.mean())
         out[key + "_std"] = float(values.std(ddof=0))
     for key, (base, novel) in HM_OF.items():
         if key in out and base in out and novel in out:
             out[key] = harmonic_mean(out[base], out[novel])
-    out["folds"] = len(summaries)
     return out
