@@ -7,7 +7,7 @@ errors fast (bench/cli_start.py).
 
 from __future__ import annotations
 
-import importlib
+from maskforge.storage.lazy_exports import lazy_getattr
 
 #: Re-exported name -> the storage module that defines it.
 _EXPORTS = {
@@ -31,9 +31,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    """Import the module that defines a re-exported name on first use."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'maskforge.storage' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"maskforge.storage.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -6,7 +6,7 @@ check does) runs this file, and importing every adapter here cost the CLI's star
 
 from __future__ import annotations
 
-import importlib
+from maskforge.storage.lazy_exports import lazy_getattr
 
 #: Name -> the submodule that defines it.
 _EXPORTS = {
@@ -22,9 +22,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    """Import the submodule that defines a package-level name on first use."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'maskforge.eval.datasets' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"maskforge.eval.datasets.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
