@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from prefect.exceptions import TerminationSignal
@@ -106,19 +106,16 @@ def ends_cleanly_on_signals(watch: bool = True, log: Callable[[str], None] = con
     A terminal's Ctrl-C (and `kill -TERM -PGID`) reaches the whole process group, the ephemeral Prefect API's
     subprocess included; the flow engine then reports the run as crashed to an API that is gone, and its client
     retries for minutes (the command "hung", leaving the dead server unreaped). The watchdog restarts the API on its
-    port, so the report lands and the run shows as crashed in the UI; the restarted server is stopped at exit by
-    Prefect's own atexit hook, which a SIGTERM that killed the process outright would skip, hence the handler that
-    turns SIGTERM into an exception outside the flow run too (inside it, Prefect's engine does the same). A
-    background job may have inherited SIGINT as ignored: Ctrl-C is restored to raising KeyboardInterrupt. `watch`
-    False: the caller keeps the API alive itself (generate's survive_api_loss)."""
+    port, so the report lands and the run shows as crashed in the UI; then the command stops that server itself and
+    ends (_exit_now). SIGTERM becomes an exception outside the flow run too (inside it, Prefect's engine does the
+    same), so it never kills the process outright and leaves the server behind. A background job may have inherited
+    SIGINT as ignored: Ctrl-C is restored to raising KeyboardInterrupt. `watch` False: the caller keeps the API
+    alive itself (generate's survive_api_loss)."""
     previous = {sig: signal.getsignal(sig) for sig in SIGNAL_EXIT}
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_termination)
     try:
-        if watch:
-            with keep_alive(log):
-                yield
-        else:
+        with keep_alive(log) if watch else nullcontext():
             yield
     except KeyboardInterrupt:
         _exit_now("interrupted (SIGINT)", SIGNAL_EXIT[signal.SIGINT])
