@@ -12,13 +12,31 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.spec import AbstractFileSystem
 
+from maskforge.storage.object_store import S3_PROTOCOLS, protocol_of, storage_options, store_problem
+
 
 def resolve(url: str) -> tuple[AbstractFileSystem, str]:
-    """Return (filesystem, path within it) for a local path or an fsspec URL such as memory://x/run."""
+    """Return (filesystem, path within it) for a local path or an fsspec URL such as memory://x/run or s3://b/run
+    (S3: credentials, endpoint and region from the environment or a config, storage/object_store.py)."""
     if not isinstance(url, str) or not url:
         raise ValueError(f"expected a non-empty path or fsspec URL, got {url!r}")
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fsspec.core.url_to_fs(url, **storage_options(url))
     return fs, path
+
+
+def absolute(url: str) -> str:
+    """Return a local path made absolute (user folder expanded), a URL unchanged: a run folder handed to Dask
+    workers must not depend on their working directory."""
+    if protocol_of(url) is not None:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def _atomic_put(fs: AbstractFileSystem) -> bool:
+    """Whether one upload to fs is already atomic: an S3 PUT (multipart ones too) makes the object appear whole or
+    not at all, so the temporary key and the copy a move costs there are not needed."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return any(p in S3_PROTOCOLS for p in protocols)
 
 
 def is_local(fs: AbstractFileSystem) -> bool:
@@ -89,7 +107,10 @@ def atomic_write_bytes(url: str, data: bytes) -> None:
                 os.remove(tmp)
             raise
         return
-    # Object stores have no rename; a temp key plus move keeps the final key from ever holding partial bytes.
+    if _atomic_put(fs):
+        fs.pipe_file(path, data)
+        return
+    # Other stores have no rename; a temp key plus move keeps the final key from ever holding partial bytes.
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
     fs.makedirs(parent, exist_ok=True)
     fs.pipe_file(tmp, data)
@@ -126,6 +147,10 @@ def publish_file(local_path: str, url: str) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         os.replace(local_path, path)
         return
+    if _atomic_put(fs):
+        fs.put_file(local_path, path)
+        os.remove(local_path)
+        return
     part = f"{path}.part"
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.put_file(local_path, part)
@@ -155,9 +180,10 @@ class OutputLocationError(ValueError):
 def check_output_location(url: str, need_bytes: int = 0, field: str = "run.out_dir") -> None:
     """Check, before any work, that runs can be written under `url` (created if missing, never a run folder).
 
-    Remote URLs: the fsspec protocol must be installed (the error names the package to install). Local paths: no
-    file in the way, its nearest existing folder writable (a probe file is written and removed; nothing is created),
-    and about `need_bytes` free on that disk.
+    Remote URLs: the fsspec protocol must be installed (the error names the package to install); an S3 bucket must
+    exist and take a probe object with the credentials and endpoint in effect (storage/object_store.py). Local
+    paths: no file in the way, its nearest existing folder writable (a probe file is written and removed; nothing
+    is created), and about `need_bytes` free on that disk.
     """
     if not isinstance(url, str) or not url.strip():
         raise OutputLocationError(f"{field}: empty; expected a folder path or an fsspec URL")
@@ -166,11 +192,16 @@ def check_output_location(url: str, need_bytes: int = 0, field: str = "run.out_d
         try:
             fsspec.get_filesystem_class(protocol)
         except ImportError as err:
+            fix = " (pip install 'maskforge[s3]')" if protocol in S3_PROTOCOLS else ""
             raise OutputLocationError(
-                f"{field}: {url!r} needs an fsspec backend that is not installed: {err}"
+                f"{field}: {url!r} needs an fsspec backend that is not installed{fix}: {err}"
             ) from None
         except ValueError as err:
             raise OutputLocationError(f"{field}: {url!r}: {err}") from None
+        if protocol in S3_PROTOCOLS:
+            problem = store_problem(url)
+            if problem:
+                raise OutputLocationError(f"{field}: {url}: {problem}")
         return
     folder = Path(url.split("://", 1)[-1]).expanduser().absolute()
     existing = next(ancestor for ancestor in (folder, *folder.parents) if ancestor.exists())

@@ -12,6 +12,7 @@ from maskforge.models.device import resolve_device
 from maskforge.models.hsnet.checkpoint import CheckpointError, infer_spec, read_state
 from maskforge.models.loading import check_models, resolve_device_dtype
 from maskforge.storage.fs import check_output_location
+from maskforge.storage.object_store import use_storage_options
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import FoldPlan, plan_fold
 
@@ -39,6 +40,8 @@ def estimate_bytes(config: MaskforgeConfig, plan: FoldPlan) -> int:
 
 def preflight(config: MaskforgeConfig) -> FoldPlan:
     """Validate everything the run needs (see the module docstring) and return its fold plan."""
+    # the store is probed with the config's storage_options, as the run will write it (tasks/write_run.py:open_store)
+    use_storage_options(config.run.out_dir, config.run.storage_options)
     check_output_location(config.run.out_dir)
     dataset = open_dataset(config.dataset)
     plan = plan_fold(dataset, config)
