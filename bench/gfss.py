@@ -32,10 +32,11 @@ from maskforge.models.gfss.network import build_gfss, set_train_mode
 from maskforge.storage.codec import ShardSample
 from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import RunWriter, write_config
-from maskforge.tasks.gfss.base import model_spec, open_fold
+from maskforge.tasks.gfss.base import model_spec
 from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.gfss.feed import NovelData, NovelFeed, make_loader
 from maskforge.tasks.gfss.novel import finetune_step
+from maskforge.tasks.gfss.preflight import open_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,11 +127,10 @@ def main() -> None:
     n = args.steps + args.warmup
     batch = cfg.novel.batch_size
     pin = device.type == "cuda"
-    shard_rate = time_steps(
-        net, teacher, make_loader(NovelFeed(data), batch, args.workers, pin), args.steps, device, amp, args.warmup
-    )
-    feed = make_loader(NovelFeed(data), batch, args.workers, pin)
-    cached = [next(feed) for _ in range(n)]  # the same kind of batches, decoded and synthesised beforehand
+    with make_loader(NovelFeed(data), batch, args.workers, pin) as feed:
+        shard_rate = time_steps(net, teacher, feed, args.steps, device, amp, args.warmup)
+    with make_loader(NovelFeed(data), batch, args.workers, pin) as feed:
+        cached = [next(feed) for _ in range(n)]  # the same kind of batches, decoded and synthesised beforehand
     memory_rate = time_steps(net, teacher, iter(cached), args.steps, device, amp, args.warmup)
     ratio = shard_rate / memory_rate
     print(f"model: {cfg.model.backbone}, crop {cfg.base.crop_size}, batch {batch}, device {device}, amp {amp}")

@@ -29,10 +29,11 @@ from toy_table2 import generate_run  # noqa: E402
 from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.models.gfss.checkpoint import load_gfss
 from maskforge.storage.yaml_config import read_yaml
-from maskforge.tasks.gfss.base import open_fold, train_gfss_base
+from maskforge.tasks.gfss.base import train_gfss_base
 from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.gfss.evaluate import eval_gfss, score_checkpoint
 from maskforge.tasks.gfss.novel import train_gfss_novel
+from maskforge.tasks.gfss.preflight import open_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = (("shot-only", False), ("finetune", False), ("finetune", True), ("gaps", False), ("gaps", True))

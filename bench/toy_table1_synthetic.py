@@ -35,12 +35,12 @@ from maskforge.eval.gfss_protocol import ClassMap, vrfs_probability
 from maskforge.eval.metrics import iou
 from maskforge.eval.toy_oracle import oracle_mask
 from maskforge.storage.reader import RunReader
-from maskforge.tasks.gfss.base import open_fold
 from maskforge.tasks.gfss.config import load_gfss_config
 from maskforge.tasks.gfss.copy_paste import cut_object
 from maskforge.tasks.gfss.evaluate import eval_gfss
 from maskforge.tasks.gfss.feed import NovelData, NovelFeed
 from maskforge.tasks.gfss.novel import random_buffer, train_gfss_novel
+from maskforge.tasks.gfss.preflight import open_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from maskforge.flows.cli_support import (
     learner_config,
     non_empty_path,
 )
-from maskforge.flows.console import console, fail
+from maskforge.flows.console import console, fail, preflight
 from maskforge.tasks.gfss.config import load_gfss_config
 
 gfss_app = typer.Typer(
@@ -29,8 +29,20 @@ def _gfss_config(config: Path, out: Optional[str], overrides: dict | None = None
     return learner_config(load_gfss_config, config, out, overrides)
 
 
+#: The pre-flight check (tasks/gfss/preflight.py) each GFSS flow the CLI runs starts with.
+PREFLIGHT = {
+    "train_gfss_base": "check_base_inputs",
+    "train_gfss_novel": "check_novel_inputs",
+    "eval_gfss": "check_eval_inputs",
+}
+
+
 def _gfss_run(name: str, cfg, command: str):
-    """Run the GFSS flow `name` of flows/gfss.py with the log in a file; a plain one-line error on failure."""
+    """Run the GFSS flow `name` of flows/gfss.py with the log in a file, after its pre-flight (before Prefect starts:
+    a wrong input exits 1 on one line in seconds); a plain one-line error on failure."""
+    import maskforge.tasks.gfss.preflight as checks
+
+    preflight(getattr(checks, PREFLIGHT[name]), cfg)
     from maskforge.flows import gfss as gfss_flows
     from maskforge.flows.cli_run import run_flow
     from maskforge.models.gfss.checkpoint import GfssCheckpointError

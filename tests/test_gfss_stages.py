@@ -17,7 +17,7 @@ from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
 from maskforge.models.gfss.network import GfssSpec, build_gfss, masked_average_pool
 from maskforge.storage.results import append_results, read_results
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.gfss.base import base_image_ids, base_schedule, open_fold, train_gfss_base, train_steps
+from maskforge.tasks.gfss.base import base_schedule, train_gfss_base, train_steps
 from maskforge.tasks.gfss.config import parse_gfss_config
 from maskforge.tasks.gfss.evaluate import benchmark_rows, eval_gfss, score_checkpoint, trend_markdown
 from maskforge.tasks.gfss.feed import BaseFeed, NovelData, NovelFeed, normalize
@@ -30,6 +30,7 @@ from maskforge.tasks.gfss.novel import (
     replay_buffer,
     train_gfss_novel,
 )
+from maskforge.tasks.gfss.preflight import base_image_ids, open_fold
 
 TOY = {"seed": 0, "image_size": 48, "n_train": 80, "n_val": 6}
 FOLD = toy_fold(0)
@@ -159,7 +160,7 @@ def test_bad_inputs_are_named(trained, tmp_path):
     real_only = synthetic_run(str(tmp_path / "real"), source="real")
     with pytest.raises(ConfigError, match="no generated sample of class 1"):
         train_gfss_novel(parse_gfss_config(config(tmp, novel={"synthetic_runs": [real_only]})))
-    with pytest.raises(ValueError, match=r"class 1 \(red disc\).*50 shots"):
+    with pytest.raises(ValueError, match=r"novel.shots: 50 shots of class 1 \(red disc\)"):
         train_gfss_novel(parse_gfss_config(config(tmp, novel={"shots": 50})), log=lambda m: None)
     with pytest.raises(ConfigError, match="novel stage of this config has not completed"):
         eval_gfss(parse_gfss_config(config(tmp, novel={"iterations": 7})))
@@ -175,6 +176,8 @@ def test_config_is_validated_before_work(tmp_path):
         parse_gfss_config(config(tmp_path, novel={"method": "pifs"}))
     with pytest.raises(ConfigError, match="model.weights must be empty"):
         parse_gfss_config(config(tmp_path, model={"weights": "/w.pth"}))
+    with pytest.raises(ConfigError, match="base.batch_size"):  # used to fail at the first step (ASPP pooling's BN)
+        parse_gfss_config(config(tmp_path, base={"batch_size": 1}))
     with pytest.raises(ConfigError, match="base.checkpoint is set"):
         train_gfss_base(parse_gfss_config(config(tmp_path, base={"checkpoint": "/x.pt"})))
     a = parse_gfss_config(config(tmp_path))
@@ -415,3 +418,26 @@ def test_two_cold_runs_give_identical_numbers(tmp_path):
     assert runs_a == runs_b and summary_a == summary_b
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_a_failing_stage_stops_its_data_workers_before_its_error_leaves_it(tmp_path):
+    """The error's traceback holds the stage's frames (Prefect keeps a failed task's exception): workers held by them
+    lived until interpreter exit, where their kill printed `DataLoader worker exited unexpectedly` after the error."""
+    import psutil
+
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    cfg = parse_gfss_config(config(tmp_path, base={"workers": 1, "steps": 5}))
+
+    def log(line: str) -> None:
+        if line.startswith("step 2/"):
+            raise RuntimeError("cut short")
+
+    with pytest.raises(RuntimeError, match="cut short") as caught:
+        train_gfss_base(cfg, log=log)
+    assert caught.tb is not None  # the traceback, and the frames it holds, are alive here
+    left = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not left, left

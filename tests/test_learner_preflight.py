@@ -1,4 +1,4 @@
-"""Learners' pre-flight (issue 32, point 3) and progress lines (point 8), for HSNet, DiffewS and MaskDiff.
+"""Learners' pre-flight (issue 32, point 3) and progress lines (point 8), for HSNet, GFSS, DiffewS and MaskDiff.
 
 A bad input exits the CLI with one `error:` line before Prefect starts (no flow run, Prefect not even imported); the
 flows run the same checks as their first task (deployments skip the CLI); long stages log `S/T ... ETA mm:ss`.
@@ -15,6 +15,7 @@ import pytest
 import yaml
 from test_diffews_stages import TOY_SD
 from test_diffews_stages import config as diffews_config
+from test_gfss_stages import config as gfss_config
 from test_maskdiff_train import config as maskdiff_config
 from tiny import toy_run
 from typer.testing import CliRunner
@@ -64,7 +65,9 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     h = hsnet(tmp)
     d = diffews_config(tmp)
     m = maskdiff(tmp)
+    g = gfss_config(tmp)
     r50 = {"backbone": "resnet50", "img_size": 64, "weights": str(tmp / "no.pth")}
+    r101 = {"backbone": "resnet101", "weights": str(tmp / "no.pth")}
     return [
         (["hsnet", "train", write(tmp / "h1.yaml", h), "--synthetic", str(tmp / "typo")], "train.synthetic_run: "),
         (["hsnet", "eval", write(tmp / "h2.yaml", h), "--synthetic", other_fold], "eval.synthetic_run: "),
@@ -84,6 +87,15 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["maskdiff", "train", write(tmp / "m2.yaml", m), "--synthetic", str(tmp / "typo")],
          "finetune.synthetic_runs: "),
         (["maskdiff", "train", write(tmp / "m3.yaml", {**m, "base": {**m["base"], "split": "nope"}})], "base.split: "),
+        (["gfss", "train-base", write(tmp / "g1.yaml", {**g, "model": r101})], "model.weights: "),
+        (["gfss", "train-base", write(tmp / "g2.yaml", {**g, "base": {**g["base"], "split": "nope"}})],
+         "base.split: "),
+        (["gfss", "train-novel", write(tmp / "g3.yaml", g)], "train it first"),
+        (["gfss", "train-novel", write(tmp / "g4.yaml", g), "--synthetic", str(tmp / "typo")],
+         "novel.synthetic_runs: "),
+        (["gfss", "train-novel", write(tmp / "g5.yaml", {**g, "novel": {**g["novel"], "shots": 50}})],
+         "novel.shots: 50 shots of class 1"),
+        (["gfss", "eval", write(tmp / "g6.yaml", g)], "has not completed"),
     ]  # fmt: skip
 
 
@@ -125,7 +137,7 @@ print("prefect imported:", any(name.split(".")[0] == "prefect" for name in sys.m
 
 def _flow_cases(tmp: Path):
     """(flow module, flow name, stage task names that must not run, bad config, expected message) per learner."""
-    h, d, m = hsnet(tmp), diffews_config(tmp), maskdiff(tmp)
+    h, d, m, g = hsnet(tmp), diffews_config(tmp), maskdiff(tmp), gfss_config(tmp)
     return [
         ("hsnet", "train_hsnet", ["train_hsnet_task"], {**h, "train": {**h["train"], "split": "nope"}},
          "train.split: "),
@@ -136,6 +148,11 @@ def _flow_cases(tmp: Path):
         ("maskdiff", "train_maskdiff", ["train_maskdiff_base_task", "train_maskdiff_finetune_task"],
          {**m, "base": {**m["base"], "split": "nope"}}, "base.split: "),
         ("maskdiff", "eval_maskdiff", ["eval_maskdiff_task"], m, "train first"),
+        ("gfss", "train_gfss_base", ["train_gfss_base_task"], {**g, "base": {**g["base"], "split": "nope"}},
+         "base.split: "),
+        ("gfss", "train_gfss_novel", ["train_gfss_novel_task"], g, "train it first"),
+        ("gfss", "eval_gfss", ["eval_gfss_task"], g, "has not completed"),
+        ("gfss", "gfss_novel_eval", ["train_gfss_novel_task", "eval_gfss_task"], g, "train it first"),
     ]  # fmt: skip
 
 
@@ -219,3 +236,20 @@ def test_maskdiff_steps_and_images_log_done_total_and_an_eta(tmp_path):
     batches = [line for line in lines if line.startswith("batch ")]
     assert [re.search(r"images (\d+)/(\d+)", b).groups() for b in batches] == [("2", "4"), ("4", "4")], lines
     assert all(ETA.search(b) for b in batches), batches
+
+
+def test_gfss_steps_iterations_and_images_log_done_total_and_an_eta(tmp_path):
+    from maskforge.tasks.gfss.base import train_gfss_base
+    from maskforge.tasks.gfss.config import parse_gfss_config
+    from maskforge.tasks.gfss.evaluate import eval_gfss
+    from maskforge.tasks.gfss.novel import train_gfss_novel
+
+    lines: list[str] = []
+    data = gfss_config(tmp_path)
+    config = parse_gfss_config({**data, "novel": {**data["novel"], "classes_per_step": 5}})  # 3 novel: one step
+    train_gfss_base(config, log=lines.append)
+    train_gfss_novel(config, log=lines.append)
+    eval_gfss(config, log=lines.append)
+    assert [(d, t) for d, t, _ in _eta_lines(lines, "step ")] == [(1, 3), (2, 3), (3, 3)], lines
+    assert [(d, t) for d, t, _ in _eta_lines(lines, "iterations ")] == [(2, 2)], lines  # 1 run x 1 step x 2
+    assert [(d, t) for d, t, _ in _eta_lines(lines, "images ")] == [(3, 3)], lines  # 1 checkpoint x 3 images

@@ -25,10 +25,15 @@ EXIT_WITHIN_S = 45
 
 
 def _signal_mid_training(
-    tmp_path: Path, argv: list[str], sig: signal.Signals, marker: str = "step 4/", settle: float = 0.0
+    tmp_path: Path,
+    argv: list[str],
+    sig: signal.Signals,
+    marker: str = "step 4/",
+    settle: float = 0.0,
+    linger: float = 10.0,
 ) -> tuple[int, float, list, str]:
     """Start `maskforge ARGV` in its own session, wait for `marker` in its output (mid-stage), signal its group;
-    return (exit code, seconds from signal to exit, processes of its tree still alive 10 s later, output)."""
+    return (exit code, seconds from signal to exit, processes of its tree still alive `linger` s later, output)."""
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     env.pop("PREFECT_API_URL", None)  # the command's own ephemeral API, as for a user
     log = tmp_path / "out.log"
@@ -55,7 +60,7 @@ def _signal_mid_training(
         os.killpg(child.pid, signal.SIGKILL)
         pytest.fail(f"{argv} did not exit within {EXIT_WITHIN_S} s of {sig.name}:\n{log.read_text()[-3000:]}")
     seconds = time.monotonic() - sent
-    time.sleep(10)  # a DataLoader worker out of the group stops within torch's 5 s watchdog interval
+    time.sleep(linger)  # a DataLoader worker out of the group stops within torch's 5 s watchdog interval
     alive = [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     for p in alive:
         p.kill()
@@ -99,11 +104,12 @@ def test_sigterm_ends_gfss_training_with_data_workers_with_143_and_nothing_left(
 
 
 def test_sigterm_ends_generate_mid_task_with_143_without_waiting_for_the_task(tmp_path, tiny_models):
-    """Generation tasks run in a worker thread; Prefect's runner waited for the running one (an embedding of 20 000
+    """Generation tasks run in a worker thread; Prefect's runner waited for the running one (an embedding of 4 000
     steps here, minutes) before the command could end. Now the task is abandoned; its part is redone on rerun."""
     config = tmp_path / "gen.yaml"
     diffusion = diffusion_section(tiny_models, text={"samples": 0}, controlnet={"conditions": []})
-    diffusion["embedding"] = {"samples": 1, "steps": 20_000}
+    # the first progress line (the marker) comes after a tenth of the steps: 400 steps in, minutes of work left
+    diffusion["embedding"] = {"samples": 1, "steps": 4_000}
     config.write_text(
         yaml.safe_dump(
             {

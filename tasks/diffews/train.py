@@ -19,6 +19,7 @@ from maskforge.models.diffews import codec
 from maskforge.models.diffews.checkpoint import save_diffews
 from maskforge.models.diffews.network import DiffewsNet
 from maskforge.models.diffews.segmenter import autocast
+from maskforge.models.train_state import TrainState, clear_resume_states
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
 from maskforge.storage.labels import IGNORE
 from maskforge.storage.marked_folder import COMPLETE
@@ -102,9 +103,23 @@ def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     generator = torch.Generator(device).manual_seed(derive_seed("diffews-vae-samples", t.seed))
     shots_rng = rng_for("diffews-train-shots", t.seed)
     net.train()
-    losses, window, start, synthetic_draws, shot_counts = [], [], time.perf_counter(), 0, np.zeros(t.max_shots, int)
-    log(f"training DiffewS on {dataset.name} fold {fold.index}: {sum(p.numel() for p in params)} parameters")
-    for step in range(1, t.steps + 1):
+    state = TrainState(
+        out,
+        "diffews",
+        t.steps,
+        {"net": net, "optimiser": optimiser, "schedule": schedule, "scaler": scaler},
+        {"episodes": episodes.rng, "shots": shots_rng, "vae_samples": generator},
+        config.run.save_every_s,
+    )
+    done, kept = state.restore()
+    losses, window, synthetic_draws = kept.get("losses", []), kept.get("window", []), kept.get("synthetic_draws", 0)
+    shot_counts = np.array(kept.get("shot_counts", [0] * t.max_shots), int)
+    start = time.perf_counter() - kept.get("seconds", 0.0)
+    log(
+        f"training DiffewS on {dataset.name} fold {fold.index}: {sum(p.numel() for p in params)} parameters"
+        + (f"; resumed at step {done}/{t.steps} from {state.url}" if done else "")
+    )
+    for step in range(done + 1, t.steps + 1):
         optimiser.zero_grad(set_to_none=True)
         step_loss = 0.0
         for _ in range(t.grad_accumulation):
@@ -130,6 +145,8 @@ def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
             elapsed = time.perf_counter() - start
             log(f"step {step}/{t.steps}: loss {losses[-1]:.4f} ({elapsed:.1f} s, {eta(step, t.steps, elapsed)})")
             window = []
+        kept = {"losses": losses, "window": window, "synthetic_draws": synthetic_draws}
+        state.maybe_save(step, {**kept, "shot_counts": shot_counts.tolist(), "seconds": time.perf_counter() - start})
     report = {
         "train_dir": out,
         "checkpoint": ckpt,
@@ -145,4 +162,5 @@ def _train(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     atomic_write_bytes(join(out, TRAIN_LOG_NAME), json.dumps(report, indent=2).encode())
     # the checkpoint folder is written last, its COMPLETE marker last of all: it marks the run complete
     save_diffews(ckpt, net.unet.cpu(), net.text_embedding, {"config": config.resolved(), "train": report})
+    clear_resume_states(out)
     return {**report, "complete": True}

@@ -10,21 +10,20 @@ from collections.abc import Callable
 import torch
 import yaml
 
-from maskforge.eval.datasets import open_dataset
-from maskforge.eval.datasets.base import SegDataset, check_split
-from maskforge.eval.folds import Fold, get_fold
 from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.eval.seeds import derive_seed
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import save_gfss
 from maskforge.models.gfss.network import GfssNet, GfssSpec, build_gfss, set_train_mode
 from maskforge.models.hsnet.backbone import TinySpec
-from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
+from maskforge.models.train_state import TrainState, clear_resume_states
+from maskforge.storage.fs import atomic_write_bytes, join, read_bytes
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.feed import BaseFeed, make_loader
+from maskforge.tasks.gfss.preflight import BASE_CHECKPOINT, check_base_inputs
+from maskforge.tasks.progress import eta
 
-BASE_CHECKPOINT = "gfss-base.safetensors"
 BASE_LOG = "train.json"
 
 
@@ -33,19 +32,6 @@ def model_spec(config: GfssConfig, num_classes: int) -> GfssSpec:
     m = config.model
     tiny = TinySpec(tuple(m.tiny_layers), m.tiny_width, m.tiny_maxpool)
     return GfssSpec(m.backbone, num_classes, m.output_stride, m.aspp_channels, tuple(m.aspp_rates), tiny, m.tiny_seed)
-
-
-def open_fold(config: GfssConfig) -> tuple[SegDataset, Fold]:
-    """Return the configured dataset and its fold table."""
-    dataset = open_dataset(config.dataset)
-    return dataset, get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
-
-
-def base_image_ids(dataset: SegDataset, split: str, fold: Fold) -> list[str]:
-    """Return the leakage-free base set: images of the split without a single pixel of a novel class (GAPS)."""
-    index = dataset.class_index(split)
-    novel_images = {i for c in fold.novel for i in index.get(c, [])}
-    return [i for i in dataset.image_ids(split) if i not in novel_images]
 
 
 def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
@@ -86,11 +72,6 @@ def train_gfss_base(config: GfssConfig, log: Callable[[str], None] = print) -> d
     checkpoint exists is reported, not retrained (its name is the hash of what defines the model). With
     base.checkpoint set there is nothing to train: that file is the base model.
     """
-    if config.base.checkpoint:
-        raise ConfigError(
-            f"base.checkpoint is set ({config.base.checkpoint}): the novel stage starts from it; unset it to train "
-            "a base model"
-        )
     with torch_threads(config.run.threads):
         return _train(config, log)
 
@@ -107,15 +88,20 @@ def train_steps(
     log,
     every,
     per_update: int = 1,
+    state: TrainState | None = None,
+    resumed: tuple[int, dict] = (0, {}),
 ) -> tuple[list[float], float]:
     """Run `steps` SGD steps of cross-entropy (ignore -1) with poly decay; return (mean loss per window, seconds).
 
     The learning rate is updated every `per_update` steps (an epoch's steps: GAPS's per-epoch poly schedule).
+    `resumed` (finished steps, bookkeeping) continues a loop from its TrainState, which `state` saves when due.
     """
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1)
-    losses, window, start = [], [], time.perf_counter()
+    done, kept = resumed
+    losses, window = kept.get("losses", []), kept.get("window", [])
+    start = time.perf_counter() - kept.get("seconds", 0.0)
     updates = -(-steps // per_update)
-    for step in range(steps):
+    for step in range(done, steps):
         for group, lr in zip(optimiser.param_groups, lr_groups):
             group["lr"] = poly_lr(lr, step // per_update, updates, power)
         images, labels = next(batches)
@@ -128,8 +114,11 @@ def train_steps(
         window.append(float(loss.detach()))
         if (step + 1) % every == 0 or step + 1 == steps:
             losses.append(sum(window) / len(window))
-            log(f"step {step + 1}/{steps}: loss {losses[-1]:.4f} ({time.perf_counter() - start:.1f} s)")
+            elapsed = time.perf_counter() - start
+            log(f"step {step + 1}/{steps}: loss {losses[-1]:.4f} ({elapsed:.1f} s, {eta(step + 1, steps, elapsed)})")
             window = []
+        if state is not None:
+            state.maybe_save(step + 1, {"losses": losses, "window": window, "seconds": time.perf_counter() - start})
     return losses, time.perf_counter() - start
 
 
@@ -137,35 +126,37 @@ def _train(config: GfssConfig, log: Callable[[str], None]) -> dict:
     """The body of train_gfss_base."""
     out, b, m = config.base_dir(), config.base, config.model
     ckpt = join(out, BASE_CHECKPOINT)
-    if exists(ckpt):
+    inputs = check_base_inputs(config)  # before the network is built: a wrong input fails in a second
+    if inputs is None:
         log(f"already trained: {ckpt}")
         return {**json.loads(read_bytes(join(out, BASE_LOG))), "complete": True}
-    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
-    if m.backbone != "tiny" and not m.weights:
-        raise ConfigError(
-            f"model.weights is required to train backbone {m.backbone!r}: a local torchvision ResNet-101 ImageNet "
-            "state dict (e.g. resnet101-63fe2227.pth); nothing is downloaded"
-        )
-    dataset, fold = open_fold(config)
-    check_split(dataset, b.split, "base.split")
-    ids = base_image_ids(dataset, b.split, fold)
+    dataset, fold, ids = inputs.dataset, inputs.fold, inputs.image_ids
     class_map = ClassMap(tuple(fold.base), ())
     device = resolve_device(config.run.device)
     torch.manual_seed(derive_seed("gfss-base-init", b.seed))
     net = build_gfss(model_spec(config, class_map.num_classes), m.weights).to(device)
     set_train_mode(net, frozen_bn=False)
     steps, per_update = base_schedule(config, len(ids))
-    epoch_items = 0 if b.steps else per_update * b.batch_size
-    feed = BaseFeed(config.dataset, ids, class_map, fold.novel, b.crop_size, tuple(b.scale), b.seed, epoch_items)
-    batches = make_loader(feed, b.batch_size, b.workers, pin=device.type == "cuda")
     optimiser = torch.optim.SGD(net.parameters(), lr=b.lr, momentum=b.momentum, weight_decay=b.weight_decay)
+    state = TrainState(out, "base", steps, {"net": net, "optimiser": optimiser}, {}, config.run.save_every_s)
+    resumed = state.restore()
+    # DataLoader workers' streams cannot be rewound to a step: a resumed run feeds a fresh stream seeded by the
+    # resume step, so it continues the saved weights, optimiser and schedule but is not bit-identical to an
+    # uninterrupted run (the one loop of maskforge's learners that is not; the others restore every generator)
+    feed_seed = derive_seed("gfss-base-resume", b.seed, resumed[0]) if resumed[0] else b.seed
+    epoch_items = 0 if b.steps else per_update * b.batch_size
+    feed = BaseFeed(config.dataset, ids, class_map, fold.novel, b.crop_size, tuple(b.scale), feed_seed, epoch_items)
     log(
         f"base stage on {dataset.name} fold {fold.index}: {len(ids)} base images, {class_map.num_classes} classes, "
-        f"{steps} steps" + ("" if b.steps else f" ({b.epochs} epochs of {per_update})")
+        f"{steps} steps"
+        + ("" if b.steps else f" ({b.epochs} epochs of {per_update})")
+        + (f"; resumed at step {resumed[0]}/{steps} from {state.url}" if resumed[0] else "")
     )
-    losses, seconds = train_steps(
-        net, batches, steps, optimiser, [b.lr], b.poly_power, device, config.run.amp, log, b.log_every, per_update
-    )
+    with make_loader(feed, b.batch_size, b.workers, pin=device.type == "cuda") as batches:
+        losses, seconds = train_steps(
+            net, batches, steps, optimiser, [b.lr], b.poly_power, device, config.run.amp, log, b.log_every,
+            per_update, state, resumed,
+        )  # fmt: skip
     report = {
         "train_dir": out,
         "checkpoint": ckpt,
@@ -181,4 +172,5 @@ def _train(config: GfssConfig, log: Callable[[str], None]) -> dict:
     atomic_write_bytes(join(out, BASE_LOG), json.dumps(report, indent=2).encode())
     net.eval()
     save_gfss(ckpt, net.cpu(), config.resolved(), {"stage": "base", "class_map": {"base": list(fold.base)}})
+    clear_resume_states(out)
     return {**report, "complete": True}

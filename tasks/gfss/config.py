@@ -12,6 +12,7 @@ from maskforge.storage.fs import join
 from maskforge.storage.yaml_config import (
     HashedConfig,
     PathText,
+    SaveEvery,
     Seed,
     StrictConfig,
     digest,
@@ -28,6 +29,7 @@ class GfssRunConfig(StrictConfig):
     out_dir: PathText = Field("runs", description="Parent folder of the base and novel stage folders.")
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="Where to run: cpu, cuda, or auto.")
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: torch's default).")
+    save_every_s: SaveEvery = 600.0
     amp: bool = Field(True, description="bf16 autocast on CUDA (GAPS trains with AMP); ignored on CPU.")
 
 
@@ -76,7 +78,11 @@ class GfssBaseConfig(StrictConfig):
         description="0: epochs x (base images // batch_size) steps, poly per epoch (GAPS); N: exactly N steps, poly "
         "per step (short runs and tests).",
     )
-    batch_size: int = Field(32, ge=1, le=1024)
+    # the ASPP's image-pooling branch batch-normalises one value per image and channel: torch refuses BatchNorm in
+    # training on a single value per channel, so a batch of 1 failed at the first step, after the server had started
+    batch_size: int = Field(
+        32, ge=2, le=1024, description="Base-stage batch (GAPS: 32); at least 2 for the ASPP pooling's BatchNorm."
+    )
     lr: float = Field(0.01, gt=0, le=1, description="SGD learning rate (GAPS: 0.01 PASCAL, 0.007 COCO).")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0, le=0.1)
@@ -146,6 +152,8 @@ class GfssEvalConfig(StrictConfig):
 
 class GfssConfig(HashedConfig):
     """The whole configuration of the GFSS learners."""
+
+    RUN_FIELDS = (("novel", "synthetic_runs"),)
 
     run: GfssRunConfig = GfssRunConfig()
     dataset: DatasetConfig = DatasetConfig()

@@ -10,21 +10,21 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from maskforge.eval.datasets.base import DatasetError, ImageRecord, check_split
+from maskforge.eval.datasets.base import DatasetError, ImageRecord
 from maskforge.eval.gfss_metrics import GfssAccumulator, pifs_summary, seed_summary
 from maskforge.eval.gfss_protocol import ClassMap
 from maskforge.models.device import resolve_device, torch_threads
 from maskforge.models.gfss.checkpoint import load_gfss
 from maskforge.models.gfss.network import GfssNet
-from maskforge.storage.fs import check_output_location, exists, join, read_bytes
+from maskforge.storage.fs import join, read_bytes
 from maskforge.storage.results import GFSS_PROTOCOL, code_version, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
 from maskforge.tasks.charts import percent
-from maskforge.tasks.gfss.base import open_fold
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.feed import normalize
-from maskforge.tasks.gfss.novel import NOVEL_MANIFEST
+from maskforge.tasks.gfss.preflight import NOVEL_MANIFEST, check_eval_inputs, open_fold
+from maskforge.tasks.progress import eta
 
 #: Val splits up to this many images are decoded once and kept for every (run, step) checkpoint.
 CACHE_IMAGES = 512
@@ -75,22 +75,16 @@ def _records(dataset, ids: list[str]):
 def _evaluate(config: GfssConfig, log: Callable[[str], None]) -> dict:
     """The body of eval_gfss."""
     e = config.eval
-    check_output_location(e.results_dir, field="eval.results_dir")  # fails now, not after the work
-    manifest_url = join(config.novel_dir(), NOVEL_MANIFEST)
-    if not exists(manifest_url):
-        raise ConfigError(
-            f"{manifest_url} not found: the novel stage of this config has not completed; run "
-            "`maskforge gfss train-novel CONFIG` first"
-        )
-    manifest = json.loads(read_bytes(manifest_url))
+    check_eval_inputs(config)  # before a checkpoint loads: a wrong input fails in a second
+    manifest = json.loads(read_bytes(join(config.novel_dir(), NOVEL_MANIFEST)))
     dataset, fold = open_fold(config)
-    check_split(dataset, e.split, "eval.split")
     ids = dataset.image_ids(e.split)
     if e.max_images:
         ids = ids[: e.max_images]
     records: Callable[[], list[ImageRecord]] = _records(dataset, ids)
     device = resolve_device(config.run.device)
     start, per_run = time.perf_counter(), []
+    total, scored = len(ids) * sum(len(run["steps"]) for run in manifest["runs"]), 0
     last_class_iou: list[dict[str, float]] = []
     for run in manifest["runs"]:
         steps = []
@@ -104,9 +98,12 @@ def _evaluate(config: GfssConfig, log: Callable[[str], None]) -> dict:
                 )
             scores = score_checkpoint(net.to(device).eval(), class_map, fold.novel, records(), device)
             steps.append({**scores, "classes": step["classes"]})
+            scored += len(ids)
+            elapsed = time.perf_counter() - start
             log(
-                f"run seed {run['seed']} step {len(steps) - 1}: base {100 * scores['base_miou']:.2f} novel "
-                f"{100 * scores['novel_miou']:.2f} HM {100 * scores['hm']:.2f}"
+                f"images {scored}/{total}: run seed {run['seed']} step {len(steps) - 1}: base "
+                f"{100 * scores['base_miou']:.2f} novel {100 * scores['novel_miou']:.2f} HM {100 * scores['hm']:.2f} "
+                f"({elapsed:.1f} s, {eta(scored, total, elapsed)})"
             )
         per_run.append({"seed": run["seed"], "steps": steps, "summary": pifs_summary(steps)})
         last_class_iou.append(steps[-1]["class_iou"])

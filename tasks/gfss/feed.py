@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -235,10 +236,25 @@ def leave_signals_to_the_parent(worker_id: int) -> None:
     os.setpgrp()
 
 
-def make_loader(feed: IterableDataset, batch_size: int, workers: int, pin: bool = False) -> Iterator:
-    """Return an endless batch iterator over a feed: DataLoader worker processes decode and synthesise."""
+@contextlib.contextmanager
+def make_loader(feed: IterableDataset, batch_size: int, workers: int, pin: bool = False) -> Iterator[Iterator]:
+    """A context giving an endless batch iterator over a feed (DataLoader worker processes decode and synthesise),
+    whose workers are stopped when the context ends, by an error included.
+
+    An iterator left to the garbage collector kept its workers as long as something held it: a stage's exception
+    holds the stage's frame in its traceback, and Prefect keeps the exception in the failed task's state, so the
+    workers lived until interpreter exit, where multiprocessing's exit hook killed them and torch's SIGCHLD handler
+    printed `DataLoader worker (pid N) exited unexpectedly` after the command's own error line.
+    """
     # pinning and prefetching only mean something with worker processes
     more = {"pin_memory": pin, "persistent_workers": False, "prefetch_factor": 4} if workers else {}
     if workers:
         more["worker_init_fn"] = leave_signals_to_the_parent
-    return iter(DataLoader(feed, batch_size=batch_size, num_workers=workers, **more))
+    batches = iter(DataLoader(feed, batch_size=batch_size, num_workers=workers, **more))
+    try:
+        yield batches
+    finally:
+        # torch's iterator has no public close; _shutdown_workers is what its own __del__ calls (idempotent)
+        stop = getattr(batches, "_shutdown_workers", None)
+        if stop is not None:
+            stop()

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from maskforge.eval.datasets.base import SegDataset, check_split
+from maskforge.eval.datasets.base import SegDataset
 from maskforge.eval.episode_data import synthetic_keys
 from maskforge.eval.folds import Fold
 from maskforge.eval.gfss_protocol import (
@@ -35,17 +35,20 @@ from maskforge.models.gfss.network import (
     masked_average_pool,
     set_train_mode,
 )
-from maskforge.storage.fs import atomic_write_bytes, check_output_location, exists, join, read_bytes
+from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
 from maskforge.storage.shards import sha256_file
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.gfss.base import autocast, base_image_ids, open_fold, poly_lr
+from maskforge.tasks.gfss.base import autocast, poly_lr
 from maskforge.tasks.gfss.buffer import buffer_score, uniform_interval_buffer
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.copy_paste import context_similar
 from maskforge.tasks.gfss.feed import NovelData, NovelFeed, make_loader, normalize
+from maskforge.tasks.gfss.preflight import NOVEL_MANIFEST, base_image_ids, check_novel_inputs, open_fold
+from maskforge.tasks.progress import eta
 from maskforge.tasks.synthetic_runs import open_synthetic_run
 
-NOVEL_MANIFEST = "novel.json"
+#: A finished run seed's record in the novel folder (its checkpoints are written before it): a rerun keeps the run.
+RUN_RECORD = "run{:02d}.json"
 #: Version of the replay buffer's recipe, part of its cache key (2: the seed no longer hashes the checkpoint bytes).
 BUFFER_RECIPE = 2
 
@@ -263,14 +266,15 @@ def _finetune(
     ]
     optimiser = torch.optim.SGD(groups, momentum=n.momentum, weight_decay=n.weight_decay)
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1)
-    batches = make_loader(feed, n.batch_size, n.workers, pin=device.type == "cuda")
     losses = []
-    for it in range(n.iterations):
-        for group, lr in zip(optimiser.param_groups, (n.lr_backbone, n.lr_head)):
-            group["lr"] = poly_lr(lr, it, n.iterations, n.poly_power)
-        images, labels = next(batches)
-        loss = finetune_step(net, teacher, optimiser, loss_fn, images, labels, n.feature_reg, device, config.run.amp)
-        losses.append(loss)
+    with make_loader(feed, n.batch_size, n.workers, pin=device.type == "cuda") as batches:
+        for it in range(n.iterations):
+            for group, lr in zip(optimiser.param_groups, (n.lr_backbone, n.lr_head)):
+                group["lr"] = poly_lr(lr, it, n.iterations, n.poly_power)
+            images, labels = next(batches)
+            amp = config.run.amp
+            loss = finetune_step(net, teacher, optimiser, loss_fn, images, labels, n.feature_reg, device, amp)
+            losses.append(loss)
     log(f"{label}: loss {np.mean(losses[:10]):.3f} -> {np.mean(losses[-10:]):.3f}")
     net.eval()
     return losses
@@ -280,12 +284,10 @@ def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
     """The body of train_gfss_novel."""
     out, n = config.novel_dir(), config.novel
     manifest_url = join(out, NOVEL_MANIFEST)
-    if exists(manifest_url):
+    if not check_novel_inputs(config):  # before a network loads: a wrong input fails in a second
         log(f"already trained: {out}")
         return {**json.loads(read_bytes(manifest_url)), "complete": True}
-    check_output_location(config.run.out_dir, field="run.out_dir")  # fails now, not after the work
     dataset, fold = open_fold(config)
-    check_split(dataset, n.split, "novel.split")
     base_net, ckpt = load_base(config, fold)
     stream = task_stream(fold.novel, n.classes_per_step)
     synthetic = open_synthetic(config, fold, sorted(fold.novel))
@@ -293,8 +295,17 @@ def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
     base_net = base_net.to(device).eval()
     buffer = base_images(config, base_net, ckpt, dataset, fold, device, log)
     runs, start = [], time.perf_counter()
+    total, done = n.runs * len(stream) * n.iterations, 0
     crop = config.base.crop_size
     for r, run_seed in enumerate(gaps_run_seeds(n.runs, n.master_seed)):
+        # a run seed is independent of the others (its own shots, seeds and copy of the base model): one finished
+        # by an interrupted attempt is kept, its record and checkpoints as written then
+        record_url = join(out, RUN_RECORD.format(r))
+        if exists(record_url):
+            runs.append(json.loads(read_bytes(record_url)))
+            done += n.iterations * len(stream)
+            log(f"run {r} (seed {run_seed}): finished by an earlier attempt, kept ({record_url})")
+            continue
         shots = choose_shots(config, dataset, fold, run_seed)
         net, class_map, steps = copy.deepcopy(base_net), ClassMap(tuple(fold.base), ()), []
         for s, classes in enumerate(stream):
@@ -330,6 +341,9 @@ def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
             else:  # AlignDiff D.3: FINETUNE pastes without context-aware sampling
                 data.context_prob = 0.0
             losses = _finetune(config, net, NovelFeed(data), device, log, f"run {r} (seed {run_seed}) step {s}")
+            done += n.iterations
+            elapsed = time.perf_counter() - start
+            log(f"iterations {done}/{total} ({elapsed:.1f} s, {eta(done, total, elapsed)})")
             path = join(out, f"run{r:02d}-step{s:02d}.safetensors")
             extra = {
                 "stage": "novel",
@@ -342,6 +356,7 @@ def _novel(config: GfssConfig, log: Callable[[str], None]) -> dict:
                 {"classes": list(classes), "novel_learned": seen, "checkpoint": path, "final_loss": losses[-1]}
             )
         runs.append({"seed": run_seed, "shots": {str(c): ids for c, ids in shots.items()}, "steps": steps})
+        atomic_write_bytes(record_url, json.dumps(runs[-1], indent=2).encode())  # after the run's checkpoints
     report = {
         "novel_dir": out,
         "setting": config.setting(),

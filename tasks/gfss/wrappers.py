@@ -9,7 +9,37 @@ from maskforge.tasks.gfss.base import train_gfss_base
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.evaluate import benchmark_rows, eval_gfss, summary_table, trend_markdown
 from maskforge.tasks.gfss.novel import train_gfss_novel
+from maskforge.tasks.gfss.preflight import (
+    check_base_inputs,
+    check_eval_inputs,
+    check_novel_eval_inputs,
+    check_novel_inputs,
+)
 from maskforge.tasks.wrappers import record_learner_results, run_learner_stage
+
+
+@task(name="check-gfss-base-inputs", cache_policy=NO_CACHE)
+def check_base_inputs_task(config: GfssConfig) -> None:
+    """Prefect task: train_gfss_base's pre-flight (tasks/gfss/preflight.py), the flow's first task; no GPU slot."""
+    check_base_inputs(config)
+
+
+@task(name="check-gfss-novel-inputs", cache_policy=NO_CACHE)
+def check_novel_inputs_task(config: GfssConfig) -> None:
+    """Prefect task: train_gfss_novel's pre-flight (tasks/gfss/preflight.py), the flow's first task; no GPU slot."""
+    check_novel_inputs(config)
+
+
+@task(name="check-gfss-eval-inputs", cache_policy=NO_CACHE)
+def check_eval_inputs_task(config: GfssConfig) -> None:
+    """Prefect task: eval_gfss's pre-flight (tasks/gfss/preflight.py), the flow's first task; no GPU slot."""
+    check_eval_inputs(config)
+
+
+@task(name="check-gfss-novel-eval-inputs", cache_policy=NO_CACHE)
+def check_novel_eval_inputs_task(config: GfssConfig) -> None:
+    """Prefect task: gfss_novel_eval's pre-flight (both stages' inputs), the flow's first task; no GPU slot."""
+    check_novel_eval_inputs(config)
 
 
 @task(name="train-gfss-base", cache_policy=NO_CACHE)

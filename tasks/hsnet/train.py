@@ -18,6 +18,7 @@ from maskforge.models.hsnet.backbone import TinySpec, calibrate_batchnorm
 from maskforge.models.hsnet.checkpoint import save_checkpoint
 from maskforge.models.hsnet.model import HSNet, HSNetSpec, build_hsnet, learnable_parameters
 from maskforge.models.hsnet.segmenter import prepare_images, prepare_labels
+from maskforge.models.train_state import TrainState, clear_resume_states
 from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes
 from maskforge.tasks.hsnet.config import HsnetConfig
 from maskforge.tasks.hsnet.preflight import CHECKPOINT_NAME, check_train_inputs
@@ -77,12 +78,18 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     loss_fn = torch.nn.CrossEntropyLoss(ignore_index=-1)
     size = m.img_size
     net.train()
-    losses, window, start, synthetic_draws = [], [], time.perf_counter(), 0
+    state = TrainState(
+        out, "hsnet", t.steps, {"net": net, "optimiser": optimiser}, {"episodes": episodes.rng}, config.run.save_every_s
+    )
+    done, kept = state.restore()
+    losses, window, synthetic_draws = kept.get("losses", []), kept.get("window", []), kept.get("synthetic_draws", 0)
+    start = time.perf_counter() - kept.get("seconds", 0.0)
     log(
         f"training HSNet({m.backbone}) on {dataset.name} fold {fold.index}: "
         f"{learnable_parameters(net)} learnable parameters"
+        + (f"; resumed at step {done}/{t.steps} from {state.url}" if done else "")
     )
-    for step in range(1, t.steps + 1):
+    for step in range(done + 1, t.steps + 1):
         batch = [episodes.next() for _ in range(t.batch_size)]
         queries = [images.get(e.query_id) for e in batch]
         supports = [images.get(e.support_ids[0]) for e in batch]
@@ -102,6 +109,15 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
             elapsed = time.perf_counter() - start
             log(f"step {step}/{t.steps}: loss {losses[-1]:.4f} ({elapsed:.1f} s, {eta(step, t.steps, elapsed)})")
             window = []
+        state.maybe_save(
+            step,
+            {
+                "losses": losses,
+                "window": window,
+                "synthetic_draws": synthetic_draws,
+                "seconds": time.perf_counter() - start,
+            },
+        )
     seconds = time.perf_counter() - start
     report = {
         "train_dir": out,
@@ -115,4 +131,5 @@ def _train(config: HsnetConfig, log: Callable[[str], None]) -> dict:
     atomic_write_bytes(join(out, "config.yaml"), yaml.safe_dump(config.resolved(), sort_keys=False).encode())
     atomic_write_bytes(join(out, TRAIN_LOG_NAME), json.dumps(report, indent=2).encode())
     save_checkpoint(ckpt, net.cpu(), config.resolved(), {"train": report})  # written last: it marks completion
+    clear_resume_states(out)
     return {**report, "complete": True}
