@@ -35,6 +35,7 @@ from maskforge.flows.hsnet_cli import hsnet_app
 from maskforge.flows.maskdiff_cli import maskdiff_app
 from maskforge.flows.models_cli import models_app, toy_app
 from maskforge.flows.results_cli import results_app
+from maskforge.flows.runs_cli import runs_app
 from maskforge.flows.shards_cli import shards_app
 from maskforge.storage.reader import RunReader
 from maskforge.tasks.config import load_config
@@ -51,6 +52,7 @@ app.add_typer(shards_app, name="shards")
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(results_app, name="results")
+app.add_typer(runs_app, name="runs")
 app.add_typer(hsnet_app, name="hsnet")
 app.add_typer(gfss_app, name="gfss")
 app.add_typer(diffews_app, name="diffews")

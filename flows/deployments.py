@@ -35,11 +35,33 @@ def generate_fold(
     dask_workers: int = 0,
     dask_address: str | None = None,
     dask_cluster_class: str | None = None,
+    round: int | str | None = None,
 ) -> dict:
     """Generate one (dataset, fold) from a config file, overriding its dataset, fold, root, shots and out_dir; the Dask
-    parameters fan the classes out (a local cluster, an existing scheduler, or e.g. dask_cuda.LocalCUDACluster)."""
-    config = load_config(config_path, _overrides(dataset, fold, root, **{"shots.k": shots, "run.out_dir": out_dir}))
+    parameters fan the classes out (a local cluster, an existing scheduler, or e.g. dask_cuda.LocalCUDACluster).
+    round: a number, or "scheduled" (the nightly deployments): the flow run's scheduled date as YYYYMMDD, so each
+    night renders a new round and a retry of the same night's run is the same run."""
+    more = {"shots.k": shots, "run.out_dir": out_dir, "run.round": scheduled_round(round)}
+    config = load_config(config_path, _overrides(dataset, fold, root, **more))
     return generate_flow(dask_workers, dask_address, dask_cluster_class)(config=config)
+
+
+def scheduled_round(round: int | str | None) -> int | None:
+    """Resolve generate_fold's round: None (the config's), a number, or "scheduled": the UTC date of this flow run's
+    scheduled start as YYYYMMDD (a manual run's start is its schedule)."""
+    if round is None or isinstance(round, int):
+        return round
+    if str(round).isdigit():
+        return int(round)
+    if round != "scheduled":
+        raise ValueError(f"round: expected a number or 'scheduled', got {round!r}")
+    from datetime import timezone
+
+    from prefect.runtime import flow_run
+
+    when = flow_run.scheduled_start_time  # a datetime subclass (pendulum's or whenever's by Python version)
+    when = when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when.astimezone(timezone.utc)
+    return int(when.strftime("%Y%m%d"))
 
 
 @flow(name="train-hsnet-fold", log_prints=True)
@@ -56,9 +78,19 @@ def eval_hsnet_fold(
     shots: int | None = None,
     root: str | None = None,
     checkpoint: str | None = None,
+    synthetic_run: str | None = None,
+    synthetic_per_class: int | None = None,
 ) -> dict:
-    """Evaluate HSNet on one (dataset, fold) from an HSNet config file (checkpoint and shots overridable)."""
-    overrides = _overrides(dataset, fold, root, **{"eval.shots": shots, "eval.checkpoint": checkpoint})
+    """Evaluate HSNet on one (dataset, fold) from an HSNet config file (checkpoint and shots overridable);
+    synthetic_run (a run folder, a selector like latest:toy/0, or the nightly chain's event URL) adds its setting
+    with synthetic_per_class (default: the file's) generated supports per class."""
+    more = {
+        "eval.shots": shots,
+        "eval.checkpoint": checkpoint,
+        "eval.synthetic_run": synthetic_run,
+        "eval.synthetic_per_class": synthetic_per_class,
+    }
+    overrides = _overrides(dataset, fold, root, **more)
     return eval_hsnet(config=load_hsnet_config(config_path, overrides))
 
 
@@ -77,10 +109,13 @@ def train_gfss_novel_fold(
     method: str | None = None,
     synthetic_runs: list[str] | None = None,
     evaluate: bool = True,
+    synthetic_run: str | None = None,
 ) -> dict:
     """Run the GFSS novel stage of one (dataset, fold), then (evaluate) its PIFS evaluation into the results table;
-    synthetic_runs names completed maskforge runs (e.g. the nightly regeneration's folder)."""
-    more = {"novel.method": method, "novel.synthetic_runs": list(synthetic_runs) if synthetic_runs else None}
+    synthetic_runs names completed maskforge runs (or selectors like last:7:toy/0); synthetic_run, one more (the
+    nightly chain's trigger passes the new run's URL here)."""
+    runs = [*(synthetic_runs or []), *([synthetic_run] if synthetic_run else [])]
+    more = {"novel.method": method, "novel.synthetic_runs": runs or None}
     config = load_gfss_config(config_path, _overrides(dataset, fold, root, **more))
     return gfss_novel_eval(config=config) if evaluate else train_gfss_novel(config=config)
 

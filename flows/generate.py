@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prefect import Flow, flow
 
-from maskforge.flows.runners import dask_runner, sequential_runner
+from maskforge.flows.run_events import announce_run
+from maskforge.flows.runners import check_dask_workers, dask_runner, gpu_resource, sequential_runner
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.wrappers import (
     finish_run_task,
@@ -26,9 +27,14 @@ def generate(config: MaskforgeConfig) -> dict:
     A run whose folder already holds a completion marker is reported, not redone: the config hash names the
     run, and its samples are deterministic. Per-class tasks are submitted, so a Dask task runner
     (`generate.with_options(task_runner=dask_runner(...))`) fans them out; each class's part is the same either way.
-    Tasks receive the typed config and the fold plan; none re-parses the config or re-plans the fold.
+    Tasks receive the typed config and the fold plan; none re-parses the config or re-plans the fold. Under Dask,
+    the GPU stages (embedding, diffusion, refinement) ask for a worker's GPU resource unless configured for the CPU,
+    and a cluster that could not run them is refused before any run folder exists.
     """
     plan = preflight_task(config)  # a deterministic fault stops the run here, before a run folder exists
+    devices = [config.diffusion.device] if config.diffusion is not None else []
+    devices += [config.refinement.device] if config.refinement is not None else []
+    check_dask_workers(needs_gpu=any(device != "cpu" for device in devices))
     run = start_run_task(config)
     if run["complete"]:
         print(f"run already complete: {run['url']}")
@@ -49,11 +55,13 @@ def generate(config: MaskforgeConfig) -> dict:
     if config.diffusion is not None:
         for c in plan.novel:
             embeddings = []
-            if config.diffusion.embedding.samples:
-                embeddings = [embed.submit(config, plan, c.class_id, shot) for shot in c.shot_ids]
-            part = diffuse.submit(config, plan, c.class_id, url, wait_for=embeddings)
+            with gpu_resource(config.diffusion.device):
+                if config.diffusion.embedding.samples:
+                    embeddings = [embed.submit(config, plan, c.class_id, shot) for shot in c.shot_ids]
+                part = diffuse.submit(config, plan, c.class_id, url, wait_for=embeddings)
             if config.refinement is not None:  # the refined, filtered part replaces the raw diffusion part
-                part = refine.submit(config, plan, c.class_id, url, wait_for=[part])
+                with gpu_resource(config.refinement.device):
+                    part = refine.submit(config, plan, c.class_id, url, wait_for=[part])
             synthetic[c.class_id] = part
     # composition pastes real objects, and synthetic ones cut from the class's final diffusion part
     uses_synthetic = "synthetic" in config.generation.sources
@@ -64,6 +72,7 @@ def generate(config: MaskforgeConfig) -> dict:
     parts = [future.result() for future in composed + list(synthetic.values())]
     marker = finish_run_task(config, plan, parts, url)
     publish_run_artifacts_task(url)
+    announce_run(config, url, marker)  # the nightly chain's triggers start the learners on this run
     print(f"run complete: {url} ({marker['n_samples']} samples)")
     return {"url": url, "complete": True, "marker": marker}
 

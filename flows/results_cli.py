@@ -14,6 +14,7 @@ from rich.table import Table
 
 from maskforge.flows.cli_support import non_empty_path, non_empty_text
 from maskforge.flows.console import console, fail
+from maskforge.storage.catalogue import rounds_label
 from maskforge.storage.results import (
     ResultsError,
     csv_text,
@@ -44,9 +45,10 @@ class Format(str, Enum):
 
 def protocol_table(protocol: str, rows: list[dict], metrics: tuple[str, ...]) -> Table:
     """Return a rich table of one protocol's rows, oldest first: when, model, data, setting, synthetic data,
-    evaluated × runs, `metrics` in %, and the config hash's first 8 characters; long cells fold, never cut."""
+    its generation round, evaluated × runs, `metrics` in %, and the config hash's first 8 characters; long cells
+    fold, never cut."""
     table = Table(title=f"{protocol}: {len(rows)} row(s); metrics in %")
-    for name in ("when (UTC)", "model", "data", "setting", "synthetic", "n × runs"):
+    for name in ("when (UTC)", "model", "data", "setting", "synthetic", "round", "n × runs"):
         table.add_column(name, overflow="fold")
     for name in metrics:
         table.add_column(name, justify="right", overflow="fold")
@@ -58,6 +60,7 @@ def protocol_table(protocol: str, rows: list[dict], metrics: tuple[str, ...]) ->
             f"{r['dataset']} {'f0-3 mean' if r['fold'] == MEAN_FOLD else 'f' + str(r['fold'])} {r['shots']}-shot",
             r["setting"],
             synthetic_label(r),
+            rounds_label(r["synthetic_source"]),  # the synthetic data's generation round: a score per night
             f"{r['evaluated']} × {r['runs']}",
             *metric_cells(r, metrics),
             r["config_hash"][:8],

@@ -7,11 +7,21 @@ import json
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from maskforge.storage.catalogue import resolve_selector
 from maskforge.storage.fs import location_key
 
 #: A path, URL or model id in a config: at least one character. An empty one would quietly mean "here" (out_dir)
@@ -20,6 +30,17 @@ PathText = Annotated[str, StringConstraints(min_length=1)]
 #: A seed in a config: 0 to 2^32 - 1, what numpy's and torch's generators all take (a negative seed or one past 2^64
 #: failed deep inside a stage, after the server had started).
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
+#: A learner's `run.save_every_s`: seconds of training between two resumable states (models/train_state.py) of a
+#: long loop; 0 never writes one. How often progress is kept does not change what is learned: left out of hash().
+SaveEvery = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=86_400,
+        description="Seconds of training between resumable states in the stage folder's resume/ (0: none); a "
+        "rerun of a stage cut short continues from the last one.",
+    ),
+]
 
 
 class ConfigError(ValueError):
@@ -70,13 +91,45 @@ def digest(data: dict) -> str:
 class HashedConfig(StrictConfig):
     """A learner's whole config, whose hash() names its benchmark rows: the resolved config minus UNHASHED fields."""
 
+    #: (section, field) pairs that name synthetic runs (a run folder, or a list of them): a run selector there
+    #: (`latest:toy/0`, `last:7:toy/0`, storage/catalogue.py) is replaced by the run URLs it names when the config
+    #: validates, so hash(), the stored config and every benchmark row name exactly the data the learner saw
+    RUN_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = ()
     #: (section, field) pairs hash() leaves out: where outputs go and how fast they come, not what is computed
     UNHASHED: ClassVar[tuple[tuple[str, str], ...]] = (
         ("run", "out_dir"),
         ("run", "device"),
         ("run", "threads"),
+        ("run", "save_every_s"),
         ("eval", "results_dir"),
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_run_selectors(cls, data: Any) -> Any:
+        """Replace run selectors in RUN_FIELDS by the run URLs they name, from the catalogue of run.out_dir (or the
+        selector's @RUNS); a selector that names no run, or several for a one-run field, is an error naming it."""
+        if not isinstance(data, dict) or not cls.RUN_FIELDS:
+            return data
+        data = dict(data)
+        root = str((data.get("run") or {}).get("out_dir") or "runs")
+        for section, name in cls.RUN_FIELDS:
+            block = data.get(section)
+            value = block.get(name) if isinstance(block, dict) else None
+            refs = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
+            if not any(isinstance(ref, str) and ref.startswith(("latest:", "last:")) for ref in refs):
+                continue
+            field = f"{section}.{name}"
+            urls = []
+            for ref in refs:
+                is_selector = isinstance(ref, str) and ref.startswith(("latest:", "last:"))
+                urls += resolve_selector(ref, root, field) if is_selector else [ref]
+            if isinstance(value, str):
+                if len(urls) != 1:
+                    raise ValueError(f"{field}: {value!r} names {len(urls)} runs; this field takes one (latest:...)")
+                urls = urls[0]
+            data[section] = {**block, name: urls}
+        return data
 
     def hashed(self) -> dict:
         """Return what hash() covers: the resolved config without the UNHASHED fields."""

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
+from maskforge.storage.catalogue import rounds_label
 from maskforge.storage.results import row_metric
 
 #: Kept samples, rejected samples, cut lines, axes (RGB).
@@ -129,14 +130,16 @@ def trend_markdown(
         series = {s: [100 * row_metric(r, metric) for r in runs] for s, runs in per_setting.items()}
         chart = png_bytes(line_chart(series, f"{family} {label} %: {scope}", f"{label} %"))
         lines += [f"![{label} per setting over time](data:image/png;base64,{base64.b64encode(chart).decode()})", ""]
-    headers = ["evaluated", *(h for h, _ in columns), f"Δ {label}"]
+    # the synthetic data's generation round: with nightly rounds, the trend reads as a score per night's data
+    headers = ["evaluated", "data", *(h for h, _ in columns), f"Δ {label}"]
     for setting, runs in per_setting.items():
         lines += [f"## {setting}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         previous = None
         for r in runs:
             value = row_metric(r, metric)
             delta = "" if previous is None else f"{100 * (value - previous):+.2f}"
-            lines.append("| " + " | ".join([r["created_at"], *(cell(r) for _, cell in columns), delta]) + " |")
+            cells = [r["created_at"], rounds_label(r["synthetic_source"]), *(cell(r) for _, cell in columns), delta]
+            lines.append("| " + " | ".join(cells) + " |")
             previous = value
         lines.append("")
     return "\n".join(lines)

@@ -52,7 +52,7 @@ def class_samples(
     for source in config.generation.sources:
         pool = object_pool(dataset, class_plan, source, synthetic)
         for index in range(n):
-            seed = item_seed(config.run.seed, cid, index, f"compose-{source}")
+            seed = item_seed(config.run.data_seed(), cid, index, f"compose-{source}")
             rng = np.random.default_rng(seed)
             base = dataset.load(plan.base_subset[int(rng.integers(len(plan.base_subset)))])
             placements = sample_placements(rng, pool, base.label.shape, config.copy_paste)

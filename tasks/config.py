@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
+from maskforge.eval.seeds import derive_seed
 from maskforge.models.diffusion_config import SPEED_FIELDS, DiffusionConfig
 from maskforge.storage.yaml_config import PathText, Seed, StrictConfig, digest, read_yaml, validate_model
 
@@ -100,9 +101,30 @@ class RunConfig(StrictConfig):
 
     name: str = Field("run", pattern=r"^[a-z0-9][a-z0-9_-]*$", description="Run name; lower case, digits, '-', '_'.")
     seed: Seed = Field(0, description="Run seed; each sample's seed derives from (run seed, class, index).")
-    out_dir: PathText = Field("runs", description="Parent folder (path or fsspec URL) of run folders.")
+    round: int = Field(
+        0,
+        ge=0,
+        le=99_999_999,
+        description="Generation round: a nightly deployment passes its date (YYYYMMDD), so each night renders new "
+        "samples while a rerun of a round is the same run. 0 (the CLI's default) leaves hash and seeds as before.",
+    )
+    out_dir: PathText = Field("runs", description="Parent folder (path or fsspec URL, s3://bucket/runs) of runs.")
+    # exclude and repr=False: credentials given here never reach config.yaml, the config hash, Prefect's stored flow
+    # parameters or a log line; pickling (to Dask workers) keeps them, so every worker opens the store alike
+    storage_options: dict[str, Any] | None = Field(
+        None,
+        exclude=True,
+        repr=False,
+        description="fsspec options of out_dir's store (s3fs: key, secret, client_kwargs.endpoint_url, ...); "
+        "default: the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL, ...). Never stored with the run.",
+    )
     retries: int = Field(1, ge=0, le=10, description="Retries of a failed per-class task (transient failures).")
     retry_delay_s: float = Field(10.0, ge=0, le=3600, description="Seconds between retries.")
+
+    def data_seed(self) -> int:
+        """The seed every sample, shot and subset draw of the run derives from: the run seed, joined with the round
+        from round 1 on (round 0 is the run seed itself, so runs made before rounds existed keep their bytes)."""
+        return self.seed if self.round == 0 else derive_seed("round", self.seed, self.round)
 
 
 #: Run fields that change how a run executes, not what it writes: left out of the config hash.
@@ -134,12 +156,22 @@ class MaskforgeConfig(StrictConfig):
             )
         return self
 
+    def stored(self) -> dict:
+        """Return the config a run folder stores as config.yaml: the resolved config without run.out_dir. Where a
+        run lies is where it is found: a run copied to another disk or bucket keeps a true config and a valid marker,
+        and the same config run into two places writes byte-identical folders (markers included)."""
+        data = self.resolved()
+        data["run"].pop("out_dir")
+        return data
+
     def hash(self) -> str:
         """Return the resolved config's sha256, leaving out output location, retries and the diffusion speed settings
         (compile, channels-last, fused projections): they don't change the data beyond float rounding."""
         data = self.resolved()
         for name in OPERATIONAL_FIELDS:
             data["run"].pop(name)
+        if data["run"]["round"] == 0:  # round 0 hashes as before rounds existed: same run folder, same bytes
+            data["run"].pop("round")
         for name in SPEED_FIELDS if data["diffusion"] is not None else ():
             data["diffusion"].pop(name)
         return digest(data)

@@ -344,7 +344,7 @@ def diffusion_samples(
         raise ValueError("config has no 'diffusion' section; the diffusion stage has nothing to do")
 
     word = class_word(class_plan.class_name)
-    items = plan_items(cfg, config.run.seed, class_plan.class_id, word, class_plan.shot_ids)
+    items = plan_items(cfg, config.run.data_seed(), class_plan.class_id, word, class_plan.shot_ids)
     shots = class_shots(dataset, class_plan) if cfg.controlnet.conditions else {}
     config_hash = config.hash()
     files = {}

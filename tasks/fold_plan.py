@@ -68,6 +68,6 @@ def plan_fold(dataset: SegDataset, config: MaskforgeConfig) -> FoldPlan:
     base_index = dataset.class_index(config.base.split)
     d_base = base_set(dataset.image_ids(config.base.split), base_index, fold.novel)
     subset = balanced_base_subset(
-        d_base, base_index, fold.base, config.base.subset_size, dataset.name, dcfg.fold, config.run.seed
+        d_base, base_index, fold.base, config.base.subset_size, dataset.name, dcfg.fold, config.run.data_seed()
     )
     return FoldPlan(dataset.name, dcfg.fold, plans, fold.base, len(d_base), tuple(subset))

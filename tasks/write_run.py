@@ -12,8 +12,10 @@ from rich.progress import track
 from maskforge.eval.datasets import open_dataset
 from maskforge.models.loading import ModelLoadError, cached_pipelines, content_id, model_refs
 from maskforge.storage.assemble import PARTS_DIR, assemble_run, is_complete
+from maskforge.storage.catalogue import catalogue_row, record_run
 from maskforge.storage.codec import ShardSample
-from maskforge.storage.fs import atomic_write_bytes, exists, join, remove_stale_temporaries, remove_tree
+from maskforge.storage.fs import absolute, atomic_write_bytes, exists, join, remove_stale_temporaries, remove_tree
+from maskforge.storage.object_store import use_storage_options
 from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import RunWriter, write_config
 from maskforge.storage.yaml_config import digest
@@ -52,8 +54,15 @@ def run_hash(config: MaskforgeConfig) -> str:
 
 
 def run_url(config: MaskforgeConfig) -> str:
-    """Return the run folder of a config and its models: OUT_DIR/NAME-HASH12 (see run_hash)."""
-    return join(config.run.out_dir, f"{config.run.name}-{run_hash(config)[:12]}")
+    """Return the run folder of a config and its models: OUT_DIR/NAME-HASH12 (see run_hash), a local OUT_DIR made
+    absolute here, in the flow's process: Dask workers run elsewhere, in their own working directories."""
+    return join(absolute(config.run.out_dir), f"{config.run.name}-{run_hash(config)[:12]}")
+
+
+def open_store(config: MaskforgeConfig) -> None:
+    """Register the config's run.storage_options for its out_dir in this process (a Dask worker included) before
+    any read or write of the run; without them the environment's credentials and endpoint apply."""
+    use_storage_options(config.run.out_dir, config.run.storage_options)
 
 
 def part_url(run: str, class_id: int, stage: str = "compose") -> str:
@@ -72,6 +81,7 @@ def part_prefix(class_id: int, stage: str) -> str:
 
 def start_run(config: MaskforgeConfig) -> dict:
     """Create the run folder with its resolved config; report whether a completed run is already there."""
+    open_store(config)
     url = run_url(config)
     # a kill between a temporary file's write and its rename (e.g. rejected/.cNNNN.json.<uuid>.tmp during
     # refinement) leaves it behind; the run's one writer is this flow, so whatever matches the names is stale
@@ -79,8 +89,9 @@ def start_run(config: MaskforgeConfig) -> dict:
     if is_complete(url):
         if exists(join(url, PARTS_DIR)):  # left by a kill during finish-run after the marker was written
             remove_tree(join(url, PARTS_DIR))
+        catalogue(config, url, RunReader(url, verify=False).marker)  # a kill between marker and row: the row now
         return {"url": url, "complete": True}
-    write_config(url, config.resolved())
+    write_config(url, config.stored())
     return {"url": url, "complete": False}
 
 
@@ -117,6 +128,7 @@ def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run
 
     With the "synthetic" source, the class's diffusion part (refined when configured) must be complete already.
     """
+    open_store(config)
     class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id)
     if is_complete(url):  # finished by an earlier, interrupted attempt: samples are deterministic, reuse them
@@ -133,6 +145,7 @@ def write_class_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run
 
 def write_generated_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, run: str) -> dict:
     """Generate one novel class's diffusion images with coarse masks and write them as a completed part."""
+    open_store(config)
     class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id, "diffusion")
     if is_complete(url):
@@ -148,6 +161,7 @@ def write_refined_part(config: MaskforgeConfig, plan: FoldPlan, class_id: int, r
     The part's summary counts the rejected samples (out of distribution, or left without a class pixel) and names
     them: nothing is dropped silently.
     """
+    open_store(config)
     class_plan = plan.novel_class(class_id)
     url = part_url(run, class_id, "refine")
     if is_complete(url):
@@ -192,6 +206,15 @@ def _per_class(parts: list[dict]) -> dict[str, dict[str, int]]:
     return merged
 
 
+def catalogue(config: MaskforgeConfig, run: str, marker: dict) -> str:
+    """Record a complete run in the catalogue of its runs folder (storage/catalogue.py); return the row's URL."""
+    return record_run(absolute(config.run.out_dir), catalogue_row(run, marker, config.resolved()))
+
+
 def finish_run(config: MaskforgeConfig, plan: FoldPlan, parts: list[dict], run: str) -> dict:
-    """Move the parts' shards into the run, write the manifest and summary, and the completion marker last."""
-    return assemble_run(run, [p["url"] for p in parts], run_summary(config, plan, parts))
+    """Move the parts' shards into the run, write the manifest and summary, and the completion marker last; then
+    the run's catalogue row."""
+    open_store(config)
+    marker = assemble_run(run, [p["url"] for p in parts], run_summary(config, plan, parts))
+    catalogue(config, run, marker)
+    return marker

@@ -43,8 +43,8 @@ def test_trend_lists_runs_per_setting_with_deltas(tmp_path):
     text = trend_markdown(read_results(folder), "toy", 0, 1)
     assert text.startswith("# HSNet trend: toy fold 0, 1-shot")
     one_r = text.split("## 1R\n")[1].split("## ")[0]
-    assert "| 2026-11-20T02:00:01 | tiny | 01.safetensors | 30.00 | 50.00 |  |" in one_r
-    assert "| 2026-11-21T02:00:02 | tiny | 02.safetensors | 32.50 | 50.00 | +2.50 |" in one_r
+    assert "| 2026-11-20T02:00:01 | none | tiny | 01.safetensors | 30.00 | 50.00 |  |" in one_r
+    assert "| 2026-11-21T02:00:02 | none | tiny | 02.safetensors | 32.50 | 50.00 | +2.50 |" in one_r
     assert "90.00" not in text and "2026-11-23" not in text  # other shots, folds and protocols are other trends
     assert "## 1R+20S" in text and text.count("| 35.00 |") == 1
 
@@ -70,4 +70,4 @@ def test_trend_of_old_schema_files_is_byte_identical(tmp_path):
     )
     text = trend_markdown(read_results(new_folder), "toy", 0, 1)
     assert trend_markdown(read_results(str(tmp_path / "old")), "toy", 0, 1) == text
-    assert "| 2026-11-21T02:00:02 | tiny | 02.safetensors | 32.50 | 50.00 | +2.50 |" in text
+    assert "| 2026-11-21T02:00:02 | none | tiny | 02.safetensors | 32.50 | 50.00 | +2.50 |" in text

@@ -3,7 +3,9 @@ HSNet evaluation through the worker, open their artifact pages in headless Chrom
 contact-sheet grid, the rejected samples, the score histograms and the trend chart render; then the GFSS base and
 novel deployments (the novel stage fed the generate run's folder), the DiffewS evaluation deployment (the shipped
 checkpoint, KR+NS from the generate run) and the MaskDiff train deployment (both stages and the evaluation, synthetic
-instances from the generate run), each with its table and trend artifacts; screenshots.
+instances from the generate run), each with its table and trend artifacts; and the nightly chain: the generate run
+and a second round each trigger `chain-hsnet-eval-toy-f0` on their own run, and the HSNet trend lists both rounds;
+screenshots.
 
 Needs Debian's chromium (`apt-get install chromium`). Takes a few minutes on 2 cores (server start, the demo run).
 """
@@ -89,6 +91,26 @@ def wait_for(base: str, run: dict, timeout: float) -> None:
         sys.exit(f"ui-check: flow run {run['id']} ended {state}")
 
 
+def wait_for_deployment_runs(base: str, name: str, count: int, timeout: float) -> list[dict]:
+    """Wait until the deployment `name` has `count` completed flow runs (started by its trigger, not by this
+    script); exit with a message if one failed or the time is up. Returns the completed runs."""
+    deployment = next(d for d in deployments(base) if d["name"] == name)
+    query = {"flow_runs": {"deployment_id": {"any_": [deployment["id"]]}}, "limit": 50}
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = api(base, "POST", "/flow_runs/filter", json=query).json()
+        failed = [r for r in runs if r["state"]["type"] in ("FAILED", "CRASHED")]
+        if failed:
+            sys.exit(f"ui-check: {name}'s triggered run {failed[0]['id']} ended {failed[0]['state']['type']}")
+        done = [r for r in runs if r["state"]["type"] == "COMPLETED"]
+        if len(done) >= count:
+            print(f"{name}: {len(done)} run(s) started by the chain's trigger completed")
+            return done
+        if time.monotonic() > deadline:
+            sys.exit(f"ui-check: {name} has {len(done)} completed run(s), not {count}, after {timeout:.0f} s")
+        time.sleep(5)
+
+
 def small_gfss_config(folder: Path) -> dict:
     """A GFSS config for the check: the demo's toy world (so the generate run can join), tiny net, a few steps."""
     return {
@@ -170,6 +192,14 @@ def main() -> None:
         params = {**deployment["parameters"], "out_dir": generated_out}
         run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params}).json()
         wait_for(base, run, args.timeout)
+        # the nightly chain: that run (round: its scheduled date) and a second round each trigger the chain's HSNet
+        # evaluation on their own run; its trend artifact then lists both rounds
+        wait_for_deployment_runs(base, "chain-hsnet-eval-toy-f0", 1, args.timeout)
+        params = {**params, "round": 1}
+        run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params}).json()
+        wait_for(base, run, args.timeout)
+        wait_for_deployment_runs(base, "chain-hsnet-eval-toy-f0", 2, args.timeout)
+        today = time.strftime("%Y%m%d", time.gmtime())
 
         def latest(prefix: str) -> dict:
             """The newest artifact whose key starts with `prefix` (asked of the API: listings are paged)."""
@@ -221,7 +251,10 @@ def main() -> None:
                 ["Rejected samples", "green square", "ood_iou", "data:image/jpeg;base64"],
             ),
             "scores": (latest("scores-"), ["Green lines: alpha", "data:image/png;base64"]),
-            "trend": (latest("hsnet-trend-toy-f0"), ["HSNet trend: toy fold 0", "data:image/png;base64", "1R"]),
+            "trend": (
+                latest("hsnet-trend-toy-f0"),
+                ["HSNet trend: toy fold 0", "data:image/png;base64", "1R", f"r{today}", "r1"],
+            ),
             "gfss-table": (latest("gfss-toy-f0-1shot-gaps-synthetic"), ["PIFS average over steps", "novel mIoU"]),
             "gfss-trend": (latest("gfss-toy-f0-1shot-trend"), ["GFSS trend: toy fold 0", "data:image/png;base64"]),
             "diffews-table": (latest("diffews-eval-toy-f0"), ["1R+2S", "miou", "baseline: support-prior"]),

@@ -9,7 +9,16 @@ from pydantic import Field, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
-from maskforge.storage.yaml_config import HashedConfig, PathText, Seed, StrictConfig, digest, read_yaml, validate_model
+from maskforge.storage.yaml_config import (
+    HashedConfig,
+    PathText,
+    SaveEvery,
+    Seed,
+    StrictConfig,
+    digest,
+    read_yaml,
+    validate_model,
+)
 
 
 class HsnetRunConfig(StrictConfig):
@@ -23,6 +32,7 @@ class HsnetRunConfig(StrictConfig):
     threads: int = Field(
         0, ge=0, le=1024, description="torch CPU threads (0: torch's default; 1 is fastest on a busy 2-core box)."
     )
+    save_every_s: SaveEvery = 600.0
 
 
 class HsnetModelConfig(StrictConfig):
@@ -95,6 +105,8 @@ class HsnetEvalConfig(StrictConfig):
 
 class HsnetConfig(HashedConfig):
     """The whole configuration of HSNet training and evaluation."""
+
+    RUN_FIELDS = (("train", "synthetic_run"), ("eval", "synthetic_run"))
 
     run: HsnetRunConfig = HsnetRunConfig()
     dataset: DatasetConfig = DatasetConfig()

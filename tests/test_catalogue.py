@@ -1,0 +1,152 @@
+"""The catalogue of runs (issue 33, point 2), run selectors in learner configs, and retention (point 4)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from tiny import toy_run
+from typer.testing import CliRunner
+
+from maskforge.eval.folds import toy_fold
+from maskforge.flows.cli import app
+from maskforge.storage.catalogue import (
+    CATALOGUE_DIR,
+    CatalogueError,
+    catalogue_row,
+    read_catalogue,
+    rebuild_catalogue,
+    record_run,
+    resolve_selector,
+)
+from maskforge.storage.reader import RunReader
+from maskforge.storage.results import append_results, store_config
+from maskforge.storage.retention import TOMBSTONE, RetentionPolicy, plan_gc, run_gc
+from maskforge.storage.yaml_config import ConfigError
+
+runner = CliRunner()
+FOLD = toy_fold(0)
+
+
+def catalogued(runs: Path, name: str, fold: int = 0) -> str:
+    """Write a tiny complete run RUNS/NAME of toy fold `fold` and record its catalogue row; return its URL."""
+    url = toy_run(str(runs / name), FOLD.novel[:2], 1, fold=fold)
+    reader = RunReader(url)
+    record_run(str(runs), catalogue_row(url, reader.marker, reader.config))
+    return url
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    """A runs folder with three catalogued runs of toy fold 0 (a, b, c in that order) and one of fold 1."""
+    folder = tmp_path / "runs"
+    for name in ("a", "b", "c"):
+        catalogued(folder, name)
+    catalogued(folder, "other", fold=1)
+    return folder
+
+
+def test_rows_name_each_complete_run_once_and_read_back_in_order(runs):
+    rows = read_catalogue(str(runs))
+    assert [(r["name"], r["dataset"], r["fold"], r["round"], r["samples"]) for r in rows] == [
+        ("a", "toy", 0, 0, 2),
+        ("b", "toy", 0, 0, 2),
+        ("c", "toy", 0, 0, 2),
+        ("other", "toy", 1, 0, 2),
+    ]
+    assert all(r["url"] == str(runs / r["name"]) and len(r["config_hash"]) in (0, 64) for r in rows)
+    first = (runs / CATALOGUE_DIR / "a.parquet").read_bytes()
+    reader = RunReader(str(runs / "a"))
+    record_run(str(runs), catalogue_row(str(runs / "a"), reader.marker, reader.config))  # recorded again: kept
+    assert (runs / CATALOGUE_DIR / "a.parquet").read_bytes() == first
+    (runs / CATALOGUE_DIR / "b.parquet").unlink()
+    toy_run(str(runs / "partial-never-finished"), FOLD.novel[:1], 1)
+    (runs / "partial-never-finished" / "_COMPLETE.json").unlink()
+    assert rebuild_catalogue(str(runs)) == [str(runs / CATALOGUE_DIR / "b.parquet")]  # complete runs only
+
+
+def test_selectors_name_the_newest_runs_of_a_dataset_and_fold(runs):
+    assert resolve_selector("latest:toy/0", str(runs), "f") == [str(runs / "c")]
+    assert resolve_selector("last:2:toy/0", str(runs), "f") == [str(runs / "b"), str(runs / "c")]
+    assert resolve_selector(f"last:9:toy/1@{runs}", "elsewhere", "f") == [str(runs / "other")]
+    with pytest.raises(CatalogueError, match=r"f: 'latest:toy/2' names no run: the catalogue of .* lists toy/0, toy/1"):
+        resolve_selector("latest:toy/2", str(runs), "f")
+    with pytest.raises(CatalogueError, match=r"f: 'newest:toy/0' is not a run selector"):
+        resolve_selector("newest:toy/0", str(runs), "f")
+    with pytest.raises(CatalogueError, match="asks for 0 runs"):
+        resolve_selector("last:0:toy/0", str(runs), "f")
+
+
+def test_learner_configs_store_the_runs_a_selector_named(runs):
+    from maskforge.tasks.gfss.config import parse_gfss_config
+    from maskforge.tasks.hsnet.config import parse_hsnet_config
+
+    hsnet = parse_hsnet_config({"run": {"out_dir": str(runs)}, "eval": {"synthetic_run": "latest:toy/0"}})
+    assert hsnet.eval.synthetic_run == str(runs / "c")
+    assert hsnet.resolved()["eval"]["synthetic_run"] == str(runs / "c")  # what config.yaml and the rows store
+    explicit = parse_hsnet_config({"run": {"out_dir": str(runs)}, "eval": {"synthetic_run": str(runs / "c")}})
+    assert hsnet.hash() == explicit.hash()
+    gfss = parse_gfss_config(
+        {"run": {"out_dir": "x"}, "dataset": {"name": "toy"}, "novel": {"synthetic_runs": [f"last:2:toy/0@{runs}"]}}
+    )
+    assert gfss.novel.synthetic_runs == (str(runs / "b"), str(runs / "c"))
+    with pytest.raises(ConfigError, match=r"train.synthetic_run: 'last:2:toy/0' names 2 runs; this field takes one"):
+        parse_hsnet_config({"run": {"out_dir": str(runs)}, "train": {"synthetic_run": "last:2:toy/0"}})
+    with pytest.raises(ConfigError, match="eval.synthetic_run: 'latest:pascal/0' names no run"):
+        parse_hsnet_config({"run": {"out_dir": str(runs)}, "eval": {"synthetic_run": "latest:pascal/0"}})
+
+
+def _row(synthetic: str, created_at: str, config_hash: str) -> dict:
+    """A benchmark row of toy fold 0 evaluated with `synthetic` at `created_at`."""
+    return {
+        "created_at": created_at, "model": "hsnet", "backbone": "tiny", "checkpoint": "ck", "dataset": "toy",
+        "fold": 0, "split": "val", "shots": 1, "protocol": "fss-episodes", "setting": "1R+1S",
+        "synthetic_source": synthetic, "synthetic_per_class": 1, "evaluated": 4, "runs": 1, "seed": 0,
+        "metrics": {"miou": 0.5}, "class_iou": {}, "config_hash": config_hash, "code_version": "t",
+    }  # fmt: skip
+
+
+def test_gc_removes_old_runs_no_latest_evaluation_uses(runs, tmp_path):
+    results = tmp_path / "results"
+    # an older evaluation used run a, the latest one of the same setting uses run b: a is free, b is in use
+    append_results(str(results), [_row(str(runs / "a"), "2026-01-01T00:00:00", "0" * 64)])
+    append_results(str(results), [_row(str(runs / "b"), "2026-02-01T00:00:00", "1" * 64)])
+    plan = plan_gc(str(runs), RetentionPolicy(keep_last=1), [str(results)])
+    assert [r["name"] for r in plan["remove"]] == ["a"]
+    assert [r["name"] for r in plan["in_use"]] == ["b"]
+    assert sorted(r["name"] for r in plan["kept"]) == ["c", "other"]
+    assert [r["name"] for r in plan_gc(str(runs), RetentionPolicy(1, keep_days=1), [str(results)])["remove"]] == []
+    # a run named only in the latest row's stored config (a training run, say) is in use too
+    config = {"train": {"synthetic_run": str(runs / "a")}}
+    from maskforge.storage.yaml_config import digest
+
+    append_results(str(results), [_row("none", "2026-03-01T00:00:00", digest(config))])
+    store_config(str(results), digest(config), config)
+    other = _row("none", "2026-03-01T00:00:00", digest(config)) | {"setting": "1R"}
+    append_results(str(results), [other])
+    assert "a" in [r["name"] for r in plan_gc(str(runs), RetentionPolicy(keep_last=1), [str(results)])["in_use"]]
+
+
+def test_gc_command_dry_run_then_removal_and_a_half_removed_folder(runs, tmp_path):
+    results = tmp_path / "results"
+    dry = runner.invoke(app, ["runs", "gc", str(runs), "--keep-last", "2", "--results", str(results), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert f"would remove {runs / 'a'}" in dry.output and (runs / "a").is_dir()
+    (runs / "b" / TOMBSTONE).write_text("")  # a gc killed while removing b
+    done = runner.invoke(app, ["runs", "gc", str(runs), "--keep-last", "2", "--results", str(results)])
+    assert done.exit_code == 0, done.output
+    assert not (runs / "a").exists() and not (runs / "b").exists() and (runs / "c").is_dir()
+    assert [r["name"] for r in read_catalogue(str(runs))] == ["c", "other"]
+    assert run_gc(str(runs), plan_gc(str(runs), RetentionPolicy(keep_last=2), [str(results)])) == []
+
+
+def test_runs_ls_prints_the_catalogue_and_filters_it(runs):
+    listed = runner.invoke(app, ["runs", "ls", str(runs), "--fold", "0", "--last", "2", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert [r["name"] for r in json.loads(listed.output)] == ["b", "c"]
+    table = runner.invoke(app, ["runs", "ls", str(runs)])
+    assert table.exit_code == 0 and "4 complete" in " ".join(table.output.split())
+    missing = runner.invoke(app, ["runs", "ls", os.fspath(runs / "nope")])
+    assert missing.exit_code == 1 and "no such folder" in missing.output
