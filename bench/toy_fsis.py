@@ -9,6 +9,12 @@ seeds, base and novel classes, COCO AP through pycocotools on the val split):
   (b) MaskDiff w = 1    no guidance: the conditional model alone (head.guidance = 1)
   (c) MaskDiff w = 5    classifier-free guidance as in the paper
   (d) (c) + synthetic   a second K-shot stage with finetune.synthetic_runs = [the synthetic run] (base stage reused)
+  (e) MaskDiff w = 0    the null class alone (unconditional on the class; supports and crop still condition)
+--rows picks which (default fcn,w1,w5,syn: a-d). --variety V renders the toy world with V looks per class
+(toy.variety, eval/datasets/toy_variety.py), where K supports need not show every look of a class; the synthetic
+row is refused there (the synthetic run renders the default world). The guidance study on it:
+
+    python bench/toy_fsis.py --threads 2 --variety 3 --rows fcn,w0,w1,w5 --out bench/out/toy_fsis_variety3.json
 Masks are sampled with DDIM (head.sampler ddim, head.ddim_steps steps of configs/maskdiff-toy.yaml, eta 0), not the
 paper's 1000-step ancestral sampler, to keep the bench on 2 CPU cores. The stages are trained through
 tasks/maskdiff/train.py (complete stage folders are reused: guidance is not in their hash) and evaluated through
@@ -42,18 +48,16 @@ from maskforge.models.maskdiff.mask_head import mask_targets, region_crops
 from maskforge.storage.yaml_config import read_yaml
 from maskforge.tasks.maskdiff.config import MaskdiffConfig, load_maskdiff_config
 from maskforge.tasks.maskdiff.evaluate import eval_maskdiff
-from maskforge.tasks.maskdiff.train import (
-    base_images,
-    open_fold,
-    train_maskdiff_base,
-    train_maskdiff_finetune,
-)
+from maskforge.tasks.maskdiff.preflight import open_fold
+from maskforge.tasks.maskdiff.train import base_images, train_maskdiff_base, train_maskdiff_finetune
 
 #: Text-prompted samples per novel class of the generated synthetic run (bench/toy_diffews.py's).
 GENERATE = 32
 #: The guidance weight of the guided rows (paper: 5).
 GUIDED = 5.0
-ROWS = ("(a) FCN head", "(b) MaskDiff w = 1", "(c) MaskDiff w = 5", "(d) (c) + synthetic")
+ROWS = ("(a) FCN head", "(b) MaskDiff w = 1", "(c) MaskDiff w = 5", "(d) (c) + synthetic", "(e) MaskDiff w = 0")
+#: --rows keys, in ROWS order.
+ROW_KEYS = ("fcn", "w1", "w5", "syn", "w0")
 
 
 def crops_of(dataset, refs: list[tuple[str, int]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +133,15 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="Extra config overrides KEY=VALUE (YAML values).")
     parser.add_argument("--synthetic", default=None, help="A complete synthetic run; default: generate (or reuse) one.")
     parser.add_argument("--fcn-width", type=int, default=64, help="Channels of the FCN head (Mask R-CNN: 256).")
+    parser.add_argument("--variety", type=int, default=1, help="toy.variety: looks per class (1: the default world).")
+    parser.add_argument("--rows", default="fcn,w1,w5,syn", help=f"Rows to evaluate, of {','.join(ROW_KEYS)}.")
     parser.add_argument("--out", default="bench/out/toy_fsis.json")
     args = parser.parse_args()
+    keys = [k.strip() for k in args.rows.split(",") if k.strip()]
+    if not keys or set(keys) - set(ROW_KEYS):
+        parser.error(f"--rows: {args.rows!r}; expected a comma list of {list(ROW_KEYS)}")
+    if "syn" in keys and args.variety != 1:
+        parser.error("--rows syn needs --variety 1: the synthetic run renders the default toy world")
     start = time.perf_counter()
     quiet = lambda msg: None  # noqa: E731
     overrides = {
@@ -139,6 +150,8 @@ def main() -> None:
         "eval.sampling_seeds": args.seeds,
         "head.sampler": "ddim",
     }
+    if args.variety != 1:  # left out at 1, so the default world's config (and its stage folders) stay the same
+        overrides["dataset.toy.variety"] = args.variety
     for item in args.set:
         key, _, value = item.partition("=")
         overrides[key] = yaml.safe_load(value)
@@ -157,36 +170,42 @@ def main() -> None:
     kshot = train_maskdiff_finetune(config, log=quiet)
     timings["K-shot stage (train.json)"] = kshot["seconds"]
     print(f"K-shot stage: {kshot['stage_dir']} ({kshot['seconds']} s of training)", flush=True)
-    if args.synthetic:
-        run = args.synthetic
-    else:
-        print(f"synthetic run: text, xattn masks ({GENERATE} per class)", flush=True)
-        run = generate_run(
-            read_yaml("configs/toy-table2.yaml", {"run.out_dir": args.out_dir}), GENERATE, 0, False, print
+    run, synthetic, fcn_report = None, None, None
+    if "syn" in keys:
+        if args.synthetic:
+            run = args.synthetic
+        else:
+            print(f"synthetic run: text, xattn masks ({GENERATE} per class)", flush=True)
+            run = generate_run(
+                read_yaml("configs/toy-table2.yaml", {"run.out_dir": args.out_dir}), GENERATE, 0, False, print
+            )
+        synthetic = with_fields(config, finetune={"synthetic_runs": [run]})
+        kshot_syn = train_maskdiff_finetune(synthetic, log=quiet)
+        timings["K-shot + synthetic stage (train.json)"] = kshot_syn["seconds"]
+        print(
+            f"K-shot + synthetic stage: {kshot_syn['stage_dir']} ({kshot_syn['seconds']} s of training, "
+            f"{kshot_syn['synthetic_instances']} synthetic instances per novel class)",
+            flush=True,
         )
-    synthetic = with_fields(config, finetune={"synthetic_runs": [run]})
-    kshot_syn = train_maskdiff_finetune(synthetic, log=quiet)
-    timings["K-shot + synthetic stage (train.json)"] = kshot_syn["seconds"]
-    print(
-        f"K-shot + synthetic stage: {kshot_syn['stage_dir']} ({kshot_syn['seconds']} s of training, "
-        f"{kshot_syn['synthetic_instances']} synthetic instances per novel class)",
-        flush=True,
-    )
-    with torch_threads(args.threads):
-        fcn, fcn_report = train_fcn(config, args.fcn_width)
-    timings["FCN head"] = fcn_report["seconds"]
-    print(f"FCN head: base losses {fcn_report['base_losses']}, K-shot {fcn_report['kshot_losses']}", flush=True)
+    fcn_head = None
+    if "fcn" in keys:
+        with torch_threads(args.threads):
+            fcn, fcn_report = train_fcn(config, args.fcn_width)
+        timings["FCN head"] = fcn_report["seconds"]
+        print(f"FCN head: base losses {fcn_report['base_losses']}, K-shot {fcn_report['kshot_losses']}", flush=True)
 
-    def fcn_head(regions: torch.Tensor, class_ids: list[int]) -> torch.Tensor:
-        """The FCN baseline as eval_maskdiff's masker (class-agnostic: the class ids are not read)."""
-        return fcn_masks(fcn, regions)
+        def fcn_head(regions: torch.Tensor, class_ids: list[int]) -> torch.Tensor:
+            """The FCN baseline as eval_maskdiff's masker (class-agnostic: the class ids are not read)."""
+            return fcn_masks(fcn, regions)
 
-    runs = {
-        ROWS[0]: (with_fields(config, eval={"sampling_seeds": 1}), fcn_head),
-        ROWS[1]: (with_fields(config, head={"guidance": 1.0}), None),
-        ROWS[2]: (with_fields(config, head={"guidance": GUIDED}), None),
-        ROWS[3]: (with_fields(synthetic, head={"guidance": GUIDED}), None),
+    every = {
+        "fcn": lambda: (with_fields(config, eval={"sampling_seeds": 1}), fcn_head),
+        "w1": lambda: (with_fields(config, head={"guidance": 1.0}), None),
+        "w5": lambda: (with_fields(config, head={"guidance": GUIDED}), None),
+        "syn": lambda: (with_fields(synthetic, head={"guidance": GUIDED}), None),
+        "w0": lambda: (with_fields(config, head={"guidance": 0.0}), None),
     }
+    runs = {name: every[key]() for name, key in zip(ROWS, ROW_KEYS) if key in keys}
     results = {}
     for name, (cfg, masker) in runs.items():
         print(f"evaluating {name} ...", flush=True)
@@ -219,10 +238,10 @@ def main() -> None:
             "seconds": seconds,
         },
     )
-    images = results[ROWS[2]]["images"]
+    images = next(iter(results.values()))["images"]
     print(
-        f"\ntoy fold {config.dataset.fold}, {config.finetune.shots}-shot, {e.split} ({images} images); segm AP mean "
-        f"± std over sampling seeds (DDIM {h.ddim_steps} steps), in %"
+        f"\ntoy fold {config.dataset.fold}, {config.finetune.shots}-shot, toy.variety {args.variety}, {e.split} "
+        f"({images} images); segm AP mean ± std over sampling seeds (DDIM {h.ddim_steps} steps), in %"
     )
     print(
         f"{'row':22s} {'seeds':>5s} {'novel segm AP':>14s} {'base segm AP':>14s} {'novel bbox':>10s} {'base bbox':>9s}"
@@ -236,7 +255,14 @@ def main() -> None:
             f"{100 * bb['base']['ap']:9.2f}"
         )
     print("time: " + ", ".join(f"{k} {v} s" for k, v in timings.items()) + f"; bench total {seconds} s")
+    if ROWS[1] not in results or ROWS[2] not in results:
+        return
     guided, unguided = results[ROWS[2]]["segm"]["novel"], results[ROWS[1]]["segm"]["novel"]
+    if ROWS[4] in results:
+        print(
+            f"toy_fsis: novel segm AP w = 0 / 1 / 5 = {100 * results[ROWS[4]]['segm']['novel']['ap']:.2f} / "
+            f"{100 * unguided['ap']:.2f} / {100 * guided['ap']:.2f}"
+        )
     verdict = "lower" if guided["ap_std"] < unguided["ap_std"] else "not lower"
     print(
         f"novel segm AP std over {args.seeds} seeds: guided (w = {GUIDED:g}) {100 * guided['ap_std']:.2f}, unguided "

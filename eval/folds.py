@@ -26,6 +26,30 @@ COCO_CLASSES: tuple[str, ...] = (
     "hair drier", "toothbrush",
 )  # fmt: skip
 
+#: COCO's category id of each of the 80 thing classes, in COCO_CLASSES order (the ids skip 12, 26, 29, 30, 45, 66,
+#: 68, 69, 71, 83): contiguous id i + 1 is category id COCO_CATEGORY_IDS[i].
+COCO_CATEGORY_IDS: tuple[int, ...] = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33, 34,
+    35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63,
+    64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)  # fmt: skip
+
+#: TFA's novel COCO classes, the 20 PASCAL VOC categories, as COCO category ids
+#: (ucbdrive/few-shot-object-detection 148a039, fsdet/data/builtin_meta.py:225-246, COCO_NOVEL_CATEGORIES).
+TFA_NOVEL_CATEGORY_IDS: tuple[int, ...] = (
+    1, 2, 3, 4, 5, 6, 7, 9, 16, 17, 18, 19, 20, 21, 44, 62, 63, 64, 67, 72,
+)  # fmt: skip
+
+#: PASCAL VOC class name -> the COCO class name of the same category (VOC's names where COCO's differ).
+VOC_TO_COCO: dict[str, str] = {
+    **{name: name for name in PASCAL_CLASSES},
+    "aeroplane": "airplane", "diningtable": "dining table", "motorbike": "motorcycle",
+    "pottedplant": "potted plant", "sofa": "couch", "tvmonitor": "tv",
+}  # fmt: skip
+
+#: MaskDiff's class splits of COCO: COCO-20i's four folds, or TFA's one split (VOC classes novel; no fold axis).
+CLASS_SPLITS: tuple[str, ...] = ("coco20i", "tfa")
+
 #: Toy world: class id = 1 + 4 * shape index + material index (16 classes).
 TOY_SHAPES: tuple[str, ...] = ("disc", "square", "triangle", "star")
 TOY_MATERIALS: tuple[str, ...] = ("red", "green", "blue", "yellow")
@@ -75,6 +99,33 @@ def coco_fold(fold: int, mode: str = "interleaved") -> Fold:
     else:
         raise FoldError(f"coco: fold mode must be 'interleaved' or 'contiguous', got {mode!r}")
     return Fold("coco", fold, novel, tuple(c for c in range(1, 81) if c not in novel))
+
+
+def coco_contiguous_id(category_id: int) -> int:
+    """Return the contiguous class id (1..80) of a COCO category id; an unknown one is a FoldError."""
+    try:
+        return COCO_CATEGORY_IDS.index(int(category_id)) + 1
+    except ValueError:
+        raise FoldError(f"coco: unknown category id {category_id}; expected one of COCO's 80 thing ids") from None
+
+
+def tfa_split() -> Fold:
+    """TFA's COCO split (MaskDiff's benchmark): the 20 PASCAL VOC classes novel, the other 60 base. It has no fold
+    axis; the Fold's index is 0 and rows say "tfa" in their setting."""
+    novel = tuple(sorted(coco_contiguous_id(c) for c in TFA_NOVEL_CATEGORY_IDS))
+    return Fold("coco", 0, novel, tuple(c for c in range(1, 81) if c not in novel))
+
+
+def class_split(dataset: str, fold: int, coco_mode: str = "interleaved", split: str = "coco20i") -> Fold:
+    """Return the base/novel table a learner trains on: get_fold's folds, or with split "tfa" (COCO only) TFA's
+    single split; an unknown split, or "tfa" on another dataset, is a FoldError."""
+    if split not in CLASS_SPLITS:
+        raise FoldError(f"class split must be one of {list(CLASS_SPLITS)}, got {split!r}")
+    if split == "tfa":
+        if dataset != "coco":
+            raise FoldError(f"class split 'tfa' is TFA's COCO split; dataset {dataset!r} has none")
+        return tfa_split()
+    return get_fold(dataset, fold, coco_mode)
 
 
 def toy_fold(fold: int) -> Fold:

@@ -47,7 +47,9 @@ def _diffews_run(name: str, config: Path, out: Optional[str], command: str, over
 @diffews_app.command("load")
 def diffews_load(
     folder: Path = typer.Argument(
-        ..., help="A DiffewS UNet folder (the authors' release) or a maskforge checkpoint.", parser=non_empty_path
+        ...,
+        help="A DiffewS UNet folder, the folder holding it as unet/ (the authors' scripts), or a maskforge checkpoint.",
+        parser=non_empty_path,
     ),
 ) -> None:
     """Check a DiffewS UNet strictly: print missing / unexpected / mis-shaped keys (exit 1 on any); a maskforge
@@ -57,7 +59,7 @@ def diffews_load(
     from maskforge.models.diffews.network import DiffewsModelError
 
     ours = (folder / DIFFEWS_COMPLETE).is_file()
-    unet_dir = folder / "unet" if ours else folder
+    unet_dir = folder / "unet" if ours else folder  # key_report also takes the folder holding unet/ (authors')
     try:
         if ours:
             load_diffews(folder)  # verifies every file's sha256 against the marker

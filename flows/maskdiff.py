@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from maskforge.tasks.maskdiff.aggregate import draws_caption, run_draws, seed_config
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 from maskforge.tasks.maskdiff.wrappers import (
     check_eval_inputs_task,
@@ -12,6 +13,7 @@ from maskforge.tasks.maskdiff.wrappers import (
     record_maskdiff_results_task,
     train_maskdiff_base_task,
     train_maskdiff_finetune_task,
+    write_maskdiff_draws_task,
 )
 
 
@@ -44,3 +46,19 @@ def train_eval_maskdiff(config: MaskdiffConfig) -> dict:
     """Both training stages, then evaluation: what a deployment runs."""
     train_maskdiff(config)
     return eval_maskdiff(config)
+
+
+@flow(name="maskdiff_draws", log_prints=True)
+def maskdiff_draws(config: MaskdiffConfig, data_seeds: list[int], retries: int = 1) -> dict:
+    """The paper's reporting: for each data seed, train its K-shot stage (the base stage once, reused) and evaluate
+    it with eval.sampling_seeds samplings (a row each); then mean ± std over draws and over samplings, written as
+    JSON (tasks/maskdiff/aggregate.py). A failed seed is retried `retries` times, then reported, never dropped."""
+
+    def one(seed: int) -> dict:
+        return train_eval_maskdiff(seed_config(config, seed))
+
+    report = run_draws(data_seeds, one, retries, print)
+    url = write_maskdiff_draws_task(config, report)
+    print(draws_caption(report, f"MaskDiff {config.split} {config.finetune.shots}-shot on {config.eval.split}"))
+    print(f"draws report: {url}")
+    return {**report, "draws_file": url}

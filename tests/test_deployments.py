@@ -41,12 +41,14 @@ def _prefect_loads(path: Path) -> tuple[list[dict], dict]:
 def test_prefect_expands_the_file_to_the_recorded_deployment_set():
     """prefect.yaml is written with `definitions` and YAML anchors (one block per flow kind, one line per dataset and
     fold); `prefect deploy --all` (what `maskforge serve` runs) must still see exactly the 79 deployments the
-    longhand file held: names, entry points, parameters, work pool, tags and schedules, recorded before the rewrite."""
+    longhand file held: names, entry points, parameters, work pool, tags and schedules, recorded before the rewrite,
+    plus the 4 MaskDiff deployments on TFA's split and the 2 of the nightly chain added since (issues 31 and 33;
+    recorded in the same file, with the generate deployments' `round: scheduled`)."""
     recorded = json.loads((ROOT / "tests" / "deployments_before.json").read_text())
     loaded, actions = _prefect_loads(ROOT / "prefect.yaml")
     keys = ("entrypoint", "parameters", "work_pool", "tags", "schedules")
     expanded = {d["name"]: {k: d[k] for k in keys if k in d} for d in loaded}
-    assert len(loaded) == len(expanded) == 79  # no name twice
+    assert len(loaded) == len(expanded) == 85  # no name twice
     assert sorted(expanded) == sorted(recorded)
     differing = sorted(name for name in recorded if expanded[name] != recorded[name])
     assert not differing, [(name, expanded[name], recorded[name]) for name in differing[:3]]
@@ -57,8 +59,8 @@ def test_prefect_expands_the_file_to_the_recorded_deployment_set():
     # readable: every deployment is one line of the table (two for the HSNet evaluation), not a copied block
     text = (ROOT / "prefect.yaml").read_text()
     table = text.split("\ndeployments:\n", 1)[1]
-    assert len([line for line in table.splitlines() if line.startswith("- {")]) == 79
-    assert len(text.splitlines()) < 220 and "definitions:" in text
+    assert len([line for line in table.splitlines() if line.startswith("- {")]) == 85
+    assert len(text.splitlines()) < 245 and "definitions:" in text
 
 
 def test_one_deployment_per_dataset_fold(deployments):
@@ -70,7 +72,17 @@ def test_one_deployment_per_dataset_fold(deployments):
         f"diffews-{stage}-{d}-f{f}" for stage in ("train", "eval") for d in ("toy", "pascal", "coco") for f in range(4)
     }
     maskdiff = {f"maskdiff-{stage}-{d}-f{f}" for stage in ("train", "eval") for d in ("toy", "coco") for f in range(4)}
-    assert expected | {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"} | gfss | diffews | maskdiff == set(deployments)
+    tfa = {"maskdiff-train-coco-tfa", "maskdiff-eval-coco-tfa", "maskdiff-eval-voc-tfa", "maskdiff-draws-coco-tfa"}
+    chain = {"chain-hsnet-eval-toy-f0", "chain-gfss-novel-toy-f0"}
+    hsnet = {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"}
+    assert expected | hsnet | gfss | diffews | maskdiff | tfa | chain == set(deployments)
+    for name in expected:  # nightly: each night is a new round (its scheduled date)
+        assert deployments[name]["parameters"]["round"] == "scheduled"
+    for name in tfa:  # TFA's split has no fold axis: no fold or dataset parameter
+        d = deployments[name]
+        assert d["entrypoint"].startswith("flows/maskdiff_deployments.py:") and "fold" not in d["parameters"]
+        assert d["parameters"]["config_path"] == "configs/maskdiff-tfa.yaml" and "dataset" not in d["parameters"]
+    assert deployments["maskdiff-draws-coco-tfa"]["parameters"]["data_seeds"] == "0-9"
     for name in maskdiff:  # per (dataset, fold); K and the data seed are parameters
         d = deployments[name]
         _, stage, dataset, fold = name.split("-")
@@ -130,6 +142,15 @@ def test_entrypoints_take_their_parameters_and_configs_validate(deployments):
                 params["fold"],
                 5,
             )
+        if d["entrypoint"].startswith("flows/maskdiff_deployments.py"):
+            from maskforge.flows.maskdiff_deployments import _tfa_overrides
+
+            more = {"finetune.shots": params["shots"]}
+            config = load_maskdiff_config(
+                ROOT / params["config_path"], _tfa_overrides(None, params.get("voc_root"), **more)
+            )
+            assert (config.split, config.dataset.name, config.finetune.shots) == ("tfa", "coco", 5)
+            assert config.eval.split == ("voc2012-val" if "voc_root" in params else "minival")
         if func.startswith("train_gfss"):
             config = load_gfss_config(ROOT / params["config_path"], _overrides(params["dataset"], params["fold"], None))
             assert (config.dataset.name, config.dataset.fold) == (params["dataset"], params["fold"])
@@ -261,3 +282,32 @@ def test_serve_stops_every_process_it_started_even_in_another_session(tmp_path):
     assert proc.returncode is not None and killed  # the SIGTERM-ignoring member needed SIGKILL
     time.sleep(0.2)
     assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_the_chain_deployments_trigger_on_their_folds_completed_runs(deployments):
+    """The nightly chain's learners start on the event a completed generation of their dataset fold emits
+    (flows/run_events.py), with its run URL as their synthetic run; nothing else carries a trigger."""
+    from maskforge.flows.run_events import RUN_COMPLETED, run_resource_id
+
+    loaded, _ = _prefect_loads(ROOT / "prefect.yaml")  # what `prefect deploy` turns into automations
+    triggered = {d["name"]: d["triggers"] for d in loaded if d.get("triggers")}
+    assert set(triggered) == {"chain-hsnet-eval-toy-f0", "chain-gfss-novel-toy-f0"}
+    for name, triggers in triggered.items():
+        assert triggers == [
+            {
+                "type": "event",
+                "match": {"prefect.resource.id": run_resource_id("toy", 0)},
+                "expect": [RUN_COMPLETED],
+                "parameters": {"synthetic_run": "{{ event.payload.url }}"},
+            }
+        ]
+        inspect.signature(
+            getattr(importlib.import_module("maskforge.flows.deployments"), _func(deployments[name])).fn
+        ).bind(
+            **{**deployments[name]["parameters"], "synthetic_run": "runs/x"}
+        )  # the trigger's parameter is one the entry point takes
+
+
+def _func(deployment: dict) -> str:
+    """The entry point's function name."""
+    return deployment["entrypoint"].split(":")[1]

@@ -406,11 +406,11 @@ def test_mask_round_trip_through_toy_vae(parts):
         torch.testing.assert_close(encode(vae, rgb), z, rtol=0, atol=0)
         decoded = decode_rgb(vae, z)
     assert decoded.shape == (2, 3, 64, 64) and decoded.min() >= 0 and decoded.max() <= 1
-    got, empty = threshold_masks(decoded, [(64, 64), (64, 64)], relative=0.5, floor=0.4)
+    got, empty = threshold_masks(decoded, [(64, 64), (64, 64)], relative=0.5, floor=0.4, rule="mean-floor")
     assert got.shape == (64, 64) and got.dtype == bool
     assert iou(got, mask) > 0.9
     assert empty.sum() == 0
-    _, noise = threshold_masks(decoded, [(64, 64), (64, 64)], relative=0.25, floor=0.0)
+    _, noise = threshold_masks(decoded, [(64, 64), (64, 64)], relative=0.25, floor=0.0, rule="mean-floor")
     assert noise.sum() > 0
 
 
@@ -660,7 +660,7 @@ def test_stored_and_merged_banks_predict_like_a_support_pass(clean_net):
     """A bank stored from a support pass predicts what the pass itself does; merged banks as the two passes."""
     from maskforge.models.diffews.segmenter import DiffewsSegmenter, merge_banks
 
-    seg = DiffewsSegmenter(clean_net, 64, torch.device("cpu"), relative=0.5, floor=0.4)
+    seg = DiffewsSegmenter(clean_net, 64, torch.device("cpu"), relative=0.5, floor=0.4, rule="mean-floor")
     query, real, extra = latents(1, 80), (latents(2, 81), latents(2, 82)), (latents(3, 83), latents(3, 84))
     assert (seg.predict(query, (64, 64), real) == seg.predict(query, (64, 64), extra=seg.bank_state(*real))).all()
     stored = seg.bank_state(*extra)

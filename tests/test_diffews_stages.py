@@ -48,7 +48,7 @@ def config(tmp: Path, **sections) -> dict:
         },
         "eval": {
             "episodes": EPISODES, "results_dir": str(tmp / "results"), "relative_threshold": 0.5,
-            "threshold_floor": 0.4,
+            "threshold_floor": 0.4, "threshold_rule": "mean-floor",
         },
     }  # fmt: skip
     for name, values in sections.items():
@@ -144,7 +144,7 @@ def test_evaluation_settings_rows_and_trend(trained):
     assert text.startswith("# DiffewS trend: toy fold 0, 1-shot")
     table = text.split("## 1R\n")[1]
     assert (
-        f"| {row['created_at']} | sd-unet | {checkpoint_label(row['checkpoint'])} | {100 * ours['miou']:.2f} | "
+        f"| {row['created_at']} | none | sd-unet | {checkpoint_label(row['checkpoint'])} | {100 * ours['miou']:.2f} | "
         f"{100 * ours['fb_iou']:.2f} |  |" in table
     )
     assert table.count(f"| {row['created_at']} |") == 1 and text.count("## ") == 1

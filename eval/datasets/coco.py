@@ -202,6 +202,12 @@ class CocoDataset(SegDataset):
         split, info, image_path = self._locate(image_id)
         return self._paint(split, info, image_path)[1]
 
+    def annotation_ids(self, image_id: str) -> tuple[int, ...]:
+        """Return the COCO annotation id of each of load_instances(image_id), in the same order (TFA's K-shot files
+        name annotations, maskforge's K-shot sets name instance positions); the JPEG is not read."""
+        split, info, image_path = self._locate(image_id)
+        return tuple(ann_id for ann_id, _ in self._paint(split, info, image_path, with_ids=True)[1])
+
     def _locate(self, image_id: str) -> tuple[str, dict, Path]:
         """Return (split, COCO image entry, JPEG path) of an image id, or a DatasetError naming it."""
         folder, _, _stem = image_id.partition("/")
@@ -214,8 +220,9 @@ class CocoDataset(SegDataset):
         info = data.coco.imgs[data.coco_id[image_id]]
         return split, info, self.image_dirs[split] / Path(info["file_name"]).name
 
-    def _paint(self, split: str, info: dict, image_path: Path) -> tuple[np.ndarray, tuple[Instance, ...]]:
-        """Return the label map painted from an image's annotations and its visible-pixel instances."""
+    def _paint(self, split: str, info: dict, image_path: Path, with_ids: bool = False) -> tuple[np.ndarray, tuple]:
+        """Return the label map painted from an image's annotations and its visible-pixel instances (with_ids:
+        (annotation id, Instance) pairs)."""
         data = self._split(split)
         hw = (int(info["height"]), int(info["width"]))
         label = np.zeros(hw, dtype=LABEL_DTYPE)
@@ -239,19 +246,20 @@ class CocoDataset(SegDataset):
             decoded.append((ann, fresh))
         label[crowd & ~painted] = IGNORE
         decoded = [(ann, mask & ~painted if ann["iscrowd"] else mask) for ann, mask in decoded]
-        return label, self._instances(data, decoded)
+        pairs = self._instances(data, decoded)
+        return label, pairs if with_ids else tuple(inst for _, inst in pairs)
 
     @staticmethod
-    def _instances(data: _SplitData, decoded: list[tuple[dict, np.ndarray]]) -> tuple[Instance, ...]:
-        """Return the instances of an image's visible annotation masks in annotation id order, without skips (an
-        annotation hidden entirely by smaller ones has no visible pixel and is dropped, uncounted)."""
+    def _instances(data: _SplitData, decoded: list[tuple[dict, np.ndarray]]) -> tuple[tuple[int, Instance], ...]:
+        """Return (annotation id, instance) of an image's visible annotation masks in annotation id order, without
+        skips (an annotation hidden entirely by smaller ones has no visible pixel and is dropped, uncounted)."""
         out = []
         for ann, mask in sorted(decoded, key=lambda pair: pair[0]["id"]):
             if ann["id"] in data.skip:
                 continue
             if not mask.any():
                 continue
-            out.append(Instance(data.cat_to_cid[ann["category_id"]], mask, bool(ann["iscrowd"])))
+            out.append((ann["id"], Instance(data.cat_to_cid[ann["category_id"]], mask, bool(ann["iscrowd"]))))
         return tuple(out)
 
     def _decode(self, coco: COCO, ann: dict, image_path: Path, hw: tuple[int, int], ann_file: Path) -> np.ndarray:

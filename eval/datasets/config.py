@@ -16,6 +16,21 @@ class ToyConfig(StrictConfig):
     image_size: int = Field(96, ge=32, le=1024, description="Square image side in pixels.")
     n_train: int = Field(400, ge=8, le=100_000, description="Images in the train split.")
     n_val: int = Field(100, ge=4, le=100_000, description="Images in the val split.")
+    variety: int = Field(
+        1,
+        ge=1,
+        le=3,
+        description="Looks per class: 1 (one shape in one material, the default world) or 2-3 (each object also "
+        "draws an extra shape in an extra colour; eval/datasets/toy_variety.py).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _drop_default_variety(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dump without variety while it is 1, so the dumps and hashes of every existing config stay the same."""
+        data = handler(self)
+        if self.variety == 1:
+            data.pop("variety", None)
+        return data
 
 
 class DatasetConfig(StrictConfig):
@@ -82,9 +97,10 @@ class DatasetConfig(StrictConfig):
         if world and self.name == "toy":
             theirs = other.get("toy") or {}
             ours = {"seed": self.toy.seed, "image_size": self.toy.image_size}
-            if {k: theirs.get(k) for k in ours} != ours:
+            if {k: theirs.get(k) for k in ours} != ours or theirs.get("variety", 1) != self.toy.variety:
                 return (
-                    f"renders another toy world (seed {theirs.get('seed')}, image_size {theirs.get('image_size')}); "
-                    f"this config has seed {self.toy.seed}, image_size {self.toy.image_size} (both must match)"
+                    f"renders another toy world (seed {theirs.get('seed')}, image_size {theirs.get('image_size')}, "
+                    f"variety {theirs.get('variety', 1)}); this config has seed {self.toy.seed}, image_size "
+                    f"{self.toy.image_size}, variety {self.toy.variety} (all must match)"
                 )
         return None

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from maskforge.eval.datasets.base import DatasetError, ImageRecord, SegDataset
 from maskforge.eval.datasets.config import ToyConfig
+from maskforge.eval.datasets.toy_variety import extra_look
 from maskforge.eval.folds import TOY_CLASSES, TOY_MATERIALS, TOY_SHAPES
 from maskforge.eval.instances import Instance, instances_from_owner
 from maskforge.eval.seeds import rng_for
@@ -61,8 +62,18 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float, theta: fl
             radii, n = [r] * 4, 4
         elif shape == "triangle":
             radii, n = [r * 1.15] * 3, 3
-        else:  # star: alternate outer and inner radii
+        elif shape == "star":  # alternate outer and inner radii
             radii, n = [r * 1.1 if i % 2 == 0 else r * 0.45 for i in range(10)], 10
+        elif shape == "hexagon":  # the shapes below only appear with toy.variety > 1 (eval/datasets/toy_variety.py)
+            radii, n = [r] * 6, 6
+        elif shape == "pentagon":
+            radii, n = [r * 1.05] * 5, 5
+        elif shape == "diamond":  # a rhombus: long and short half-diagonals
+            radii, n = [r * 1.25, r * 0.7, r * 1.25, r * 0.7], 4
+        elif shape == "cross":  # a plus sign: 12 corners on two radii
+            radii, n = [r * 1.1 if i % 3 == 1 else r * 0.5 for i in range(12)], 12
+        else:
+            raise ValueError(f"toy: unknown shape {shape!r}")
         pts = [
             (cx + rad * np.cos(theta + 2 * np.pi * i / n), cy + rad * np.sin(theta + 2 * np.pi * i / n))
             for i, rad in enumerate(radii)
@@ -71,9 +82,19 @@ def _shape_mask(shape: str, size: int, cx: float, cy: float, r: float, theta: fl
     return np.asarray(canvas) > 0
 
 
-def _material(rng: np.random.Generator, material: str, size: int, cx: float, cy: float, r: float) -> np.ndarray:
-    """Texture of one material over the whole canvas: stripes (red), dots (green), checks (blue), shading (yellow)."""
-    rgb = np.array(MATERIAL_RGB[material], dtype=np.float32) * rng.uniform(0.8, 1.15)
+def _material(
+    rng: np.random.Generator,
+    material: str,
+    size: int,
+    cx: float,
+    cy: float,
+    r: float,
+    base_rgb: tuple[int, int, int] | None = None,
+) -> np.ndarray:
+    """Texture of one material over the whole canvas: stripes (red), dots (green), checks (blue), shading (yellow);
+    `base_rgb` (toy.variety's extra colours) replaces the material's colour, keeping its texture."""
+    colour = MATERIAL_RGB[material] if base_rgb is None else base_rgb
+    rgb = np.array(colour, dtype=np.float32) * rng.uniform(0.8, 1.15)
     rgb = rgb + rng.normal(0, 8, 3)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     period = max(3.0, r * rng.uniform(0.35, 0.6))
@@ -100,10 +121,13 @@ def render_scene(seed: int, split: str, index: int, size: int) -> tuple[np.ndarr
 
 
 def render_scene_instances(
-    seed: int, split: str, index: int, size: int
+    seed: int, split: str, index: int, size: int, variety: int = 1
 ) -> tuple[np.ndarray, np.ndarray, tuple[Instance, ...]]:
     """Render one toy scene (as render_scene, same draws) and its instances: each object's pixels left visible by
-    the objects painted after it, in painting order; an object covered entirely is not an instance."""
+    the objects painted after it, in painting order; an object covered entirely is not an instance.
+
+    With variety > 1 each object also draws one of its class's `variety` looks (eval/datasets/toy_variety.py);
+    variety 1 draws nothing extra, so the default world's bytes are unchanged."""
     rng = rng_for("toy-scene", seed, split, index)
     image = _background(rng, size)
     label = np.full((size, size), BACKGROUND, dtype=LABEL_DTYPE)
@@ -112,10 +136,15 @@ def render_scene_instances(
     for i in range(int(rng.integers(1, 5))):
         class_id = int(rng.integers(1, len(TOY_CLASSES) + 1))
         shape, material = toy_class_parts(class_id)
+        base_rgb = None
+        if variety > 1:
+            look = int(rng.integers(variety))
+            if look:
+                shape, material, base_rgb = extra_look(class_id, look)
         r = rng.uniform(0.09, 0.26) * size
         cx, cy = rng.uniform(0.12, 0.88, size=2) * size
         mask = _shape_mask(shape, size, cx, cy, r, rng.uniform(0, 2 * np.pi))
-        image[mask] = _material(rng, material, size, cx, cy, r)[mask]
+        image[mask] = _material(rng, material, size, cx, cy, r, base_rgb)[mask]
         label[mask] = class_id
         owner[mask] = i
         class_ids.append(class_id)
@@ -184,7 +213,8 @@ class ToyDataset(SegDataset):
                 f"or 'val_NNNNNN' (< {self.config.n_val})"
             )
         split, index = match.group(1), int(match.group(2))
-        image, label, instances = render_scene_instances(self.config.seed, split, index, self.config.image_size)
+        c = self.config
+        image, label, instances = render_scene_instances(c.seed, split, index, c.image_size, c.variety)
         return ImageRecord(image_id, image, label, present_classes(label), instances)
 
     def class_index(self, split: str) -> dict[int, list[str]]:

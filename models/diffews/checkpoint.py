@@ -109,15 +109,28 @@ class KeyReport:
         return "; ".join(parts)
 
 
+def unet_folder(path: str | Path) -> Path:
+    """Return the UNet folder a path names: the path itself when it holds config.json, else its `unet/` when that
+    does. The authors' eval scripts take the folder *holding* unet/ (aim-uofa/DiffewS d12c396,
+    evaluation_util/main_oss.py:327-330: from_pretrained(unet_ckpt_path, subfolder="unet")); anything else is
+    returned unchanged for the caller's own error."""
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file() and (folder / "unet" / "config.json").is_file():
+        return folder / "unet"
+    return folder
+
+
 def key_report(folder: str | Path, what: str = "diffews.unet") -> tuple[KeyReport, object, dict]:
     """Compare a DiffewS UNet folder's weights with the UNet its config.json describes (plus conv_in_ref).
 
     Returns (report, unet built from the config, state dict read). Raises on an unreadable folder or a config
     whose conv_in is not 4-channel.
     """
-    folder = Path(folder).expanduser()
+    folder = unet_folder(folder)
     if not folder.is_dir():
-        raise DiffewsCheckpointError(f"{what}: {folder} is not a folder (expected a DiffewS UNet folder)")
+        raise DiffewsCheckpointError(
+            f"{what}: {folder} is not a folder (expected a DiffewS UNet folder or the folder holding its unet/)"
+        )
     unet = _build_unet(_read_unet_config(folder, what), folder / "config.json", what)
     file = _weights_file(folder, what)
     state = _read_state(file, what)

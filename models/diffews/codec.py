@@ -37,20 +37,47 @@ def encode(vae, pixels: torch.Tensor, sample: bool = False, generator: torch.Gen
 
 
 def decode_rgb(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Return the VAE decode of scaled latents as (B, 3, H, W) in [0, 1] (clipped to [-1, 1] first)."""
+    """Return the VAE decode of scaled latents as (B, 3, H, W) in [0, 1] (clipped to [-1, 1] first, then x * 0.5 + 0.5
+    as the authors' pipeline writes it, so the uint8 truncation below sees the same floats)."""
     shift = getattr(vae.config, "shift_factor", None) or 0.0
     pixels = vae.decode((latents / vae.config.scaling_factor + shift).to(vae.dtype)).sample
-    return (pixels.float().clamp(-1.0, 1.0) + 1.0) / 2.0
+    return pixels.float().clamp(-1.0, 1.0) * 0.5 + 0.5
+
+
+#: The mask cuts `threshold_masks` knows: the DiffewS authors' and maskforge's earlier float one with a floor.
+THRESHOLD_RULES = ("authors", "mean-floor")
 
 
 def threshold_masks(
-    rgb: torch.Tensor, sizes: list[tuple[int, int]], relative: float = 0.25, floor: float = 0.1
+    rgb: torch.Tensor,
+    sizes: list[tuple[int, int]],
+    relative: float = 0.25,
+    floor: float = 0.0,
+    rule: str = "authors",
 ) -> list[np.ndarray]:
-    """Return boolean masks from decoded mask RGB in [0, 1]: the channel mean, resized to each (H, W), foreground
-    where it exceeds max(relative × its maximum, floor). The floor keeps an all-black decode an empty mask instead
-    of the noise a purely relative cut would make of it."""
-    mean = rgb.mean(1, keepdim=True)
+    """Return boolean masks (one per (H, W) in `sizes`) from decoded mask RGB in [0, 1].
+
+    rule "authors" (aim-uofa/DiffewS d12c396, diffews/marigold_pipeline_rgb_latent_noise.py:790-795,534 and
+    evaluation_util/main_oss.py:128-134): x255, resized nearest to the size, truncated to uint8, read back as k/255;
+    foreground where the channel mean > `relative` x the maximum over all three channels and pixels; no floor
+    (`floor` must be 0).
+    rule "mean-floor": the channel mean in float, resized bilinearly, foreground where it exceeds
+    max(relative x the maximum of the mean, floor); a floor keeps an all-black decode empty (the toy VAE decodes
+    black to grey, so its config uses this rule).
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule: {rule!r} is not one of {list(THRESHOLD_RULES)}")
+    if rule == "authors" and floor:
+        raise ValueError(f"threshold floor: {floor} given, but the authors' rule has no floor (expected 0)")
     masks = []
+    if rule == "authors":
+        scaled = rgb.float() * 255.0
+        for i, size in enumerate(sizes):
+            m = F.interpolate(scaled[i : i + 1], size, mode="nearest")[0]
+            m = m.clamp(0.0, 255.0).to(torch.uint8).float() / 255.0  # truncation, as numpy's astype(np.uint8)
+            masks.append((m.mean(0) > relative * m.max()).cpu().numpy())
+        return masks
+    mean = rgb.mean(1, keepdim=True)
     for i, size in enumerate(sizes):
         m = F.interpolate(mean[i : i + 1], size, mode="bilinear", align_corners=False)[0, 0]
         cut = max(relative * float(m.max()), floor)

@@ -48,9 +48,11 @@ class DiffewsSegmenter:
         device: torch.device,
         dtype: torch.dtype | None = None,
         relative: float = 0.25,
-        floor: float = 0.1,
+        floor: float = 0.0,
+        rule: str = "authors",
     ) -> None:
-        """Run `net` on `device` at img_size (a multiple of size_multiple), autocast to `dtype` if given."""
+        """Run `net` on `device` at img_size (a multiple of size_multiple), autocast to `dtype` if given; masks are
+        cut by codec.threshold_masks' `rule` with `relative` (and `floor`, "mean-floor" only)."""
         multiple = size_multiple(net)
         if img_size % multiple:
             raise DiffewsModelError(
@@ -59,7 +61,7 @@ class DiffewsSegmenter:
             )
         self.net = net.to(device).eval()
         self.img_size, self.device, self.dtype = img_size, device, dtype
-        self.relative, self.floor = relative, floor
+        self.relative, self.floor, self.rule = relative, floor, rule
 
     @torch.inference_mode()
     def query_latents(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -128,4 +130,4 @@ class DiffewsSegmenter:
                 rgb = codec.decode_rgb(self.net.vae, mask_latent)
         finally:
             bank.clear()
-        return codec.threshold_masks(rgb, [size], self.relative, self.floor)[0]
+        return codec.threshold_masks(rgb, [size], self.relative, self.floor, self.rule)[0]

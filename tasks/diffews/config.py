@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
 from maskforge.storage.fs import join
 from maskforge.storage.yaml_config import (
     HashedConfig,
     PathText,
+    SaveEvery,
     Seed,
     StrictConfig,
     digest,
@@ -36,6 +37,7 @@ class DiffewsRunConfig(StrictConfig):
         "auto", description="Autocast type on GPU (auto: bf16); the CPU always runs fp32."
     )
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: torch's default).")
+    save_every_s: SaveEvery = 600.0
     gradient_checkpointing: bool = Field(
         False,
         description="Training recomputes the UNet's blocks in backward instead of keeping their activations (less "
@@ -97,17 +99,39 @@ class DiffewsEvalConfig(StrictConfig):
         None, description="Run folder of synthetic novel-class samples: adds 'KR+NS'."
     )
     synthetic_per_class: int = Field(20, ge=1, le=64, description="Synthetic supports added to each episode (N).")
+    threshold_rule: Literal["authors", "mean-floor"] = Field(
+        "authors",
+        description="Mask cut. authors: the decode truncated to uint8, foreground where the channel mean > "
+        "relative_threshold x the maximum over all three channels and pixels, no floor (their evaluation code). "
+        "mean-floor: float channel mean > max(relative_threshold x its maximum, threshold_floor) (the toy world).",
+    )
     relative_threshold: float = Field(
-        0.25, gt=0, lt=1, description="Foreground where the decoded mask's channel mean > this x its maximum."
+        0.25, gt=0, lt=1, description="Foreground where the decode's channel mean > this x the maximum (see rule)."
     )
     threshold_floor: float = Field(
-        0.1, ge=0, lt=1, description="... and > this absolute value, so an all-black decode is an empty mask."
+        0.0, ge=0, lt=1, description="mean-floor only: ... and > this absolute value (an all-black decode is empty)."
+    )
+    score_at: Literal["img_size", "original"] = Field(
+        "img_size",
+        description="Size masks are scored at. img_size: model.img_size square, the ground truth resized nearest "
+        "(the authors: evaluation_util/data/coco.py, use_original_imgsize off); original: each query's own size.",
     )
     results_dir: PathText = Field("results", description="Folder of the Parquet benchmark table.")
+
+    @model_validator(mode="after")
+    def _floor_of_rule(self) -> "DiffewsEvalConfig":
+        if self.threshold_rule == "authors" and self.threshold_floor:
+            raise ValueError(
+                f"eval.threshold_floor: {self.threshold_floor} given with threshold_rule 'authors', which has no "
+                "floor; expected 0 (or threshold_rule: mean-floor)"
+            )
+        return self
 
 
 class DiffewsConfig(HashedConfig):
     """The whole configuration of DiffewS training and evaluation."""
+
+    RUN_FIELDS = (("train", "synthetic_runs"), ("eval", "synthetic_run"))
 
     UNHASHED = (*HashedConfig.UNHASHED, ("run", "precision"), ("run", "gradient_checkpointing"))
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+import torch
+
 from maskforge.eval.episode_data import EpisodeImages
 from maskforge.models.device import torch_threads
 from maskforge.models.diffews.segmenter import BankState, DiffewsSegmenter, merge_banks
@@ -22,6 +25,23 @@ from maskforge.tasks.episode_results import (
 BACKBONE = "sd-unet"
 
 
+class LabelsAtSize:
+    """EpisodeImages whose labels come resized (nearest) to a side x side square: the authors score at the model's
+    input size with the ground truth resized nearest (aim-uofa/DiffewS d12c396, evaluation_util/data/coco.py:41-42,
+    main_oss.py:176-177: use_original_imgsize off in every released eval script)."""
+
+    def __init__(self, images: EpisodeImages, side: int) -> None:
+        """Wrap `images`; labels come back side x side."""
+        self.images, self.side = images, side
+
+    def get(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Return (the image as stored, its label resized nearest to side x side)."""
+        image, label = self.images.get(key)
+        t = torch.from_numpy(np.asarray(label).astype(np.float32))[None, None]
+        resized = torch.nn.functional.interpolate(t, (self.side, self.side), mode="nearest")[0, 0]
+        return image, resized.numpy().astype(label.dtype)
+
+
 def load_segmenter(config: DiffewsConfig) -> tuple[DiffewsSegmenter, str, dict | None]:
     """Return (segmenter on the configured device and precision, checkpoint path, checkpoint metadata)."""
     net, path, meta = trained_network(config)
@@ -29,7 +49,13 @@ def load_segmenter(config: DiffewsConfig) -> tuple[DiffewsSegmenter, str, dict |
     device = device_of(config)
     e = config.eval
     segmenter = DiffewsSegmenter(
-        net, config.model.img_size, device, autocast_dtype(config, device), e.relative_threshold, e.threshold_floor
+        net,
+        config.model.img_size,
+        device,
+        autocast_dtype(config, device),
+        e.relative_threshold,
+        e.threshold_floor,
+        e.threshold_rule,
     )
     return segmenter, path, meta
 
@@ -52,6 +78,8 @@ def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
     segmenter, ckpt, meta = load_segmenter(config)
     dataset, fold, episodes = open_episodes(config.dataset, e.split, e.episodes, e.shots, e.seed)
     images = EpisodeImages(dataset, run)
+    if e.score_at == "img_size":
+        images = LabelsAtSize(images, segmenter.img_size)
     synthetic: dict[int, BankState] = {}
     if run is not None:
         for cid, keys in choose_synthetic(run, fold.novel, e.synthetic_per_class, e.seed, e.synthetic_run).items():
@@ -78,6 +106,8 @@ def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
         "checkpoint": ckpt,
         "backbone": BACKBONE,
         "img_size": segmenter.img_size,
+        "score_at": e.score_at,
+        "threshold_rule": e.threshold_rule,
         "dataset": dataset.name,
         "fold": fold.index,
         "split": e.split,

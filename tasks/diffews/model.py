@@ -15,6 +15,7 @@ from maskforge.models.diffews.checkpoint import (
     load_diffews,
     load_diffews_unet,
     load_frozen_parts,
+    unet_folder,
 )
 from maskforge.models.diffews.network import DiffewsNet
 from maskforge.storage.marked_folder import COMPLETE
@@ -46,15 +47,18 @@ def new_network(config: DiffewsConfig) -> DiffewsNet:
 
 def checkpoint_kind(config: DiffewsConfig) -> tuple[Path, str]:
     """Return (checkpoint path, "maskforge" or "unet") of what evaluation loads: a maskforge checkpoint folder (with
-    COMPLETE.json) or an authors' UNet folder (with config.json); anything else is a DiffewsCheckpointError."""
+    COMPLETE.json) or an authors' UNet folder (with config.json; or the folder holding it as unet/, which their
+    scripts take); anything else is a DiffewsCheckpointError. For "unet" the path returned is the UNet folder."""
     path = Path(config.checkpoint_path())
     if (path / COMPLETE).is_file():
         return path, "maskforge"
-    if (path / "config.json").is_file():
-        return path, "unet"
+    unet_dir = unet_folder(path)
+    if (unet_dir / "config.json").is_file():
+        return unet_dir, "unet"
     raise DiffewsCheckpointError(
         f"eval.checkpoint: {path} is neither a DiffewS checkpoint folder (with {COMPLETE}) nor a UNet folder (with "
-        "config.json); train first (maskforge diffews train CONFIG) or set eval.checkpoint"
+        "config.json, or holding unet/config.json); train first (maskforge diffews train CONFIG) or set "
+        "eval.checkpoint"
     )
 
 

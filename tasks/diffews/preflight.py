@@ -15,7 +15,7 @@ from maskforge.eval.datasets import open_dataset
 from maskforge.eval.datasets.base import SegDataset, check_split
 from maskforge.eval.episode_data import synthetic_id, synthetic_keys
 from maskforge.eval.folds import Fold, get_fold
-from maskforge.models.diffews.checkpoint import DiffewsCheckpointError
+from maskforge.models.diffews.checkpoint import DiffewsCheckpointError, unet_folder
 from maskforge.models.loading import check_pipeline_folder, resolve_model_path
 from maskforge.storage.fs import check_output_location, exists, join
 from maskforge.storage.marked_folder import COMPLETE, MarkedFolderError, read_marked_folder
@@ -108,7 +108,7 @@ def check_train_inputs(config: DiffewsConfig) -> TrainInputs | None:
     runs, synthetic = synthetic_pools(config, fold.base)
     sd = sd_folder(config)
     if config.model.unet:
-        check_img_size(config, sd / "vae", Path(config.model.unet).expanduser(), "model.unet")
+        check_img_size(config, sd / "vae", unet_folder(config.model.unet), "model.unet")
     else:
         check_img_size(config, sd / "vae", sd / "unet", "model.sd")
     return TrainInputs(dataset, fold, runs, synthetic)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from maskforge.eval.datasets.config import DatasetConfig
+from maskforge.eval.folds import COCO_CLASSES
+from maskforge.eval.fsis_protocol import tfa_files_present
 from maskforge.storage.fs import join
 from maskforge.storage.yaml_config import (
     HashedConfig,
     PathText,
+    SaveEvery,
     Seed,
     StrictConfig,
     digest,
@@ -24,6 +27,20 @@ from maskforge.storage.yaml_config import (
 SAMPLING_FIELDS = ("guidance", "sampler", "ddim_steps")
 #: TFA's K-shot settings on COCO.
 TFA_SHOTS = (1, 2, 3, 5, 10, 30)
+#: TFA's COCO fine-tuning iterations per K (all classes, batch 16, lr 0.001, x0.1 at 90 %: ucbdrive/few-shot-object-
+#: detection 148a039, configs/COCO-detection/faster_rcnn_R_101_FPN_ft_all_{K}shot.yaml:19-24, MAX_ITER and STEPS).
+TFA_FINETUNE_ITERS = {1: 16000, 2: 32000, 3: 48000, 5: 80000, 10: 160000, 30: 240000}
+#: ... and the fraction of them where the learning rate drops x0.1 (STEPS = 0.9 MAX_ITER in every K's config).
+TFA_FINETUNE_DECAY_AT = 0.9
+
+
+def drop_defaults(model: Any, data: dict, names: tuple[str, ...]) -> dict:
+    """Return a model's dump without the fields in `names` that hold their default: fields added after stage folders
+    and rows were named, so every existing config keeps its dump, its stage folders and its hash."""
+    for name in names:
+        if getattr(model, name) == type(model).model_fields[name].default:
+            data.pop(name, None)
+    return data
 
 
 class MaskdiffRunConfig(StrictConfig):
@@ -37,6 +54,7 @@ class MaskdiffRunConfig(StrictConfig):
     )
     device: Literal["cpu", "cuda", "auto"] = Field("cpu", description="cpu, cuda, or auto (cuda if present).")
     threads: int = Field(0, ge=0, le=256, description="torch CPU threads (0: torch's default).")
+    save_every_s: SaveEvery = 600.0
 
 
 class MaskdiffDetectorConfig(StrictConfig):
@@ -98,7 +116,14 @@ class MaskdiffBaseConfig(StrictConfig):
     head_steps: int = Field(100000, ge=1, le=10_000_000, description="Mask-head AdamW steps.")
     head_lr: float = Field(1e-4, gt=0, le=1, description="Mask-head AdamW learning rate (paper: 1e-4).")
     batch_size: int = Field(16, ge=1, le=256, description="Images (detector) or instances (head) per step.")
+    head_batch_size: int | None = Field(
+        None, ge=1, le=256, description="Instances per mask-head step (paper's supplement: 8); default: batch_size."
+    )
     seed: Seed = Field(0, description="Seed of initialisation and sampling order.")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return drop_defaults(self, handler(self), ("head_batch_size",))
 
 
 class MaskdiffFinetuneConfig(StrictConfig):
@@ -111,6 +136,12 @@ class MaskdiffFinetuneConfig(StrictConfig):
     head_steps: int = Field(10000, ge=1, le=10_000_000, description="Mask-head steps on the K-shot set.")
     head_lr: float = Field(1e-4, gt=0, le=1)
     batch_size: int = Field(16, ge=1, le=256)
+    head_batch_size: int | None = Field(None, ge=1, le=256, description="As base.head_batch_size.")
+    schedule: Literal["fixed", "tfa"] = Field(
+        "fixed",
+        description="fixed: detector_steps at a constant lr; tfa: TFA's iterations for finetune.shots (1-shot 16k, "
+        "2: 32k, 3: 48k, 5: 80k, 10: 160k, 30: 240k) with the lr x0.1 at 90 %, detector_steps then unused.",
+    )
     synthetic_runs: list[PathText] = Field(
         default_factory=list,
         description="maskforge runs whose novel-class samples add K-shot instances (connected components of the "
@@ -129,21 +160,68 @@ class MaskdiffFinetuneConfig(StrictConfig):
             raise ValueError(f"finetune.shots must be one of {TFA_SHOTS} (TFA's settings)")
         return v
 
+    def detector_iters(self) -> int:
+        """Return the K-shot detector's steps: detector_steps, or TFA's iterations for `shots` (schedule tfa)."""
+        return TFA_FINETUNE_ITERS[self.shots] if self.schedule == "tfa" else self.detector_steps
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return drop_defaults(self, handler(self), ("head_batch_size", "schedule"))
+
+
+#: eval.split of the COCO -> VOC evaluation (the paper's second table): VOC2012's val list, 20 VOC = novel classes.
+VOC_SPLIT = "voc2012-val"
+
+
+class MaskdiffTfaConfig(StrictConfig):
+    """TFA's benchmark (split: tfa): image lists and where the K-shot sets come from."""
+
+    minival: Literal["instances_minival2014", "val2017"] = Field(
+        "instances_minival2014",
+        description="File giving the 5k minival image ids under dataset.root/annotations/: instances_minival2014.json "
+        "or instances_val2017.json (the same images).",
+    )
+    seed_dir: PathText | None = Field(
+        None, description="TFA's cocosplit/ folder of K-shot seed files; default: dataset.root/cocosplit."
+    )
+    kshot: Literal["auto", "tfa-files", "maskforge-draw"] = Field(
+        "auto",
+        description="K-shot sets: TFA's seed files when on disk (auto), required (tfa-files), or maskforge's own "
+        "balanced draw (maskforge-draw). Rows record which.",
+    )
+
 
 class MaskdiffEvalConfig(StrictConfig):
     """COCO AP evaluation on the fold's split: segm and bbox, base and novel, mean and std over sampling seeds."""
 
-    split: str = Field("val", description="Split evaluated.")
+    split: str = Field(
+        "val", description=f"Split evaluated (split tfa: minival, or {VOC_SPLIT} for COCO -> VOC on eval.voc_root)."
+    )
+    voc_root: PathText | None = Field(
+        None, description=f"VOC2012 folder (or its parent) for eval.split {VOC_SPLIT}: JPEGImages, SegmentationObject."
+    )
     max_images: int | None = Field(None, ge=1, le=10_000_000, description="Only the first N images (sorted ids).")
     sampling_seeds: int = Field(10, ge=1, le=100, description="Mask samplings, each its own seed (paper: 10).")
     score_threshold: float = Field(0.05, ge=0, lt=1, description="Detections kept above this score.")
     batch_images: int = Field(8, ge=1, le=256, description="Images whose detections are sampled in one call.")
     results_dir: PathText = Field("results", description="Folder of the Parquet benchmark table.")
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return drop_defaults(self, handler(self), ("voc_root",))
+
 
 class MaskdiffConfig(HashedConfig):
     """The whole configuration of MaskDiff training and evaluation."""
 
+    RUN_FIELDS = (("finetune", "synthetic_runs"),)
+
+    split: Literal["coco20i", "tfa"] = Field(
+        "coco20i",
+        description="Class split: coco20i (dataset.fold's COCO-20i fold, or the toy world's) or tfa (TFA's: the 20 "
+        "VOC classes novel, 60 base, no fold; trainval35k / minival, K-shot sets from TFA's seed files).",
+    )
+    tfa: MaskdiffTfaConfig = MaskdiffTfaConfig()
     run: MaskdiffRunConfig = MaskdiffRunConfig()
     dataset: DatasetConfig = DatasetConfig()
     detector: MaskdiffDetectorConfig = MaskdiffDetectorConfig()
@@ -152,11 +230,50 @@ class MaskdiffConfig(HashedConfig):
     finetune: MaskdiffFinetuneConfig = MaskdiffFinetuneConfig()
     eval: MaskdiffEvalConfig = MaskdiffEvalConfig()
 
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return drop_defaults(self, handler(self), ("split", "tfa"))
+
+    @model_validator(mode="after")
+    def _tfa_benchmark(self) -> "MaskdiffConfig":
+        if self.eval.split == VOC_SPLIT and (self.split != "tfa" or not self.eval.voc_root):
+            raise ValueError(
+                f"eval.split {VOC_SPLIT} (COCO -> VOC) needs split: tfa (VOC's classes are its novel ones) and "
+                "eval.voc_root (the VOC2012 folder)"
+            )
+        if self.eval.voc_root and self.eval.split != VOC_SPLIT:
+            raise ValueError(f"eval.voc_root is read only with eval.split {VOC_SPLIT}; remove it or set that split")
+        if self.split != "tfa":
+            if self.tfa != MaskdiffTfaConfig():
+                raise ValueError("the tfa section applies to split: tfa only; remove it or set split: tfa")
+            return self
+        d = self.dataset
+        if d.name != "coco" or d.coco_layout not in (None, "instances2014"):
+            raise ValueError(
+                f"split tfa is TFA's COCO 2014 benchmark: dataset.name must be coco with coco_layout instances2014 "
+                f"(or unset), got {d.name} / {d.coco_layout}"
+            )
+        if d.fold != 0:
+            raise ValueError(f"split tfa has no fold axis: dataset.fold must be 0, got {d.fold}")
+        if self.base.split != "trainval35k" or self.eval.split not in ("minival", VOC_SPLIT):
+            raise ValueError(
+                f"split tfa trains on trainval35k and evaluates on minival (or {VOC_SPLIT}): base.split "
+                f"{self.base.split!r}, eval.split {self.eval.split!r}"
+            )
+        return self
+
+    def seed_dir(self) -> str | None:
+        """Return TFA's cocosplit/ folder: tfa.seed_dir, else dataset.root/cocosplit (split tfa only)."""
+        if self.split != "tfa":
+            return None
+        return self.tfa.seed_dir or join(self.dataset.root, "cocosplit")
+
     def _digest(self, *sections: str, **extra) -> str:
         data = self.resolved()
         for key in SAMPLING_FIELDS:  # sampling settings change evaluation, never the trained weights
             data["head"].pop(key)
-        keep = {"run": {"name": data["run"]["name"]}, **{k: data[k] for k in sections}, **extra}
+        benchmark = {k: data[k] for k in ("split", "tfa") if k in data}  # absent for coco20i: names unchanged
+        keep = {"run": {"name": data["run"]["name"]}, **benchmark, **{k: data[k] for k in sections}, **extra}
         return digest(keep)
 
     def base_dir(self) -> str:
@@ -169,8 +286,21 @@ class MaskdiffConfig(HashedConfig):
     def finetune_dir(self) -> str:
         """Return the K-shot stage folder: OUT_DIR/NAME-kK-sSEED-HASH12 (the base sections plus finetune)."""
         f = self.finetune
-        digest = self._digest("dataset", "detector", "head", "base", "finetune")[:12]
+        extra = {"kshot_source": self.kshot_source()} if self.split == "tfa" else {}
+        digest = self._digest("dataset", "detector", "head", "base", "finetune", **extra)[:12]
         return join(self.run.out_dir, f"{self.run.name}-k{f.shots}-s{f.data_seed}-{digest}")
+
+    def kshot_source(self) -> str:
+        """Return where the K-shot set comes from: "tfa-files" (split tfa, TFA's seed files on disk, or required by
+        tfa.kshot) or "maskforge-draw" (eval/fsis_protocol.py:kshot_instances). Part of the K-shot stage's name, so
+        copying the seed files in later trains a new stage instead of reusing the drawn one."""
+        if self.split != "tfa" or self.tfa.kshot == "maskforge-draw":
+            return "maskforge-draw"
+        if self.tfa.kshot == "tfa-files":
+            return "tfa-files"
+        names = {i + 1: name for i, name in enumerate(COCO_CLASSES)}
+        present = tfa_files_present(self.seed_dir(), names, self.finetune.shots, self.finetune.data_seed)
+        return "tfa-files" if present else "maskforge-draw"
 
 
 def parse_maskdiff_config(data: dict, source: str = "<config>") -> MaskdiffConfig:

@@ -34,12 +34,13 @@ from maskforge.storage.marked_folder import MarkedFolderError, read_marked_folde
 from maskforge.storage.results import FSIS_PROTOCOL, code_version, row_metric, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
-from maskforge.tasks.maskdiff.config import MaskdiffConfig
+from maskforge.tasks.maskdiff.config import VOC_SPLIT, MaskdiffConfig
 from maskforge.tasks.maskdiff.preflight import (
     DETECTOR_FILE,
     HEAD_FILE,
     KSHOT_FILE,
     check_eval_inputs,
+    open_fold,
     require_finetune_dir,
 )
 from maskforge.tasks.progress import eta
@@ -238,6 +239,8 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
     start = time.perf_counter()
     e, f, h = config.eval, config.finetune, config.head
     dataset, fold = check_eval_inputs(config)  # before any network loads: a wrong input fails in seconds
+    # COCO -> VOC: supports are the K-shot set's COCO instances, the scored images VOC's
+    shots_data = open_fold(config, config.base.split, "base.split")[0] if e.split == VOC_SPLIT else dataset
     folder = config.finetune_dir()
     check_finetune_dir(folder)  # the files' sha256 now, before they load
     root = Path(folder)
@@ -258,7 +261,7 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
         )
     unet.to(device).eval()
     kshot, skipped = read_kshot(root / KSHOT_FILE, f.shots, f.data_seed)
-    supports = class_supports(dataset, kshot, all_ids, f.shots, spec.size, str(root / KSHOT_FILE))
+    supports = class_supports(shots_data, kshot, all_ids, f.shots, spec.size, str(root / KSHOT_FILE))
     if skipped:
         log(f"{KSHOT_FILE}: {skipped} synthetic entries not used as supports (supports: the K dataset instances)")
 
@@ -341,6 +344,8 @@ def _evaluate(config: MaskdiffConfig, log: Callable[[str], None], masker: Masker
         "dataset": dataset.name,
         "fold": fold.index,
         "split": e.split,
+        "class_split": config.split,
+        "kshot_source": config.kshot_source(),
         "shots": f.shots,
         "data_seed": f.data_seed,
         "images": len(ids),
@@ -418,7 +423,7 @@ def benchmark_rows(config: MaskdiffConfig, result: dict) -> list[dict]:
             "split": result["split"],
             "shots": result["shots"],
             "protocol": FSIS_PROTOCOL,
-            "setting": "K-shot+synthetic" if synthetic else "K-shot",
+            "setting": benchmark_setting(result),
             "synthetic_source": ",".join(synthetic) or "none",
             "synthetic_per_class": 0,
             "evaluated": result["images"],
@@ -430,6 +435,16 @@ def benchmark_rows(config: MaskdiffConfig, result: dict) -> list[dict]:
             "code_version": code_version(),
         }
     ]
+
+
+def benchmark_setting(result: dict) -> str:
+    """Return a row's setting: "K-shot" (+synthetic) on COCO-20i folds and the toy world, as before; on TFA's split
+    "tfa K-shot" plus where the K-shot set came from, e.g. "tfa K-shot (tfa-files)", so every row says which
+    benchmark it is on (its split column says minival or voc2012-val)."""
+    setting = "K-shot+synthetic" if result["synthetic_runs"] else "K-shot"
+    if result.get("class_split", "coco20i") == "tfa":
+        setting = f"tfa {setting} ({result['kshot_source']})"
+    return setting
 
 
 def _percent(value: float) -> str:

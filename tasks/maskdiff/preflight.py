@@ -7,18 +7,27 @@ truth. Nothing here builds a network, hashes a checkpoint or decodes images: it 
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 from maskforge.eval.datasets import open_dataset
 from maskforge.eval.datasets.base import SegDataset, check_split
-from maskforge.eval.folds import Fold, get_fold
-from maskforge.eval.fsis_protocol import ShotInstance, kshot_instances
+from maskforge.eval.datasets.coco_tfa import TfaCocoDataset, read_minival_ids
+from maskforge.eval.datasets.coco_voc import VocInCocoDataset
+from maskforge.eval.folds import Fold, class_split
+from maskforge.eval.fsis_protocol import (
+    ShotInstance,
+    kshot_instances,
+    read_tfa_kshot,
+    tfa_files_present,
+    tfa_seed_file,
+)
 from maskforge.models.device import resolve_device
 from maskforge.storage.fs import check_output_location, exists, is_local, join, resolve
 from maskforge.storage.marked_folder import COMPLETE, MarkedFolderError, read_marked_folder
 from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.maskdiff.config import MaskdiffConfig
+from maskforge.tasks.maskdiff.config import VOC_SPLIT, MaskdiffConfig
 from maskforge.tasks.maskdiff.synthetic import FIELD as SYNTHETIC_FIELD
 from maskforge.tasks.maskdiff.synthetic import require_generated
 from maskforge.tasks.synthetic_runs import open_synthetic_run
@@ -28,17 +37,42 @@ DETECTOR_FILE, HEAD_FILE, KSHOT_FILE = "detector.safetensors", "mask_head.safete
 
 
 def open_fold(config: MaskdiffConfig, split: str, field: str) -> tuple[SegDataset, Fold]:
-    """Return the configured dataset and fold; an unknown split is a ConfigError naming `field`."""
+    """Return the configured dataset and class split (config.split: a COCO-20i / toy fold, or TFA's split over
+    TFA's image lists, eval/datasets/coco_tfa.py); an unknown split is a ConfigError naming `field`. eval.split
+    voc2012-val is VOC2012's val instances in COCO's class ids (eval/datasets/coco_voc.py), for COCO -> VOC."""
+    fold = class_split(config.dataset.name, config.dataset.fold, config.dataset.coco_fold_mode, config.split)
+    if split == VOC_SPLIT:
+        return VocInCocoDataset(config.eval.voc_root), fold
     dataset = open_dataset(config.dataset)
+    if config.split == "tfa":
+        dataset = _tfa_dataset(dataset, config.dataset.root, config.tfa.minival)
     check_split(dataset, split, field)
-    return dataset, get_fold(dataset.name, config.dataset.fold, config.dataset.coco_fold_mode)
+    return dataset, fold
+
+
+@lru_cache(maxsize=2)
+def _tfa_dataset(coco: SegDataset, root: str, minival: str) -> TfaCocoDataset:
+    """TFA's image lists over the opened COCO 2014 dataset, built once per process (the minival file is read once)."""
+    return TfaCocoDataset(coco, read_minival_ids(root, minival), minival)
 
 
 def kshot_set(config: MaskdiffConfig, dataset: SegDataset, fold: Fold) -> dict[int, list[ShotInstance]]:
-    """Return TFA's K-shot set of every class of the fold in base.split (eval/fsis_protocol.py): it visits only the
-    images it takes, and a class with fewer than finetune.shots non-crowd instances is an FsisError naming it."""
+    """Return the K-shot set of every class of the split in base.split: TFA's seed files when config.kshot_source()
+    says so (split tfa), else maskforge's balanced draw (eval/fsis_protocol.py:kshot_instances, which visits only
+    the images it takes); a class with fewer than finetune.shots non-crowd instances is an FsisError naming it."""
     f = config.finetune
-    return kshot_instances(dataset, config.base.split, sorted(fold.base + fold.novel), f.shots, f.data_seed)
+    classes = sorted(fold.base + fold.novel)
+    if config.kshot_source() == "tfa-files":
+        names = {cid: dataset.classes()[cid] for cid in classes}
+        seed_dir = config.seed_dir()
+        if not tfa_files_present(seed_dir, names, f.shots, f.data_seed):
+            raise ConfigError(
+                f"tfa.kshot: tfa-files, but TFA's {f.shots}-shot seed files of data seed {f.data_seed} are not in "
+                f"{seed_dir} (e.g. {tfa_seed_file(seed_dir, f.shots, f.data_seed, names[classes[0]])}); copy TFA's "
+                "cocosplit/ there or set tfa.kshot: auto"
+            )
+        return read_tfa_kshot(dataset, seed_dir, names, f.shots, f.data_seed, config.base.split)
+    return kshot_instances(dataset, config.base.split, classes, f.shots, f.data_seed)
 
 
 def check_base_inputs(config: MaskdiffConfig) -> tuple[SegDataset, Fold] | None:

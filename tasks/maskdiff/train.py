@@ -46,6 +46,7 @@ from maskforge.models.maskdiff.mask_head import (
     support_crops,
 )
 from maskforge.models.maskdiff.mask_head import tiny_spec as tiny_head_spec
+from maskforge.models.train_state import TrainState, clear_resume_states
 from maskforge.storage.fs import exists, join, read_bytes
 from maskforge.storage.marked_folder import COMPLETE
 from maskforge.storage.marked_folder import write_marked_folder as write_stage
@@ -53,6 +54,7 @@ from maskforge.storage.reader import RunReader
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 from maskforge.tasks.maskdiff.preflight import check_base_inputs, check_finetune_inputs
+from maskforge.tasks.maskdiff.schedules import kshot_lr_schedule
 from maskforge.tasks.maskdiff.synthetic import FIELD as SYNTHETIC_FIELD
 from maskforge.tasks.maskdiff.synthetic import synthetic_instances
 from maskforge.tasks.progress import eta
@@ -164,16 +166,41 @@ class InstanceSource:
         return self._record(ref.image).instances[ref.index]
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where a stage keeps its loops' resumable states (models/train_state.py): its folder and run.save_every_s."""
+
+    stage_dir: str
+    every_s: float
+
+    def state(self, name: str, steps: int, objects: dict, generators: dict) -> TrainState:
+        """The TrainState of the loop `name` (file STAGE_DIR/resume/NAME.pt)."""
+        return TrainState(self.stage_dir, name, steps, objects, generators, self.every_s)
+
+
 def run_steps(
-    what: str, steps: int, step: Callable[[int], float], optimiser: torch.optim.Optimizer, log: Callable[[str], None]
+    what: str,
+    steps: int,
+    step: Callable[[int], float],
+    optimiser: torch.optim.Optimizer,
+    log: Callable[[str], None],
+    state: TrainState | None = None,
+    keep_final: bool = False,
 ) -> tuple[list[float], float]:
     """Run `steps` calls of step(i) (each returns its loss); return (mean loss per log window, seconds).
 
+    With a `state`, the loop first continues from its saved state (a loop saved finished is not run again) and
+    saves when due; `keep_final` saves it finished too, for a stage with another loop after this one (MaskDiff's
+    detector, then its head): a rerun after the head was cut short keeps the trained detector.
     A non-finite loss stops training with a MaskdiffTrainError naming `what`, the step and the learning rate.
     """
     every = max(1, steps // LOG_POINTS)
-    losses, window, start = [], [], time.perf_counter()
-    for i in range(steps):
+    done, kept = state.restore() if state is not None else (0, {})
+    losses, window = kept.get("losses", []), kept.get("window", [])
+    start = time.perf_counter() - kept.get("seconds", 0.0)
+    if done:
+        log(f"{what}: resumed at step {done}/{steps} from {state.url}")
+    for i in range(done, steps):
         loss = step(i)
         lr = optimiser.param_groups[0]["lr"]
         if not math.isfinite(loss):
@@ -185,6 +212,10 @@ def run_steps(
             clock = f"({elapsed:.1f} s, {eta(i + 1, steps, elapsed)})"
             log(f"{what} step {i + 1}/{steps}: loss {losses[-1]:.4f} lr {lr:.3g} {clock}")
             window = []
+        if state is not None:
+            state.maybe_save(i + 1, {"losses": losses, "window": window, "seconds": time.perf_counter() - start})
+    if state is not None and keep_final and done < steps:
+        state.save(steps, {"losses": losses, "window": window, "seconds": time.perf_counter() - start})
     return losses, time.perf_counter() - start
 
 
@@ -201,8 +232,11 @@ def train_detector(
     device: torch.device,
     log: Callable[[str], None],
     what: str,
+    resume: Resume | None = None,
 ) -> tuple[list[float], float]:
-    """SGD on torchvision's detection losses: each step draws batch_size images (each with its target instances)."""
+    """SGD on torchvision's detection losses: each step draws batch_size images (each with its target instances).
+
+    With `resume`, the loop continues from its state "detector" and keeps it finished (the head trains next)."""
     labels = labels_for(class_ids)
 
     def step(_: int) -> float:
@@ -221,7 +255,11 @@ def train_detector(
             schedule.step()
         return float(loss.detach())
 
-    return run_steps(what, steps, step, optimiser, log)
+    state = None
+    if resume is not None:
+        objects = {"model": model, "optimiser": optimiser, **({"schedule": schedule} if schedule else {})}
+        state = resume.state("detector", steps, objects, {"images": rng})
+    return run_steps(what, steps, step, optimiser, log, state, keep_final=True)
 
 
 def head_inputs(
@@ -264,8 +302,11 @@ def train_head(
     device: torch.device,
     log: Callable[[str], None],
     what: str,
+    resume: Resume | None = None,
 ) -> tuple[list[float], float]:
-    """Paper Alg. 1 on a class pool: each step draws batch_size instances (uniform over the pool) and their supports."""
+    """Paper Alg. 1 on a class pool: each step draws batch_size instances (uniform over the pool) and their supports.
+
+    With `resume`, the loop continues from its state "head"."""
     items = [(cid, i) for cid in sorted(pool) for i in range(len(pool[cid]))]
     rng = rng_for(what, "instances", seed)
     generator = torch.Generator().manual_seed(derive_seed(what, "diffusion", seed))
@@ -283,7 +324,12 @@ def train_head(
         optimiser.step()
         return float(loss.detach())
 
-    return run_steps(what, steps, step, optimiser, log)
+    state = None
+    if resume is not None:
+        state = resume.state(
+            "head", steps, {"unet": unet, "optimiser": optimiser}, {"instances": rng, "noise": generator}
+        )
+    return run_steps(what, steps, step, optimiser, log, state)
 
 
 def by_class(groups: list[list[InstanceRef]]) -> dict[int, list[InstanceRef]]:
@@ -374,9 +420,10 @@ def _train_base(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
     n_instances = sum(len(refs) for refs in images)
     log(f"base detector on {dataset.name} fold {fold.index}: {len(images)} images, {n_instances} base instances")
     rng = rng_for("maskdiff-base-detector", b.seed)
+    resume = Resume(out, config.run.save_every_s)
     det_losses, det_seconds = train_detector(
         model, images, base_ids, source, b.detector_steps, b.batch_size, optimiser, schedule, rng, device, log,
-        "base detector",
+        "base detector", resume,
     )  # fmt: skip
     hspec = head_spec(config, len(dataset.classes()))
     with torch.random.fork_rng(devices=[]):
@@ -385,8 +432,8 @@ def _train_base(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
     unet = unet.to(device)
     head_optimiser = torch.optim.AdamW(unet.parameters(), lr=b.head_lr)
     head_losses, head_seconds = train_head(
-        unet, hspec, pool, source, b.head_steps, b.batch_size, head_optimiser, config.head.p_uncond, b.seed, device,
-        log, "base mask head",
+        unet, hspec, pool, source, b.head_steps, b.head_batch_size or b.batch_size, head_optimiser,
+        config.head.p_uncond, b.seed, device, log, "base mask head", resume,
     )  # fmt: skip
     report = {
         "stage": "base",
@@ -417,6 +464,7 @@ def _train_base(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
         },
         meta,
     )
+    clear_resume_states(out)  # the folder's rename dropped them locally; an object store keeps keys until removed
     return {**report, "complete": True}
 
 
@@ -495,16 +543,17 @@ def _train_finetune(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
         f"K-shot detector ({f.shots}-shot, data seed {f.data_seed}): {len(groups)} images, {len(samples)} synthetic "
         f"samples, trainable {trainable}"
     )
+    resume = Resume(out, config.run.save_every_s)
     det_losses, det_seconds = train_detector(
-        model, images, all_ids, source, f.detector_steps, f.batch_size, optimiser, None,
-        rng_for("maskdiff-finetune-detector", seed), device, log, "K-shot detector",
+        model, images, all_ids, source, f.detector_iters(), f.batch_size, optimiser, kshot_lr_schedule(optimiser, f),
+        rng_for("maskdiff-finetune-detector", seed), device, log, "K-shot detector", resume,
     )  # fmt: skip
     unet, hspec, _ = load_mask_head(join(base_dir, HEAD_FILE))
     unet = unet.to(device)
     head_optimiser = torch.optim.AdamW(unet.parameters(), lr=f.head_lr)
     head_losses, head_seconds = train_head(
-        unet, hspec, pool, source, f.head_steps, f.batch_size, head_optimiser, config.head.p_uncond, seed, device,
-        log, "K-shot mask head",
+        unet, hspec, pool, source, f.head_steps, f.head_batch_size or f.batch_size, head_optimiser,
+        config.head.p_uncond, seed, device, log, "K-shot mask head", resume,
     )  # fmt: skip
     urls = config.finetune.synthetic_runs
     kshot = {
@@ -529,7 +578,7 @@ def _train_finetune(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
         "head_shots": hspec.shots,
         "detector_losses": det_losses,
         "head_losses": head_losses,
-        "detector_steps": f.detector_steps,
+        "detector_steps": f.detector_iters(),
         "head_steps": f.head_steps,
         "seconds": round(det_seconds + head_seconds, 2),
         "detector_seconds": round(det_seconds, 2),
@@ -552,4 +601,5 @@ def _train_finetune(config: MaskdiffConfig, log: Callable[[str], None]) -> dict:
         },
         meta,
     )
+    clear_resume_states(out)  # the folder's rename dropped them locally; an object store keeps keys until removed
     return {**report, "complete": True}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from maskforge.tasks.maskdiff.aggregate import write_draws
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 from maskforge.tasks.maskdiff.evaluate import benchmark_rows, eval_maskdiff, summary_table, trend_markdown
 from maskforge.tasks.maskdiff.preflight import check_eval_inputs, check_train_inputs
@@ -59,3 +60,9 @@ def record_maskdiff_results_task(config: MaskdiffConfig, result: dict) -> dict:
         trend_key=f"{key}-trend",
         trend=trend_markdown,
     )
+
+
+@task(name="write-maskdiff-draws", cache_policy=NO_CACHE)
+def write_maskdiff_draws_task(config: MaskdiffConfig, report: dict) -> str:
+    """Prefect task: write the draws report (mean ± std over data seeds and samplings, failed seeds) as JSON."""
+    return write_draws(config, report)
