@@ -441,3 +441,21 @@ def test_a_failing_stage_stops_its_data_workers_before_its_error_leaves_it(tmp_p
         if p.pid not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     ]
     assert not left, left
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_harness")
+def test_data_workers_forked_after_a_prefect_flow_end_cleanly(tmp_path):
+    """A Prefect flow leaves thread-exit hooks in the process (its API log and event services); a DataLoader worker
+    forked after it ran them at its end and failed with exit code 1, which torch reported as "DataLoader worker
+    exited unexpectedly": under `maskforge gfss ...` (a flow) every stage with data workers did."""
+    from prefect import flow
+
+    @flow
+    def a_flow() -> int:
+        return 1
+
+    assert a_flow() == 1
+    cfg = parse_gfss_config(config(tmp_path, base={"workers": 1, "steps": 2}))
+    report = train_gfss_base(cfg, log=lambda m: None)
+    assert report["complete"] and len(report["losses"]) == 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from maskforge.storage.catalogue import CATALOGUE_DIR, read_catalogue, resolve_selector
 from maskforge.storage.reader import RunReader
 from maskforge.tasks.config import parse_config
@@ -83,8 +85,6 @@ def test_the_trend_names_each_rows_data_round(tmp_path):
 def test_the_nightly_deployments_round_is_the_scheduled_date():
     from datetime import datetime, timezone
 
-    import pytest
-
     from maskforge.flows.deployments import scheduled_round
 
     assert scheduled_round(None) is None and scheduled_round(7) == 7 and scheduled_round("20261206") == 20261206
@@ -92,3 +92,21 @@ def test_the_nightly_deployments_round_is_the_scheduled_date():
     assert scheduled_round("scheduled") == int(datetime.now(timezone.utc).strftime("%Y%m%d"))
     with pytest.raises(ValueError, match="round: expected a number or 'scheduled', got 'nightly'"):
         scheduled_round("nightly")
+
+
+@pytest.mark.prefect
+@pytest.mark.usefixtures("prefect_harness")
+def test_only_a_newly_completed_run_announces_itself(tmp_path, monkeypatch):
+    """The chain's triggers fire on maskforge.run.completed: a generation that completes a run emits it once, with
+    the run's URL and round; rerunning that round finds the run complete and emits nothing (so starts nothing)."""
+    import maskforge.flows.generate as generate_module
+    from maskforge.flows.run_events import RUN_COMPLETED, run_resource_id
+
+    announced = []
+    monkeypatch.setattr(generate_module, "announce_run", lambda cfg, url, marker: announced.append((url, marker)))
+    cfg = config(tmp_path, round=20261206)
+    first = generate_module.generate(config=cfg)
+    assert [url for url, _ in announced] == [first["url"]] and announced[0][1]["n_samples"] == 3
+    again = generate_module.generate(config=cfg)
+    assert again == {"url": first["url"], "complete": True} and len(announced) == 1
+    assert (RUN_COMPLETED, run_resource_id("toy", 0)) == ("maskforge.run.completed", "maskforge.run.toy-f0")

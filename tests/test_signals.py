@@ -79,7 +79,9 @@ def test_ctrl_c_ends_hsnet_training_with_130_and_nothing_left(tmp_path):
             }
         )
     )
-    code, seconds, alive, output = _signal_mid_training(tmp_path, ["hsnet", "train", str(config)], signal.SIGINT)
+    code, seconds, alive, output = _signal_mid_training(
+        tmp_path, ["hsnet", "train", str(config)], signal.SIGINT, linger=3
+    )
     assert code == 130, output[-3000:]
     assert "interrupted (SIGINT): exit 130" in output and "Crashed" in output  # the run is recorded as crashed
     assert seconds < EXIT_WITHIN_S and not alive, (seconds, alive)
@@ -104,12 +106,12 @@ def test_sigterm_ends_gfss_training_with_data_workers_with_143_and_nothing_left(
 
 
 def test_sigterm_ends_generate_mid_task_with_143_without_waiting_for_the_task(tmp_path, tiny_models):
-    """Generation tasks run in a worker thread; Prefect's runner waited for the running one (an embedding of 4 000
+    """Generation tasks run in a worker thread; Prefect's runner waited for the running one (an embedding of 1 500
     steps here, minutes) before the command could end. Now the task is abandoned; its part is redone on rerun."""
     config = tmp_path / "gen.yaml"
     diffusion = diffusion_section(tiny_models, text={"samples": 0}, controlnet={"conditions": []})
-    # the first progress line (the marker) comes after a tenth of the steps: 400 steps in, minutes of work left
-    diffusion["embedding"] = {"samples": 1, "steps": 4_000}
+    # the first progress line (the marker) comes after a tenth of the steps: 150 steps in, minutes of work left
+    diffusion["embedding"] = {"samples": 1, "steps": 1_500}
     config.write_text(
         yaml.safe_dump(
             {
@@ -123,7 +125,7 @@ def test_sigterm_ends_generate_mid_task_with_143_without_waiting_for_the_task(tm
         )
     )
     code, seconds, alive, output = _signal_mid_training(
-        tmp_path, ["generate", str(config)], signal.SIGTERM, "steps, loss"
+        tmp_path, ["generate", str(config)], signal.SIGTERM, "steps, loss", linger=3
     )
     assert code == 143, output[-3000:]
     assert "terminated (SIGTERM): exit 143" in output

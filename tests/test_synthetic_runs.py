@@ -36,7 +36,11 @@ def test_mismatch_names_what_differs():
     assert ours.mismatch(other_fold, fold=True) == "is a run of toy fold 2; this config reads toy fold 0"
     bigger = {**same, "toy": {**TOY_WORLD, "image_size": 96}}
     assert ours.mismatch(bigger) is None  # the class ids are the same shapes in every toy world
-    assert ours.mismatch(bigger, world=True).startswith("renders another toy world (seed 0, image_size 96)")
+    assert ours.mismatch(bigger, world=True).startswith("renders another toy world (seed 0, image_size 96, variety 1)")
+    varied = {**same, "toy": {**TOY_WORLD, "variety": 3}}  # more looks per class: another world (issue 31)
+    assert ours.mismatch(varied, world=True).startswith(
+        f"renders another toy world (seed 0, image_size {TOY_WORLD['image_size']}, variety 3)"
+    )
     assert ours.mismatch({**same, "toy": {**TOY_WORLD, "n_train": 500}}, world=True) is None  # split sizes: same world
     pascal = DatasetConfig(name="pascal", root="/data/VOC2012", fold=1)
     assert pascal.mismatch({"name": "pascal", "fold": 1, "root": "/elsewhere"}, fold=True, world=True) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -236,6 +237,39 @@ def leave_signals_to_the_parent(worker_id: int) -> None:
     os.setpgrp()
 
 
+def drop_inherited_thread_exit_hooks() -> list:
+    """Remove the thread-exit hooks a forked worker inherited from an orchestrating parent; return them.
+
+    Prefect's queue services (the API log and event workers) register `threading._register_atexit(self._at_exit)`
+    in the parent (prefect/_internal/concurrency/services.py:127). After fork Prefect resets the services in the
+    child (services.py:31-41) but the hook stays, so when the worker ends `threading._shutdown()` calls `drain()` on
+    a reset service, whose `assert self._done_event is not None` (services.py:245) fails: exit code 1 with no
+    traceback, which torch's SIGCHLD handler reports as "DataLoader worker (pid N) exited unexpectedly". Every GFSS
+    stage run under a Prefect flow with data workers hit it, at its end or at the command's exit. The worker has none
+    of the parent's threads, so none of their exit hooks may run in it; `_threading_atexits` is CPython's list of
+    them (private, hence the guard)."""
+    hooks = getattr(threading, "_threading_atexits", None)
+    if not isinstance(hooks, list):
+        return []
+
+    def owner(hook) -> str:
+        """The module of the object a hook is a method of (threading wraps each hook in a functools.partial)."""
+        func = getattr(hook, "func", hook)
+        return type(getattr(func, "__self__", None)).__module__
+
+    dropped = [hook for hook in hooks if owner(hook).startswith("prefect.")]
+    for hook in dropped:
+        hooks.remove(hook)
+    return dropped
+
+
+def start_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn of the GFSS feeds: leave the command's process group, drop the parent's thread-exit
+    hooks (see both)."""
+    leave_signals_to_the_parent(worker_id)
+    drop_inherited_thread_exit_hooks()
+
+
 @contextlib.contextmanager
 def make_loader(feed: IterableDataset, batch_size: int, workers: int, pin: bool = False) -> Iterator[Iterator]:
     """A context giving an endless batch iterator over a feed (DataLoader worker processes decode and synthesise),
@@ -243,13 +277,13 @@ def make_loader(feed: IterableDataset, batch_size: int, workers: int, pin: bool 
 
     An iterator left to the garbage collector kept its workers as long as something held it: a stage's exception
     holds the stage's frame in its traceback, and Prefect keeps the exception in the failed task's state, so the
-    workers lived until interpreter exit, where multiprocessing's exit hook killed them and torch's SIGCHLD handler
-    printed `DataLoader worker (pid N) exited unexpectedly` after the command's own error line.
+    workers lived on until interpreter exit. Each worker starts with start_worker, without which a worker forked
+    under Prefect ended with exit code 1 (drop_inherited_thread_exit_hooks).
     """
     # pinning and prefetching only mean something with worker processes
     more = {"pin_memory": pin, "persistent_workers": False, "prefetch_factor": 4} if workers else {}
     if workers:
-        more["worker_init_fn"] = leave_signals_to_the_parent
+        more["worker_init_fn"] = start_worker
     batches = iter(DataLoader(feed, batch_size=batch_size, num_workers=workers, **more))
     try:
         yield batches
