@@ -25,14 +25,15 @@ demo: $(STAMP)
 
 # Style, layers and the docs site's strict build first (seconds), then the suite: TEST_WORKERS pytest-xdist processes,
 # whole files to each (a file's session fixtures and per-process compile caches stay together), one torch thread per
-# worker (tests/conftest.py).
+# worker, the longest files first (tests/conftest.py: LONGEST_FIRST; xdist's default reorder, by test count, ran
+# them last, one alone for minutes).
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(MAKE) --no-print-directory docs-check
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The docs site (mkdocs.yml), built strictly into a temporary folder that is removed after: a broken link or anchor,
 # or a config model the generated reference cannot render, fails. Not --quiet: it hides the warnings --strict counts.

@@ -30,8 +30,8 @@ def prefect_harness():
 
 
 #: The files that take longest (each starts Prefect servers, workers or command processes and waits on them; measured
-#: with --durations), run first: `make test` hands whole files to its workers in collection order, and one of these
-#: started last ran alone for minutes while the other worker was idle.
+#: with --durations), run first: `make test` hands whole files to its workers in collection order
+#: (--no-loadscope-reorder: xdist's default sorts files by test count, which put these last, one alone for minutes).
 LONGEST_FIRST = (
     "test_chain.py",
     "test_signals.py",

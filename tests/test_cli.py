@@ -9,6 +9,7 @@ from tiny import diffusion_section
 from typer.testing import CliRunner
 
 from maskforge.flows.cli import app
+from maskforge.storage.catalogue import CATALOGUE_DIR
 
 runner = CliRunner()
 
@@ -28,7 +29,7 @@ def demo_run(tmp_path_factory, prefect_harness, tiny_models):
     path.write_text(yaml.safe_dump(cfg))
     result = runner.invoke(app, ["generate", str(path), "--out", str(out / "runs")])
     assert result.exit_code == 0, result.output
-    run = next((out / "runs").iterdir())
+    (run,) = [p for p in (out / "runs").iterdir() if p.name != CATALOGUE_DIR]  # beside it: the catalogue of runs
     return run, result.output
 
 

@@ -111,6 +111,12 @@ def wait_for_deployment_runs(base: str, name: str, count: int, timeout: float) -
         time.sleep(5)
 
 
+def generated_run_folder(runs: str) -> str:
+    """The one run folder under `runs` (beside it, the catalogue of runs)."""
+    (run,) = [p for p in Path(runs).iterdir() if p.name != "catalogue"]
+    return str(run)
+
+
 def small_gfss_config(folder: Path) -> dict:
     """A GFSS config for the check: the demo's toy world (so the generate run can join), tiny net, a few steps."""
     return {
@@ -224,7 +230,7 @@ def main() -> None:
         gfss_config.write_text(json.dumps(small_gfss_config(gfss_config.parent)))
         for name, more in (
             ("gfss-base-toy-f0", {}),
-            ("gfss-novel-toy-f0", {"synthetic_runs": [str(next(Path(generated_out).iterdir()))]}),
+            ("gfss-novel-toy-f0", {"synthetic_runs": [generated_run_folder(generated_out)]}),
         ):
             dep = next(d for d in deployments(base) if d["name"] == name)
             params = {**dep["parameters"], "config_path": str(gfss_config), **more}
@@ -232,7 +238,7 @@ def main() -> None:
             wait_for(base, run, args.timeout)
         # DiffewS: the evaluation deployment with the shipped checkpoint, KR+NS from the generate run; MaskDiff: the
         # train deployment (base and K-shot stages, then the evaluation), synthetic instances from the generate run
-        generated_run = str(next(Path(generated_out).iterdir()))
+        generated_run = generated_run_folder(generated_out)
         for name, build, more in (
             ("diffews-eval-toy-f0", small_diffews_config, {"synthetic_run": generated_run}),
             ("maskdiff-train-toy-f0", small_maskdiff_config, {"shots": 1, "synthetic_runs": [generated_run]}),
