@@ -9,7 +9,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: install demo test docs-check format ui-check serve clean
+.PHONY: install demo test test-chain docs-check format ui-check serve clean
 
 install: $(STAMP)
 
@@ -33,7 +33,12 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(MAKE) --no-print-directory docs-check
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not chain"
+
+# The nightly chain end to end (tests/test_chain.py: a real Prefect server, deployments with their triggers, a worker,
+# two generation rounds each triggering an evaluation): about 2 minutes, so outside `make test`'s 10; CI runs both.
+test-chain: $(STAMP)
+	$(BIN)/python -m pytest -q -m chain tests/test_chain.py
 
 # The docs site (mkdocs.yml), built strictly into a temporary folder that is removed after: a broken link or anchor,
 # or a config model the generated reference cannot render, fails. Not --quiet: it hides the warnings --strict counts.

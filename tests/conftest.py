@@ -33,7 +33,6 @@ def prefect_harness():
 #: with --durations), run first: `make test` hands whole files to its workers in collection order
 #: (--no-loadscope-reorder: xdist's default sorts files by test count, which put these last, one alone for minutes).
 LONGEST_FIRST = (
-    "test_chain.py",
     "test_signals.py",
     "test_signals_diffusion_learners.py",
     "test_cluster_s3.py",

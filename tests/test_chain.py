@@ -120,6 +120,7 @@ def _wait_rows(results: Path, n: int, worker_log: Path) -> list[dict]:
     pytest.fail(f"no {n} synthetic rows within {ROUND_S} s; worker log:\n{worker_log.read_text()[-4000:]}")
 
 
+@pytest.mark.chain
 def test_two_nightly_rounds_trigger_two_evaluations_on_their_own_runs(tmp_path, tiny_models):
     generation, hsnet = _configs(tmp_path, tiny_models)
     project_file = _project_file(tmp_path, generation, hsnet)
