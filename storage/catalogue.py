@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from maskforge.storage.fs import atomic_write_bytes, exists, join, location_key, read_bytes, resolve
+from maskforge.storage.fs import atomic_write_bytes, exists, join, read_bytes, resolve
 from maskforge.storage.reader import RunReader
 from maskforge.storage.shards import CONFIG_NAME, MARKER_NAME
 
@@ -179,8 +179,3 @@ def rounds_label(synthetic_source: str) -> str:
         return "none"
     rounds = [run_round(url) for url in synthetic_source.split(",")]
     return ",".join("?" if r is None else f"r{r}" for r in rounds)
-
-
-def same_run(a: str, b: str) -> bool:
-    """Whether two run references point to the same place (storage/fs.py:location_key)."""
-    return location_key(a) == location_key(b)

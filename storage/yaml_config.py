@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from maskforge.storage.catalogue import resolve_selector
+from maskforge.storage.catalogue import is_selector, resolve_selector
 from maskforge.storage.fs import location_key
 
 #: A path, URL or model id in a config: at least one character. An empty one would quietly mean "here" (out_dir)
@@ -117,13 +117,12 @@ class HashedConfig(StrictConfig):
             block = data.get(section)
             value = block.get(name) if isinstance(block, dict) else None
             refs = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
-            if not any(isinstance(ref, str) and ref.startswith(("latest:", "last:")) for ref in refs):
+            if not any(isinstance(ref, str) and is_selector(ref) for ref in refs):
                 continue
             field = f"{section}.{name}"
             urls = []
             for ref in refs:
-                is_selector = isinstance(ref, str) and ref.startswith(("latest:", "last:"))
-                urls += resolve_selector(ref, root, field) if is_selector else [ref]
+                urls += resolve_selector(ref, root, field) if isinstance(ref, str) and is_selector(ref) else [ref]
             if isinstance(value, str):
                 if len(urls) != 1:
                     raise ValueError(f"{field}: {value!r} names {len(urls)} runs; this field takes one (latest:...)")
