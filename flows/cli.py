@@ -1,6 +1,6 @@
 """The `maskforge` command line: the root app, `generate` and `serve`; each command group lives in its own module
-(shards_cli, datasets_cli, models_cli, results_cli, hsnet_cli, gfss_cli, diffews_cli, maskdiff_cli), the helpers they
-share in cli_support.
+(shards_cli, datasets_cli, models_cli, results_cli, runs_cli; every learner's group is built from its declaration by
+learner_cli), the helpers they share in cli_support.
 
 Start-up is instant by design: every module imported here is light (typer, rich, pydantic configs; no torch, no
 Prefect), and each command imports the flows and models it runs in its body, after its config validated. The modules
@@ -28,17 +28,15 @@ from maskforge.eval.datasets.base import DatasetError
 from maskforge.flows.cli_support import config_failure, non_empty_path
 from maskforge.flows.console import console, fail
 from maskforge.flows.datasets_cli import datasets_app
-from maskforge.flows.diffews_cli import diffews_app
 from maskforge.flows.ephemeral_api import survive_api_loss
-from maskforge.flows.gfss_cli import gfss_app
-from maskforge.flows.hsnet_cli import hsnet_app
-from maskforge.flows.maskdiff_cli import maskdiff_app
+from maskforge.flows.learner_cli import learner_app
 from maskforge.flows.models_cli import models_app, toy_app
 from maskforge.flows.results_cli import results_app
 from maskforge.flows.runs_cli import runs_app
 from maskforge.flows.shards_cli import shards_app
 from maskforge.storage.reader import RunReader
 from maskforge.tasks.config import load_config
+from maskforge.tasks.registry import learners
 
 # Known and harmless: diffusers' rename of torch_dtype (every supported version reads it), controlnet-aux's timm
 # registry and optional extras it does not need for HED.
@@ -53,10 +51,8 @@ app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(results_app, name="results")
 app.add_typer(runs_app, name="runs")
-app.add_typer(hsnet_app, name="hsnet")
-app.add_typer(gfss_app, name="gfss")
-app.add_typer(diffews_app, name="diffews")
-app.add_typer(maskdiff_app, name="maskdiff")
+for _learner in learners():  # one group per registered learner (tasks/registry.py), built by flows/learner_cli.py
+    app.add_typer(learner_app(_learner), name=_learner.name)
 app.add_typer(toy_app, name="toy")
 
 

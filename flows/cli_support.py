@@ -8,17 +8,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.table import Table
 
 from maskforge.flows.console import console, fail
 from maskforge.models.toy_train_config import load_toy_train_config
 from maskforge.storage.fs import OutputLocationError, check_output_location
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import load_config
-from maskforge.tasks.diffews.config import load_diffews_config
-from maskforge.tasks.gfss.config import load_gfss_config
-from maskforge.tasks.hsnet.config import load_hsnet_config
-from maskforge.tasks.maskdiff.config import load_maskdiff_config
+from maskforge.tasks.registry import learners
 
 if TYPE_CHECKING:  # annotations only: PIL is imported by whoever makes the image
     from PIL import Image
@@ -56,10 +52,7 @@ def config_kinds() -> tuple:
     """(kind, loader, command) of every config file kind, for the hint when a file is given to the wrong command."""
     return (
         ("generation", load_config, "maskforge generate"),
-        ("HSNet", load_hsnet_config, "maskforge hsnet train|eval"),
-        ("GFSS", load_gfss_config, "maskforge gfss train-base|train-novel|eval"),
-        ("DiffewS", load_diffews_config, "maskforge diffews train|eval"),
-        ("MaskDiff", load_maskdiff_config, "maskforge maskdiff train|eval"),
+        *((one.title, one.config, one.commands_line()) for one in learners()),
         ("toy training", load_toy_train_config, "maskforge toy train-diffusion|ground|train-controlnet"),
     )
 
@@ -91,44 +84,6 @@ def learner_config(loader, config: Path, out: Optional[str], overrides: dict | N
         return loader(config, more or None)
     except ConfigError as err:
         config_failure(err, config, loader)
-
-
-def print_episodes(model: str, result: dict) -> None:
-    """Print an episodic evaluation (HSNet, DiffewS): a row per setting and baseline, then the table file."""
-    title = f"{model} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
-    table = Table(title=title)
-    for col in ("setting", "mIoU %", "FB-IoU %"):
-        table.add_column(col)
-    rows = list(result["settings"].items()) + [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
-    for name, summary in rows:
-        table.add_row(name, f"{100 * summary['miou']:.2f}", f"{100 * summary['fb_iou']:.2f}")
-    console.print(table)
-    console.print(f"benchmark rows: {result['table_file']}", soft_wrap=True)
-
-
-# The episodic evaluations' options (HSNet and DiffewS take the same four; typer reads an option object afresh for
-# every command that names it).
-SHOTS_OPTION = typer.Option(None, "--shots", help="Real supports per episode (overrides eval.shots).")
-SYNTHETIC_OPTION = typer.Option(
-    None, "--synthetic", help="A maskforge run of the novel classes: adds the KR+NS setting (eval.synthetic_run)."
-)
-PER_CLASS_OPTION = typer.Option(
-    None, "--per-class", help="N, generated supports added per episode (eval.synthetic_per_class)."
-)
-
-
-def episode_overrides(
-    shots: Optional[int], synthetic: Optional[str], per_class: Optional[int], checkpoint: Optional[str]
-) -> dict:
-    """Dotted-key overrides of an episodic evaluation's options (the given ones only)."""
-    return given(
-        {
-            "eval.shots": shots,
-            "eval.synthetic_run": synthetic,
-            "eval.synthetic_per_class": per_class,
-            "eval.checkpoint": checkpoint,
-        }
-    )
 
 
 def non_empty_path(value: str | Path) -> Path:

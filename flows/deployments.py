@@ -1,19 +1,18 @@
-"""Deployment entry points: the generate flow and the learners' flows, parameterised by config file, dataset, fold."""
+"""Deployment entry points: the generate flow, and every registered learner's (built from its declaration's
+deployments, tasks/learner.py:Deployment), parameterised by config file, dataset and fold (TFA's split has none).
+prefect.yaml names them as flows/deployments.py:FUNCTION; Prefect imports this module and takes the attribute."""
 
 from __future__ import annotations
 
+import inspect
+
 from prefect import flow
 
-from maskforge.flows.diffews import eval_diffews, train_diffews
 from maskforge.flows.generate import generate_flow
-from maskforge.flows.gfss import gfss_novel_eval, train_gfss_base, train_gfss_novel
-from maskforge.flows.hsnet import eval_hsnet, train_hsnet
-from maskforge.flows.maskdiff import eval_maskdiff, train_eval_maskdiff, train_maskdiff
+from maskforge.flows.learners import learner_flow, signed
 from maskforge.tasks.config import load_config
-from maskforge.tasks.diffews.config import load_diffews_config
-from maskforge.tasks.gfss.config import load_gfss_config
-from maskforge.tasks.hsnet.config import load_hsnet_config
-from maskforge.tasks.maskdiff.config import load_maskdiff_config
+from maskforge.tasks.learner import Deployment, Learner
+from maskforge.tasks.registry import learners
 
 
 def _overrides(dataset: str, fold: int, root: str | None, **more) -> dict:
@@ -64,124 +63,46 @@ def scheduled_round(round: int | str | None) -> int | None:
     return int(when.strftime("%Y%m%d"))
 
 
-@flow(name="train-hsnet-fold", log_prints=True)
-def train_hsnet_fold(config_path: str, dataset: str, fold: int, root: str | None = None) -> dict:
-    """Train HSNet on one (dataset, fold) from an HSNet config file."""
-    return train_hsnet(config=load_hsnet_config(config_path, _overrides(dataset, fold, root)))
+def parameter_overrides(learner: Learner, spec: Deployment, values: dict) -> tuple[dict, dict]:
+    """Return (dotted-key config overrides, flow arguments) of a learner deployment's parameter values. A value that
+    is None or an empty list leaves the config file's value; `append` parameters join the list at their key after
+    the others; `to` parameters give their own overrides; flow arguments go to the flow (converted when declared)."""
+    overrides: dict = {}
+    flow_args: dict = {}
+    for param in spec.params:
+        value = values[param.name]
+        if param.flow_arg:
+            flow_args[param.name] = learner.ref(param.convert)(value) if param.convert else value
+        elif value is None or (isinstance(value, (list, tuple)) and not value) or param.key is None and not param.to:
+            continue
+        elif param.to is not None:
+            overrides.update(param.to(value))
+        elif param.append:
+            overrides[param.key] = [*(overrides.get(param.key) or []), value]
+        else:
+            overrides[param.key] = list(value) if isinstance(value, (list, tuple)) else value
+    return overrides, flow_args
 
 
-@flow(name="eval-hsnet-fold", log_prints=True)
-def eval_hsnet_fold(
-    config_path: str,
-    dataset: str,
-    fold: int,
-    shots: int | None = None,
-    root: str | None = None,
-    checkpoint: str | None = None,
-    synthetic_run: str | None = None,
-    synthetic_per_class: int | None = None,
-) -> dict:
-    """Evaluate HSNet on one (dataset, fold) from an HSNet config file (checkpoint and shots overridable);
-    synthetic_run (a run folder, a selector like latest:toy/0, or the nightly chain's event URL) adds its setting
-    with synthetic_per_class (default: the file's) generated supports per class."""
-    more = {
-        "eval.shots": shots,
-        "eval.checkpoint": checkpoint,
-        "eval.synthetic_run": synthetic_run,
-        "eval.synthetic_per_class": synthetic_per_class,
-    }
-    overrides = _overrides(dataset, fold, root, **more)
-    return eval_hsnet(config=load_hsnet_config(config_path, overrides))
+def entrypoint(learner: Learner, spec: Deployment):
+    """The deployment entry point of a learner's Deployment: a flow named spec.flow_name taking config_path and the
+    declared parameters, loading the config file with their overrides and running the declared flow (or, when its
+    boolean switch is false, the `otherwise` flow)."""
+
+    def run(values: dict) -> dict:
+        overrides, flow_args = parameter_overrides(learner, spec, values)
+        runs = spec.runs
+        if spec.otherwise is not None and not values[spec.otherwise[0]]:
+            runs = spec.otherwise[1]
+        return learner_flow(runs)(config=learner.config(values["config_path"], overrides), **flow_args)
+
+    keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter("config_path", keyword, annotation=str)] + [
+        inspect.Parameter(p.name, keyword, default=p.default, annotation=p.annotation) for p in spec.params
+    ]
+    return flow(name=spec.flow_name, log_prints=True)(signed(spec.function, spec.doc, parameters, run))
 
 
-@flow(name="train-gfss-base", log_prints=True)
-def train_gfss_base_fold(config_path: str, dataset: str, fold: int, root: str | None = None) -> dict:
-    """Train the GFSS base model of one (dataset, fold) from a GFSS config file."""
-    return train_gfss_base(config=load_gfss_config(config_path, _overrides(dataset, fold, root)))
-
-
-@flow(name="train-gfss-novel", log_prints=True)
-def train_gfss_novel_fold(
-    config_path: str,
-    dataset: str,
-    fold: int,
-    root: str | None = None,
-    method: str | None = None,
-    synthetic_runs: list[str] | None = None,
-    evaluate: bool = True,
-    synthetic_run: str | None = None,
-) -> dict:
-    """Run the GFSS novel stage of one (dataset, fold), then (evaluate) its PIFS evaluation into the results table;
-    synthetic_runs names completed maskforge runs (or selectors like last:7:toy/0); synthetic_run, one more (the
-    nightly chain's trigger passes the new run's URL here)."""
-    runs = [*(synthetic_runs or []), *([synthetic_run] if synthetic_run else [])]
-    more = {"novel.method": method, "novel.synthetic_runs": runs or None}
-    config = load_gfss_config(config_path, _overrides(dataset, fold, root, **more))
-    return gfss_novel_eval(config=config) if evaluate else train_gfss_novel(config=config)
-
-
-@flow(name="train-diffews", log_prints=True)
-def train_diffews_fold(
-    config_path: str, dataset: str, fold: int, root: str | None = None, synthetic_runs: list[str] | None = None
-) -> dict:
-    """Train DiffewS on one (dataset, fold) from a DiffewS config file; synthetic_runs add base-class samples."""
-    more = {"train.synthetic_runs": list(synthetic_runs) if synthetic_runs else None}
-    return train_diffews(config=load_diffews_config(config_path, _overrides(dataset, fold, root, **more)))
-
-
-@flow(name="eval-diffews", log_prints=True)
-def eval_diffews_fold(
-    config_path: str,
-    dataset: str,
-    fold: int,
-    shots: int | None = None,
-    root: str | None = None,
-    checkpoint: str | None = None,
-    synthetic_run: str | None = None,
-    synthetic_per_class: int | None = None,
-) -> dict:
-    """Evaluate DiffewS on one (dataset, fold) from a DiffewS config file; synthetic_run (e.g. the nightly
-    regeneration's folder) adds the KR+NS setting with synthetic_per_class (default: the file's) samples."""
-    more = {
-        "eval.shots": shots,
-        "eval.checkpoint": checkpoint,
-        "eval.synthetic_run": synthetic_run,
-        "eval.synthetic_per_class": synthetic_per_class,
-    }
-    return eval_diffews(config=load_diffews_config(config_path, _overrides(dataset, fold, root, **more)))
-
-
-@flow(name="train-maskdiff", log_prints=True)
-def train_maskdiff_fold(
-    config_path: str,
-    dataset: str,
-    fold: int,
-    root: str | None = None,
-    shots: int | None = None,
-    data_seed: int | None = None,
-    synthetic_runs: list[str] | None = None,
-    evaluate: bool = True,
-) -> dict:
-    """Train MaskDiff's base and K-shot stages on one (dataset, fold), then (evaluate) score it into the table;
-    synthetic_runs names maskforge runs whose novel-class samples add K-shot instances."""
-    more = {
-        "finetune.shots": shots,
-        "finetune.data_seed": data_seed,
-        "finetune.synthetic_runs": list(synthetic_runs) if synthetic_runs else None,
-    }
-    config = load_maskdiff_config(config_path, _overrides(dataset, fold, root, **more))
-    return train_eval_maskdiff(config=config) if evaluate else train_maskdiff(config=config)
-
-
-@flow(name="eval-maskdiff", log_prints=True)
-def eval_maskdiff_fold(
-    config_path: str,
-    dataset: str,
-    fold: int,
-    root: str | None = None,
-    shots: int | None = None,
-    data_seed: int | None = None,
-) -> dict:
-    """Evaluate MaskDiff's K-shot stage of one (dataset, fold, K, data seed): COCO AP into the benchmark table."""
-    more = {"finetune.shots": shots, "finetune.data_seed": data_seed}
-    return eval_maskdiff(config=load_maskdiff_config(config_path, _overrides(dataset, fold, root, **more)))
+#: The learners' entry points, by function name (prefect.yaml: flows/deployments.py:train_hsnet_fold, ...).
+ENTRYPOINTS = {spec.function: entrypoint(one, spec) for one in learners() for spec in one.deployments}
+globals().update(ENTRYPOINTS)

@@ -23,6 +23,7 @@ from maskforge.storage.results import HSNET_PROTOCOL, code_version, row_metric, 
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
 from maskforge.tasks.charts import percent
+from maskforge.tasks.learner import Record, Shown, table_of
 from maskforge.tasks.progress import eta
 
 #: The trivial baselines every episodic evaluation reports beside its settings.
@@ -197,3 +198,37 @@ def artifact_table(rows: list[dict], baselines: dict) -> list[dict]:
         {"setting": f"baseline: {name}", "miou": round(s["miou"] * 100, 2), "fb_iou": round(s["fb_iou"] * 100, 2)}
         for name, s in baselines.items()
     ]
+
+
+def episode_record(model: str, title: str, config_hash: str, result: dict, trend: Callable[..., str]) -> Record:
+    """What an episodic evaluation (HSNet, DiffewS) appends and publishes: a row per setting, the table artifact
+    MODEL-eval-DATASET-fFOLD with the baselines, the trend artifact MODEL-trend-DATASET-fFOLD."""
+    rows = episode_rows(model, config_hash, result)
+    where = f"{result['dataset']}-f{result['fold']}"
+    return Record(
+        rows=rows,
+        table_key=f"{model}-eval-{where}",
+        table=artifact_table(rows, result["baselines"]),
+        about=f"{title} evaluation (mIoU / FB-IoU in %), {result['episodes']} episodes",
+        trend_key=f"{model}-trend-{where}",
+        trend=trend,
+    )
+
+
+def episode_log(result: dict) -> str:
+    """The lines an episodic evaluation flow logs: mIoU and FB-IoU of each setting, in %."""
+    return "\n".join(
+        f"{name}: mIoU {100 * s['miou']:.2f}  FB-IoU {100 * s['fb_iou']:.2f}" for name, s in result["settings"].items()
+    )
+
+
+def episodes_shown(model: str, result: dict) -> Shown:
+    """What an episodic evaluation command prints: a row per setting and baseline (mIoU, FB-IoU in %), then where
+    the rows went."""
+    title = f"{model} on {result['dataset']} fold {result['fold']}: {result['episodes']} episodes"
+    pairs = list(result["settings"].items()) + [(f"baseline: {k}", v) for k, v in result["baselines"].items()]
+    rows = [
+        {"setting": name, "mIoU %": f"{100 * s['miou']:.2f}", "FB-IoU %": f"{100 * s['fb_iou']:.2f}"}
+        for name, s in pairs
+    ]
+    return table_of(title, rows, f"benchmark rows: {result['table_file']}")

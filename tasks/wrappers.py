@@ -11,6 +11,7 @@ import errno
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from maskforge.tasks.benchmark import overview_markdown, stored_configs
 from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import FoldPlan
 from maskforge.tasks.preflight import preflight
+from maskforge.tasks.registry import learner as registered
 from maskforge.tasks.textual_inversion import learn_shot_embedding
 from maskforge.tasks.write_run import (
     finish_run,
@@ -127,6 +129,82 @@ def record_learner_results(
         description=f"Every learner's newest rows of {result['dataset']} fold {result['fold']} in {results_dir}",
     )
     return {"table_file": url, "rows": rows}
+
+
+def _named(fn: Callable, name: str, doc: str, config_class: type) -> Callable:
+    """Give a built task's function its name, docstring and the config class its first argument is typed with (what
+    Prefect shows and validates)."""
+    fn.__name__ = fn.__qualname__ = name.replace("-", "_")
+    fn.__doc__ = doc
+    fn.__annotations__ = {**fn.__annotations__, "config": config_class}
+    return fn
+
+
+@cache
+def stage_task(learner: str, key: str) -> Task:
+    """The Prefect task of a learner's stage (its declaration's stages[key], tasks/learner.py): one coarse task named
+    by the declaration, holding the GPU slot for the whole stage (a stage with gpu=False: fn(config, *inputs))."""
+    spec = registered(learner)
+    stage = spec.stages[key]
+    # the stage function is imported when the task runs (its module pulls torch), and looked up each time
+    if stage.gpu:
+
+        def run(config: Any) -> dict:
+            return run_learner_stage(spec.ref(stage.fn), config)
+
+    else:
+
+        def run(config: Any, *inputs: Any) -> Any:
+            return spec.ref(stage.fn)(config, *inputs)
+
+    doc = f"Prefect task: {spec.title}'s {stage.doc} ({stage.fn})."
+    return task(name=stage.task, cache_policy=NO_CACHE)(_named(run, stage.task, doc, spec.config_class))
+
+
+def check_task_name(learner: str, check: str) -> str:
+    """The task name of a pre-flight check: check_novel_eval_inputs of gfss -> check-gfss-novel-eval-inputs."""
+    what = check.removeprefix("check_").removesuffix("_inputs").replace("_", "-")
+    return f"check-{learner}-{what}-inputs"
+
+
+@cache
+def check_task(learner: str, check: str) -> Task:
+    """The Prefect task of a learner's pre-flight check (tasks/<learner>/preflight.py:<check>), a flow's first task;
+    no GPU slot: a wrong input fails in seconds, on one line."""
+    spec = registered(learner)
+
+    def run(config: Any) -> None:
+        spec.check(check)(config)
+
+    name = check_task_name(learner, check)
+    doc = f"Prefect task: {spec.title}'s pre-flight {check} (tasks/{learner}/preflight.py)."
+    return task(name=name, cache_policy=NO_CACHE)(_named(run, name, doc, spec.config_class))
+
+
+@cache
+def record_task(learner: str) -> Task:
+    """The Prefect task recording a learner's evaluation: its declaration's record(config, result) says the rows and
+    artifacts; they are appended to the benchmark table and published (record_learner_results)."""
+    spec = registered(learner)
+
+    def run(config: Any, result: dict) -> dict:
+        what = spec.ref(spec.record)(config, result)
+        return record_learner_results(
+            config.eval.results_dir,
+            what.rows,
+            result,
+            config,
+            learner=spec.title,
+            table_key=what.table_key,
+            table=what.table,
+            about=what.about,
+            trend_key=what.trend_key,
+            trend=what.trend,
+        )
+
+    name = f"record-{learner}-results"
+    doc = f"Prefect task: append {spec.title}'s evaluation rows to the benchmark table; publish its artifacts."
+    return task(name=name, cache_policy=NO_CACHE)(_named(run, name, doc, spec.config_class))
 
 
 @task(name="preflight", cache_policy=NO_CACHE)

@@ -11,17 +11,27 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maskforge.flows.deployments import _overrides, generate_fold
+from maskforge.flows.deployments import _overrides, generate_fold, parameter_overrides
 from maskforge.flows.serve import serve_env
 from maskforge.storage.reader import RunReader
 from maskforge.tasks.config import load_config
 from maskforge.tasks.diffews.config import load_diffews_config
 from maskforge.tasks.gfss.config import load_gfss_config
-from maskforge.tasks.hsnet.config import load_hsnet_config
 from maskforge.tasks.maskdiff.config import load_maskdiff_config
-from maskforge.tasks.wrappers import GPU_LIMIT_ENV, gpu_slot
+from maskforge.tasks.registry import learner as registered
+from maskforge.tasks.registry import learners
+from maskforge.tasks.wrappers import GPU_LIMIT_ENV, gpu_slot, stage_task
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def tfa_overrides(func: str, params: dict) -> dict:
+    """The config overrides a TFA-split entry point makes of a deployment's parameters (data_seeds, retries: flow
+    arguments)."""
+    learner = registered("maskdiff")
+    spec = next(d for d in learner.deployments if d.function == func)
+    values = {p.name: params.get(p.name, p.default) for p in spec.params}
+    return parameter_overrides(learner, spec, values)[0]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +90,7 @@ def test_one_deployment_per_dataset_fold(deployments):
         assert deployments[name]["parameters"]["round"] == "scheduled"
     for name in tfa:  # TFA's split has no fold axis: no fold or dataset parameter
         d = deployments[name]
-        assert d["entrypoint"].startswith("flows/maskdiff_deployments.py:") and "fold" not in d["parameters"]
+        assert d["entrypoint"].startswith("flows/deployments.py:") and "fold" not in d["parameters"]
         assert d["parameters"]["config_path"] == "configs/maskdiff-tfa.yaml" and "dataset" not in d["parameters"]
     assert deployments["maskdiff-draws-coco-tfa"]["parameters"]["data_seeds"] == "0-9"
     for name in maskdiff:  # per (dataset, fold); K and the data seed are parameters
@@ -142,13 +152,8 @@ def test_entrypoints_take_their_parameters_and_configs_validate(deployments):
                 params["fold"],
                 5,
             )
-        if d["entrypoint"].startswith("flows/maskdiff_deployments.py"):
-            from maskforge.flows.maskdiff_deployments import _tfa_overrides
-
-            more = {"finetune.shots": params["shots"]}
-            config = load_maskdiff_config(
-                ROOT / params["config_path"], _tfa_overrides(None, params.get("voc_root"), **more)
-            )
+        if func.endswith("_tfa") or func.endswith("_tfa_draws"):
+            config = load_maskdiff_config(ROOT / params["config_path"], tfa_overrides(func, params))
             assert (config.split, config.dataset.name, config.finetune.shots) == ("tfa", "coco", 5)
             assert config.eval.split == ("voc2012-val" if "voc_root" in params else "minival")
         if func.startswith("train_gfss"):
@@ -195,40 +200,33 @@ def test_gpu_slot_is_strict(monkeypatch, prefect_harness):
         pass
 
 
-LEARNER_STAGES = [
-    ("hsnet", "train_hsnet_task", "train_hsnet", load_hsnet_config, "hsnet-toy.yaml"),
-    ("hsnet", "eval_hsnet_task", "eval_hsnet", load_hsnet_config, "hsnet-toy.yaml"),
-    ("gfss", "train_gfss_base_task", "train_gfss_base", load_gfss_config, "gfss-toy.yaml"),
-    ("gfss", "train_gfss_novel_task", "train_gfss_novel", load_gfss_config, "gfss-toy.yaml"),
-    ("gfss", "eval_gfss_task", "eval_gfss", load_gfss_config, "gfss-toy.yaml"),
-    ("diffews", "train_diffews_task", "train_diffews", load_diffews_config, "diffews-toy.yaml"),
-    ("diffews", "eval_diffews_task", "eval_diffews", load_diffews_config, "diffews-toy.yaml"),
-    ("maskdiff", "train_maskdiff_base_task", "train_maskdiff_base", load_maskdiff_config, "maskdiff-toy.yaml"),
-    ("maskdiff", "train_maskdiff_finetune_task", "train_maskdiff_finetune", load_maskdiff_config, "maskdiff-toy.yaml"),
-    ("maskdiff", "eval_maskdiff_task", "eval_maskdiff", load_maskdiff_config, "maskdiff-toy.yaml"),
-]
+#: Every registered learner's GPU stages (the declared ones: a new learner is covered without editing this test).
+LEARNER_STAGES = [(one.name, key) for one in learners() for key, stage in one.stages.items() if stage.gpu]
+
+
+def test_every_learner_declares_its_gpu_stages():
+    assert len(LEARNER_STAGES) == 10 and ("maskdiff", "finetune") in LEARNER_STAGES
 
 
 @pytest.mark.prefect
-@pytest.mark.parametrize("learner, task_name, stage_name, load, config_file", LEARNER_STAGES)
-def test_every_learner_stage_waits_for_the_gpu_slot(
-    monkeypatch, prefect_harness, learner, task_name, stage_name, load, config_file
-):
-    wrappers = importlib.import_module(f"maskforge.tasks.{learner}.wrappers")
+@pytest.mark.parametrize("learner, key", LEARNER_STAGES)
+def test_every_learner_stage_waits_for_the_gpu_slot(monkeypatch, prefect_harness, learner, key):
+    spec = registered(learner)
+    module, _, stage_name = spec.stages[key].fn.partition(":")
 
     def stage(config, log):
         raise AssertionError(f"{stage_name} ran before it held the GPU slot")
 
-    monkeypatch.setattr(wrappers, stage_name, stage)
+    monkeypatch.setattr(importlib.import_module(spec.package + module), stage_name, stage)
     monkeypatch.setenv(GPU_LIMIT_ENV, "no-such-limit")
-    config = load(ROOT / "configs" / config_file, {"run.device": "auto"})
+    config = spec.config(ROOT / "configs" / spec.example, {"run.device": "auto"})
     with pytest.raises(Exception, match="no-such-limit"):
-        getattr(wrappers, task_name).fn(config)
+        stage_task(learner, key).fn(config)
     # Work configured for the CPU does not wait for the GPU: the stage runs (here: the stand-in's error).
     monkeypatch.setattr("maskforge.tasks.wrappers.get_run_logger", lambda: logging.getLogger("test"))
-    config = load(ROOT / "configs" / config_file, {"run.device": "cpu"})
+    config = spec.config(ROOT / "configs" / spec.example, {"run.device": "cpu"})
     with pytest.raises(AssertionError, match="ran before"):
-        getattr(wrappers, task_name).fn(config)
+        stage_task(learner, key).fn(config)
 
 
 GENERATION_STAGES = [

@@ -12,12 +12,13 @@ from typer.testing import CliRunner
 
 from maskforge.flows.cli import app
 from maskforge.flows.deployments import eval_diffews_fold, train_diffews_fold
-from maskforge.flows.diffews import eval_diffews, train_diffews
+from maskforge.flows.learners import learner_flow
 from maskforge.storage.results import read_results, rows_as_dicts
 from maskforge.tasks.diffews.config import parse_diffews_config
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
+train_diffews, eval_diffews = learner_flow("train_diffews"), learner_flow("eval_diffews")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from maskforge.eval.folds import toy_fold
 from maskforge.flows.cli import app
 from maskforge.flows.generate import generate
-from maskforge.flows.hsnet import eval_hsnet, train_hsnet
+from maskforge.flows.learners import learner_flow
 from maskforge.storage.results import read_config, read_results, row_metric
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.config import parse_config
@@ -20,6 +20,7 @@ from maskforge.tasks.hsnet.train import train_hsnet as train_hsnet_fn
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
+train_hsnet, eval_hsnet = learner_flow("train_hsnet"), learner_flow("eval_hsnet")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -136,23 +136,19 @@ print("prefect imported:", any(name.split(".")[0] == "prefect" for name in sys.m
 
 
 def _flow_cases(tmp: Path):
-    """(flow module, flow name, stage task names that must not run, bad config, expected message) per learner."""
+    """(learner, flow name, bad config, expected message) per flow: no stage of the learner may start."""
     h, d, m, g = hsnet(tmp), diffews_config(tmp), maskdiff(tmp), gfss_config(tmp)
     return [
-        ("hsnet", "train_hsnet", ["train_hsnet_task"], {**h, "train": {**h["train"], "split": "nope"}},
-         "train.split: "),
-        ("hsnet", "eval_hsnet", ["eval_hsnet_task"], h, "eval.checkpoint: "),
-        ("diffews", "train_diffews", ["train_diffews_task"], {**d, "model": {**d["model"], "img_size": 36}},
-         "model.img_size: 36"),
-        ("diffews", "eval_diffews", ["eval_diffews_task"], d, "eval.checkpoint: "),
-        ("maskdiff", "train_maskdiff", ["train_maskdiff_base_task", "train_maskdiff_finetune_task"],
-         {**m, "base": {**m["base"], "split": "nope"}}, "base.split: "),
-        ("maskdiff", "eval_maskdiff", ["eval_maskdiff_task"], m, "train first"),
-        ("gfss", "train_gfss_base", ["train_gfss_base_task"], {**g, "base": {**g["base"], "split": "nope"}},
-         "base.split: "),
-        ("gfss", "train_gfss_novel", ["train_gfss_novel_task"], g, "train it first"),
-        ("gfss", "eval_gfss", ["eval_gfss_task"], g, "has not completed"),
-        ("gfss", "gfss_novel_eval", ["train_gfss_novel_task", "eval_gfss_task"], g, "train it first"),
+        ("hsnet", "train_hsnet", {**h, "train": {**h["train"], "split": "nope"}}, "train.split: "),
+        ("hsnet", "eval_hsnet", h, "eval.checkpoint: "),
+        ("diffews", "train_diffews", {**d, "model": {**d["model"], "img_size": 36}}, "model.img_size: 36"),
+        ("diffews", "eval_diffews", d, "eval.checkpoint: "),
+        ("maskdiff", "train_maskdiff", {**m, "base": {**m["base"], "split": "nope"}}, "base.split: "),
+        ("maskdiff", "eval_maskdiff", m, "train first"),
+        ("gfss", "train_gfss_base", {**g, "base": {**g["base"], "split": "nope"}}, "base.split: "),
+        ("gfss", "train_gfss_novel", g, "train it first"),
+        ("gfss", "eval_gfss", g, "has not completed"),
+        ("gfss", "gfss_novel_eval", g, "train it first"),
     ]  # fmt: skip
 
 
@@ -162,13 +158,18 @@ def test_flows_run_the_preflight_as_their_first_task(tmp_path, monkeypatch):
     """A deployment skips the CLI: the flow's first task is the same pre-flight, so a stage task never starts."""
     import importlib
 
+    from maskforge.flows.learners import learner_flows
+    from maskforge.tasks.registry import learner
+
     started = []
-    for module_name, flow_name, stages, data, expected in _flow_cases(tmp_path):
-        module = importlib.import_module(f"maskforge.flows.{module_name}")
-        for stage in stages:
-            monkeypatch.setattr(module, stage, lambda *a, _s=stage, **k: started.append(_s))
+    for name, flow_name, data, expected in _flow_cases(tmp_path):
+        spec = learner(name)
+        for stage in spec.stages.values():  # every stage function of the learner, where its task looks it up
+            module, _, function = stage.fn.partition(":")
+            target = importlib.import_module(spec.package + module)
+            monkeypatch.setattr(target, function, lambda *a, _s=function, **k: started.append(_s))
         with pytest.raises(Exception, match=re.escape(expected)):
-            getattr(module, flow_name)(config=data)
+            learner_flows(name)[flow_name](config=data)
         assert not started, (flow_name, started)
 
 

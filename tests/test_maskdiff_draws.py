@@ -126,10 +126,10 @@ def test_cli_refuses_bad_data_seeds_on_one_line():
 
 @pytest.mark.prefect
 def test_the_draws_flow_retries_reports_and_writes(prefect_harness, monkeypatch, tmp_path):
-    """flows/maskdiff.py:maskdiff_draws under Prefect: each seed's train-and-evaluate runs with its data seed, a
-    failing one is retried then reported, and the aggregate of the other is written (the retry logic itself is
-    covered without Prefect above)."""
-    from maskforge.flows import maskdiff as maskdiff_flows
+    """The flow maskdiff_draws (built from tasks/maskdiff/learner.py's Sweep) under Prefect: each seed's
+    train-and-evaluate runs with its data seed, a failing one is retried then reported, and the aggregate of the
+    other is written (the retry logic itself is covered without Prefect above)."""
+    from maskforge.flows.learners import learner_flows
 
     seen: list[int] = []
 
@@ -139,9 +139,9 @@ def test_the_draws_flow_retries_reports_and_writes(prefect_harness, monkeypatch,
             raise RuntimeError("no GPU left")
         return fake_result([0.1, 0.3], 0.2)
 
-    monkeypatch.setattr(maskdiff_flows, "train_eval_maskdiff", fake_train_eval)
+    monkeypatch.setitem(learner_flows("maskdiff"), "train_eval_maskdiff", fake_train_eval)
     config = load_maskdiff_config(ROOT / "configs" / "maskdiff-tfa.yaml", {"eval.results_dir": str(tmp_path)})
-    report = maskdiff_flows.maskdiff_draws(config=config, data_seeds=[0, 1], retries=1)
+    report = learner_flows("maskdiff")["maskdiff_draws"](config=config, data_seeds=[0, 1], retries=1)
     assert seen == [0, 1, 1] and report["draws"] == 1 and report["failed"][0]["data_seed"] == 1
     data = json.loads(Path(report["draws_file"]).read_text())
     assert data["failed"][0]["error"] == "RuntimeError: no GPU left" and not data["complete"]

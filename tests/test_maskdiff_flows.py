@@ -9,12 +9,13 @@ from typer.testing import CliRunner
 
 from maskforge.flows.cli import app
 from maskforge.flows.deployments import eval_maskdiff_fold, train_maskdiff_fold
-from maskforge.flows.maskdiff import eval_maskdiff, train_maskdiff
+from maskforge.flows.learners import learner_flow
 from maskforge.storage.results import read_results, rows_as_dicts
 from maskforge.tasks.maskdiff.config import parse_maskdiff_config
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
+train_maskdiff, eval_maskdiff = learner_flow("train_maskdiff"), learner_flow("eval_maskdiff")
 #: few detections and samplings keep evaluation to seconds
 EVAL = {"sampling_seeds": 2, "max_images": 6, "score_threshold": 0.0, "batch_images": 6}
 HEAD = {"arch": "tiny", "size": 32, "sampler": "ddim", "ddim_steps": 2}

@@ -204,7 +204,7 @@ def main() -> None:
         params = {**params, "round": 1}
         run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params}).json()
         wait_for(base, run, args.timeout)
-        wait_for_deployment_runs(base, "chain-hsnet-eval-toy-f0", 2, args.timeout)
+        chained = wait_for_deployment_runs(base, "chain-hsnet-eval-toy-f0", 2, args.timeout)
         today = time.strftime("%Y%m%d", time.gmtime())
 
         def latest(prefix: str) -> dict:
@@ -273,6 +273,20 @@ def main() -> None:
             # every learner's record task republishes it; MaskDiff's, last here, from its own results folder
             "benchmark": (latest("benchmark-toy-f0"), ["Benchmark: toy fold 0", "fsis-coco", "segm_ap_novel %"]),
         }
+        # the chain's flow runs in the UI, each triggered on its own round's run (the event's URL as synthetic_run)
+        chained = sorted(chained, key=lambda r: r["created"])[:2]
+        if len({r["parameters"]["synthetic_run"] for r in chained}) != 2:
+            sys.exit(f"ui-check: the chain's two runs name {[r['parameters']['synthetic_run'] for r in chained]}")
+        for i, run in enumerate(chained):
+            url = f"{base}/runs/flow-run/{run['id']}"
+            needles = [run["name"], "eval-hsnet-fold"]
+            dom = chromium(url, "--dump-dom")
+            (out / f"chain-run-{i}.html").write_text(dom)
+            missing = [n for n in needles if n not in dom]
+            if missing:
+                sys.exit(f"ui-check: {url} rendered without {missing} (DOM in {out / f'chain-run-{i}.html'})")
+            chromium(url, f"--screenshot={(out / f'chain-run-{i}.png').resolve()}", "--window-size=1400,1000")
+            print(f"chain run {i}: {url} renders {needles}")
         for name, (artifact, needles) in checks.items():
             url = f"{base}/v2/artifacts/artifact/{artifact['id']}"
             dom = chromium(url, "--dump-dom")

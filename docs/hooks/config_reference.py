@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from pathlib import Path
 
 from mkdocs.structure.files import File, Files
 from pydantic import BaseModel
@@ -18,11 +19,10 @@ from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from maskforge.models.toy_train_config import ToyTrainConfig
 from maskforge.tasks.config import MaskforgeConfig
-from maskforge.tasks.diffews.config import DiffewsConfig
-from maskforge.tasks.gfss.config import GfssConfig
-from maskforge.tasks.hsnet.config import HsnetConfig
-from maskforge.tasks.maskdiff.config import MaskdiffConfig
+from maskforge.tasks.registry import learners
 
+#: The shipped config files (the repository's configs/ folder).
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 #: The generated page's path inside the site.
 PAGE = "configuration.md"
 
@@ -33,10 +33,16 @@ KINDS: tuple[tuple[str, type[BaseModel], str], ...] = (
         MaskforgeConfig,
         "`maskforge generate CONFIG`; `configs/demo.yaml`, `configs/{pascal,coco,fss}.yaml`",
     ),
-    ("HSNet", HsnetConfig, "`maskforge hsnet train|eval CONFIG`; `configs/hsnet-toy.yaml`"),
-    ("GFSS", GfssConfig, "`maskforge gfss train-base|train-novel|eval CONFIG`; `configs/gfss-{toy,pascal,coco}.yaml`"),
-    ("DiffewS", DiffewsConfig, "`maskforge diffews train|eval CONFIG`; `configs/diffews-{toy,pascal,coco}.yaml`"),
-    ("MaskDiff", MaskdiffConfig, "`maskforge maskdiff train|eval CONFIG`; `configs/maskdiff-{toy,coco}.yaml`"),
+    # every registered learner's config kind (tasks/registry.py), with its commands and its config files
+    *(
+        (
+            one.title,
+            one.config_class,
+            f"`{one.commands_line()} CONFIG`; "
+            + ", ".join(f"`configs/{p.name}`" for p in sorted(CONFIGS.glob(f"{one.name}-*.yaml"))),
+        )
+        for one in learners()
+    ),
     (
         "Toy training",
         ToyTrainConfig,

@@ -15,11 +15,14 @@ from maskforge.tasks.diffews.model import autocast_dtype, device_of, embedding_s
 from maskforge.tasks.diffews.preflight import check_eval_inputs, check_trained_size
 from maskforge.tasks.episode_results import (
     choose_synthetic,
+    episode_record,
     episode_rows,
     episode_trend,
+    episodes_shown,
     open_episodes,
     score_episodes,
 )
+from maskforge.tasks.learner import Record, Shown
 
 #: The backbone column of DiffewS rows in the benchmark table.
 BACKBONE = "sd-unet"
@@ -125,6 +128,16 @@ def _evaluate(config: DiffewsConfig, log: Callable[[str], None]) -> dict:
 def benchmark_rows(config: DiffewsConfig, result: dict) -> list[dict]:
     """Return the benchmark-table rows of an evaluation: one per setting (KR, and KR+NS with synthetic supports)."""
     return episode_rows("diffews", config.hash(), result)
+
+
+def record(config: DiffewsConfig, result: dict) -> Record:
+    """What an evaluation appends and publishes (the learner protocol's record): rows, table and trend artifacts."""
+    return episode_record("diffews", "DiffewS", config.hash(), result, trend_markdown)
+
+
+def show(result: dict) -> Shown:
+    """What `maskforge diffews eval` prints: the settings' and baselines' scores, then where the rows went."""
+    return episodes_shown("DiffewS", result)
 
 
 def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:

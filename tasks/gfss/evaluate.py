@@ -24,6 +24,7 @@ from maskforge.tasks.charts import percent
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.feed import normalize
 from maskforge.tasks.gfss.preflight import NOVEL_MANIFEST, check_eval_inputs, open_fold
+from maskforge.tasks.learner import Record, Shown, table_of
 from maskforge.tasks.progress import eta
 
 #: Val splits up to this many images are decoded once and kept for every (run, step) checkpoint.
@@ -172,6 +173,40 @@ def summary_table(result: dict) -> list[dict]:
         {"setting": result["setting"], "report": "last step"}
         | {"base mIoU": cell("base_miou_last"), "novel mIoU": cell("novel_miou_last"), "HM": cell("hm_last")},
     ]
+
+
+def record(config: GfssConfig, result: dict) -> Record:
+    """What an evaluation appends and publishes (the learner protocol's record): its row, the summary table artifact
+    and the trend artifact."""
+    key = f"gfss-{result['dataset']}-f{result['fold']}-{result['shots']}shot"
+    return Record(
+        rows=benchmark_rows(config, result),
+        table_key=f"{key}-{result['setting'].replace('+', '-')}",
+        table=summary_table(result),
+        about=f"GFSS {result['setting']} (%, mean ± std over {len(result['runs'])} run seeds)",
+        trend_key=f"{key}-trend",
+        trend=trend_markdown,
+    )
+
+
+def log_line(result: dict) -> str:
+    """The line the evaluation flow logs: PIFS-average base, novel and HM in %."""
+    s = result["summary"]
+    return (
+        f"{result['setting']}: base {100 * s['base_miou']:.2f}  novel {100 * s['novel_miou']:.2f}  "
+        f"HM {100 * s['hm']:.2f} (PIFS average, {len(result['runs'])} runs)"
+    )
+
+
+def show(result: dict) -> Shown:
+    """What `maskforge gfss eval` prints: base / novel / HM (mean ± std over run seeds) per report, then the rows."""
+    title = (
+        f"GFSS {result['setting']} on {result['dataset']} fold {result['fold']}, {result['shots']}-shot: "
+        f"{result['images']} images, {len(result['runs'])} run seeds (mean ± std, %)"
+    )
+    columns = ("report", "base mIoU", "novel mIoU", "HM")
+    rows = [{c: row[c] for c in columns} for row in summary_table(result)]
+    return table_of(title, rows, f"benchmark rows: {result['table_file']}")
 
 
 def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:

@@ -14,13 +14,16 @@ from maskforge.models.hsnet.segmenter import HSNetSegmenter, SupportState, vote_
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.episode_results import (
     choose_synthetic,
+    episode_record,
     episode_rows,
     episode_trend,
+    episodes_shown,
     open_episodes,
     score_episodes,
 )
 from maskforge.tasks.hsnet.config import HsnetConfig
 from maskforge.tasks.hsnet.preflight import check_checkpoint, check_eval_inputs
+from maskforge.tasks.learner import Record, Shown
 
 
 def load_segmenter(config: HsnetConfig) -> tuple[HSNetSegmenter, str]:
@@ -99,6 +102,16 @@ def _evaluate(config: HsnetConfig, log: Callable[[str], None]) -> dict:
 def benchmark_rows(config: HsnetConfig, result: dict) -> list[dict]:
     """Return the benchmark-table rows of an evaluation: one per setting (KR, and KR+NS with synthetic supports)."""
     return episode_rows("hsnet", config.hash(), result)
+
+
+def record(config: HsnetConfig, result: dict) -> Record:
+    """What an evaluation appends and publishes (the learner protocol's record): rows, table and trend artifacts."""
+    return episode_record("hsnet", "HSNet", config.hash(), result, trend_markdown)
+
+
+def show(result: dict) -> Shown:
+    """What `maskforge hsnet eval` prints: the settings' and baselines' scores, then where the rows went."""
+    return episodes_shown(f"HSNet {result['backbone']}", result)
 
 
 def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:

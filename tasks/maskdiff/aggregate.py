@@ -25,6 +25,7 @@ import numpy as np
 
 from maskforge.storage.fs import atomic_write_bytes, join
 from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.learner import Shown, table_of
 from maskforge.tasks.maskdiff.config import MaskdiffConfig
 
 #: Class subsets and COCO numbers aggregated (tasks/maskdiff/evaluate.py's SUBSETS and AP_KEYS).
@@ -184,3 +185,26 @@ def write_draws(config: MaskdiffConfig, report: dict) -> str:
     }
     atomic_write_bytes(url, json.dumps(payload, indent=2, default=str).encode())
     return url
+
+
+def study_name(config: MaskdiffConfig) -> str:
+    """What a draws study is of: "MaskDiff SPLIT K-shot on EVAL_SPLIT"."""
+    return f"MaskDiff {config.split} {config.finetune.shots}-shot on {config.eval.split}"
+
+
+def study_caption(report: dict, config: MaskdiffConfig) -> str:
+    """The draws flow's closing line: the study, draws completed, failed seeds (draws_caption)."""
+    return draws_caption(report, study_name(config))
+
+
+def show_draws(report: dict, config: MaskdiffConfig) -> Shown:
+    """What `maskforge maskdiff eval --data-seeds` prints: the draws table, the caption and the report's location; a
+    problem (exit 1) when a seed failed (it is in the report)."""
+    problem = None
+    if report["failed"]:
+        problem = f"{len(report['failed'])} data seed(s) failed; see {report['draws_file']}"
+    caption = (study_caption(report, config), f"draws report: {report['draws_file']}")
+    rows = draws_table(report)
+    title = f"{study_name(config)}: mean ± std over draws, segm std over samplings (%)" if rows else ""
+    shown = table_of(title, rows, *caption)
+    return Shown(shown.lines, shown.title, shown.rows, problem)

@@ -34,6 +34,7 @@ from maskforge.storage.marked_folder import MarkedFolderError, read_marked_folde
 from maskforge.storage.results import FSIS_PROTOCOL, code_version, row_metric, rows_as_dicts
 from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks import charts
+from maskforge.tasks.learner import Record, Shown, table_of
 from maskforge.tasks.maskdiff.config import VOC_SPLIT, MaskdiffConfig
 from maskforge.tasks.maskdiff.preflight import (
     DETECTOR_FILE,
@@ -472,6 +473,39 @@ def summary_table(result: dict) -> list[dict]:
             }
         )
     return rows
+
+
+def record(config: MaskdiffConfig, result: dict) -> Record:
+    """What an evaluation appends and publishes (the learner protocol's record): its row, the summary table artifact
+    (one per data seed) and the trend artifact."""
+    key = f"maskdiff-{result['dataset']}-f{result['fold']}-{result['shots']}shot"
+    return Record(
+        rows=benchmark_rows(config, result),
+        table_key=f"{key}-s{result['data_seed']}",
+        table=summary_table(result),
+        about=f"MaskDiff COCO AP (%, segm mean ± std over {result['sampling_seeds']} samplings)",
+        trend_key=f"{key}-trend",
+        trend=trend_markdown,
+    )
+
+
+def log_line(result: dict) -> str:
+    """The line the evaluation flow logs: novel segm AP ± std over samplings, in %."""
+    novel = result["segm"]["novel"]
+    return f"novel segm AP {100 * novel['ap']:.2f} ± {100 * novel['ap_std']:.2f} ({result['sampling_seeds']} samplings)"
+
+
+def show(result: dict) -> Shown:
+    """What `maskforge maskdiff eval` prints: segm and bbox AP per class subset, titled with the benchmark it is on
+    (TFA's split names its K-shot source), then where the row went."""
+    where = f"fold {result['fold']}"
+    if result.get("class_split") == "tfa":
+        where = f"TFA's split ({result['split']}, K-shot set: {result['kshot_source']})"
+    title = (
+        f"MaskDiff on {result['dataset']} {where}, {result['shots']}-shot (data seed "
+        f"{result['data_seed']}): {result['images']} images, {result['sampling_seeds']} samplings (%)"
+    )
+    return table_of(title, summary_table(result), f"benchmark rows: {result['table_file']}")
 
 
 def trend_markdown(table, dataset: str, fold: int, shots: int, last: int = 20) -> str:
