@@ -17,7 +17,7 @@ from maskforge.models.gfss.checkpoint import load_gfss, save_gfss
 from maskforge.models.gfss.network import GfssSpec, build_gfss, masked_average_pool
 from maskforge.storage.results import append_results, read_results
 from maskforge.storage.yaml_config import ConfigError
-from maskforge.tasks.gfss.base import base_schedule, train_gfss_base, train_steps
+from maskforge.tasks.gfss.base import train_gfss_base, train_steps
 from maskforge.tasks.gfss.config import parse_gfss_config
 from maskforge.tasks.gfss.evaluate import benchmark_rows, eval_gfss, score_checkpoint, trend_markdown
 from maskforge.tasks.gfss.feed import BaseFeed, NovelData, NovelFeed, normalize
@@ -30,7 +30,7 @@ from maskforge.tasks.gfss.novel import (
     replay_buffer,
     train_gfss_novel,
 )
-from maskforge.tasks.gfss.preflight import base_image_ids, open_fold
+from maskforge.tasks.gfss.preflight import base_image_ids, base_schedule, open_fold
 
 TOY = {"seed": 0, "image_size": 48, "n_train": 80, "n_val": 6}
 FOLD = toy_fold(0)

@@ -96,6 +96,8 @@ def bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["gfss", "train-novel", write(tmp / "g5.yaml", {**g, "novel": {**g["novel"], "shots": 50}})],
          "novel.shots: 50 shots of class 1"),
         (["gfss", "eval", write(tmp / "g6.yaml", g)], "has not completed"),
+        (["gfss", "train-base", write(tmp / "g7.yaml", {**g, "base": {**g["base"], "steps": 0, "batch_size": 1024}})],
+         "base.batch_size: 1024 is more than the "),
     ]  # fmt: skip
 
 

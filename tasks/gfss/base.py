@@ -18,10 +18,9 @@ from maskforge.models.gfss.network import GfssNet, GfssSpec, build_gfss, set_tra
 from maskforge.models.hsnet.backbone import TinySpec
 from maskforge.models.train_state import TrainState, clear_resume_states
 from maskforge.storage.fs import atomic_write_bytes, join, read_bytes
-from maskforge.storage.yaml_config import ConfigError
 from maskforge.tasks.gfss.config import GfssConfig
 from maskforge.tasks.gfss.feed import BaseFeed, make_loader
-from maskforge.tasks.gfss.preflight import BASE_CHECKPOINT, check_base_inputs
+from maskforge.tasks.gfss.preflight import BASE_CHECKPOINT, base_schedule, check_base_inputs
 from maskforge.tasks.progress import eta
 
 BASE_LOG = "train.json"
@@ -37,25 +36,6 @@ def model_spec(config: GfssConfig, num_classes: int) -> GfssSpec:
 def poly_lr(base_lr: float, step: int, total: int, power: float) -> float:
     """Polynomial decay: base_lr * (1 - step / total) ** power (step counted from 0)."""
     return base_lr * (1 - step / total) ** power
-
-
-def base_schedule(config: GfssConfig, base_images: int) -> tuple[int, int]:
-    """Return (steps, steps per lr update) of the base stage.
-
-    base.steps 0 (GAPS): epochs x (base_images // batch_size) steps (the last partial batch dropped), the poly lr
-    updated once per epoch; base.steps N: N steps, updated every step. Fewer base images than one batch is a
-    ConfigError.
-    """
-    b = config.base
-    if b.steps:
-        return b.steps, 1
-    per_epoch = base_images // b.batch_size
-    if per_epoch < 1:
-        raise ConfigError(
-            f"base.batch_size: {b.batch_size} is more than the {base_images} base images; an epoch would have no "
-            "full batch (set a smaller batch or base.steps)"
-        )
-    return b.epochs * per_epoch, per_epoch
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:

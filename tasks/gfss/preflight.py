@@ -52,6 +52,25 @@ def base_image_ids(dataset: SegDataset, split: str, fold: Fold) -> list[str]:
     return [i for i in dataset.image_ids(split) if i not in novel_images]
 
 
+def base_schedule(config: GfssConfig, base_images: int) -> tuple[int, int]:
+    """Return (steps, steps per lr update) of the base stage.
+
+    base.steps 0 (GAPS): epochs x (base_images // batch_size) steps (the last partial batch dropped), the poly lr
+    updated once per epoch; base.steps N: N steps, updated every step. Fewer base images than one batch is a
+    ConfigError.
+    """
+    b = config.base
+    if b.steps:
+        return b.steps, 1
+    per_epoch = base_images // b.batch_size
+    if per_epoch < 1:
+        raise ConfigError(
+            f"base.batch_size: {b.batch_size} is more than the {base_images} base images; an epoch would have no "
+            "full batch (set a smaller batch or base.steps)"
+        )
+    return b.epochs * per_epoch, per_epoch
+
+
 def check_base_inputs(config: GfssConfig) -> BaseInputs | None:
     """Check what train_gfss_base needs; return None when the base folder is already trained (it is reused as is).
 
@@ -86,11 +105,7 @@ def check_base_inputs(config: GfssConfig) -> BaseInputs | None:
             f"base.split: every image of {dataset.name} split {b.split!r} holds a novel class of fold {fold.index}; "
             "the base set is empty"
         )
-    if not b.steps and len(ids) < b.batch_size:
-        raise ConfigError(
-            f"base.batch_size: {b.batch_size} is more than the {len(ids)} base images; an epoch would have no full "
-            "batch (set a smaller batch or base.steps)"
-        )
+    base_schedule(config, len(ids))  # an epoch schedule needs one full batch of them
     return BaseInputs(dataset, fold, ids)
 
 
