@@ -187,7 +187,8 @@ class Learner:
     how tables name it; config: its YAML config loader (config files take run selectors in the config class's
     RUN_FIELDS: how it takes synthetic runs); protocol: the benchmark protocol its rows are scored by
     (storage/results.py); stages, flows, record (a reference to record(config, result) -> Record), errors (references
-    to the exception classes its commands report on one line), commands, load, deployments."""
+    to the exception classes its commands report on one line), commands, load, deployments; chain: the deployment
+    entry point the nightly chain triggers on a new run, which takes it as `synthetic_run` (docs/operations.md)."""
 
     name: str
     title: str
@@ -202,6 +203,7 @@ class Learner:
     record: str
     commands: tuple[Command, ...]
     deployments: tuple[Deployment, ...] = ()
+    chain: str | None = None
     load: Inspect | None = None
     errors: tuple[str, ...] = ()
     out_help: str = "Parent folder of training runs (overrides run.out_dir)."

@@ -14,7 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from maskforge.flows.cli import app
-from maskforge.flows.deployments import ENTRYPOINTS, entrypoint
+from maskforge.flows.deployments import ENTRYPOINTS, entrypoint, parameter_overrides
 from maskforge.flows.learner_cli import learner_app
 from maskforge.flows.learners import learner_flows
 from maskforge.storage.results import read_results, rows_as_dicts
@@ -231,3 +231,36 @@ def test_a_fifth_learner_gets_its_cli_group_flows_and_entry_point_from_one_regis
     trained = flow(config_path=str(config_file), dataset="toy", fold=0, evaluate=False)
     assert trained["checkpoint"] == "echo.ckpt"
     assert len(read_results(str(results))) == 2  # the second run trained only
+
+
+@pytest.mark.parametrize("name", list(registry.LEARNERS))
+def test_every_learner_is_started_by_the_chain_the_same_way(name):
+    """The nightly chain's trigger passes the new run's URL as `synthetic_run` (prefect.yaml's on_run_* anchors):
+    each learner's chain entry point takes it into one of the config keys that take runs, after any others."""
+    learner = registry.learner(name)
+    (spec,) = [d for d in learner.deployments if d.function == learner.chain]
+    params = {p.name: p for p in spec.params}
+    assert params["synthetic_run"].key in learner.run_fields()
+    values = {p.name: p.default for p in spec.params} | {"dataset": "toy", "fold": 0, "synthetic_run": "/runs/new"}
+    if "synthetic_runs" in params:
+        values["synthetic_runs"] = ["/runs/old"]
+    overrides, _ = parameter_overrides(learner, spec, values)
+    expected = ["/runs/old", "/runs/new"] if "synthetic_runs" in params else "/runs/new"
+    assert overrides[params["synthetic_run"].key] == expected
+    assert (overrides["dataset.name"], overrides["dataset.fold"]) == ("toy", 0)
+
+
+def test_deployment_parameters_left_empty_keep_the_files_values_and_to_parameters_set_several_keys():
+    learner = registry.learner("maskdiff")
+    spec = next(d for d in learner.deployments if d.function == "maskdiff_tfa_draws")
+    values = {p.name: p.default for p in spec.params} | {"voc_root": "/voc", "data_seeds": "0-2,5"}
+    overrides, flow_args = parameter_overrides(learner, spec, values)
+    assert overrides == {"eval.split": "voc2012-val", "eval.voc_root": "/voc"}
+    assert flow_args == {"data_seeds": [0, 1, 2, 5], "retries": 1}
+    spec = next(d for d in learner.deployments if d.function == "train_maskdiff_fold")
+    values = {p.name: p.default for p in spec.params} | {"dataset": "coco", "fold": 2, "synthetic_runs": [], "shots": 0}
+    assert parameter_overrides(learner, spec, values)[0] == {
+        "dataset.name": "coco",
+        "dataset.fold": 2,
+        "finetune.shots": 0,  # 0 is a value (the config refuses it), not "not given"
+    }

@@ -60,6 +60,7 @@ LEARNER = Learner(
         ),
     ),
     record=".evaluate:record",
+    chain="eval_diffews_fold",
     errors=(
         "maskforge.models.diffews.checkpoint:DiffewsCheckpointError",
         "maskforge.models.loading:ModelLoadError",

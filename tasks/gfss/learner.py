@@ -89,6 +89,7 @@ LEARNER = Learner(
         ),
     ),
     record=".evaluate:record",
+    chain="train_gfss_novel_fold",
     errors=(
         "maskforge.models.gfss.checkpoint:GfssCheckpointError",
         "maskforge.models.gfss.network:GfssModelError",

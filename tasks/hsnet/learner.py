@@ -49,6 +49,7 @@ LEARNER = Learner(
         ),
     ),
     record=".eval:record",
+    chain="eval_hsnet_fold",
     errors=("maskforge.models.hsnet.checkpoint:CheckpointError",),
     load=Inspect(
         ".load:load_report",

@@ -26,6 +26,8 @@ SHOTS = Param("shots", int | None, key="finetune.shots")
 DATA_SEED = Param("data_seed", int | None, key="finetune.data_seed")
 SYNTHETIC_RUNS = Param("synthetic_runs", list[str] | None, key="finetune.synthetic_runs")
 EVALUATE = Param("evaluate", bool, True)
+#: One more run (the nightly chain passes the new run's URL here), after synthetic_runs.
+SYNTHETIC_RUN = Param("synthetic_run", str | None, key="finetune.synthetic_runs", append=True)
 #: COCO -> VOC: a voc_root switches evaluation to VOC2012 val.
 VOC_ROOT = Param("voc_root", str | None, to=lambda root: {"eval.split": VOC_SPLIT, "eval.voc_root": root})
 TRAIN_OR_BOTH = ("evaluate", "train_maskdiff")
@@ -121,6 +123,7 @@ LEARNER = Learner(
     ),
     record=".evaluate:record",
     errors=("builtins:OSError",),
+    chain="train_maskdiff_fold",
     commands=(
         Command(
             "train",
@@ -162,9 +165,10 @@ LEARNER = Learner(
             "train_maskdiff_fold",
             "train-maskdiff",
             "Train MaskDiff's base and K-shot stages on one (dataset, fold), then (evaluate) score it into the table; "
-            "synthetic_runs names maskforge runs whose novel-class samples add K-shot instances.",
+            "synthetic_runs names maskforge runs whose novel-class samples add K-shot instances; synthetic_run, one "
+            "more (the nightly chain's trigger passes the new run's URL here).",
             "train_eval_maskdiff",
-            (DATASET, FOLD, ROOT, SHOTS, DATA_SEED, SYNTHETIC_RUNS, EVALUATE),
+            (DATASET, FOLD, ROOT, SHOTS, DATA_SEED, SYNTHETIC_RUNS, EVALUATE, SYNTHETIC_RUN),
             otherwise=TRAIN_OR_BOTH,
         ),
         Deployment(
@@ -180,7 +184,7 @@ LEARNER = Learner(
             "Train MaskDiff's base and K-shot stages on TFA's split (K, data seed), then (evaluate) score it on "
             "minival.",
             "train_eval_maskdiff",
-            (ROOT, SHOTS, DATA_SEED, SYNTHETIC_RUNS, EVALUATE),
+            (ROOT, SHOTS, DATA_SEED, SYNTHETIC_RUNS, EVALUATE, SYNTHETIC_RUN),
             otherwise=TRAIN_OR_BOTH,
         ),
         Deployment(
