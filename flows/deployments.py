@@ -86,14 +86,12 @@ def parameter_overrides(learner: Learner, spec: Deployment, values: dict) -> tup
 
 def entrypoint(learner: Learner, spec: Deployment):
     """The deployment entry point of a learner's Deployment: a flow named spec.flow_name taking config_path and the
-    declared parameters, loading the config file with their overrides and running the declared flow (or, when its
-    boolean switch is false, the `otherwise` flow)."""
+    declared parameters, loading the config file with their overrides and running the declared flow (or the first
+    `choose` flow whose switch parameter has its value)."""
 
     def run(values: dict) -> dict:
         overrides, flow_args = parameter_overrides(learner, spec, values)
-        runs = spec.runs
-        if spec.otherwise is not None and not values[spec.otherwise[0]]:
-            runs = spec.otherwise[1]
+        runs = next((flow for name, value, flow in spec.choose if values[name] == value), spec.runs)
         return learner_flow(runs)(config=learner.config(values["config_path"], overrides), **flow_args)
 
     keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD

@@ -171,14 +171,15 @@ ROOT = Param("root", str | None, None, key="dataset.root")
 class Deployment:
     """A deployment entry point of flows/deployments.py: the flow `function` (Prefect flow name `flow_name`) of
     (config_path, *params) that loads the config file with the parameters' overrides and runs the learner's flow
-    `runs`, or `otherwise[1]` when the boolean parameter `otherwise[0]` is false."""
+    `runs`, or the flow of the first (parameter, value, flow) of `choose` whose parameter has that value (switches
+    such as evaluate: false -> train only)."""
 
     function: str
     flow_name: str
     doc: str
     runs: str
     params: tuple[Param, ...]
-    otherwise: tuple[str, str] | None = None
+    choose: tuple[tuple[str, Any, str], ...] = ()
 
 
 @dataclass(frozen=True)

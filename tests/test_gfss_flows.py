@@ -33,6 +33,28 @@ def test_deployment_flows_run_base_then_novel_with_a_synthetic_run(tmp_path):
     assert row["metrics"]["hm"] == pytest.approx(result["summary"]["hm"])
 
 
+def test_the_chain_entry_point_trains_the_base_first_only_when_asked_and_only_once(tmp_path):
+    """The nightly chain's GFSS deployment (train_base: true) needs no person: with no base model it trains one,
+    then the novel stage on the run the trigger passes as synthetic_run, then evaluates; the next night reuses the
+    base. Without train_base the same config fails on its pre-flight's one line, before any stage."""
+    path = tmp_path / "gfss.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path)))
+    night = synthetic_run(str(tmp_path / "night1"))
+    with pytest.raises(Exception, match="train it first"):
+        train_gfss_novel_fold(config_path=str(path), dataset="toy", fold=0, synthetic_run=night)
+    assert not (tmp_path / "results").exists()
+    result = train_gfss_novel_fold(config_path=str(path), dataset="toy", fold=0, synthetic_run=night, train_base=True)
+    assert result["setting"] == "gaps+synthetic" and result["synthetic_runs"] == [night]
+    base_dir = next((tmp_path / "runs").glob("*base*"))
+    checkpoint = next(base_dir.glob("*.safetensors"))
+    trained_at = checkpoint.stat().st_mtime_ns
+    other = synthetic_run(str(tmp_path / "night2"))
+    again = train_gfss_novel_fold(config_path=str(path), dataset="toy", fold=0, synthetic_run=other, train_base=True)
+    assert again["synthetic_runs"] == [other] and checkpoint.stat().st_mtime_ns == trained_at  # base reused
+    rows = rows_as_dicts(read_results(str(tmp_path / "results")))
+    assert [r["synthetic_source"] for r in rows] == [night, other]
+
+
 def test_cli_train_novel_eval_and_errors(tmp_path):
     path = tmp_path / "gfss.yaml"
     path.write_text(yaml.safe_dump(config(tmp_path)))

@@ -54,7 +54,8 @@ def test_every_reference_of_a_declaration_resolves(name):
         earlier = {f.name for f in learner.flows[:i]}
         assert all(step in learner.stages or step in earlier for step in flow.steps), flow.name
     assert all(learner.flow(c.flow) for c in learner.commands)
-    assert all(learner.flow(d.runs) and (not d.otherwise or learner.flow(d.otherwise[1])) for d in learner.deployments)
+    assert all(learner.flow(d.runs) and all(learner.flow(f) for _, _, f in d.choose) for d in learner.deployments)
+    assert all(name in {p.name for p in d.params} for d in learner.deployments for name, _, _ in d.choose)
     assert set(learner.run_fields()) == {f"{s}.{n}" for s, n in learner.config_class.RUN_FIELDS}
 
 
@@ -180,7 +181,7 @@ FIFTH = {
                 Deployment(
                     "train_echo_fold", "train-echo-fold", "Train and evaluate one fold.", "train_eval_echo",
                     (DATASET, FOLD, Param("shots", int | None, key="eval.shots"), Param("evaluate", bool, True)),
-                    otherwise=("evaluate", "train_echo"),
+                    choose=(("evaluate", False, "train_echo"),),
                 ),
             ),
         )

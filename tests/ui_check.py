@@ -4,8 +4,8 @@ contact-sheet grid, the rejected samples, the score histograms and the trend cha
 novel deployments (the novel stage fed the generate run's folder), the DiffewS evaluation deployment (the shipped
 checkpoint, KR+NS from the generate run) and the MaskDiff train deployment (both stages and the evaluation, synthetic
 instances from the generate run), each with its table and trend artifacts; and the nightly chain: the generate run
-and a second round each trigger `chain-hsnet-eval-toy-f0` on their own run, and the HSNet trend lists both rounds;
-screenshots.
+and a second round each trigger `chain-hsnet-eval-toy-f0` and `chain-gfss-novel-toy-f0` (its base trained by the
+first) on their own run, the chain's HSNet runs render in the UI, and the HSNet trend lists both rounds; screenshots.
 
 Needs Debian's chromium (`apt-get install chromium`). Takes a few minutes on 2 cores (server start, the demo run).
 """
@@ -112,9 +112,9 @@ def wait_for_deployment_runs(base: str, name: str, count: int, timeout: float) -
 
 
 def generated_run_folder(runs: str) -> str:
-    """The one run folder under `runs` (beside it, the catalogue of runs)."""
-    (run,) = [p for p in Path(runs).iterdir() if p.name != "catalogue"]
-    return str(run)
+    """The newest run folder under `runs` (two rounds by then; beside them, the catalogue of runs)."""
+    folders = [p for p in Path(runs).iterdir() if p.name != "catalogue"]
+    return str(max(folders, key=lambda p: p.stat().st_mtime))
 
 
 def small_gfss_config(folder: Path) -> dict:
@@ -193,6 +193,13 @@ def main() -> None:
             if time.monotonic() > deadline:
                 sys.exit("ui-check: deployments did not appear within 300 s")
         deployment = next(d for d in deployments(base) if d["name"] == "toy-f0")
+        # the GFSS chain on a small config of its own (its first night trains the base: train_base), so the check's
+        # minutes go to the UI, not to the shipped config's 1580 base steps
+        chain_gfss = next(d for d in deployments(base) if d["name"] == "chain-gfss-novel-toy-f0")
+        chain_config = Path(tempfile.mkdtemp(prefix="maskforge-ui-chain-gfss-")) / "gfss.yaml"
+        chain_config.write_text(json.dumps(small_gfss_config(chain_config.parent)))
+        patched = {**chain_gfss["parameters"], "config_path": str(chain_config)}
+        api(base, "PATCH", f"/deployments/{chain_gfss['id']}", json={"parameters": patched})
         # a fresh output folder: the run must really generate, not report an earlier complete run
         generated_out = tempfile.mkdtemp(prefix="maskforge-ui-runs-")
         params = {**deployment["parameters"], "out_dir": generated_out}
@@ -205,6 +212,7 @@ def main() -> None:
         run = api(base, "POST", f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params}).json()
         wait_for(base, run, args.timeout)
         chained = wait_for_deployment_runs(base, "chain-hsnet-eval-toy-f0", 2, args.timeout)
+        wait_for_deployment_runs(base, "chain-gfss-novel-toy-f0", 2, args.timeout)
         today = time.strftime("%Y%m%d", time.gmtime())
 
         def latest(prefix: str) -> dict:

@@ -87,6 +87,13 @@ LEARNER = Learner(
             ("train_gfss_novel", "eval_gfss"),
             check="check_novel_eval_inputs",
         ),
+        Flow(
+            "gfss_base_novel_eval",
+            "Base stage (reused when trained), novel stage, evaluation: what the nightly chain runs, no person needed "
+            "to train the base first.",
+            ("train_gfss_base", "gfss_novel_eval"),
+            check="check_base_novel_eval_inputs",
+        ),
     ),
     record=".evaluate:record",
     chain="train_gfss_novel_fold",
@@ -148,7 +155,8 @@ LEARNER = Learner(
             "train-gfss-novel",
             "Run the GFSS novel stage of one (dataset, fold), then (evaluate) its PIFS evaluation into the results "
             "table; synthetic_runs names completed maskforge runs (or selectors like last:7:toy/0); synthetic_run, "
-            "one more (the nightly chain's trigger passes the new run's URL here).",
+            "one more (the nightly chain's trigger passes the new run's URL here); train_base (with evaluate): train "
+            "the base stage first when it is not trained (reused when it is), so a chain needs no person.",
             "gfss_novel_eval",
             (
                 DATASET,
@@ -158,8 +166,9 @@ LEARNER = Learner(
                 Param("synthetic_runs", list[str] | None, key="novel.synthetic_runs"),
                 Param("evaluate", bool, True),
                 Param("synthetic_run", str | None, key="novel.synthetic_runs", append=True),
+                Param("train_base", bool, False),
             ),
-            otherwise=("evaluate", "train_gfss_novel"),
+            choose=(("evaluate", False, "train_gfss_novel"), ("train_base", True, "gfss_base_novel_eval")),
         ),
     ),
 )

@@ -120,14 +120,15 @@ def check_base_checkpoint(config: GfssConfig) -> str:
     return path
 
 
-def check_novel_inputs(config: GfssConfig) -> bool:
+def check_novel_inputs(config: GfssConfig, after_base: bool = False) -> bool:
     """Check what train_gfss_novel needs; return False when the novel folder is complete (it is reused as is).
 
     Checks, in order: run.out_dir writable, run.device available, novel.split a split of the dataset, enough
     images holding each novel class and no other novel class for novel.shots shots (GAPS's support pool), a base
     image to paste onto (gaps, finetune), novel.synthetic_runs complete runs of this dataset, fold and world with
-    generated samples of every novel class, and the base checkpoint a file. The checkpoint's class count and
-    backbone are checked when it loads (that reads its tensors).
+    generated samples of every novel class, and (unless `after_base`: the base stage trains first in the same flow)
+    the base checkpoint a file. The checkpoint's class count and backbone are checked when it loads (that reads its
+    tensors).
     """
     n = config.novel
     if exists(join(config.novel_dir(), NOVEL_MANIFEST)):
@@ -159,7 +160,8 @@ def check_novel_inputs(config: GfssConfig) -> bool:
                 f"novel.synthetic_runs: {url} holds no generated sample of class {missing[0]}; it holds "
                 f"{held or 'no generated sample of a novel class'} (class: samples; 'real'-source scenes excluded)"
             )
-    check_base_checkpoint(config)
+    if not after_base:
+        check_base_checkpoint(config)
     return True
 
 
@@ -181,4 +183,12 @@ def check_eval_inputs(config: GfssConfig, after_novel: bool = False) -> None:
 def check_novel_eval_inputs(config: GfssConfig) -> None:
     """The pre-flight of gfss_novel_eval (novel stage, then evaluation, in one flow): both stages' inputs."""
     check_novel_inputs(config)
+    check_eval_inputs(config, after_novel=True)
+
+
+def check_base_novel_eval_inputs(config: GfssConfig) -> None:
+    """The pre-flight of gfss_base_novel_eval (the base stage when not trained, the novel stage, evaluation: what a
+    nightly chain runs with no person to train the base first): every stage's inputs before the base trains."""
+    check_base_inputs(config)
+    check_novel_inputs(config, after_base=True)
     check_eval_inputs(config, after_novel=True)

@@ -30,7 +30,8 @@ EVALUATE = Param("evaluate", bool, True)
 SYNTHETIC_RUN = Param("synthetic_run", str | None, key="finetune.synthetic_runs", append=True)
 #: COCO -> VOC: a voc_root switches evaluation to VOC2012 val.
 VOC_ROOT = Param("voc_root", str | None, to=lambda root: {"eval.split": VOC_SPLIT, "eval.voc_root": root})
-TRAIN_OR_BOTH = ("evaluate", "train_maskdiff")
+#: evaluate: false trains only.
+TRAIN_OR_BOTH = (("evaluate", False, "train_maskdiff"),)
 
 
 def show_training(report: dict) -> Shown:
@@ -169,7 +170,7 @@ LEARNER = Learner(
             "more (the nightly chain's trigger passes the new run's URL here).",
             "train_eval_maskdiff",
             (DATASET, FOLD, ROOT, SHOTS, DATA_SEED, SYNTHETIC_RUNS, EVALUATE, SYNTHETIC_RUN),
-            otherwise=TRAIN_OR_BOTH,
+            choose=TRAIN_OR_BOTH,
         ),
         Deployment(
             "eval_maskdiff_fold",
@@ -185,7 +186,7 @@ LEARNER = Learner(
             "minival.",
             "train_eval_maskdiff",
             (ROOT, SHOTS, DATA_SEED, SYNTHETIC_RUNS, EVALUATE, SYNTHETIC_RUN),
-            otherwise=TRAIN_OR_BOTH,
+            choose=TRAIN_OR_BOTH,
         ),
         Deployment(
             "eval_maskdiff_tfa",
