@@ -14,7 +14,8 @@ from maskforge.flows.cli_support import non_empty_path, non_empty_text
 from maskforge.flows.console import console, fail
 from maskforge.storage.catalogue import CatalogueError, read_catalogue, rebuild_catalogue, select_runs
 from maskforge.storage.results import ResultsError
-from maskforge.storage.retention import RetentionPolicy, plan_gc, run_gc
+from maskforge.storage.retention import RetentionPolicy
+from maskforge.tasks.retention import collect_runs
 
 runs_app = typer.Typer(
     help="The catalogue of complete generation runs: list them, rebuild it, remove old runs.", no_args_is_help=True
@@ -94,15 +95,16 @@ def runs_gc(
     _runs_folder(folder)
     tables = [str(p) for p in (results or [Path("results")])]
     try:
-        plan = plan_gc(str(folder), RetentionPolicy(keep_last, keep_days), tables)
+        report = collect_runs(
+            str(folder),
+            RetentionPolicy(keep_last, keep_days),
+            tables,
+            dry_run,
+            log=lambda line: console.print(line, soft_wrap=True),
+        )
     except (CatalogueError, ResultsError, ValueError) as err:
         fail(str(err))
-    for row in plan["in_use"]:
-        console.print(f"kept (a latest evaluation uses it): {row['url']}", soft_wrap=True)
     if dry_run:
-        for row in [*plan["half_removed"], *plan["remove"]]:
-            console.print(f"would remove {row['url']}", soft_wrap=True)
-        console.print(f"dry run: {len(plan['remove'])} run(s) would go, {len(plan['kept'])} kept by the policy")
+        console.print(f"dry run: {len(report['removed'])} run(s) would go, {len(report['kept'])} kept by the policy")
         return
-    removed = run_gc(str(folder), plan, log=lambda line: console.print(line, soft_wrap=True))
-    console.print(f"removed {len(removed)} run(s); {len(plan['kept']) + len(plan['in_use'])} kept")
+    console.print(f"removed {len(report['removed'])} run(s); {len(report['kept']) + len(report['in_use'])} kept")

@@ -26,6 +26,7 @@ from prefect.states import State
 
 from maskforge.storage.reader import RunReader
 from maskforge.storage.results import append_results, read_results, rows_as_dicts, store_config
+from maskforge.storage.retention import RetentionPolicy
 from maskforge.storage.yaml_config import HashedConfig
 from maskforge.tasks.artifacts import (
     ARTIFACT_KINDS,
@@ -42,6 +43,7 @@ from maskforge.tasks.config import MaskforgeConfig
 from maskforge.tasks.fold_plan import FoldPlan
 from maskforge.tasks.preflight import preflight
 from maskforge.tasks.registry import learner as registered
+from maskforge.tasks.retention import collect_runs
 from maskforge.tasks.textual_inversion import learn_shot_embedding
 from maskforge.tasks.write_run import (
     finish_run,
@@ -205,6 +207,14 @@ def record_task(learner: str) -> Task:
     name = f"record-{learner}-results"
     doc = f"Prefect task: append {spec.title}'s evaluation rows to the benchmark table; publish its artifacts."
     return task(name=name, cache_policy=NO_CACHE)(_named(run, name, doc, spec.config_class))
+
+
+@task(name="collect-runs", cache_policy=NO_CACHE)
+def collect_runs_task(runs_dir: str, keep_last: int, keep_days: float | None, results_dirs: list[str], dry_run: bool):
+    """Prefect task: the retention stage (tasks/retention.py) on a runs folder, each removal in the task's log; a
+    policy out of range is a ValueError before anything is read."""
+    policy = RetentionPolicy(keep_last, keep_days)
+    return collect_runs(runs_dir, policy, results_dirs, dry_run, log=get_run_logger().info)
 
 
 @task(name="preflight", cache_policy=NO_CACHE)

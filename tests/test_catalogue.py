@@ -150,3 +150,25 @@ def test_runs_ls_prints_the_catalogue_and_filters_it(runs):
     assert table.exit_code == 0 and "4 complete" in " ".join(table.output.split())
     missing = runner.invoke(app, ["runs", "ls", os.fspath(runs / "nope")])
     assert missing.exit_code == 1 and "no such folder" in missing.output
+
+
+@pytest.mark.prefect
+def test_the_scheduled_retention_flow_reports_then_removes_and_publishes(runs, tmp_path, prefect_harness):
+    """flows/retention.py:gc_runs, what the nightly `runs-gc` deployment runs: a dry run removes nothing, the real
+    one removes the oldest runs beyond the policy, and a policy out of range fails before anything is read."""
+    from prefect.client.orchestration import get_client
+
+    from maskforge.flows.retention import gc_runs
+
+    results = str(tmp_path / "results")
+    dry = gc_runs(runs_dir=str(runs), keep_last=2, results=[results], dry_run=True)
+    assert dry["removed"] == [str(runs / "a")] and (runs / "a").is_dir()
+    done = gc_runs(runs_dir=str(runs), keep_last=2, results=[results])
+    assert done["removed"] == [str(runs / "a")] and not (runs / "a").exists()
+    assert sorted(Path(url).name for url in done["kept"]) == ["b", "c", "other"]
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()
+    published = [a for a in artifact if a.key == "runs-gc"]
+    assert published and "removed 1 run(s)" in published[0].data and str(runs / "a") in published[0].data
+    with pytest.raises(ValueError, match="keep_last: expected 1 to 100000"):
+        gc_runs.fn(runs_dir=str(runs), keep_last=0, results=[results])

@@ -52,13 +52,13 @@ def test_prefect_expands_the_file_to_the_recorded_deployment_set():
     """prefect.yaml is written with `definitions` and YAML anchors (one block per flow kind, one line per dataset and
     fold); `prefect deploy --all` (what `maskforge serve` runs) must still see exactly the 79 deployments the
     longhand file held: names, entry points, parameters, work pool, tags and schedules, recorded before the rewrite,
-    plus the 4 MaskDiff deployments on TFA's split and the 2 of the nightly chain added since (issues 31 and 33;
-    recorded in the same file, with the generate deployments' `round: scheduled`)."""
+    plus the 4 MaskDiff deployments on TFA's split, the 2 of the nightly chain and the nightly retention added since
+    (issues 31 and 33; recorded in the same file, with the generate deployments' `round: scheduled`)."""
     recorded = json.loads((ROOT / "tests" / "deployments_before.json").read_text())
     loaded, actions = _prefect_loads(ROOT / "prefect.yaml")
     keys = ("entrypoint", "parameters", "work_pool", "tags", "schedules")
     expanded = {d["name"]: {k: d[k] for k in keys if k in d} for d in loaded}
-    assert len(loaded) == len(expanded) == 85  # no name twice
+    assert len(loaded) == len(expanded) == 86  # no name twice
     assert sorted(expanded) == sorted(recorded)
     differing = sorted(name for name in recorded if expanded[name] != recorded[name])
     assert not differing, [(name, expanded[name], recorded[name]) for name in differing[:3]]
@@ -69,7 +69,7 @@ def test_prefect_expands_the_file_to_the_recorded_deployment_set():
     # readable: every deployment is one line of the table (two for the HSNet evaluation), not a copied block
     text = (ROOT / "prefect.yaml").read_text()
     table = text.split("\ndeployments:\n", 1)[1]
-    assert len([line for line in table.splitlines() if line.startswith("- {")]) == 85
+    assert len([line for line in table.splitlines() if line.startswith("- {")]) == 86
     assert len(text.splitlines()) < 245 and "definitions:" in text
 
 
@@ -85,7 +85,7 @@ def test_one_deployment_per_dataset_fold(deployments):
     tfa = {"maskdiff-train-coco-tfa", "maskdiff-eval-coco-tfa", "maskdiff-eval-voc-tfa", "maskdiff-draws-coco-tfa"}
     chain = {"chain-hsnet-eval-toy-f0", "chain-gfss-novel-toy-f0"}
     hsnet = {"hsnet-train-toy-f0", "hsnet-eval-toy-f0"}
-    assert expected | hsnet | gfss | diffews | maskdiff | tfa | chain == set(deployments)
+    assert expected | hsnet | gfss | diffews | maskdiff | tfa | chain | {"runs-gc"} == set(deployments)
     for name in expected:  # nightly: each night is a new round (its scheduled date)
         assert deployments[name]["parameters"]["round"] == "scheduled"
     for name in tfa:  # TFA's split has no fold axis: no fold or dataset parameter
