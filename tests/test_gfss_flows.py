@@ -11,26 +11,13 @@ from test_gfss_stages import config, synthetic_run
 from typer.testing import CliRunner
 
 from maskforge.flows.cli import app
-from maskforge.flows.deployments import train_gfss_base_fold, train_gfss_novel_fold
+from maskforge.flows.deployments import train_gfss_novel_fold
 from maskforge.models.gfss.checkpoint import save_gfss, write_authors_layout
 from maskforge.models.gfss.network import GfssSpec, build_gfss
 from maskforge.storage.results import read_results, rows_as_dicts
 
 pytestmark = [pytest.mark.prefect, pytest.mark.usefixtures("prefect_harness")]
 runner = CliRunner()
-
-
-def test_deployment_flows_run_base_then_novel_with_a_synthetic_run(tmp_path):
-    path = tmp_path / "gfss.yaml"
-    path.write_text(yaml.safe_dump(config(tmp_path)))
-    base = train_gfss_base_fold(config_path=str(path), dataset="toy", fold=0)
-    assert Path(base["checkpoint"]).is_file()
-    syn = synthetic_run(str(tmp_path / "nightly"))
-    result = train_gfss_novel_fold(config_path=str(path), dataset="toy", fold=0, synthetic_runs=[syn])
-    assert result["setting"] == "gaps+synthetic" and Path(result["table_file"]).is_file()
-    (row,) = rows_as_dicts(read_results(str(tmp_path / "results")))
-    assert row["setting"] == "gaps+synthetic" and row["synthetic_source"] == syn and row["evaluated"] == 3
-    assert row["metrics"]["hm"] == pytest.approx(result["summary"]["hm"])
 
 
 def test_the_chain_entry_point_trains_the_base_first_only_when_asked_and_only_once(tmp_path):
@@ -45,6 +32,10 @@ def test_the_chain_entry_point_trains_the_base_first_only_when_asked_and_only_on
     assert not (tmp_path / "results").exists()
     result = train_gfss_novel_fold(config_path=str(path), dataset="toy", fold=0, synthetic_run=night, train_base=True)
     assert result["setting"] == "gaps+synthetic" and result["synthetic_runs"] == [night]
+    assert Path(result["table_file"]).is_file()
+    (row,) = rows_as_dicts(read_results(str(tmp_path / "results")))
+    assert row["setting"] == "gaps+synthetic" and row["synthetic_source"] == night and row["evaluated"] == 3
+    assert row["metrics"]["hm"] == pytest.approx(result["summary"]["hm"])
     base_dir = next((tmp_path / "runs").glob("*base*"))
     checkpoint = next(base_dir.glob("*.safetensors"))
     trained_at = checkpoint.stat().st_mtime_ns
