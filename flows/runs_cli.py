@@ -14,7 +14,7 @@ from maskforge.flows.cli_support import non_empty_path, non_empty_text
 from maskforge.flows.console import console, fail
 from maskforge.storage.catalogue import CatalogueError, read_catalogue, rebuild_catalogue, select_runs
 from maskforge.storage.results import ResultsError
-from maskforge.storage.retention import RetentionPolicy
+from maskforge.storage.retention import RetentionPolicy, parse_size
 from maskforge.tasks.retention import collect_runs
 
 runs_app = typer.Typer(
@@ -83,6 +83,9 @@ def runs_gc(
     folder: Path = typer.Argument(..., help="Runs folder (run.out_dir of generation).", parser=non_empty_path),
     keep_last: int = typer.Option(..., "--keep-last", min=1, max=100_000, help="Newest runs kept per dataset/fold."),
     keep_days: Optional[float] = typer.Option(None, "--keep-days", min=0, max=36_500, help="Keep runs this young."),
+    max_bytes: Optional[str] = typer.Option(
+        None, "--max-bytes", help="Disk budget (bytes, or 500M, 50G, 1T): older runs stay while all runs fit it."
+    ),
     results: Optional[list[Path]] = typer.Option(
         None,
         "--results",
@@ -95,9 +98,10 @@ def runs_gc(
     _runs_folder(folder)
     tables = [str(p) for p in (results or [Path("results")])]
     try:
+        budget = parse_size(max_bytes) if max_bytes is not None else None
         report = collect_runs(
             str(folder),
-            RetentionPolicy(keep_last, keep_days),
+            RetentionPolicy(keep_last, keep_days, budget),
             tables,
             dry_run,
             log=lambda line: console.print(line, soft_wrap=True),

@@ -3,8 +3,10 @@
 Nightly rounds accumulate runs. A policy keeps, per dataset and fold, the `keep_last` newest complete runs and every
 run younger than `keep_days`; of the others it removes only those that no benchmark row's *latest* evaluation
 refers to (per model, dataset, fold, shots, setting, protocol and split: its synthetic runs and every run its stored
-config names). Runs without a completion marker are never touched (one may be under way); catalogued runs are the
-only candidates.
+config names). With a disk budget (`max_bytes`) the others go oldest first only while the catalogued runs together
+take more than the budget: the budget decides how much history beyond keep_last stays (keep_last 1 and a budget is
+a pure disk policy), and a folder whose protected runs alone exceed it is reported as over budget. Runs without a
+completion marker are never touched (one may be under way); catalogued runs are the only candidates.
 
 Removal is ordered so that a kill at any point leaves nothing a reader takes for a run: a tombstone file first (the
 next gc finishes the job), then the catalogue row (no selector picks the run any more), the completion marker (no
@@ -24,6 +26,10 @@ from maskforge.storage.fs import atomic_write_bytes, exists, join, location_key,
 from maskforge.storage.results import CONFIG_DIR, read_results, rows_as_dicts
 from maskforge.storage.shards import MARKER_NAME
 
+#: The largest disk budget a policy takes (1 PiB).
+MAX_BUDGET = 2**50
+#: Binary size suffixes a budget may be written with (50G = 50 GiB).
+SIZE_SUFFIXES = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 #: The file a removal writes into a run folder first: a folder holding it is half removed, and gc finishes it.
 TOMBSTONE = ".removing"
 #: The columns that make two benchmark rows the same evaluation at two times (the newer one is "latest").
@@ -32,10 +38,12 @@ EVALUATION_KEY = ("model", "dataset", "fold", "shots", "setting", "protocol", "s
 
 @dataclass(frozen=True)
 class RetentionPolicy:
-    """Keep the keep_last newest runs per dataset and fold, and (keep_days) every run younger than that."""
+    """Keep the keep_last newest runs per dataset and fold, (keep_days) every run younger than that, and (max_bytes)
+    older runs too while all catalogued runs fit that many bytes."""
 
     keep_last: int
     keep_days: float | None = None
+    max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse a policy that would keep nothing or is out of range."""
@@ -43,6 +51,8 @@ class RetentionPolicy:
             raise ValueError(f"keep_last: expected 1 to 100000 runs per dataset and fold, got {self.keep_last}")
         if self.keep_days is not None and not 0 <= self.keep_days <= 36_500:
             raise ValueError(f"keep_days: expected 0 to 36500 days, got {self.keep_days}")
+        if self.max_bytes is not None and not 1 <= self.max_bytes <= MAX_BUDGET:
+            raise ValueError(f"max_bytes: expected 1 to {MAX_BUDGET} bytes (1 PiB), got {self.max_bytes}")
 
 
 def _strings(value: Any) -> Iterable[str]:
@@ -79,7 +89,8 @@ def plan_gc(
     runs_dir: str, policy: RetentionPolicy, results_dirs: Iterable[str], now: datetime | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Return {"remove": rows, "in_use": rows kept because an evaluation uses them, "kept": rows the policy keeps}
-    over RUNS_DIR's catalogue (rows oldest first), plus {"half_removed": [{"url"}]} for folders a killed gc left."""
+    over RUNS_DIR's catalogue (rows oldest first), plus {"half_removed": [{"url"}]} for folders a killed gc left;
+    with a disk budget also {"within_budget": rows kept because they fit it, "bytes": [{"kept", "budget"}]}."""
     now = now or datetime.now(timezone.utc)
     rows = read_catalogue(runs_dir)
     used = runs_in_use(results_dirs)
@@ -98,6 +109,8 @@ def plan_gc(
                 plan["in_use"].append(row)
             else:
                 plan["remove"].append(row)
+    if policy.max_bytes is not None:
+        _fit_budget(plan, policy.max_bytes)
     fs, path = resolve(runs_dir)
     if fs.isdir(path):
         for entry in sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)):
@@ -114,6 +127,39 @@ def remove_run(runs_dir: str, name: str, url: str) -> None:
         if fs.exists(path):
             fs.rm(path)
     remove_tree(url)
+
+
+def parse_size(text: str) -> int:
+    """Return the bytes of a budget written as a whole number with an optional binary suffix: "500M", "50G",
+    "1T", "1048576"; a ValueError names the text otherwise."""
+    value = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, suffix = (value[:-1], value[-1]) if value[-1:] in SIZE_SUFFIXES and value[-1:] else (value, "")
+    if not number.isdigit():
+        raise ValueError(f"max_bytes: {text!r} is not a size; expected bytes or a number with K, M, G or T (50G)")
+    return int(number) * SIZE_SUFFIXES[suffix]
+
+
+def run_bytes(url: str) -> int:
+    """The bytes a run folder takes (every file under it, on any fsspec filesystem)."""
+    fs, path = resolve(url)
+    return int(fs.du(path, total=True))
+
+
+def _fit_budget(plan: dict[str, list[dict[str, Any]]], max_bytes: int) -> None:
+    """Keep the plan's removal candidates, newest first, while every catalogued run still fits max_bytes; the
+    oldest ones beyond go. Adds each run's "bytes" and the plan's {"bytes": [total kept, budget]}."""
+    for row in [r for rows in plan.values() for r in rows if "url" in r and "bytes" not in r]:
+        row["bytes"] = run_bytes(row["url"]) if exists(row["url"]) else 0
+    protected = sum(row["bytes"] for name in ("kept", "in_use") for row in plan[name])
+    room = max_bytes - protected
+    fits = []
+    for row in reversed(plan["remove"]):  # newest first: the history kept is the most recent that fits
+        if row["bytes"] <= room:
+            room -= row["bytes"]
+            fits.append(row)
+    plan["within_budget"] = sorted(fits, key=lambda r: plan["remove"].index(r))
+    plan["remove"] = [row for row in plan["remove"] if row not in fits]
+    plan["bytes"] = [{"kept": max_bytes - room, "budget": max_bytes}]
 
 
 def run_gc(runs_dir: str, plan: dict[str, list[dict[str, Any]]], log: Callable[[str], None] = print) -> list[str]:

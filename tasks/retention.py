@@ -18,10 +18,17 @@ def collect_runs(
 ) -> dict:
     """Plan the retention of RUNS_DIR and, unless dry_run, carry it out (each removal logged). Returns {"runs_dir",
     "removed" (URLs; those that would go on a dry run), "in_use" (kept: a latest evaluation uses them), "kept" (by
-    the policy), "dry_run"}."""
+    the policy: keep_last, keep_days, or within the disk budget), "dry_run", "bytes" (with a budget: {"kept",
+    "budget"}, else None)}."""
     plan = plan_gc(runs_dir, policy, results_dirs)
     for row in plan["in_use"]:
         log(f"kept (a latest evaluation uses it): {row['url']}")
+    budget = plan["bytes"][0] if "bytes" in plan else None
+    if budget is not None and budget["kept"] > budget["budget"]:
+        log(
+            f"over budget: the runs kept take {budget['kept']} bytes, more than max_bytes {budget['budget']} "
+            "(the newest keep_last per dataset fold, young and in-use runs are never removed for the budget)"
+        )
     if dry_run:
         removed = [row["url"] for row in [*plan["half_removed"], *plan["remove"]]]
         for url in removed:
@@ -32,8 +39,9 @@ def collect_runs(
         "runs_dir": runs_dir,
         "removed": removed,
         "in_use": [row["url"] for row in plan["in_use"]],
-        "kept": [row["url"] for row in plan["kept"]],
+        "kept": [row["url"] for row in [*plan["kept"], *plan.get("within_budget", [])]],
         "dry_run": dry_run,
+        "bytes": budget,
     }
 
 
@@ -47,6 +55,9 @@ def retention_markdown(report: dict) -> str:
         f"{len(report['in_use'])} that a latest evaluation uses.",
         "",
     ]
+    if report.get("bytes"):
+        b = report["bytes"]
+        lines += [f"Disk budget: the runs kept take {b['kept']} of {b['budget']} bytes.", ""]
     for title, urls in ((verb, report["removed"]), ("in use", report["in_use"])):
         lines += [f"- {title}: `{url}`" for url in urls]
     return "\n".join(lines) + "\n"

@@ -210,10 +210,8 @@ def record_task(learner: str) -> Task:
 
 
 @task(name="collect-runs", cache_policy=NO_CACHE)
-def collect_runs_task(runs_dir: str, keep_last: int, keep_days: float | None, results_dirs: list[str], dry_run: bool):
-    """Prefect task: the retention stage (tasks/retention.py) on a runs folder, each removal in the task's log; a
-    policy out of range is a ValueError before anything is read."""
-    policy = RetentionPolicy(keep_last, keep_days)
+def collect_runs_task(runs_dir: str, policy: RetentionPolicy, results_dirs: list[str], dry_run: bool) -> dict:
+    """Prefect task: the retention stage (tasks/retention.py) on a runs folder, each removal in the task's log."""
     return collect_runs(runs_dir, policy, results_dirs, dry_run, log=get_run_logger().info)
 
 

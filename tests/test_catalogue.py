@@ -23,8 +23,9 @@ from maskforge.storage.catalogue import (
 )
 from maskforge.storage.reader import RunReader
 from maskforge.storage.results import append_results, store_config
-from maskforge.storage.retention import TOMBSTONE, RetentionPolicy, plan_gc, run_gc
+from maskforge.storage.retention import TOMBSTONE, RetentionPolicy, parse_size, plan_gc, run_bytes, run_gc
 from maskforge.storage.yaml_config import ConfigError
+from maskforge.tasks.retention import collect_runs
 
 runner = CliRunner()
 FOLD = toy_fold(0)
@@ -172,3 +173,40 @@ def test_the_scheduled_retention_flow_reports_then_removes_and_publishes(runs, t
     assert published and "removed 1 run(s)" in published[0].data and str(runs / "a") in published[0].data
     with pytest.raises(ValueError, match="keep_last: expected 1 to 100000"):
         gc_runs.fn(runs_dir=str(runs), keep_last=0, results=[results])
+
+
+def test_sizes_parse_with_binary_suffixes_and_refuse_anything_else():
+    assert [parse_size(t) for t in ("1048576", "500M", "50G", "1t", "2KiB")] == [
+        2**20,
+        500 * 2**20,
+        50 * 2**30,
+        2**40,
+        2048,
+    ]
+    for bad in ("", "G", "1.5G", "-3", "12X"):
+        with pytest.raises(ValueError, match="max_bytes: .* is not a size"):
+            parse_size(bad)
+    with pytest.raises(ValueError, match="max_bytes: expected 1 to"):
+        RetentionPolicy(1, max_bytes=2**51)
+
+
+def test_a_disk_budget_keeps_the_newest_history_that_fits_and_reports_going_over(runs, tmp_path):
+    """With max_bytes the runs beyond keep_last go oldest first only while all runs take more than the budget; the
+    newest keep_last of each dataset fold are never removed for it, and a budget they alone exceed is reported."""
+    results = [str(tmp_path / "results")]
+    size = {name: run_bytes(str(runs / name)) for name in ("a", "b", "c", "other")}
+    fits_b = size["b"] + size["c"] + size["other"]
+    plan = plan_gc(str(runs), RetentionPolicy(keep_last=1, max_bytes=fits_b), results)
+    assert [r["name"] for r in plan["remove"]] == ["a"] and [r["name"] for r in plan["within_budget"]] == ["b"]
+    assert plan["bytes"] == [{"kept": fits_b, "budget": fits_b}]
+    roomy = plan_gc(str(runs), RetentionPolicy(keep_last=1, max_bytes=10 * fits_b), results)
+    assert roomy["remove"] == [] and [r["name"] for r in roomy["within_budget"]] == ["a", "b"]
+    lines: list[str] = []
+    report = collect_runs(str(runs), RetentionPolicy(keep_last=1, max_bytes=1), results, log=lines.append)
+    assert sorted(Path(u).name for u in report["removed"]) == ["a", "b"] and (runs / "c").is_dir()
+    assert report["bytes"] == {"kept": size["c"] + size["other"], "budget": 1}
+    assert any(line.startswith("over budget: the runs kept take") for line in lines)
+    done = runner.invoke(app, ["runs", "gc", str(runs), "--keep-last", "1", "--max-bytes", "1G", "--dry-run"])
+    assert done.exit_code == 0 and "dry run: 0 run(s) would go, 2 kept by the policy" in done.output, done.output
+    bad = runner.invoke(app, ["runs", "gc", str(runs), "--keep-last", "1", "--max-bytes", "lots"])
+    assert bad.exit_code == 1 and "max_bytes: 'lots' is not a size" in bad.output
