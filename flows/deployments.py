@@ -9,7 +9,8 @@ import inspect
 from prefect import flow
 
 from maskforge.flows.generate import generate_flow
-from maskforge.flows.learners import learner_flow, signed
+from maskforge.flows.learners import learner_flow
+from maskforge.flows.signed import signed
 from maskforge.tasks.config import load_config
 from maskforge.tasks.learner import Deployment, Learner
 from maskforge.tasks.registry import learners
@@ -73,7 +74,9 @@ def parameter_overrides(learner: Learner, spec: Deployment, values: dict) -> tup
         value = values[param.name]
         if param.flow_arg:
             flow_args[param.name] = learner.ref(param.convert)(value) if param.convert else value
-        elif value is None or (isinstance(value, (list, tuple)) and not value) or param.key is None and not param.to:
+        elif param.key is None and param.to is None:
+            continue  # a switch of `choose`: it picks the flow, it sets no key
+        elif value is None or (isinstance(value, (list, tuple)) and not value):
             continue
         elif param.to is not None:
             overrides.update(param.to(value))

@@ -12,13 +12,14 @@ from __future__ import annotations
 import inspect
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import typer
 from rich.table import Table
 
 from maskforge.flows.cli_support import learner_config, non_empty_path
 from maskforge.flows.console import console, fail, preflight
+from maskforge.flows.signed import signed
 from maskforge.tasks.learner import Command, Learner, Option, Shown
 
 KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD
@@ -37,20 +38,6 @@ def print_shown(shown: Shown) -> None:
         console.print(line, soft_wrap=True)
     if shown.problem is not None:
         fail(shown.problem)
-
-
-def _command(name: str, doc: str, parameters: list[inspect.Parameter], body: Callable[[dict], None]) -> Callable:
-    """A typer command function with this signature (typer reads options from it) whose call runs body(values)."""
-    signature = inspect.Signature(parameters, return_annotation=None)
-
-    def command(**values: Any) -> None:
-        body(values)
-
-    command.__signature__ = signature
-    command.__name__ = command.__qualname__ = name
-    command.__doc__ = doc
-    command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
-    return command
 
 
 def _dest(flag: str) -> str:
@@ -117,7 +104,7 @@ def _run_command(learner: Learner, command: Command) -> Callable:
         result = run_flow(flow, cfg, f"{learner.name}-{command.name}", learner.error_types())
         print_shown(learner.ref(command.show)(result))
 
-    return _command(f"{learner.name}_{command.name.replace('-', '_')}", command.help, parameters, body)
+    return signed(f"{learner.name}_{command.name.replace('-', '_')}", command.help, parameters, body, returns=None)
 
 
 def _run_sweep(learner: Learner, command: Command, values: dict, overrides: dict) -> None:
@@ -154,7 +141,7 @@ def _load_command(learner: Learner) -> Callable:
     def body(values: dict) -> None:
         print_shown(learner.ref(learner.load.fn)(values["checkpoint"]))
 
-    return _command(f"{learner.name}_load", learner.load.help, parameters, body)
+    return signed(f"{learner.name}_load", learner.load.help, parameters, body, returns=None)
 
 
 def learner_app(learner: Learner) -> typer.Typer:

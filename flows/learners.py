@@ -12,6 +12,7 @@ from typing import Any
 
 from prefect import Flow, flow
 
+from maskforge.flows.signed import signed
 from maskforge.tasks.learner import Flow as FlowSpec
 from maskforge.tasks.learner import Learner
 from maskforge.tasks.registry import learner as registered
@@ -40,23 +41,6 @@ def _log(learner: Learner, log: str | Callable | None, report: Any) -> None:
     """Print a stage's log line(s) (a function or a reference to one) into the flow run's log."""
     if log is not None:
         print((learner.ref(log) if isinstance(log, str) else log)(report))
-
-
-def signed(name: str, doc: str, parameters: list[inspect.Parameter], body: Callable[[dict], Any]) -> Callable:
-    """A function named `name` with the given signature (what Prefect reads for a flow's parameters and their
-    schema) whose call binds its arguments and runs body({parameter: value}, defaults applied)."""
-    signature = inspect.Signature(parameters, return_annotation=dict)
-
-    def fn(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return body(dict(bound.arguments))
-
-    fn.__signature__ = signature
-    fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = doc
-    fn.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": dict}
-    return fn
 
 
 def _config_parameter(learner: Learner) -> inspect.Parameter:

@@ -87,14 +87,14 @@ def runs_in_use(results_dirs: Iterable[str]) -> set[str]:
 
 def plan_gc(
     runs_dir: str, policy: RetentionPolicy, results_dirs: Iterable[str], now: datetime | None = None
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, Any]:
     """Return {"remove": rows, "in_use": rows kept because an evaluation uses them, "kept": rows the policy keeps}
     over RUNS_DIR's catalogue (rows oldest first), plus {"half_removed": [{"url"}]} for folders a killed gc left;
-    with a disk budget also {"within_budget": rows kept because they fit it, "bytes": [{"kept", "budget"}]}."""
+    with a disk budget also {"within_budget": rows kept because they fit it, "bytes": {"kept", "budget"}}."""
     now = now or datetime.now(timezone.utc)
     rows = read_catalogue(runs_dir)
     used = runs_in_use(results_dirs)
-    plan: dict[str, list[dict[str, Any]]] = {"remove": [], "in_use": [], "kept": [], "half_removed": []}
+    plan: dict[str, Any] = {"remove": [], "in_use": [], "kept": [], "half_removed": []}
     by_group: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in rows:
         by_group.setdefault((row["dataset"], row["fold"]), []).append(row)
@@ -145,24 +145,25 @@ def run_bytes(url: str) -> int:
     return int(fs.du(path, total=True))
 
 
-def _fit_budget(plan: dict[str, list[dict[str, Any]]], max_bytes: int) -> None:
+def _fit_budget(plan: dict[str, Any], max_bytes: int) -> None:
     """Keep the plan's removal candidates, newest first, while every catalogued run still fits max_bytes; the
-    oldest ones beyond go. Adds each run's "bytes" and the plan's {"bytes": [total kept, budget]}."""
-    for row in [r for rows in plan.values() for r in rows if "url" in r and "bytes" not in r]:
+    oldest ones beyond go. Adds each run's "bytes", the plan's "within_budget" rows (oldest first) and its
+    "bytes": {"kept": bytes of the runs kept, "budget": max_bytes}."""
+    protected = [*plan["kept"], *plan["in_use"]]
+    for row in [*protected, *plan["remove"]]:
         row["bytes"] = run_bytes(row["url"]) if exists(row["url"]) else 0
-    protected = sum(row["bytes"] for name in ("kept", "in_use") for row in plan[name])
-    room = max_bytes - protected
+    room = max_bytes - sum(row["bytes"] for row in protected)
     fits = []
     for row in reversed(plan["remove"]):  # newest first: the history kept is the most recent that fits
         if row["bytes"] <= room:
             room -= row["bytes"]
             fits.append(row)
-    plan["within_budget"] = sorted(fits, key=lambda r: plan["remove"].index(r))
-    plan["remove"] = [row for row in plan["remove"] if row not in fits]
-    plan["bytes"] = [{"kept": max_bytes - room, "budget": max_bytes}]
+    plan["within_budget"] = fits[::-1]
+    plan["remove"] = [row for row in plan["remove"] if all(row is not kept for kept in fits)]
+    plan["bytes"] = {"kept": max_bytes - room, "budget": max_bytes}
 
 
-def run_gc(runs_dir: str, plan: dict[str, list[dict[str, Any]]], log: Callable[[str], None] = print) -> list[str]:
+def run_gc(runs_dir: str, plan: dict[str, Any], log: Callable[[str], None] = print) -> list[str]:
     """Carry out plan_gc's plan: finish half-removed folders, then remove the runs; log each; return their URLs."""
     removed = []
     for row in [*plan["half_removed"], *plan["remove"]]:

@@ -23,7 +23,7 @@ def collect_runs(
     plan = plan_gc(runs_dir, policy, results_dirs)
     for row in plan["in_use"]:
         log(f"kept (a latest evaluation uses it): {row['url']}")
-    budget = plan["bytes"][0] if "bytes" in plan else None
+    budget = plan.get("bytes")
     if budget is not None and budget["kept"] > budget["budget"]:
         log(
             f"over budget: the runs kept take {budget['kept']} bytes, more than max_bytes {budget['budget']} "

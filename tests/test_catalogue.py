@@ -198,7 +198,7 @@ def test_a_disk_budget_keeps_the_newest_history_that_fits_and_reports_going_over
     fits_b = size["b"] + size["c"] + size["other"]
     plan = plan_gc(str(runs), RetentionPolicy(keep_last=1, max_bytes=fits_b), results)
     assert [r["name"] for r in plan["remove"]] == ["a"] and [r["name"] for r in plan["within_budget"]] == ["b"]
-    assert plan["bytes"] == [{"kept": fits_b, "budget": fits_b}]
+    assert plan["bytes"] == {"kept": fits_b, "budget": fits_b}
     roomy = plan_gc(str(runs), RetentionPolicy(keep_last=1, max_bytes=10 * fits_b), results)
     assert roomy["remove"] == [] and [r["name"] for r in roomy["within_budget"]] == ["a", "b"]
     lines: list[str] = []

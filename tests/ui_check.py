@@ -112,6 +112,18 @@ def wait_for_deployment_runs(base: str, name: str, count: int, timeout: float) -
         time.sleep(5)
 
 
+def check_page(url: str, needles: list[str], out: Path, name: str) -> None:
+    """Render a UI page in headless Chromium; exit with a message unless its DOM holds every needle; keep the DOM
+    and a screenshot as OUT/NAME.html and OUT/NAME.png."""
+    dom = chromium(url, "--dump-dom")
+    (out / f"{name}.html").write_text(dom)
+    missing = [n for n in needles if n not in dom]
+    if missing:
+        sys.exit(f"ui-check: {url} rendered without {missing} (DOM in {out / (name + '.html')})")
+    chromium(url, f"--screenshot={(out / (name + '.png')).resolve()}", "--window-size=1400,1000")
+    print(f"{name}: {url} renders {needles}; screenshot {out / (name + '.png')}")
+
+
 def generated_run_folder(runs: str) -> str:
     """The newest run folder under `runs` (two rounds by then; beside them, the catalogue of runs)."""
     folders = [p for p in Path(runs).iterdir() if p.name != "catalogue"]
@@ -288,24 +300,9 @@ def main() -> None:
         if len({r["parameters"]["synthetic_run"] for r in chained}) != 2:
             sys.exit(f"ui-check: the chain's two runs name {[r['parameters']['synthetic_run'] for r in chained]}")
         for i, run in enumerate(chained):
-            url = f"{base}/runs/flow-run/{run['id']}"
-            needles = [run["name"], "eval-hsnet-fold"]
-            dom = chromium(url, "--dump-dom")
-            (out / f"chain-run-{i}.html").write_text(dom)
-            missing = [n for n in needles if n not in dom]
-            if missing:
-                sys.exit(f"ui-check: {url} rendered without {missing} (DOM in {out / f'chain-run-{i}.html'})")
-            chromium(url, f"--screenshot={(out / f'chain-run-{i}.png').resolve()}", "--window-size=1400,1000")
-            print(f"chain run {i}: {url} renders {needles}")
+            check_page(f"{base}/runs/flow-run/{run['id']}", [run["name"], "eval-hsnet-fold"], out, f"chain-run-{i}")
         for name, (artifact, needles) in checks.items():
-            url = f"{base}/v2/artifacts/artifact/{artifact['id']}"
-            dom = chromium(url, "--dump-dom")
-            (out / f"{name}.html").write_text(dom)
-            missing = [n for n in needles if n not in dom]
-            if missing:
-                sys.exit(f"ui-check: {url} rendered without {missing} (DOM in {out / (name + '.html')})")
-            chromium(url, f"--screenshot={(out / (name + '.png')).resolve()}", "--window-size=1400,1000")
-            print(f"{name}: {url} renders {needles}; screenshot {out / (name + '.png')}")
+            check_page(f"{base}/v2/artifacts/artifact/{artifact['id']}", needles, out, name)
         print("ui-check: passed")
     finally:
         os.killpg(serve.pid, signal.SIGINT)

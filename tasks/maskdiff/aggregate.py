@@ -19,6 +19,7 @@ import json
 import re
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import numpy as np
@@ -206,5 +207,4 @@ def show_draws(report: dict, config: MaskdiffConfig) -> Shown:
     caption = (study_caption(report, config), f"draws report: {report['draws_file']}")
     rows = draws_table(report)
     title = f"{study_name(config)}: mean ± std over draws, segm std over samplings (%)" if rows else ""
-    shown = table_of(title, rows, *caption)
-    return Shown(shown.lines, shown.title, shown.rows, problem)
+    return replace(table_of(title, rows, *caption), problem=problem)
